@@ -1,0 +1,149 @@
+"""The catalog of the store: profile properties, group types, timeline event types, segments,
+lifecycles and objectives. It plays the part of the BlueConic tenant's definitions: connections
+map into it, the store creates one typed column per property from it.
+
+Declared in ``store.yaml`` next to the connections.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field, field_validator, model_validator
+
+from cdp_pipeline.config.csv_options import ColumnType, StrictModel
+
+# Identifiers become DuckDB column and table names: keep them plain so they never need quoting
+# tricks and cannot collide case-insensitively (reliability S9).
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+RESERVED_PROFILE_COLUMNS = {"profile_id", "created_at", "updated_at", "last_delivery_id", "last_run_id"}
+
+
+def check_identifier(value: str, what: str) -> str:
+    if not IDENTIFIER.match(value):
+        raise ValueError(f"{what} {value!r} must be lower case letters, digits and '_' and start with a letter or '_'")
+    return value
+
+
+class PropertyDefinition(StrictModel):
+    type: ColumnType = "text"
+    description: str = ""
+    #: a unique property can link identifiers (e-mail, customer number ...).
+    unique: bool = False
+
+
+class NestedItemType(StrictModel):
+    """Nested details of an event (order lines / products)."""
+
+    properties: dict[str, PropertyDefinition] = Field(default_factory=dict)
+    description: str = ""
+
+
+class EventType(StrictModel):
+    """A timeline event type; ``order`` is the default one, others are custom."""
+
+    description: str = ""
+    properties: dict[str, PropertyDefinition] = Field(default_factory=dict)
+    nested: dict[str, NestedItemType] = Field(default_factory=dict)
+
+
+class GroupType(StrictModel):
+    """A group type (household, company, account ...). Profiles join a group through ``profile_property``."""
+
+    description: str = ""
+    properties: dict[str, PropertyDefinition] = Field(default_factory=dict)
+    #: profile property that holds the id of the profile's group of this type.
+    profile_property: str | None = None
+
+
+class Segment(StrictModel):
+    """A set of profiles: a SQL condition over the columns of ``profiles``, optionally inside other segments."""
+
+    description: str = ""
+    condition: str = "TRUE"
+    based_on: list[str] = Field(default_factory=list)
+
+
+class LifecycleStage(StrictModel):
+    name: str
+    condition: str
+
+
+class Lifecycle(StrictModel):
+    """Ordered stages; a profile is in the first stage whose condition it meets."""
+
+    description: str = ""
+    stages: list[LifecycleStage] = Field(min_length=1)
+
+
+class Objective(StrictModel):
+    """A privacy objective; a profile consented when its consent property holds the objective's name."""
+
+    description: str = ""
+
+
+class Catalog(StrictModel):
+    profile_properties: dict[str, PropertyDefinition] = Field(default_factory=dict)
+    group_types: dict[str, GroupType] = Field(default_factory=dict)
+    event_types: dict[str, EventType] = Field(default_factory=dict)
+    segments: dict[str, Segment] = Field(default_factory=dict)
+    lifecycles: dict[str, Lifecycle] = Field(default_factory=dict)
+    objectives: dict[str, Objective] = Field(default_factory=dict)
+
+    @field_validator("profile_properties")
+    @classmethod
+    def _property_names(cls, value: dict[str, PropertyDefinition]) -> dict[str, PropertyDefinition]:
+        for name in value:
+            check_identifier(name, "profile property")
+            if name in RESERVED_PROFILE_COLUMNS:
+                raise ValueError(f"profile property {name!r} is reserved by the store; choose another name")
+        return value
+
+    @field_validator("group_types", "event_types", "segments", "lifecycles", "objectives")
+    @classmethod
+    def _names(cls, value: dict) -> dict:
+        for name, item in value.items():
+            check_identifier(name, "name")
+            for prop in getattr(item, "properties", {}) or {}:
+                check_identifier(prop, f"property of {name}")
+            for nested_name in getattr(item, "nested", {}) or {}:
+                check_identifier(nested_name, f"nested type of {name}")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> "Catalog":
+        for name, group in self.group_types.items():
+            if group.profile_property and group.profile_property not in self.profile_properties:
+                raise ValueError(
+                    f"group_types.{name}.profile_property: {group.profile_property!r} is not a declared profile property"
+                )
+        for name, segment in self.segments.items():
+            for base in segment.based_on:
+                if base not in self.segments:
+                    raise ValueError(f"segments.{name}.based_on: unknown segment {base!r}")
+        self.segment_order()  # raises on cycles
+        return self
+
+    def segment_order(self) -> list[str]:
+        """Segments sorted so that every segment comes after the ones it is based on."""
+        ordered: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in ordered:
+                return
+            if name in visiting:
+                raise ValueError(f"segments: {name!r} is based on itself through a cycle")
+            visiting.add(name)
+            for base in self.segments[name].based_on:
+                visit(base)
+            visiting.discard(name)
+            ordered.append(name)
+
+        for name in self.segments:
+            visit(name)
+        return ordered
+
+    @property
+    def unique_properties(self) -> list[str]:
+        return [name for name, prop in self.profile_properties.items() if prop.unique]

@@ -1,0 +1,463 @@
+"""A connection: where files come from, how they are decrypted, and its goals (import groups,
+import profiles, export profiles), as a BlueConic SFTP/S3 connection is configured.
+
+Secrets never appear here: every secret field is the *name* of an environment variable
+(``password_env``, ``private_key_env`` ...). A literal secret is refused at load.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator, model_validator
+
+from cdp_pipeline.config.catalog import check_identifier
+from cdp_pipeline.config.csv_options import CsvOptions, StrictModel
+from cdp_pipeline.config.processors import Processor
+from cdp_pipeline.config.schedules import Schedule
+
+MergeRule = Literal["set", "set_if_empty", "set_or_clear", "add", "sum"]
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(value: str | None) -> str | None:
+    if value is not None and not _ENV_NAME.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name; the YAML names the variable, not the secret")
+    return value
+
+
+# ---------------------------------------------------------------- locations (transports)
+
+
+class LocalLocation(StrictModel):
+    """A folder on this machine; relative paths are resolved against CDP_HOME."""
+
+    type: Literal["local"]
+    path: str
+
+
+class SftpAuth(StrictModel):
+    method: Literal["password", "private_key", "multi_factor"]
+    password_env: str | None = None
+    #: environment variable holding the private key text (ed25519, ecdsa, rsa; OpenSSH or PEM format).
+    private_key_env: str | None = None
+    #: or a key file on this machine (the file is the secret; the path is not).
+    private_key_file: str | None = None
+    passphrase_env: str | None = None
+
+    _names = field_validator("password_env", "private_key_env", "passphrase_env")(_env_name)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "SftpAuth":
+        needs_password = self.method in ("password", "multi_factor")
+        needs_key = self.method in ("private_key", "multi_factor")
+        if needs_password and not self.password_env:
+            raise ValueError(f"method {self.method} needs password_env")
+        if needs_key and not (self.private_key_env or self.private_key_file):
+            raise ValueError(f"method {self.method} needs private_key_env or private_key_file")
+        return self
+
+
+class SftpLocation(StrictModel):
+    type: Literal["sftp"]
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    auth: SftpAuth
+    #: the user's home directory on the server; relative directories of goals are resolved against it.
+    home_directory: str | None = None
+    #: the server's host key as a known_hosts line ("host ssh-ed25519 AAAA...") ...
+    known_hosts_line: str | None = None
+    #: ... or its fingerprint as OpenSSH prints it ("SHA256:..."). One of the two is required.
+    host_key_fingerprint: str | None = None
+    timeout_seconds: float = Field(default=45, gt=0)
+    retries: int = Field(default=4, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _host_key(self) -> "SftpLocation":
+        if not (self.known_hosts_line or self.host_key_fingerprint):
+            raise ValueError(
+                "SFTP needs known_hosts_line or host_key_fingerprint: unknown host keys are refused, never added "
+                "(get it with `ssh-keyscan -p PORT HOST`)"
+            )
+        return self
+
+
+class S3Location(StrictModel):
+    type: Literal["s3"]
+    bucket: str
+    prefix: str = ""
+    region: str | None = None
+    #: for S3-compatible stores (MinIO, Ceph, a test server).
+    endpoint_url: str | None = None
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+    session_token_env: str | None = None
+
+    _names = field_validator("access_key_id_env", "secret_access_key_env", "session_token_env")(_env_name)
+
+
+Location = Annotated[Union[LocalLocation, SftpLocation, S3Location], Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------- PGP
+
+
+class PgpSettings(StrictModel):
+    """Keys of the connection: private keys decrypt imports, the public key encrypts exports."""
+
+    #: one or more environment variables holding armoured private keys (several during key rotation).
+    private_keys_env: list[str] = Field(default_factory=list)
+    passphrase_env: str | None = None
+    public_key_env: str | None = None
+    #: pin the export recipient; the public key's fingerprint must match.
+    public_key_fingerprint: str | None = None
+    #: when set, imports must carry a valid signature by this key.
+    signer_fingerprint: str | None = None
+    signer_public_key_env: str | None = None
+    #: warn this many days before a key expires (SARE rotates yearly with three weeks' notice).
+    expiry_warning_days: int = Field(default=21, ge=0)
+
+    _names = field_validator("passphrase_env", "public_key_env", "signer_public_key_env")(_env_name)
+
+    @field_validator("private_keys_env")
+    @classmethod
+    def _key_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _env_name(name)
+        return value
+
+
+# ---------------------------------------------------------------- file selection
+
+
+class Readiness(StrictModel):
+    """When is an uploaded file complete? SFTP has no signal of its own."""
+
+    #: stable: same size and mtime in two listings at least ``stable_seconds`` apart;
+    #: marker: a file ``<name><marker_suffix>`` exists next to it.
+    mode: Literal["stable", "marker"] = "stable"
+    stable_seconds: float = Field(default=30, ge=0)
+    marker_suffix: str = ".ready"
+
+
+class AfterImport(StrictModel):
+    """What happens to the remote files of a delivery once it is merged."""
+
+    action: Literal["leave", "done_suffix", "move_to_done", "delete"] = "leave"
+    done_suffix: str = ".done"
+    done_directory: str = "done"
+    #: failed deliveries are moved here when set.
+    quarantine_directory: str | None = None
+
+
+class FileSelection(StrictModel):
+    """The root file of a goal: a logical name and a wildcard (or regular expression)."""
+
+    name: str
+    pattern: str
+    regex: bool = False
+    csv: CsvOptions = CsvOptions()
+    #: columns that must be present; a file without them is rejected before any merge.
+    required_columns: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_identifier(value, "file name")
+
+    @model_validator(mode="after")
+    def _pattern(self) -> "FileSelection":
+        if self.regex:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a valid regular expression: {exc}") from exc
+        return self
+
+
+class LinkedFile(FileSelection):
+    """A nested file, linked to the root or another linked file by one or more column pairs."""
+
+    parent: str
+    #: column of this file -> column of the parent file.
+    link: dict[str, str] = Field(min_length=1)
+    #: rows whose link finds no parent row: fail the delivery (default) or drop them with a reject entry.
+    orphans: Literal["error", "reject"] = "error"
+
+
+class Files(StrictModel):
+    directory: str = "."
+    root: FileSelection
+    linked: list[LinkedFile] = Field(default_factory=list)
+    readiness: Readiness = Readiness()
+    after_import: AfterImport = AfterImport()
+
+    @model_validator(mode="after")
+    def _tree(self) -> "Files":
+        names = [self.root.name] + [f.name for f in self.linked]
+        if len(set(names)) != len(names):
+            raise ValueError(f"file names must be unique within a goal, got {names}")
+        known = {self.root.name}
+        for linked in self.linked:
+            if linked.parent not in known:
+                raise ValueError(
+                    f"linked file {linked.name!r}: parent {linked.parent!r} must be the root or a linked file declared before it"
+                )
+            if linked.pattern == self.root.pattern:
+                raise ValueError(
+                    f"linked file {linked.name!r} has the root file's pattern; the root file's name must differ from its linked files'"
+                )
+            known.add(linked.name)
+        return self
+
+    def file(self, name: str) -> FileSelection:
+        for selection in [self.root, *self.linked]:
+            if selection.name == name:
+                return selection
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------- mappings
+
+
+class Identifier(StrictModel):
+    """Links a column to ``profile_id`` or to a unique profile property."""
+
+    column: str
+    property: str
+
+
+class Mapping(StrictModel):
+    column: str
+    property: str
+    rule: MergeRule = "set"
+
+
+class BulkMapping(StrictModel):
+    """"Add all detected fields": every column not otherwise used maps to ``prefix + column``."""
+
+    rule: MergeRule = "set"
+    prefix: str = ""
+    exclude: list[str] = Field(default_factory=list)
+
+
+class NestedEventMapping(StrictModel):
+    type: str
+    file: str
+    #: nested property -> column
+    properties: dict[str, str] = Field(default_factory=dict)
+
+
+class EventMapping(StrictModel):
+    """A timeline event type filled from one of the goal's files (one event per row)."""
+
+    event_type: str = "order"
+    file: str
+    event_id: str
+    event_time: str
+    #: strptime format of event_time; ISO 8601 when omitted.
+    event_time_format: str | None = None
+    #: event property -> column
+    properties: dict[str, str] = Field(default_factory=dict)
+    nested: list[NestedEventMapping] = Field(default_factory=list)
+    #: keep per product how often and how recently it was bought (needs a nested type with a product id).
+    add_to_product_store: bool = False
+    product_id_property: str = "product_id"
+
+
+class _GoalBase(StrictModel):
+    name: str
+    enabled: bool = True
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_identifier(value, "goal name")
+
+
+class _ImportGoal(_GoalBase):
+    files: Files
+    processors: list[Processor] = Field(default_factory=list)
+    #: fail: a delivery with rejected rows fails as a whole; skip_rows: it is merged without them.
+    on_error: Literal["fail", "skip_rows"] = "fail"
+
+
+class ProfileImportGoal(_ImportGoal):
+    type: Literal["import_profiles"]
+    identifiers: list[Identifier] = Field(min_length=1)
+    allow_new_profiles: bool = False
+    mappings: list[Mapping] = Field(default_factory=list)
+    bulk_mapping: BulkMapping | None = None
+    timeline: list[EventMapping] = Field(default_factory=list)
+
+
+class GroupImportGoal(_ImportGoal):
+    type: Literal["import_groups"]
+    group_type: str
+    #: column holding the group id.
+    group_id: str
+    allow_new_groups: bool = True
+    #: column -> group property with a merge rule
+    mappings: list[Mapping] = Field(default_factory=list)
+    bulk_mapping: BulkMapping | None = None
+
+
+class ExportColumn(StrictModel):
+    """One column of an export file; exactly one source key besides ``header``."""
+
+    header: str
+    property: str | None = None
+    profile_id: bool = False
+    #: "all" or a list of segment names
+    segments: Literal["all"] | list[str] | None = None
+    lifecycles: bool = False
+    viewed_interactions: bool = False
+    permission_level: bool = False
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ExportColumn":
+        chosen = [
+            key
+            for key, on in (
+                ("property", self.property is not None),
+                ("profile_id", self.profile_id),
+                ("segments", self.segments is not None),
+                ("lifecycles", self.lifecycles),
+                ("viewed_interactions", self.viewed_interactions),
+                ("permission_level", self.permission_level),
+                ("text", self.text is not None),
+            )
+            if on
+        ]
+        if len(chosen) != 1:
+            raise ValueError(
+                f"export column {self.header!r} needs exactly one of property, profile_id, segments, lifecycles, "
+                f"viewed_interactions, permission_level, text (got {chosen or 'none'})"
+            )
+        return self
+
+    @builtins.property
+    def kind(self) -> str:
+        for key in ("property", "segments", "text"):
+            if getattr(self, key) is not None:
+                return key
+        for key in ("profile_id", "lifecycles", "viewed_interactions", "permission_level"):
+            if getattr(self, key):
+                return key
+        raise AssertionError("validated export column without a source")
+
+
+class ExportTarget(StrictModel):
+    #: where the files go; the connection's source location when omitted.
+    location: Location | None = None
+    directory: str = "."
+    #: placeholders: {date} {time} {datetime} {run_id} {goal} {segment}
+    file_name: str = "{goal}_{date}.csv"
+    gzip: bool = False
+    #: split into files of at most this many rows (part numbers are appended).
+    split_rows: int | None = Field(default=None, ge=1)
+    #: write <file>.manifest.json with rows, bytes and sha256 next to each file.
+    manifest: bool = False
+    #: encrypt with the connection's public key; never uploaded in plain text when this fails.
+    encrypt: bool = False
+
+
+class TimelineExport(StrictModel):
+    #: event types to export; all declared types when omitted.
+    event_types: list[str] | None = None
+    #: ISO dates; events outside [since, until) are left out.
+    since: str | None = None
+    until: str | None = None
+    #: or a rolling window: the last N days.
+    last_days: int | None = Field(default=None, ge=1)
+    directory: str | None = None
+
+
+class ExportGoal(_GoalBase):
+    type: Literal["export_profiles"]
+    segment: str
+    target: ExportTarget = ExportTarget()
+    csv: CsvOptions = CsvOptions()
+    processors: list[Processor] = Field(default_factory=list)
+    columns: list[ExportColumn] = Field(min_length=1)
+    #: only profiles changed since the goal's last successful export (BlueConic's default).
+    changed_only: bool = True
+    #: prefix cells starting with = + - @ tab CR with ' so spreadsheets do not run them.
+    formula_guard: bool = True
+    #: also write <name>.diff.csv: profiles added, changed and removed since the previous export.
+    diff: bool = False
+    timeline: TimelineExport | None = None
+
+
+Goal = Annotated[Union[GroupImportGoal, ProfileImportGoal, ExportGoal], Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------- connection
+
+
+class Notifications(StrictModel):
+    emails: list[str] = Field(min_length=1)
+    when: Literal["always", "failure"] = "failure"
+
+
+class SensorSettings(StrictModel):
+    enabled: bool = True
+    minimum_interval_seconds: int = Field(default=60, ge=5)
+    #: at most this many deliveries are requested per tick; the backlog drains over ticks.
+    max_deliveries_per_tick: int = Field(default=50, ge=1)
+
+
+class Connection(StrictModel):
+    name: str
+    description: str = ""
+    labels: list[str] = Field(default_factory=list)
+    owners: list[str] = Field(default_factory=list)
+    #: false keeps the connection loaded, with its sensor and schedules stopped.
+    enabled: bool = True
+    source: Location
+    pgp: PgpSettings | None = None
+    goals: list[Goal] = Field(min_length=1)
+    schedules: list[Schedule] = Field(default_factory=list)
+    sensor: SensorSettings = SensorSettings()
+    notifications: Notifications | None = None
+    #: only profiles that consented to at least one of these objectives are imported or exported.
+    objectives: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_identifier(value, "connection name")
+
+    @model_validator(mode="after")
+    def _goals(self) -> "Connection":
+        names = [goal.name for goal in self.goals]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"goal names must be unique, repeated: {duplicates}")
+        for schedule in self.schedules:
+            for goal in schedule.goals or []:
+                if goal not in names:
+                    raise ValueError(f"schedule names unknown goal {goal!r}; goals are {names}")
+        return self
+
+    @property
+    def import_goals(self) -> list[GroupImportGoal | ProfileImportGoal]:
+        """Import goals in BlueConic's order: groups first, then profiles, each in declared order."""
+        groups = [g for g in self.goals if isinstance(g, GroupImportGoal) and g.enabled]
+        profiles = [g for g in self.goals if isinstance(g, ProfileImportGoal) and g.enabled]
+        return [*groups, *profiles]
+
+    @property
+    def export_goals(self) -> list[ExportGoal]:
+        return [g for g in self.goals if isinstance(g, ExportGoal) and g.enabled]
+
+    def goal(self, name: str) -> GroupImportGoal | ProfileImportGoal | ExportGoal:
+        for goal in self.goals:
+            if goal.name == name:
+                return goal
+        raise KeyError(f"connection {self.name!r} has no goal {name!r}")

@@ -1,0 +1,244 @@
+"""Load and validate the configuration directory::
+
+    <config dir>/
+      store.yaml                 # store settings and the catalog (properties, event types, segments ...)
+      connections/*.yaml         # one YAML document per connection (a file may hold several, split by ---)
+
+Every failure names the YAML file, the key path and what is allowed, e.g.::
+
+    connections/acme.yaml (connection 'acme'): goals.0.mappings.2.rule: Input should be 'set', 'set_if_empty', ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.config.connection import Connection, ExportGoal, GroupImportGoal, ProfileImportGoal
+from cdp_pipeline.config.csv_options import StrictModel
+from cdp_pipeline.errors import ConfigError
+
+BUNDLED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "demo" / "config"
+
+# Keys that would hold a secret if written literally; the model has `<key>_env` instead.
+_SECRET_KEYS = {"password", "passphrase", "private_key", "secret_access_key", "access_key_id", "session_token", "secret"}
+_SECRET_TEXT = re.compile(r"-----BEGIN [A-Z ]*(PRIVATE KEY|PGP PRIVATE KEY BLOCK)-----")
+
+
+class StoreSettings(StrictModel):
+    #: DuckDB file of the store; relative to CDP_HOME.
+    path: str = "store.duckdb"
+    #: read-only copy for analysts, replaced atomically after each merge; relative to CDP_HOME.
+    published_path: str | None = "store_published.duckdb"
+    #: DuckDB threads for the writer (None = all cores).
+    threads: int | None = None
+
+
+class StoreFile(StrictModel):
+    store: StoreSettings = StoreSettings()
+    catalog: Catalog = Field(default_factory=Catalog)
+
+
+@dataclass
+class ProjectConfig:
+    """Everything the pipeline knows: where it lives, the catalog and the connections."""
+
+    config_dir: Path
+    home: Path
+    store: StoreSettings
+    catalog: Catalog
+    connections: dict[str, Connection] = field(default_factory=dict)
+    connection_files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def store_path(self) -> Path:
+        return self.resolve_local(self.store.path)
+
+    @property
+    def published_store_path(self) -> Path | None:
+        return self.resolve_local(self.store.published_path) if self.store.published_path else None
+
+    @property
+    def work_dir(self) -> Path:
+        """Private landing area for downloads, decrypted files and staged tables (mode 0700)."""
+        return self.home / "work"
+
+    def resolve_local(self, path: str) -> Path:
+        candidate = Path(os.path.expandvars(path)).expanduser()
+        return candidate if candidate.is_absolute() else self.home / candidate
+
+    def goal_config_hash(self, connection: str, goal: str) -> str:
+        """Changes whenever anything that shapes the goal's result changes: the goal, the source
+        location and the catalog. A delivery is imported again when this hash changes (seed:
+        "BlueConic reimports a file if ... the connection configuration has changed")."""
+        conn = self.connections[connection]
+        payload = {
+            "goal": conn.goal(goal).model_dump(mode="json"),
+            "source": conn.source.model_dump(mode="json"),
+            "objectives": conn.objectives,
+            "catalog": self.catalog.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("CDP_HOME", ".cdp_home")).expanduser().resolve()
+
+
+def default_config_dir() -> Path:
+    return Path(os.environ.get("CDP_CONFIG_DIR", str(BUNDLED_CONFIG_DIR))).expanduser().resolve()
+
+
+def _format_validation(error: ValidationError, where: str) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (misspelt?); see docs/configuration.md for the allowed keys"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{where}: {path}: {message}")
+    return "\n".join(lines)
+
+
+def _refuse_literal_secrets(node: Any, where: str, path: str = "") -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            child = f"{path}.{key}" if path else str(key)
+            if str(key).lower() in _SECRET_KEYS and value not in (None, ""):
+                raise ConfigError(
+                    f"{where}: {child}: secrets are not written in YAML; put the secret in an environment "
+                    f"variable and name it with {key}_env"
+                )
+            _refuse_literal_secrets(value, where, child)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _refuse_literal_secrets(value, where, f"{path}.{index}")
+    elif isinstance(node, str) and _SECRET_TEXT.search(node):
+        raise ConfigError(f"{where}: {path}: a private key block is not allowed in YAML; put it in an environment variable")
+
+
+def _parse(model: type[BaseModel], data: Any, where: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, where)) from None
+
+
+def _load_yaml_documents(path: Path) -> list[Any]:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _check_references(connection: Connection, catalog: Catalog, where: str) -> None:
+    """Cross-checks that need both the connection and the catalog."""
+    problems: list[str] = []
+    props = catalog.profile_properties
+    for index, goal in enumerate(connection.goals):
+        at = f"goals.{index} ({goal.name})"
+        if isinstance(goal, ProfileImportGoal):
+            for ident in goal.identifiers:
+                if ident.property != "profile_id" and ident.property not in catalog.unique_properties:
+                    problems.append(
+                        f"{at}.identifiers: {ident.property!r} is neither profile_id nor a unique property "
+                        f"(unique: {catalog.unique_properties})"
+                    )
+            for mapping in goal.mappings:
+                if mapping.property not in props:
+                    problems.append(f"{at}.mappings: property {mapping.property!r} is not declared in store.yaml catalog.profile_properties")
+                elif mapping.rule == "add" and props[mapping.property].type != "list":
+                    problems.append(f"{at}.mappings: rule add needs a list property, {mapping.property!r} is {props[mapping.property].type}")
+                elif mapping.rule == "sum" and props[mapping.property].type not in ("integer", "decimal"):
+                    problems.append(f"{at}.mappings: rule sum needs an integer or decimal property, {mapping.property!r} is {props[mapping.property].type}")
+            file_names = {goal.files.root.name, *(f.name for f in goal.files.linked)}
+            for event in goal.timeline:
+                event_type = catalog.event_types.get(event.event_type)
+                if event_type is None:
+                    problems.append(f"{at}.timeline: event type {event.event_type!r} is not declared in catalog.event_types")
+                    continue
+                if event.file not in file_names:
+                    problems.append(f"{at}.timeline: file {event.file!r} is not one of the goal's files {sorted(file_names)}")
+                for prop in event.properties:
+                    if prop not in event_type.properties:
+                        problems.append(f"{at}.timeline: {prop!r} is not a property of event type {event.event_type!r}")
+                for nested in event.nested:
+                    if nested.type not in event_type.nested:
+                        problems.append(f"{at}.timeline: {nested.type!r} is not a nested type of {event.event_type!r}")
+                    elif nested.file not in file_names:
+                        problems.append(f"{at}.timeline: nested file {nested.file!r} is not one of the goal's files")
+                    else:
+                        for prop in nested.properties:
+                            if prop not in event_type.nested[nested.type].properties:
+                                problems.append(f"{at}.timeline: {prop!r} is not a property of nested type {nested.type!r}")
+        elif isinstance(goal, GroupImportGoal):
+            group_type = catalog.group_types.get(goal.group_type)
+            if group_type is None:
+                problems.append(f"{at}.group_type: {goal.group_type!r} is not declared in catalog.group_types")
+            else:
+                for mapping in goal.mappings:
+                    if mapping.property not in group_type.properties:
+                        problems.append(f"{at}.mappings: {mapping.property!r} is not a property of group type {goal.group_type!r}")
+        elif isinstance(goal, ExportGoal):
+            if goal.segment not in catalog.segments:
+                problems.append(f"{at}.segment: {goal.segment!r} is not declared in catalog.segments ({sorted(catalog.segments)})")
+            for column in goal.columns:
+                if column.property is not None and column.property not in props:
+                    problems.append(f"{at}.columns: property {column.property!r} is not declared")
+                if isinstance(column.segments, list):
+                    for name in column.segments:
+                        if name not in catalog.segments:
+                            problems.append(f"{at}.columns: segment {name!r} is not declared")
+            if goal.timeline and goal.timeline.event_types:
+                for name in goal.timeline.event_types:
+                    if name not in catalog.event_types:
+                        problems.append(f"{at}.timeline.event_types: {name!r} is not declared")
+            if goal.target.encrypt and not (connection.pgp and connection.pgp.public_key_env):
+                problems.append(f"{at}.target.encrypt: needs pgp.public_key_env on the connection")
+    for objective in connection.objectives:
+        if objective not in catalog.objectives:
+            problems.append(f"objectives: {objective!r} is not declared in catalog.objectives")
+    if problems:
+        raise ConfigError("\n".join(f"{where}: {p}" for p in problems))
+
+
+def load_project(config_dir: Path | None = None, home: Path | None = None) -> ProjectConfig:
+    config_dir = (config_dir or default_config_dir()).resolve()
+    home = (home or default_home()).resolve()
+    store_yaml = config_dir / "store.yaml"
+    if not store_yaml.exists():
+        raise ConfigError(f"{store_yaml}: missing; the config directory needs store.yaml and connections/*.yaml")
+    documents = _load_yaml_documents(store_yaml)
+    if len(documents) > 1:
+        raise ConfigError(f"{store_yaml}: holds {len(documents)} documents, expected one")
+    raw_store = documents[0] if documents else {}
+    _refuse_literal_secrets(raw_store, str(store_yaml))
+    store_file: StoreFile = _parse(StoreFile, raw_store, str(store_yaml))
+
+    project = ProjectConfig(config_dir=config_dir, home=home, store=store_file.store, catalog=store_file.catalog)
+    for path in sorted((config_dir / "connections").glob("*.y*ml")):
+        for index, raw in enumerate(_load_yaml_documents(path)):
+            name = raw.get("name", f"#{index + 1}") if isinstance(raw, dict) else f"#{index + 1}"
+            where = f"{path.relative_to(config_dir)} (connection {name!r})"
+            _refuse_literal_secrets(raw, where)
+            connection: Connection = _parse(Connection, raw, where)
+            if connection.name in project.connections:
+                raise ConfigError(
+                    f"{where}: connection name {connection.name!r} is already used in {project.connection_files[connection.name]}"
+                )
+            _check_references(connection, project.catalog, where)
+            project.connections[connection.name] = connection
+            project.connection_files[connection.name] = path
+    return project

@@ -1,0 +1,127 @@
+"""Data processors declared per goal: transformations applied, in order, to the rows of a file
+before identifiers are linked and columns mapped ("Process CSV data" in the seeds).
+
+Each kind is implemented as a Polars expression in ``cdp_pipeline.tables.processors``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field
+
+from cdp_pipeline.config.csv_options import StrictModel
+
+
+class NormalizeEmail(StrictModel):
+    """Trim, lower-case and fix common domain typos (gmial.com → gmail.com)."""
+
+    type: Literal["normalize_email"]
+    columns: list[str]
+
+
+class Trim(StrictModel):
+    type: Literal["trim"]
+    columns: list[str]
+
+
+class Lowercase(StrictModel):
+    type: Literal["lowercase"]
+    columns: list[str]
+
+
+class Uppercase(StrictModel):
+    type: Literal["uppercase"]
+    columns: list[str]
+
+
+class FilterRows(StrictModel):
+    """Keep (or drop) the rows whose column matches a regular expression."""
+
+    type: Literal["filter_rows"]
+    column: str
+    pattern: str
+    keep_matching: bool = True
+
+
+class DropEmpty(StrictModel):
+    """Drop rows where any of the columns is empty."""
+
+    type: Literal["drop_empty"]
+    columns: list[str]
+
+
+class FixedValue(StrictModel):
+    type: Literal["fixed_value"]
+    column: str
+    value: str
+
+
+class Concatenate(StrictModel):
+    type: Literal["concatenate"]
+    columns: list[str]
+    target: str
+    separator: str = " "
+
+
+class MapValues(StrictModel):
+    """Convert values through a mapping table; unmapped values are kept, emptied or set to ``default``."""
+
+    type: Literal["map_values"]
+    column: str
+    mapping: dict[str, str]
+    unmapped: Literal["keep", "empty", "default"] = "keep"
+    default: str | None = None
+
+
+class CurrentDate(StrictModel):
+    """Write the run's date (or date-time) into a column, e.g. a "last imported" property."""
+
+    type: Literal["current_date"]
+    column: str
+    with_time: bool = False
+
+
+class RemoveNullStrings(StrictModel):
+    """Empty the cells that spell "nothing": NULL, null, None, N/A, n/a, -, and the extra tokens given."""
+
+    type: Literal["remove_null_strings"]
+    columns: list[str] | None = None
+    tokens: list[str] = Field(default_factory=list)
+
+
+class Pseudonymize(StrictModel):
+    """Replace values by a salted SHA-256 hex digest; the salt comes from an environment variable."""
+
+    type: Literal["pseudonymize"]
+    columns: list[str]
+    salt_env: str | None = None
+
+
+class CustomProcessor(StrictModel):
+    """A user-defined processor: ``function`` is ``package.module:name`` of a callable
+    ``(lf: pl.LazyFrame, **options) -> pl.LazyFrame``."""
+
+    type: Literal["custom"]
+    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+Processor = Annotated[
+    Union[
+        NormalizeEmail,
+        Trim,
+        Lowercase,
+        Uppercase,
+        FilterRows,
+        DropEmpty,
+        FixedValue,
+        Concatenate,
+        MapValues,
+        CurrentDate,
+        RemoveNullStrings,
+        Pseudonymize,
+        CustomProcessor,
+    ],
+    Field(discriminator="type"),
+]
