@@ -1,0 +1,270 @@
+"""The store's tables, created from the catalog: wide, typed, commented, for analysts first.
+
+No PRIMARY KEY or UNIQUE constraints on purpose: in DuckDB an ART index made a 1M-row upsert of
+list columns ten times slower (speed-anchors.md). Uniqueness is kept by the merge itself (one row
+per key, pre-aggregated in Polars) and watched by asset checks.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
+
+SQL_TYPES = {
+    "text": "VARCHAR",
+    "integer": "BIGINT",
+    "decimal": "DECIMAL(18,4)",
+    "boolean": "BOOLEAN",
+    "date": "DATE",
+    "datetime": "TIMESTAMP",
+    "list": "VARCHAR[]",
+}
+
+
+def quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def group_table(group_type: str) -> str:
+    return f"groups_{group_type}"
+
+
+def event_table(event_type: str) -> str:
+    return f"timeline_{event_type}"
+
+
+def item_table(event_type: str, nested_type: str) -> str:
+    return f"timeline_{event_type}__{nested_type}"
+
+
+# Tables whose shape does not depend on the catalog. Comments are part of the schema: analysts read
+# them with `SELECT * FROM duckdb_columns()` or in their SQL client.
+FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+    "deliveries": (
+        "The ledger: one row per delivery (a root file and its linked files) merged, rejected or skipped.",
+        [
+            ("delivery_id", "VARCHAR", "Stable id: hash of connection, goal and the files' sha256."),
+            ("connection", "VARCHAR", "Connection name from the YAML."),
+            ("goal", "VARCHAR", "Goal name within the connection."),
+            ("partition_key", "VARCHAR", "Dagster partition of the delivery (goal:root file name)."),
+            ("root_file", "VARCHAR", "Remote path of the root file."),
+            ("files", "JSON", "Every file of the delivery: logical name, remote path, size, mtime, etag, sha256."),
+            ("content_sha256", "VARCHAR", "sha256 over the files' sha256 values: the content identity."),
+            ("config_hash", "VARCHAR", "Hash of the goal's configuration when it was imported."),
+            ("status", "VARCHAR", "merged, rejected or skipped."),
+            ("rows_read", "BIGINT", "Data rows read from the root file."),
+            ("rows_rejected", "BIGINT", "Rows left out, with reasons in rejects."),
+            ("profiles_created", "BIGINT", "Profiles this delivery created."),
+            ("profiles_updated", "BIGINT", "Existing profiles whose values changed."),
+            ("profiles_unchanged", "BIGINT", "Matched profiles whose values stayed the same."),
+            ("profiles_ignored", "BIGINT", "Rows whose identifier matched no profile while creation was off."),
+            ("consent_skipped", "BIGINT", "Rows skipped because the profile consented to none of the connection's objectives."),
+            ("groups_created", "BIGINT", "Groups created."),
+            ("groups_updated", "BIGINT", "Groups whose values changed."),
+            ("events_created", "BIGINT", "Timeline events created."),
+            ("events_updated", "BIGINT", "Timeline events imported again (same event id) and replaced."),
+            ("run_id", "VARCHAR", "Dagster run that merged it."),
+            ("merged_at", "TIMESTAMP", "When the transaction committed (UTC)."),
+        ],
+    ),
+    "rejects": (
+        "Rows and files that were not imported, with file, line, column and reason.",
+        [
+            ("delivery_id", "VARCHAR", "Delivery the row belongs to."),
+            ("connection", "VARCHAR", "Connection name."),
+            ("goal", "VARCHAR", "Goal name."),
+            ("file", "VARCHAR", "Remote path of the file."),
+            ("line", "BIGINT", "Physical line number (1-based) where the record starts."),
+            ("column_name", "VARCHAR", "Column concerned, if any."),
+            ("reason", "VARCHAR", "What was wrong and what to do."),
+            ("run_id", "VARCHAR", "Dagster run."),
+            ("recorded_at", "TIMESTAMP", "When it was recorded (UTC)."),
+        ],
+    ),
+    "runs": (
+        "Run history per connection, as the Run history table of a BlueConic connection.",
+        [
+            ("run_id", "VARCHAR", "Dagster run id."),
+            ("connection", "VARCHAR", "Connection name."),
+            ("kind", "VARCHAR", "import or export."),
+            ("goal", "VARCHAR", "Goal name."),
+            ("partition_key", "VARCHAR", "Delivery partition for imports."),
+            ("started_at", "TIMESTAMP", "Start (UTC)."),
+            ("ended_at", "TIMESTAMP", "End (UTC)."),
+            ("status", "VARCHAR", "SUCCESS, SKIPPED or FAILURE."),
+            ("counts", "JSON", "Counts of the goal: checked, created, updated, unchanged, rejected, events ..."),
+            ("last_profiles", "VARCHAR[]", "The last five profiles created or updated."),
+            ("error", "VARCHAR", "Error message of a failed run."),
+        ],
+    ),
+    "segment_members": (
+        "Current members of each segment, refreshed after every merge.",
+        [
+            ("segment", "VARCHAR", "Segment name from store.yaml."),
+            ("profile_id", "VARCHAR", "Member profile."),
+            ("member_since", "TIMESTAMP", "When the profile entered the segment (UTC)."),
+        ],
+    ),
+    "segment_sizes": (
+        "Segment sizes measured at every refresh: segment sizes over time.",
+        [
+            ("segment", "VARCHAR", "Segment name."),
+            ("measured_at", "TIMESTAMP", "When it was measured (UTC)."),
+            ("size", "BIGINT", "Number of members."),
+        ],
+    ),
+    "lifecycle_members": (
+        "The stage of each profile in each lifecycle (the first stage whose condition it meets).",
+        [
+            ("lifecycle", "VARCHAR", "Lifecycle name."),
+            ("stage", "VARCHAR", "Stage name."),
+            ("profile_id", "VARCHAR", "Profile."),
+            ("stage_since", "TIMESTAMP", "When the profile entered this stage (UTC)."),
+        ],
+    ),
+    "export_state": (
+        "Per export goal: when it last exported successfully (profiles changed after it are exported next).",
+        [
+            ("connection", "VARCHAR", "Connection name."),
+            ("goal", "VARCHAR", "Export goal."),
+            ("last_export_at", "TIMESTAMP", "Store time of the last successful export (UTC)."),
+            ("last_run_id", "VARCHAR", "Run that made it."),
+        ],
+    ),
+    "exchanged_profiles": (
+        "Unique profiles imported or exported per connection: BlueConic's Data exchange figure.",
+        [
+            ("connection", "VARCHAR", "Connection name."),
+            ("direction", "VARCHAR", "imported or exported."),
+            ("profile_id", "VARCHAR", "Profile."),
+            ("first_at", "TIMESTAMP", "First exchange (UTC)."),
+            ("last_at", "TIMESTAMP", "Latest exchange (UTC)."),
+        ],
+    ),
+    "product_store": (
+        "Per product: how often and how recently it was bought (\"add to product store\").",
+        [
+            ("product_id", "VARCHAR", "Product id from the order lines."),
+            ("times_bought", "BIGINT", "Number of order lines with this product."),
+            ("quantity_bought", "DECIMAL(18,4)", "Sum of quantities, when the lines have a quantity."),
+            ("first_bought_at", "TIMESTAMP", "Earliest order time."),
+            ("last_bought_at", "TIMESTAMP", "Latest order time."),
+        ],
+    ),
+}
+
+
+def _property_columns(properties: dict[str, PropertyDefinition]) -> list[tuple[str, str, str]]:
+    return [(name, SQL_TYPES[prop.type], prop.description or f"{prop.type} property") for name, prop in properties.items()]
+
+
+def catalog_tables(catalog: Catalog) -> dict[str, tuple[str, list[tuple[str, str, str]]]]:
+    tables: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+        "profiles": (
+            "One row per customer profile; one typed column per profile property in store.yaml.",
+            [
+                ("profile_id", "VARCHAR", "The profile identifier."),
+                ("created_at", "TIMESTAMP", "When the profile was created (UTC)."),
+                ("updated_at", "TIMESTAMP", "When a property value last changed (UTC)."),
+                ("last_delivery_id", "VARCHAR", "Delivery that last changed the profile (see deliveries)."),
+                ("last_run_id", "VARCHAR", "Dagster run that last changed the profile."),
+                *_property_columns(catalog.profile_properties),
+            ],
+        )
+    }
+    for name, group in catalog.group_types.items():
+        tables[group_table(name)] = (
+            group.description or f"Groups of type {name}.",
+            [
+                ("group_id", "VARCHAR", "Group identifier."),
+                ("created_at", "TIMESTAMP", "When the group was created (UTC)."),
+                ("updated_at", "TIMESTAMP", "When a group property last changed (UTC)."),
+                ("last_delivery_id", "VARCHAR", "Delivery that last changed the group."),
+                *_property_columns(group.properties),
+            ],
+        )
+    for name, event in catalog.event_types.items():
+        tables[event_table(name)] = (
+            event.description or f"Timeline events of type {name}.",
+            [
+                ("event_id", "VARCHAR", "Event id; importing it again replaces the event."),
+                ("profile_id", "VARCHAR", "Profile the event belongs to."),
+                ("event_time", "TIMESTAMP", "When the event happened."),
+                *_property_columns(event.properties),
+                ("delivery_id", "VARCHAR", "Delivery that imported it."),
+                ("imported_at", "TIMESTAMP", "When it was imported (UTC)."),
+            ],
+        )
+        for nested_name, nested in event.nested.items():
+            tables[item_table(name, nested_name)] = (
+                nested.description or f"Nested {nested_name} items of {name} events.",
+                [
+                    ("event_id", "VARCHAR", f"The {name} event the item belongs to."),
+                    ("item_index", "BIGINT", "Position of the item within the event (file order, from 1)."),
+                    *_property_columns(nested.properties),
+                ],
+            )
+    return tables
+
+
+def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str]:
+    """Create missing tables and add columns for newly declared properties; returns what changed.
+
+    A property whose declared type changed is refused rather than converted silently: the fix is
+    a new property name or an explicit migration by the operator (reliability #64)."""
+    changes: list[str] = []
+    tables = {**FIXED_TABLES, **catalog_tables(catalog)}
+    existing = {
+        (row[0], row[1]): row[2]
+        for row in conn.execute(
+            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' AND database_name = current_database()"
+        ).fetchall()
+    }
+    existing_tables = {table for table, _ in existing}
+    for table, (comment, columns) in tables.items():
+        if table not in existing_tables:
+            column_sql = ", ".join(f"{quote(name)} {sql_type}" for name, sql_type, _ in columns)
+            conn.execute(f"CREATE TABLE {quote(table)} ({column_sql})")
+            changes.append(f"created table {table}")
+        else:
+            for name, sql_type, _ in columns:
+                current = existing.get((table, name))
+                if current is None:
+                    conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {sql_type}")
+                    changes.append(f"added column {table}.{name}")
+                elif current.replace(" ", "") != sql_type.replace(" ", ""):
+                    raise RuntimeError(
+                        f"store column {table}.{name} is {current} but store.yaml now declares {sql_type}; "
+                        "use a new property name, or migrate the column yourself (ALTER TABLE ... ALTER COLUMN)"
+                    )
+        conn.execute(f"COMMENT ON TABLE {quote(table)} IS {literal(comment)}")
+        for name, _, column_comment in columns:
+            conn.execute(f"COMMENT ON COLUMN {quote(table)}.{quote(name)} IS {literal(column_comment)}")
+    _create_views(conn, catalog)
+    return changes
+
+
+def _create_views(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
+    # One view over every event type so "all events of a profile" needs no knowledge of the types.
+    if catalog.event_types:
+        union = " UNION ALL ".join(
+            f"SELECT {literal(name)} AS event_type, event_id, profile_id, event_time, delivery_id FROM {quote(event_table(name))}"
+            for name in catalog.event_types
+        )
+        conn.execute(f"CREATE OR REPLACE VIEW timeline_events AS {union}")
+        conn.execute("COMMENT ON VIEW timeline_events IS 'Every timeline event of every type: type, id, profile and time.'")
+    conn.execute(
+        """
+        CREATE OR REPLACE VIEW data_exchange AS
+        SELECT connection,
+               count(DISTINCT profile_id) FILTER (WHERE direction = 'imported') AS unique_profiles_imported,
+               count(DISTINCT profile_id) FILTER (WHERE direction = 'exported') AS unique_profiles_exported
+        FROM exchanged_profiles GROUP BY connection
+        """
+    )
+    conn.execute("COMMENT ON VIEW data_exchange IS 'Unique profiles imported and exported per connection, each profile counted once.'")
