@@ -1,0 +1,294 @@
+"""The asset graph of one connection, one delivery (partition) at a time:
+
+    fetched_files → decrypted_files → import_tables → profile_store → <goal>_segment_export + <goal>_timeline_export
+
+Asset bodies only call the engine (``cdp_pipeline.importing`` / ``cdp_pipeline.exporting``) and
+turn its results into metadata the UI plots.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from cdp_pipeline import exporting, importing
+from cdp_pipeline.config.connection import Connection, ExportGoal, LocalLocation, S3Location, SftpLocation
+from cdp_pipeline.config.loading import ProjectConfig
+from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport_key
+from cdp_pipeline.errors import CdpError, CryptoError, InputError, TransientError
+from cdp_pipeline.store.database import open_writer
+from cdp_pipeline.store.runs import record_run
+
+# Network steps retry transient failures; everything else fails once with its named error.
+NETWORK_RETRY = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+def deliveries_partitions(connection: str) -> dg.DynamicPartitionsDefinition:
+    return dg.DynamicPartitionsDefinition(name=f"{connection}__deliveries")
+
+
+def source_kind(connection: Connection) -> str:
+    return {LocalLocation: "file", SftpLocation: "sftp", S3Location: "s3"}[type(connection.source)]
+
+
+def markdown_preview(frame: pl.DataFrame, rows: int = 10) -> str:
+    """The first rows as a markdown table for the asset page (no pandas needed)."""
+    if frame.height == 0:
+        return "(no rows)"
+    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True, tbl_rows=rows, fmt_str_lengths=40):
+        return str(frame.head(rows))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _fail(error: Exception, what: str) -> dg.Failure:
+    """Terminal errors fail once, with the engine's message (file, line, column, fix)."""
+    return dg.Failure(description=f"{what}: {error}", allow_retries=False)
+
+
+def _run_transient(error: TransientError) -> dg.RetryRequested:
+    return dg.RetryRequested(max_retries=3, seconds_to_wait=15)
+
+
+def build_connection_assets(project: ProjectConfig, connection: Connection) -> list[dg.AssetsDefinition]:
+    name = connection.name
+    partitions = deliveries_partitions(name)
+    kind = source_kind(connection)
+    common = {"group_name": name, "owners": connection.owners or None, "tags": {label: "" for label in connection.labels}}
+    transport_resource_key = transport_key(name)
+    pgp_resource_key = pgp_key(name)
+
+    def goal_of(context: dg.AssetExecutionContext):
+        return importing.import_goal(connection, context.partition_key.partition(":")[0])
+
+    @dg.asset(
+        key=[name, "fetched_files"],
+        partitions_def=partitions,
+        kinds={kind},
+        required_resource_keys={transport_resource_key, "cdp_project"},
+        retry_policy=NETWORK_RETRY,
+        description=(
+            f"The files of one delivery of {name} (a goal's root file plus its linked files), copied from "
+            f"the remote folder into a private work directory: downloaded under a temporary name, size "
+            "checked against the listing, hashed (sha256)."
+        ),
+        **common,
+    )
+    def fetched_files(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        project_ = context.resources.cdp_project.load()
+        work_dir = importing.delivery_work_dir(project_, name, context.partition_key)
+        try:
+            with getattr(context.resources, transport_resource_key).open() as transport:
+                delivery = importing.find_delivery(transport, connection, context.partition_key)
+                fetched = importing.fetch_delivery(transport, delivery, work_dir)
+                uri = transport.uri
+        except TransientError:
+            raise
+        except CdpError as error:
+            raise _fail(error, "fetch") from error
+        return dg.MaterializeResult(
+            metadata={
+                "files": len(fetched),
+                "bytes": sum(f.size for f in fetched),
+                "dagster/uri": f"{uri}/{delivery.root.path}",
+                "root_file": delivery.root.path,
+                "content_sha256": importing.content_sha256(fetched),
+            }
+        )
+
+    @dg.asset(
+        key=[name, "decrypted_files"],
+        deps=[fetched_files],
+        partitions_def=partitions,
+        kinds={"pgp"},
+        required_resource_keys={pgp_resource_key},
+        description=(
+            "The delivery's files in plain text: PGP-encrypted files (recognised by content, not by name) are "
+            "decrypted with the connection's private key in a fresh GnuPG home; plain files pass through. "
+            "Plaintext is mode 0600 and removed after the merge."
+        ),
+        **common,
+    )
+    def decrypted_files(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        project_ = project
+        work_dir = importing.delivery_work_dir(project_, name, context.partition_key)
+        pgp = getattr(context.resources, pgp_resource_key)
+        try:
+            files, encrypted = importing.decrypt_delivery(work_dir, pgp.keyring if pgp.can_decrypt else None)
+        except (CryptoError, CdpError) as error:
+            raise _fail(error, "decrypt") from error
+        return dg.MaterializeResult(metadata={"files": len(files), "encrypted_files": encrypted})
+
+    @dg.asset(
+        key=[name, "import_tables"],
+        deps=[decrypted_files],
+        partitions_def=partitions,
+        kinds={"polars"},
+        description=(
+            "The delivery as tables ready to merge, built in Polars: each file read with its file and field "
+            "handling, data processors applied, identifiers linked, nested files joined to their parents, "
+            "one row per profile (last row wins), timeline events with their nested items, and the rejected rows."
+        ),
+        **common,
+    )
+    def import_tables(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        work_dir = importing.delivery_work_dir(project, name, context.partition_key)
+        goal = goal_of(context)
+        try:
+            staged = importing.stage_delivery(project, connection, goal, work_dir, _now())
+        except InputError as error:
+            raise _fail(error, f"{goal.name}: the delivery cannot be imported") from error
+        for warning in staged.warnings:
+            context.log.warning(warning)
+        preview = markdown_preview(staged.records.drop("_line"))
+        return dg.MaterializeResult(
+            metadata={
+                "rows_read": staged.rows_read,
+                "rows_rejected": len({(p.file, p.line) for p in staged.rejects}),
+                "records": staged.records.height,
+                "events": sum(f.height for f in staged.events.values()),
+                "nested_items": sum(f.height for f in staged.items.values()),
+                "warnings": len(staged.warnings),
+                "preview": dg.MetadataValue.md(preview),
+            }
+        )
+
+    @dg.asset(
+        key=[name, "profile_store"],
+        deps=[import_tables],
+        partitions_def=partitions,
+        kinds={"duckdb"},
+        pool="duckdb_write",
+        required_resource_keys={transport_resource_key},
+        description=(
+            "The delivery merged into the DuckDB profile store in ONE transaction: groups, profiles (per-property "
+            "merge rules set / set_if_empty / set_or_clear / add / sum), timeline events, product store, rejects "
+            "and the ledger row. The same content under the same configuration is never merged twice."
+        ),
+        **common,
+    )
+    def profile_store(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        work_dir = importing.delivery_work_dir(project, name, context.partition_key)
+        goal = goal_of(context)
+        started = _now()
+        reprocess = context.run.tags.get("cdp/reprocess") == "true"
+        outcome = importing.merge_staged(project, connection, goal, work_dir, context.run_id, started, reprocess=reprocess)
+        with getattr(context.resources, transport_resource_key).open() as transport:
+            finished = importing.finish_remote_files(transport, goal, work_dir) if outcome.status == "merged" else []
+        importing.clean_plaintext(work_dir)
+        counts = outcome.counts
+        with open_writer(project.store_path, project.catalog) as conn:
+            record_run(
+                conn, run_id=context.run_id, connection=name, kind="import", goal=goal.name, partition_key=context.partition_key,
+                started_at=started, ended_at=_now(), status="SUCCESS" if outcome.status == "merged" else "SKIPPED",
+                counts=counts.as_metadata(), last_profiles=counts.last_profiles, error=None,
+            )
+        if outcome.status == "skipped":
+            context.log.info(f"{context.partition_key}: same content and configuration already merged as {outcome.duplicate_of}; skipped")
+        return dg.MaterializeResult(
+            metadata={
+                **counts.as_metadata(),
+                "status": outcome.status,
+                "delivery_id": outcome.delivery_id,
+                "remote_files_finished": len(finished),
+                "last_profiles": dg.MetadataValue.json(counts.last_profiles),
+                "dagster/table_name": "profiles",
+                **{f"segment_size/{segment}": size for segment, size in outcome.segment_sizes.items()},
+            }
+        )
+
+    assets = [fetched_files, decrypted_files, import_tables, profile_store]
+    for goal in connection.export_goals:
+        assets.append(_export_asset(project, connection, goal, profile_store, common))
+    return assets
+
+
+def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGoal, upstream, common: dict) -> dg.AssetsDefinition:
+    name = connection.name
+    target_key = export_transport_key(name, goal.name) if goal.target.location else transport_key(name)
+    target_kind = source_kind(connection) if goal.target.location is None else {LocalLocation: "file", SftpLocation: "sftp", S3Location: "s3"}[type(goal.target.location)]
+    segment_key = dg.AssetKey([name, f"{goal.name}_segment_export"])
+    timeline_key = dg.AssetKey([name, f"{goal.name}_timeline_export"])
+    specs = [
+        dg.AssetSpec(
+            segment_key,
+            deps=[upstream],
+            kinds={"duckdb", target_kind} | ({"pgp"} if goal.target.encrypt else set()),
+            description=(
+                f"Profiles of segment {goal.segment!r} written to {goal.target.directory}/{goal.target.file_name}: "
+                f"{'only profiles changed since the last successful export' if goal.changed_only else 'all members'}, "
+                "with at least one value among the selected properties, columns in the declared order."
+            ),
+            **common,
+        )
+    ]
+    if goal.timeline is not None:
+        specs.append(
+            dg.AssetSpec(
+                timeline_key,
+                deps=[segment_key],
+                kinds={"duckdb", target_kind},
+                description="Timeline events of the exported profiles: one CSV per event type (order.csv) and one per nested type (order_line.csv).",
+                **common,
+            )
+        )
+
+    @dg.multi_asset(
+        name=f"{name}__{goal.name}_export",
+        specs=specs,
+        pool="duckdb_write",
+        required_resource_keys={target_key, pgp_key(name)},
+        retry_policy=NETWORK_RETRY,
+    )
+    def export(context: dg.AssetExecutionContext):
+        full = context.run.tags.get("cdp/full_export") == "true"
+        pgp = getattr(context.resources, pgp_key(name))
+        now = _now()
+        try:
+            with getattr(context.resources, target_key).open() as transport:
+                outcome = exporting.run_export(
+                    project, connection, goal, transport, context.run_id, now, full=full,
+                    keyring_factory=pgp.keyring if pgp.public_key else None,
+                )
+        except TransientError:
+            raise
+        except CdpError as error:
+            raise _fail(error, f"export {goal.name}") from error
+        profile_file = outcome.profile_file
+        with open_writer(project.store_path, project.catalog) as conn:
+            record_run(
+                conn, run_id=context.run_id, connection=name, kind="export", goal=goal.name, partition_key=None,
+                started_at=now, ended_at=_now(), status="SUCCESS",
+                counts={"profiles_available": outcome.profiles_available, "profiles_exported": outcome.profiles_exported},
+                last_profiles=[], error=None,
+            )
+        yield dg.MaterializeResult(
+            asset_key=segment_key,
+            metadata={
+                "profiles_available": outcome.profiles_available,
+                "profiles_exported": outcome.profiles_exported,
+                "dagster/row_count": profile_file.rows if profile_file else 0,
+                "bytes": profile_file.bytes if profile_file else 0,
+                "dagster/uri": f"{outcome.target_uri}/{profile_file.remote_path}" if profile_file else "",
+                "sha256": profile_file.sha256 if profile_file else "",
+            },
+        )
+        if goal.timeline is not None:
+            yield dg.MaterializeResult(
+                asset_key=timeline_key,
+                metadata={
+                    "files": len(outcome.timeline_files),
+                    "events_exported": sum(f.rows for f in outcome.timeline_files[:1]),
+                    "rows": sum(f.rows for f in outcome.timeline_files),
+                    "bytes": sum(f.bytes for f in outcome.timeline_files),
+                    "paths": dg.MetadataValue.json([f.remote_path for f in outcome.timeline_files]),
+                },
+            )
+
+    return export

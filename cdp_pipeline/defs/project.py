@@ -1,0 +1,14 @@
+"""The loaded configuration (config directory + CDP_HOME) shared by the definition factories."""
+
+from __future__ import annotations
+
+import functools
+
+from cdp_pipeline.config.loading import ProjectConfig, load_project
+
+
+@functools.cache
+def project_config() -> ProjectConfig:
+    """Loaded once per process; a YAML error fails the code location load with the file, key
+    path and allowed values in the message."""
+    return load_project()

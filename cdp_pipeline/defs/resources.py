@@ -1,0 +1,174 @@
+"""Resources: the store location, and per connection its transport and PGP keys.
+
+Secrets reach the engine only through these resources, as ``dg.EnvVar`` values: the UI and the
+run config show the variable's name, never the secret.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+from pydantic import Field, TypeAdapter
+
+from cdp_pipeline.config.connection import Connection, Location, LocalLocation, S3Location, SftpLocation
+from cdp_pipeline.config.loading import ProjectConfig, load_project
+from cdp_pipeline.transports.base import Transport
+
+_SECRET = {"json_schema_extra": {"dagster__is_secret": True}}
+_LOCATION = TypeAdapter(Location)
+
+
+class CdpProjectResource(dg.ConfigurableResource):
+    """Where the configuration and the store live (CDP_CONFIG_DIR and CDP_HOME)."""
+
+    config_dir: str
+    home: str
+
+    def load(self) -> ProjectConfig:
+        return load_project(Path(self.config_dir), Path(self.home))
+
+
+class TransportResource(dg.ConfigurableResource):
+    """One connection's remote folder: local, SFTP (paramiko) or S3 (dagster-aws S3Resource)."""
+
+    location_json: str
+    home: str
+    password: Optional[str] = Field(default=None, **_SECRET)
+    private_key: Optional[str] = Field(default=None, **_SECRET)
+    passphrase: Optional[str] = Field(default=None, **_SECRET)
+    aws_access_key_id: Optional[str] = Field(default=None, **_SECRET)
+    aws_secret_access_key: Optional[str] = Field(default=None, **_SECRET)
+    aws_session_token: Optional[str] = Field(default=None, **_SECRET)
+
+    def location(self) -> Location:
+        return _LOCATION.validate_python(json.loads(self.location_json))
+
+    def open(self) -> Transport:
+        location = self.location()
+        if isinstance(location, LocalLocation):
+            from cdp_pipeline.transports.local import LocalTransport
+
+            root = Path(location.path).expanduser()
+            root = root if root.is_absolute() else Path(self.home) / root
+            return LocalTransport(root)
+        if isinstance(location, SftpLocation):
+            from cdp_pipeline.transports.sftp import SftpSecrets, SftpTransport
+
+            return SftpTransport(location, SftpSecrets(password=self.password, private_key=self.private_key, passphrase=self.passphrase))
+        if isinstance(location, S3Location):
+            from dagster_aws.s3 import S3Resource
+
+            from cdp_pipeline.transports.s3 import S3Transport
+
+            client = S3Resource(
+                region_name=location.region,
+                endpoint_url=location.endpoint_url,
+                aws_access_key_id=self.aws_access_key_id,
+                aws_secret_access_key=self.aws_secret_access_key,
+                aws_session_token=self.aws_session_token,
+            ).get_client()
+            return S3Transport(client, location)
+        raise TypeError(f"unsupported location {location!r}")
+
+
+class PgpResource(dg.ConfigurableResource):
+    """A connection's PGP keys. Up to three private keys decrypt (rotation); the public key encrypts exports."""
+
+    private_key: Optional[str] = Field(default=None, **_SECRET)
+    previous_private_key: Optional[str] = Field(default=None, **_SECRET)
+    older_private_key: Optional[str] = Field(default=None, **_SECRET)
+    passphrase: Optional[str] = Field(default=None, **_SECRET)
+    public_key: Optional[str] = None
+    public_key_fingerprint: Optional[str] = None
+    signer_public_key: Optional[str] = None
+    signer_fingerprint: Optional[str] = None
+    expiry_warning_days: int = 21
+
+    @property
+    def can_decrypt(self) -> bool:
+        return any((self.private_key, self.previous_private_key, self.older_private_key))
+
+    def keyring(self):
+        from cdp_pipeline.crypto.pgp import PgpKeyring
+
+        return PgpKeyring(
+            private_keys=[k for k in (self.private_key, self.previous_private_key, self.older_private_key) if k],
+            passphrase=self.passphrase,
+            public_key=self.public_key,
+            public_key_fingerprint=self.public_key_fingerprint,
+            signer_public_key=self.signer_public_key,
+            signer_fingerprint=self.signer_fingerprint,
+        )
+
+
+def _env(name: str | None):
+    return dg.EnvVar(name) if name else None
+
+
+def transport_resource(location: Location, home: Path) -> TransportResource:
+    secrets: dict = {}
+    if isinstance(location, SftpLocation):
+        secrets = {
+            "password": _env(location.auth.password_env),
+            "private_key": _env(location.auth.private_key_env),
+            "passphrase": _env(location.auth.passphrase_env),
+        }
+    elif isinstance(location, S3Location):
+        secrets = {
+            "aws_access_key_id": _env(location.access_key_id_env),
+            "aws_secret_access_key": _env(location.secret_access_key_env),
+            "aws_session_token": _env(location.session_token_env),
+        }
+    return TransportResource(location_json=location.model_dump_json(), home=str(home), **{k: v for k, v in secrets.items() if v is not None})
+
+
+def pgp_resource(connection: Connection) -> PgpResource:
+    pgp = connection.pgp
+    if pgp is None:
+        return PgpResource()
+    keys = [dg.EnvVar(name) for name in pgp.private_keys_env[:3]]
+    fields = dict(zip(("private_key", "previous_private_key", "older_private_key"), keys))
+    return PgpResource(
+        **fields,
+        **({"passphrase": dg.EnvVar(pgp.passphrase_env)} if pgp.passphrase_env else {}),
+        **({"public_key": dg.EnvVar(pgp.public_key_env)} if pgp.public_key_env else {}),
+        **({"signer_public_key": dg.EnvVar(pgp.signer_public_key_env)} if pgp.signer_public_key_env else {}),
+        public_key_fingerprint=pgp.public_key_fingerprint,
+        signer_fingerprint=pgp.signer_fingerprint,
+        expiry_warning_days=pgp.expiry_warning_days,
+    )
+
+
+def transport_key(connection: str) -> str:
+    return f"{connection}_transport"
+
+
+def export_transport_key(connection: str, goal: str) -> str:
+    return f"{connection}_{goal}_target"
+
+
+def pgp_key(connection: str) -> str:
+    return f"{connection}_pgp"
+
+
+def connection_resources(project: ProjectConfig) -> dict[str, dg.ConfigurableResource]:
+    resources: dict[str, dg.ConfigurableResource] = {
+        "cdp_project": CdpProjectResource(config_dir=str(project.config_dir), home=str(project.home))
+    }
+    for connection in project.connections.values():
+        resources[transport_key(connection.name)] = transport_resource(connection.source, project.home)
+        resources[pgp_key(connection.name)] = pgp_resource(connection)
+        for goal in connection.export_goals:
+            if goal.target.location is not None:
+                resources[export_transport_key(connection.name, goal.name)] = transport_resource(goal.target.location, project.home)
+    return resources
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    from cdp_pipeline.defs.project import project_config
+
+    return dg.Definitions(resources=connection_resources(project_config()))

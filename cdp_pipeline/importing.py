@@ -1,0 +1,253 @@
+"""The steps of importing one delivery, as plain functions the Dagster assets (and the CLI and
+benchmark) call: fetch → decrypt → stage import tables → merge → finish the remote files.
+
+Each step reads and writes the delivery's private work directory (mode 0700), so a step can be
+re-run alone and no data frame travels through Dagster's IO manager.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cdp_pipeline.config.connection import Connection, GroupImportGoal, ProfileImportGoal
+from cdp_pipeline.config.loading import ProjectConfig
+from cdp_pipeline.deliveries import Delivery, scan_deliveries
+from cdp_pipeline.errors import CdpError, FileVanishedError
+from cdp_pipeline.store.database import open_writer
+from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
+from cdp_pipeline.store.segments import refresh_memberships
+from cdp_pipeline.tables.import_tables import build_import_tables
+from cdp_pipeline.tables.staged import StagedImport
+from cdp_pipeline.transports.base import RemoteFile, Transport
+
+ImportGoal = GroupImportGoal | ProfileImportGoal
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_HASH_CHUNK = 8 * 1024 * 1024
+
+
+def delivery_work_dir(project: ProjectConfig, connection: str, partition_key: str) -> Path:
+    """Private directory of one delivery. Remote names never become local paths directly (S10):
+    a sanitised name plus a hash of the original keeps them unique and inside the work dir."""
+    safe = _UNSAFE.sub("_", partition_key)[:80]
+    digest = hashlib.sha256(partition_key.encode()).hexdigest()[:10]
+    path = project.work_dir / connection / f"{safe}-{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in (project.work_dir, project.work_dir / connection, path):
+        os.chmod(folder, 0o700)
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def import_goal(connection: Connection, goal_name: str) -> ImportGoal:
+    goal = connection.goal(goal_name)
+    if not isinstance(goal, (GroupImportGoal, ProfileImportGoal)):
+        raise CdpError(f"goal {goal_name!r} of {connection.name!r} is not an import goal")
+    return goal
+
+
+def find_delivery(transport: Transport, connection: Connection, partition_key: str) -> Delivery:
+    """The current files of the delivery a partition stands for (goal:root file name)."""
+    goal_name, _, root_name = partition_key.partition(":")
+    goal = import_goal(connection, goal_name)
+    listing = transport.list_files(goal.files.directory)
+    scan = scan_deliveries(connection.name, goal, listing)
+    for delivery in scan.deliveries:
+        if delivery.root.name == root_name:
+            return delivery
+    reasons = [r for r in scan.waiting + scan.problems if r.startswith(root_name)]
+    raise FileVanishedError(
+        f"{transport.uri}/{goal.files.directory}: delivery {partition_key!r} is not complete or no longer there"
+        + (f" ({'; '.join(reasons)})" if reasons else "")
+    )
+
+
+@dataclass
+class FetchedFile:
+    name: str  # logical name in the goal
+    remote_path: str
+    size: int
+    mtime: float
+    etag: str | None
+    sha256: str
+    local_path: str
+
+    def as_ledger(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "local_path"}
+
+
+def _write_manifest(path: Path, files: list[FetchedFile], **extra) -> None:
+    path.write_text(json.dumps({"files": [vars(f) for f in files], **extra}, indent=2))
+
+
+def read_manifest(path: Path) -> tuple[list[FetchedFile], dict]:
+    data = json.loads(path.read_text())
+    files = [FetchedFile(**f) for f in data.pop("files")]
+    return files, data
+
+
+def fetch_delivery(transport: Transport, delivery: Delivery, work_dir: Path) -> list[FetchedFile]:
+    """Download every file of the delivery (temp name → size check → rename) and hash it."""
+    target = work_dir / "fetched"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    os.chmod(target, 0o700)
+    fetched = []
+    for name, remote in delivery.files.items():
+        local = target / f"{name}.bin"
+        transport.download(remote, local)
+        fetched.append(
+            FetchedFile(name=name, remote_path=remote.path, size=remote.size, mtime=remote.mtime, etag=remote.etag, sha256=sha256_file(local), local_path=str(local))
+        )
+    _write_manifest(work_dir / "fetched.json", fetched, transport=transport.uri, partition_key=delivery.partition_key)
+    return fetched
+
+
+def content_sha256(files: list[FetchedFile]) -> str:
+    """The delivery's content identity: the same bytes under other names give the same value."""
+    payload = sorted((f.name, f.sha256) for f in files)
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+def decrypt_delivery(work_dir: Path, keyring_factory=None) -> tuple[list[FetchedFile], int]:
+    """Decrypt the encrypted files (decided by content, not name) into 0600 files; plain files
+    pass through. Returns the files and how many were encrypted."""
+    from cdp_pipeline.crypto.pgp import looks_encrypted
+
+    fetched, extra = read_manifest(work_dir / "fetched.json")
+    target = work_dir / "decrypted"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    os.chmod(target, 0o700)
+    encrypted = [f for f in fetched if looks_encrypted(Path(f.local_path))]
+    out: list[FetchedFile] = []
+    keyring = None
+    try:
+        if encrypted:
+            if keyring_factory is None:
+                raise CdpError(
+                    f"{', '.join(f.remote_path for f in encrypted)}: the file is PGP-encrypted but the connection has no "
+                    "pgp.private_keys_env; add the decryption key"
+                )
+            keyring = keyring_factory()
+            keyring.__enter__()
+        for item in fetched:
+            local = Path(item.local_path)
+            plain = target / f"{item.name}.plain"
+            if item in encrypted:
+                keyring.decrypt_file(local, plain, item.remote_path)
+            else:
+                os.link(local, plain)  # no copy: the plaintext is already private (0600)
+            os.chmod(plain, 0o600)
+            out.append(FetchedFile(**{**vars(item), "local_path": str(plain)}))
+    finally:
+        if keyring is not None:
+            keyring.__exit__(None, None, None)
+    _write_manifest(work_dir / "decrypted.json", out, **extra, encrypted_files=len(encrypted))
+    return out, len(encrypted)
+
+
+def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportGoal, work_dir: Path, run_time: datetime) -> StagedImport:
+    files, _ = read_manifest(work_dir / "decrypted.json")
+    paths = {f.name: Path(f.local_path) for f in files}
+    display = {f.name: f.remote_path for f in files}
+    staged = build_import_tables(goal, project.catalog, paths, display, run_time)
+    staged.save(work_dir / "tables")
+    return staged
+
+
+@dataclass
+class MergeOutcome:
+    status: str  # merged | skipped
+    delivery_id: str
+    counts: MergeCounts
+    segment_sizes: dict[str, int]
+    duplicate_of: str | None = None
+
+
+def merge_staged(
+    project: ProjectConfig, connection: Connection, goal: ImportGoal, work_dir: Path, run_id: str, now: datetime, *, reprocess: bool = False
+) -> MergeOutcome:
+    files, extra = read_manifest(work_dir / "decrypted.json")
+    staged = StagedImport.load(work_dir / "tables")
+    sha = content_sha256(files)
+    config_hash = project.goal_config_hash(connection.name, goal.name)
+    delivery_id = hashlib.sha256(f"{connection.name}\0{goal.name}\0{sha}\0{config_hash}".encode()).hexdigest()[:24]
+    root = next(f for f in files if f.name == goal.files.root.name)
+    record = DeliveryRecord(
+        delivery_id=delivery_id,
+        connection=connection.name,
+        goal=goal.name,
+        partition_key=extra.get("partition_key", ""),
+        root_file=root.remote_path,
+        files=[f.as_ledger() for f in files],
+        content_sha256=sha,
+        config_hash=config_hash,
+    )
+    with open_writer(project.store_path, project.catalog, threads=project.store.threads) as conn:
+        already = delivery_is_merged(conn, sha, config_hash, connection.name, goal.name)
+        if already and not reprocess:
+            # Same bytes, same configuration: merging again would add sums and lists twice.
+            return MergeOutcome(status="skipped", delivery_id=already, counts=MergeCounts(rows_read=staged.rows_read), segment_sizes={}, duplicate_of=already)
+        counts = merge_delivery(conn, project.catalog, staged, record, run_id, now)
+        sizes = refresh_memberships(conn, project.catalog, now)
+    return MergeOutcome(status="merged", delivery_id=delivery_id, counts=counts, segment_sizes=sizes)
+
+
+def finish_remote_files(transport: Transport, goal: ImportGoal, work_dir: Path) -> list[str]:
+    """After a successful merge: leave, mark ``.done``, move to ``done/`` or delete the delivery's
+    remote files (per goal). Idempotent, so a retry after a crash is harmless (#57)."""
+    files, _ = read_manifest(work_dir / "fetched.json")
+    action = goal.files.after_import
+    done = []
+    for item in files:
+        if action.action == "done_suffix":
+            transport.rename(item.remote_path, item.remote_path + action.done_suffix)
+        elif action.action == "move_to_done":
+            directory, name = posixpath.split(item.remote_path)
+            transport.rename(item.remote_path, posixpath.join(directory, action.done_directory, name))
+        elif action.action == "delete":
+            transport.delete(item.remote_path)
+        else:
+            continue
+        done.append(item.remote_path)
+    return done
+
+
+def quarantine_remote_files(transport: Transport, goal: ImportGoal, remote_paths: list[str]) -> list[str]:
+    """Move a failed delivery's files aside so the rest keep flowing and nobody re-imports them blindly."""
+    directory_name = goal.files.after_import.quarantine_directory
+    if not directory_name:
+        return []
+    moved = []
+    for remote_path in remote_paths:
+        directory, name = posixpath.split(remote_path)
+        transport.rename(remote_path, posixpath.join(directory, directory_name, name))
+        moved.append(remote_path)
+    return moved
+
+
+def clean_plaintext(work_dir: Path) -> None:
+    """Decrypted data never outlives the run that needed it (S7)."""
+    shutil.rmtree(work_dir / "decrypted", ignore_errors=True)
+    shutil.rmtree(work_dir / "fetched", ignore_errors=True)
+
+
+def list_ready_deliveries(transport: Transport, connection: Connection, goal: ImportGoal, is_ready=lambda _f: True) -> tuple[list[Delivery], list[str]]:
+    listing: list[RemoteFile] = transport.list_files(goal.files.directory)
+    scan = scan_deliveries(connection.name, goal, listing, is_ready)
+    return scan.deliveries, scan.waiting + scan.problems

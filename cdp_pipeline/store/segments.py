@@ -1,0 +1,94 @@
+"""Segment and lifecycle membership, kept in the store so analysts can query it.
+
+Membership is recomputed from the conditions after every merge (set-based, cheap next to the
+merge), keeping ``member_since`` / ``stage_since`` for profiles that stay in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import duckdb
+
+from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.store.schema import literal
+
+
+def check_conditions(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str]:
+    """SQL conditions that do not bind against ``profiles``, as messages naming the segment."""
+    problems = []
+    for name, segment in catalog.segments.items():
+        try:
+            conn.execute(f"EXPLAIN SELECT profile_id FROM profiles WHERE ({segment.condition})")
+        except duckdb.Error as exc:
+            problems.append(f"segments.{name}.condition {segment.condition!r}: {str(exc).splitlines()[0]}")
+    for name, lifecycle in catalog.lifecycles.items():
+        for stage in lifecycle.stages:
+            try:
+                conn.execute(f"EXPLAIN SELECT profile_id FROM profiles WHERE ({stage.condition})")
+            except duckdb.Error as exc:
+                problems.append(f"lifecycles.{name}.{stage.name} condition {stage.condition!r}: {str(exc).splitlines()[0]}")
+    return problems
+
+
+def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime) -> dict[str, int]:
+    """Recompute every segment (bases first) and lifecycle; returns segment sizes."""
+    problems = check_conditions(conn, catalog)
+    if problems:
+        raise ValueError("store.yaml has conditions that do not work on the profiles table:\n" + "\n".join(problems))
+    sizes: dict[str, int] = {}
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for name in catalog.segment_order():
+            segment = catalog.segments[name]
+            bases = "".join(
+                f" AND profile_id IN (SELECT profile_id FROM segment_members WHERE segment = {literal(base)})" for base in segment.based_on
+            )
+            conn.execute(
+                f"""
+                CREATE OR REPLACE TEMP TABLE current_members AS
+                SELECT profile_id FROM profiles WHERE ({segment.condition}){bases}
+                """
+            )
+            conn.execute(
+                f"DELETE FROM segment_members WHERE segment = {literal(name)} AND profile_id NOT IN (SELECT profile_id FROM current_members)"
+            )
+            conn.execute(
+                f"""
+                INSERT INTO segment_members
+                SELECT {literal(name)}, profile_id, $now FROM current_members
+                WHERE profile_id NOT IN (SELECT profile_id FROM segment_members WHERE segment = {literal(name)})
+                """,
+                {"now": now},
+            )
+            (size,) = conn.execute(f"SELECT count(*) FROM segment_members WHERE segment = {literal(name)}").fetchone()
+            sizes[name] = size
+            conn.execute("INSERT INTO segment_sizes VALUES ($segment, $now, $size)", {"segment": name, "now": now, "size": size})
+        for name, lifecycle in catalog.lifecycles.items():
+            stage_case = " ".join(f"WHEN ({stage.condition}) THEN {literal(stage.name)}" for stage in lifecycle.stages)
+            conn.execute(
+                f"""
+                CREATE OR REPLACE TEMP TABLE current_stages AS
+                SELECT profile_id, CASE {stage_case} END AS stage FROM profiles
+                """
+            )
+            conn.execute("DELETE FROM current_stages WHERE stage IS NULL")
+            conn.execute(
+                f"""
+                DELETE FROM lifecycle_members WHERE lifecycle = {literal(name)} AND (profile_id, stage) NOT IN
+                    (SELECT profile_id, stage FROM current_stages)
+                """
+            )
+            conn.execute(
+                f"""
+                INSERT INTO lifecycle_members
+                SELECT {literal(name)}, stage, profile_id, $now FROM current_stages
+                WHERE (profile_id, stage) NOT IN (SELECT profile_id, stage FROM lifecycle_members WHERE lifecycle = {literal(name)})
+                """,
+                {"now": now},
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return sizes
