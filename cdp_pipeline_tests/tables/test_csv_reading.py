@@ -1,0 +1,456 @@
+"""read_delimited / normalise_column_name / parse_typed on small real files written to tmp_path."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from cdp_pipeline.config.csv_options import ColumnFormat, CsvOptions
+from cdp_pipeline.errors import InputError
+from cdp_pipeline.tables import csv_reading
+from cdp_pipeline.tables.csv_reading import normalise_column_name, parse_typed, read_delimited
+
+
+def write(tmp_path: Path, data: bytes, name: str = "profiles.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def read(tmp_path: Path, data: bytes, name: str = "profiles.csv", **options) -> pl.DataFrame:
+    return read_delimited(write(tmp_path, data, name), CsvOptions(**options), name)
+
+
+def read_error(tmp_path: Path, data: bytes, **options) -> InputError:
+    with pytest.raises(InputError) as caught:
+        read(tmp_path, data, **options)
+    return caught.value
+
+
+def rows(frame: pl.DataFrame) -> list[tuple]:
+    return frame.rows()
+
+
+# ----------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Customer ID", "customer_id"),
+        ("  E-Mail ", "e_mail"),
+        ("\ufeffcustomer_id", "customer_id"),
+        ("__Last--Name__", "last_name"),
+        ("2nd Email", "_2nd_email"),
+        ("Imię", "imi"),
+        ("A.B/C", "a_b_c"),
+    ],
+)
+def test_normalise_column_name(raw: str, expected: str) -> None:
+    assert normalise_column_name(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["", "   ", "---", "\ufeff"])
+def test_normalise_column_name_rejects_empty(raw: str) -> None:
+    with pytest.raises(ValueError, match="empty after normalisation"):
+        normalise_column_name(raw)
+
+
+def test_duplicate_names_after_normalisation_list_the_header_names(tmp_path: Path) -> None:
+    error = read_error(tmp_path, b"Email,email ,id\nx,y,1\n")
+    (problem,) = error.problems
+    assert problem.line == 1
+    assert "'Email'" in problem.reason and "'email '" in problem.reason and "'email'" in problem.reason
+
+
+def test_blank_header_name_is_an_error(tmp_path: Path) -> None:
+    error = read_error(tmp_path, b"id,,name\n1,2,3\n")
+    assert "header column 2" in error.problems[0].reason
+
+
+# ----------------------------------------------------------------- shape, delimiters, quoting
+
+
+def test_frame_shape_strings_in_file_order_plus_line(tmp_path: Path) -> None:
+    frame = read(tmp_path, b"Customer ID,Email,Score\n00123,a@x.com,7\n")
+    assert frame.columns == ["customer_id", "email", "score", "_line"]
+    assert frame.dtypes == [pl.String, pl.String, pl.String, pl.Int64]
+    assert rows(frame) == [("00123", "a@x.com", "7", 2)]
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t", "|", "~"])
+def test_each_delimiter(tmp_path: Path, delimiter: str) -> None:
+    d = delimiter.encode()
+    data = b"id" + d + b"name\n1" + d + b'"Smith' + d + b' John"\n2' + d + b"Doe\n"
+    frame = read(tmp_path, data, delimiter=delimiter)
+    assert rows(frame) == [("1", f"Smith{delimiter} John", 2), ("2", "Doe", 3)]
+
+
+def test_rfc4180_quotes_embedded_newlines_and_exact_lines(tmp_path: Path) -> None:
+    data = b'id,address,note\n1,"Main St 1\nFloor 2\nRoom 3","say ""hi"""\n2,"a,b",x\n3,,\n'
+    frame = read(tmp_path, data)
+    assert rows(frame) == [
+        ("1", "Main St 1\nFloor 2\nRoom 3", 'say "hi"', 2),
+        ("2", "a,b", "x", 5),
+        ("3", None, None, 6),
+    ]
+
+
+def test_single_quote_char(tmp_path: Path) -> None:
+    frame = read(tmp_path, b"id;name\n1;'O''Brien; Pat'\n", delimiter=";", quote_char="'")
+    assert rows(frame) == [("1", "O'Brien; Pat", 2)]
+
+
+def test_no_quote_char_keeps_quotes_as_data(tmp_path: Path) -> None:
+    frame = read(tmp_path, b'id\tsize\n1\t24" screen\n', delimiter="\t", quote_char=None)
+    assert rows(frame) == [("1", '24" screen', 2)]
+
+
+def test_backslash_escape_char(tmp_path: Path) -> None:
+    data = b'id,quote,path\n1,"she said \\"hi\\"","C:\\\\temp"\n2,"end\\\\",x\n'
+    frame = read(tmp_path, data, escape_char="\\")
+    assert rows(frame) == [("1", 'she said "hi"', "C:\\temp", 2), ("2", "end\\", "x", 3)]
+
+
+def test_escape_char_across_chunk_boundary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csv_reading, "CHUNK_BYTES", 7)
+    data = b'id,text\n1,"a\\"b\\\\"\n2,"\\"\\""\n'
+    frame = read(tmp_path, data, escape_char="\\")
+    assert rows(frame) == [("1", 'a"b\\', 2), ("2", '""', 3)]
+
+
+def test_small_chunks_give_the_same_records_and_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = b'\xef\xbb\xbfid,text\n1,"multi\nline, with comma"\n\n2,plain\n3,"x"""\n,,\n'
+    expected = rows(read(tmp_path, data))
+    monkeypatch.setattr(csv_reading, "CHUNK_BYTES", 5)
+    assert rows(read(tmp_path, data)) == expected == [
+        ("1", "multi\nline, with comma", 2),
+        ("2", "plain", 5),
+        ("3", 'x"', 6),
+    ]
+
+
+# ----------------------------------------------------------------- encodings
+
+
+def test_utf8_bom_is_stripped(tmp_path: Path) -> None:
+    frame = read(tmp_path, b"\xef\xbb\xbfcustomer_id,email\n1,a@x.com\n")
+    assert frame.columns[0] == "customer_id"
+    assert rows(frame) == [("1", "a@x.com", 2)]
+
+
+def test_utf8_bom_stripped_without_header(tmp_path: Path) -> None:
+    frame = read(tmp_path, b"\xef\xbb\xbf1,a\n", has_header=False, column_names=["id", "name"])
+    assert rows(frame) == [("1", "a", 1)]
+
+
+def test_cp1250_polish_letters(tmp_path: Path) -> None:
+    data = "id;imię;miasto\n1;ąęłńóśźż;Łódź\n".encode("cp1250")
+    frame = read(tmp_path, data, delimiter=";", encoding="cp1250")
+    assert frame.columns == ["id", "imi", "miasto", "_line"]
+    assert rows(frame) == [("1", "ąęłńóśźż", "Łódź", 2)]
+
+
+def test_latin1(tmp_path: Path) -> None:
+    frame = read(tmp_path, "id,name\n1,Müller Ça\n".encode("latin-1"), encoding="latin-1")
+    assert rows(frame) == [("1", "Müller Ça", 2)]
+
+
+def test_utf16_declared(tmp_path: Path) -> None:
+    data = "id\tname\r\n1\tŻaneta\r\n2\t\"a\tb\"\r\n".encode("utf-16")
+    frame = read(tmp_path, data, delimiter="\t", encoding="utf-16")
+    assert rows(frame) == [("1", "Żaneta", 2), ("2", "a\tb", 3)]
+
+
+def test_undecodable_byte_names_offset_line_and_encoding(tmp_path: Path) -> None:
+    # cp1250 bytes in a file declared UTF-8
+    data = "id;name\n1;ok\n2;Łódź\n".encode("cp1250")
+    (problem,) = read_error(tmp_path, data, delimiter=";").problems
+    assert problem.line == 3
+    assert "byte 0xA3 at byte offset 15" in problem.reason
+    assert "expected encoding utf-8" in problem.reason and "csv.encoding" in problem.fix
+
+
+def test_undecodable_byte_in_declared_cp1250(tmp_path: Path) -> None:
+    (problem,) = read_error(tmp_path, b"id,name\n1,a\n2,\x81\n", encoding="cp1250").problems
+    assert problem.line == 3
+    assert "0x81" in problem.reason and "cp1250" in problem.reason
+
+
+def test_utf16_not_declared_is_detected(tmp_path: Path) -> None:
+    (problem,) = read_error(tmp_path, "id,name\n1,a\n".encode("utf-16")).problems
+    assert "UTF-16 detected" in problem.reason and problem.fix == "Set csv.encoding: utf-16"
+    # without a byte-order mark: NULs between the characters give it away
+    (problem,) = read_error(tmp_path, "id,name\n1,abc\n2,def\n".encode("utf-16-le")).problems
+    assert "UTF-16 detected" in problem.reason
+
+
+def test_nul_byte_names_the_line(tmp_path: Path) -> None:
+    (problem,) = read_error(tmp_path, b"id,name\n1,a\n2,b\x00c\n").problems
+    assert problem.line == 3 and "NUL" in problem.reason
+
+
+# ----------------------------------------------------------------- compression, line endings, blanks
+
+
+def test_gzip_detected_by_magic_bytes(tmp_path: Path) -> None:
+    data = gzip.compress("id;name\n1;Zoë\n".encode())
+    assert rows(read(tmp_path, data, name="profiles.csv.gz", delimiter=";")) == [("1", "Zoë", 2)]
+    # the name does not matter, the magic bytes do
+    assert rows(read(tmp_path, data, name="decrypted.csv", delimiter=";")) == [("1", "Zoë", 2)]
+
+
+def test_gzip_with_legacy_encoding(tmp_path: Path) -> None:
+    data = gzip.compress("id,name\n1,żółw\n".encode("cp1250"))
+    assert rows(read(tmp_path, data, name="p.csv.gz", encoding="cp1250")) == [("1", "żółw", 2)]
+
+
+def test_corrupt_gzip(tmp_path: Path) -> None:
+    data = gzip.compress(b"id,name\n" + b"1,a\n" * 1000)[:-20]
+    assert "gzip" in read_error(tmp_path, data).problems[0].reason
+
+
+def test_crlf_leaves_no_carriage_return(tmp_path: Path) -> None:
+    frame = read(tmp_path, b'id,name,city\r\n1,a,"x"\r\n2,b,\r\n3,c,Rome\r\n')
+    assert rows(frame) == [("1", "a", "x", 2), ("2", "b", None, 3), ("3", "c", "Rome", 4)]
+    assert frame.columns == ["id", "name", "city", "_line"]
+
+
+def test_cr_only_line_endings_are_an_error(tmp_path: Path) -> None:
+    assert "CR-only" in read_error(tmp_path, b"id,name\r1,a\r").problems[0].reason
+
+
+def test_trailing_blank_and_delimiter_only_lines_are_ignored(tmp_path: Path) -> None:
+    data = b"id,name,city\n1,a,b\n\n,,\n2,c,d\n,,,,,\n   \n\r\n\n"
+    assert rows(read(tmp_path, data)) == [("1", "a", "b", 2), ("2", "c", "d", 5)]
+
+
+def test_last_line_without_newline(tmp_path: Path) -> None:
+    assert rows(read(tmp_path, b"id,name\n1,a\n2,b")) == [("1", "a", 2), ("2", "b", 3)]
+
+
+# ----------------------------------------------------------------- malformed files
+
+
+def test_ragged_rows_name_line_and_counts(tmp_path: Path) -> None:
+    error = read_error(tmp_path, b"id,name,city\n1,a,b\n2,c\n3,d,e,f\n4,\"x\ny\",z\n5,g,h,i\n")
+    assert [(p.line, p.reason) for p in error.problems] == [
+        (3, "the row has 2 fields, expected 3"),
+        (4, "the row has 4 fields, expected 3"),
+        (7, "the row has 4 fields, expected 3"),
+    ]
+
+
+def test_unterminated_quote_points_at_the_record(tmp_path: Path) -> None:
+    (problem,) = read_error(tmp_path, b'id,name\n1,a\n2,"open\n3,c\n4,d\n').problems
+    assert problem.line == 3 and "unterminated quote" in problem.reason
+
+
+def test_unterminated_quote_in_a_huge_record_is_refused_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csv_reading, "CHUNK_BYTES", 16)
+    monkeypatch.setattr(csv_reading, "MAX_RECORD_BYTES", 64)
+    (problem,) = read_error(tmp_path, b'id,name\n1,"open\n' + b"2,c\n" * 100).problems
+    assert problem.line == 2 and "longer than" in problem.reason
+
+
+@pytest.mark.parametrize(("data", "hint"), [(b"id;name\n1;a\n", ";"), (b"id\tname\n1\ta\n", "\t"), (b"id|name\n1|a\n", "|")])
+def test_wrong_delimiter_hint(tmp_path: Path, data: bytes, hint: str) -> None:
+    (problem,) = read_error(tmp_path, data).problems
+    assert f"did you mean delimiter {hint!r}?" in problem.reason and problem.line == 1
+
+
+def test_one_quoted_column_is_not_a_delimiter_mistake(tmp_path: Path) -> None:
+    assert rows(read(tmp_path, b'"a;b"\n1\n')) == [("1", 2)]
+
+
+def test_zero_byte_file(tmp_path: Path) -> None:
+    assert read_error(tmp_path, b"").problems[0].reason == "empty file (0 bytes)"
+
+
+def test_only_blank_lines(tmp_path: Path) -> None:
+    assert "no header row" in read_error(tmp_path, b"\n\n\n").problems[0].reason
+
+
+def test_header_only_file_is_an_empty_frame_with_columns(tmp_path: Path) -> None:
+    frame = read(tmp_path, b"Customer ID,Email\r\n")
+    assert frame.height == 0
+    assert frame.schema == pl.Schema({"customer_id": pl.String, "email": pl.String, "_line": pl.Int64})
+
+
+# ----------------------------------------------------------------- options
+
+
+def test_skip_rows_counts_physical_lines(tmp_path: Path) -> None:
+    data = b'Export "generated 2024\nby CRM\nid,name\n1,a\n2,b\n'
+    frame = read(tmp_path, data, skip_rows=2)
+    assert rows(frame) == [("1", "a", 4), ("2", "b", 5)]
+
+
+def test_no_header_with_column_names(tmp_path: Path) -> None:
+    frame = read(tmp_path, b"00123,a\n00456,b\n", has_header=False, column_names=["Customer ID", "Name"])
+    assert frame.columns == ["customer_id", "name", "_line"]
+    assert rows(frame) == [("00123", "a", 1), ("00456", "b", 2)]
+
+
+def test_no_header_without_names_gets_positional_names(tmp_path: Path) -> None:
+    assert read(tmp_path, b"1,a\n", has_header=False).columns == ["column_1", "column_2", "_line"]
+
+
+def test_column_names_replace_the_header(tmp_path: Path) -> None:
+    frame = read(tmp_path, b"ID,E\n1,a\n", column_names=["id", "email"])
+    assert rows(frame) == [("1", "a", 2)] and frame.columns == ["id", "email", "_line"]
+    assert "2 columns" in read_error(tmp_path, b"ID,E\n1,a\n", column_names=["id"]).problems[0].reason
+
+
+def test_null_tokens_and_empty_strings_become_null(tmp_path: Path) -> None:
+    data = b'id,a,b,c\n1,NULL,"",x\n2,n/a, ,NULL\n'
+    frame = read(tmp_path, data, null_values=["NULL", "n/a"])
+    assert rows(frame) == [("1", None, None, "x", 2), ("2", None, " ", None, 3)]
+
+
+def test_leading_zeros_and_long_ids_stay_text(tmp_path: Path) -> None:
+    frame = read(tmp_path, b"id,zip\n00123,01234\n12345678901234567890123,0\n")
+    assert rows(frame) == [("00123", "01234", 2), ("12345678901234567890123", "0", 3)]
+
+
+def test_a_realistic_file_of_some_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csv_reading, "CHUNK_BYTES", 4096)
+    lines = ["id,name,note"] + [f'{i:05d},"name {i}","line1\nline2"' if i % 7 == 0 else f"{i:05d},n{i},x" for i in range(3000)]
+    frame = read(tmp_path, ("\n".join(lines) + "\n").encode())
+    assert frame.height == 3000
+    expected_lines, line = [], 2
+    for i in range(3000):
+        expected_lines.append(line)
+        line += 2 if i % 7 == 0 else 1
+    assert frame["_line"].to_list() == expected_lines
+    assert frame["id"][7] == "00007" and frame["note"][7] == "line1\nline2"
+
+
+# ----------------------------------------------------------------- parse_typed
+
+
+def frame_of(**columns: list[str | None]) -> pl.DataFrame:
+    height = len(next(iter(columns.values())))
+    return pl.DataFrame({**columns, "_line": list(range(2, height + 2))}, schema={**{c: pl.String for c in columns}, "_line": pl.Int64})
+
+
+def test_parse_integer_decimal_boolean(tmp_path: Path) -> None:
+    frame = frame_of(
+        n=["7", " -12 ", None, "1 000"],
+        amount=["1234.5", "0.00001", "-3", "12"],
+        flag=["TRUE", "no", "Y", "0"],
+        name=["a", "b", "c", "d"],
+    )
+    typed, problems = parse_typed(
+        frame, {"n": ColumnFormat(type="integer"), "amount": ColumnFormat(type="decimal"), "flag": ColumnFormat(type="boolean")}, "f.csv"
+    )
+    assert problems == []
+    assert typed.schema == pl.Schema({"n": pl.Int64, "amount": pl.Decimal(18, 4), "flag": pl.Boolean, "name": pl.String, "_line": pl.Int64})
+    assert typed["n"].to_list() == [7, -12, None, 1000]
+    assert typed["amount"].to_list() == [Decimal("1234.5"), Decimal("0"), Decimal("-3"), Decimal("12")]
+    assert typed["flag"].to_list() == [True, False, True, False]
+
+
+def test_parse_decimal_comma() -> None:
+    frame = frame_of(amount=["1.234,56", "12,5", "-0,01", "1234567,8", "1.5", "1,234.56"])
+    typed, problems = parse_typed(frame, {"amount": ColumnFormat(type="decimal")}, "f.csv", decimal_comma=True)
+    assert typed["amount"].to_list()[:4] == [Decimal("1234.56"), Decimal("12.5"), Decimal("-0.01"), Decimal("1234567.8")]
+    # "1.5" is not a decimal-comma number: reported, never silently read as 15
+    assert [(p.line, p.column) for p in problems] == [(6, "amount"), (7, "amount")]
+    assert "decimal comma" in problems[0].reason
+
+
+def test_parse_dates_with_formats() -> None:
+    frame = frame_of(
+        ordered=["01/31/2024 13:45", "2/1/2024 07:05", "31/01/2024 13:45"],
+        birthday=["31.01.1990", "01.02.2000", "2000-02-01"],
+        iso_day=["2024-01-31", None, "2024-02-30"],
+    )
+    typed, problems = parse_typed(
+        frame,
+        {
+            "ordered": ColumnFormat(type="datetime", format="%m/%d/%Y %H:%M"),
+            "birthday": ColumnFormat(type="date", format="%d.%m.%Y"),
+            "iso_day": ColumnFormat(type="date"),
+        },
+        "orders.csv",
+    )
+    assert typed.schema["ordered"] == pl.Datetime("us") and typed.schema["birthday"] == pl.Date
+    assert typed["ordered"].to_list()[:2] == [dt.datetime(2024, 1, 31, 13, 45), dt.datetime(2024, 2, 1, 7, 5)]
+    assert typed["birthday"].to_list()[:2] == [dt.date(1990, 1, 31), dt.date(2000, 2, 1)]
+    assert typed["iso_day"].to_list() == [dt.date(2024, 1, 31), None, None]
+    assert [(p.line, p.column) for p in problems] == [(4, "ordered"), (4, "birthday"), (4, "iso_day")]
+    ordered = problems[0]
+    assert ordered.file == "orders.csv"
+    assert ordered.reason == "cannot parse '31/01/2024 13:45' as DATETIME (format %m/%d/%Y %H:%M)"
+    assert problems[1].reason == "cannot parse '2000-02-01' as DATE (format %d.%m.%Y)"
+    assert ordered.fix == "Correct the value or the column's format in csv.columns"
+
+
+def test_parse_iso_datetimes_without_format() -> None:
+    frame = frame_of(at=["2024-01-31T10:11:12", "2024-01-31 10:11:12.5", "2024-01-31T10:11", "2024-01-31T10:11:12+02:00", "2024-01-31T10:11:12Z", "2024-01-31"])
+    typed, problems = parse_typed(frame, {"at": ColumnFormat(type="datetime")}, "f.csv")
+    assert problems == []
+    assert typed["at"].to_list() == [
+        dt.datetime(2024, 1, 31, 10, 11, 12),
+        dt.datetime(2024, 1, 31, 10, 11, 12, 500000),
+        dt.datetime(2024, 1, 31, 10, 11),
+        dt.datetime(2024, 1, 31, 8, 11, 12),
+        dt.datetime(2024, 1, 31, 10, 11, 12),
+        dt.datetime(2024, 1, 31),
+    ]
+
+
+def test_parse_list() -> None:
+    frame = frame_of(tags=["a| b |c", "x||", None, " | "], other=["a,b", "c", None, ""])
+    typed, problems = parse_typed(
+        frame, {"tags": ColumnFormat(type="list"), "other": ColumnFormat(type="list", list_separator=",")}, "f.csv"
+    )
+    assert problems == []
+    assert typed.schema["tags"] == pl.List(pl.String)
+    assert typed["tags"].to_list() == [["a", "b", "c"], ["x"], None, None]
+    assert typed["other"].to_list() == [["a", "b"], ["c"], None, None]
+
+
+def test_unparseable_cells_are_reported_with_line_and_column_and_nulled() -> None:
+    frame = frame_of(age=["12", "12abc", "  ", "x" * 40], flag=["maybe", "yes", None, "n"])
+    typed, problems = parse_typed(frame, {"age": ColumnFormat(type="integer"), "flag": ColumnFormat(type="boolean")}, "p.csv")
+    assert typed["age"].to_list() == [12, None, None, None]
+    assert typed["flag"].to_list() == [None, True, None, False]
+    assert [(p.line, p.column) for p in problems] == [(2, "flag"), (3, "age"), (5, "age")]
+    assert problems[1].reason == "cannot parse '12abc' as INTEGER"
+    assert problems[2].reason == f"cannot parse '{'x' * 20}…' as INTEGER"
+
+
+def test_problems_are_capped_with_a_summary() -> None:
+    frame = frame_of(n=["bad"] * 150, d=["x"] * 150)
+    typed, problems = parse_typed(frame, {"n": ColumnFormat(type="integer"), "d": ColumnFormat(type="date")}, "p.csv")
+    assert len(problems) == 101
+    assert all(p.line is not None for p in problems[:100])
+    assert problems[-1].line is None and "300 cells" in problems[-1].reason and "n: 150" in problems[-1].reason
+    assert len(parse_typed(frame, {"n": ColumnFormat(type="integer")}, "p.csv", max_problems=500)[1]) == 150
+
+
+def test_parse_typed_unknown_column_is_an_error() -> None:
+    with pytest.raises(InputError, match="does not have"):
+        parse_typed(frame_of(a=["1"]), {"b": ColumnFormat(type="integer")}, "p.csv")
+
+
+def test_read_then_parse_end_to_end(tmp_path: Path) -> None:
+    data = "id;born;spent\n00123;31.01.1990;1.234,50\n00456;1990-01-31;7\n".encode("cp1250")
+    options = CsvOptions(
+        delimiter=";",
+        encoding="cp1250",
+        decimal_comma=True,
+        columns={"born": ColumnFormat(type="date", format="%d.%m.%Y"), "spent": ColumnFormat(type="decimal")},
+    )
+    frame = read_delimited(write(tmp_path, data), options, "profiles.csv")
+    typed, problems = parse_typed(frame, options.columns, "profiles.csv", options.decimal_comma)
+    assert typed["id"].to_list() == ["00123", "00456"]
+    assert typed["spent"].to_list() == [Decimal("1234.5"), Decimal("7")]
+    assert [(p.line, p.column) for p in problems] == [(3, "born")]
