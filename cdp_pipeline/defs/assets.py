@@ -6,7 +6,6 @@ Asset bodies only call the engine (``cdp_pipeline.importing`` / ``cdp_pipeline.e
 turn its results into metadata the UI plots.
 """
 
-from __future__ import annotations
 
 import json
 from datetime import datetime, timezone

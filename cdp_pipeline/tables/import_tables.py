@@ -104,7 +104,7 @@ def _aggregate(frame: pl.DataFrame, rules: dict[str, str]) -> pl.DataFrame:
     expressions = [pl.col(LINE).max()]
     for prop, rule in rules.items():
         if rule == "add":
-            expressions.append(pl.col(prop).flatten().drop_nulls().unique(maintain_order=True).alias(prop))
+            expressions.append(pl.col(prop).explode().drop_nulls().unique(maintain_order=True).alias(prop))
         elif rule == "sum":
             # An all-empty group stays empty instead of becoming 0, so "sum" never invents a value.
             expressions.append(pl.when(pl.col(prop).is_not_null().any()).then(pl.col(prop).sum()).otherwise(None).alias(prop))
@@ -228,6 +228,18 @@ def build_import_tables(
         frame = frame.filter(~pl.col(LINE).is_in(sorted(bad_lines[display_names[root]])))
     rules = {m.property: m.rule for m in mappings}
     records = frame.select(KEY, LINE, *(pl.col(m.column).alias(m.property) for m in mappings))
+    # A column a processor created, or one shared with an event property of another type, is
+    # typed here by its target property, on the records only.
+    retype = {
+        m.property: _format_for(properties[m.property])
+        for m in mappings
+        if properties[m.property].type != "text" and records.schema.get(m.property) == pl.String
+    }
+    if retype:
+        records, retype_problems = parse_typed(records, retype, display_names[root], goal.files.root.csv.decimal_comma)
+        problems.extend(retype_problems)
+        if retype_problems and goal.on_error == "skip_rows":
+            records = records.filter(~pl.col(LINE).is_in([p.line for p in retype_problems if p.line]))
     records = _aggregate(records, rules)
 
     # --- timeline events and their nested items

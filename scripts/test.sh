@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian/Ubuntu machine: installs the system programs the
+# tests start for real (gpg, OpenSSH sshd, Chromium for the UI test), the Python package with its
+# test extras, then pytest. Safe to run again: installed things are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v gpg >/dev/null 2>&1 || need_apt+=(gnupg)
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v sftp >/dev/null 2>&1 || need_apt+=(openssh-client)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing system packages: ${need_apt[*]} (install them with apt-get as root)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e ".[dev]"
+exec python3 -m pytest "$@"
