@@ -177,14 +177,14 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         goal = goal_of(context)
         started = _now()
         reprocess = context.run.tags.get("cdp/reprocess") == "true"
-        outcome = importing.merge_staged(project, connection, goal, work_dir, context.run_id, started, reprocess=reprocess)
+        outcome = importing.merge_staged(project, connection, goal, work_dir, context.run.run_id, started, reprocess=reprocess)
         with getattr(context.resources, transport_resource_key).open() as transport:
             finished = importing.finish_remote_files(transport, goal, work_dir) if outcome.status == "merged" else []
         importing.clean_plaintext(work_dir)
         counts = outcome.counts
         with open_writer(project.store_path, project.catalog) as conn:
             record_run(
-                conn, run_id=context.run_id, connection=name, kind="import", goal=goal.name, partition_key=context.partition_key,
+                conn, run_id=context.run.run_id, connection=name, kind="import", goal=goal.name, partition_key=context.partition_key,
                 started_at=started, ended_at=_now(), status="SUCCESS" if outcome.status == "merged" else "SKIPPED",
                 counts=counts.as_metadata(), last_profiles=counts.last_profiles, error=None,
             )
@@ -252,7 +252,7 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
         try:
             with getattr(context.resources, target_key).open() as transport:
                 outcome = exporting.run_export(
-                    project, connection, goal, transport, context.run_id, now, full=full,
+                    project, connection, goal, transport, context.run.run_id, now, full=full,
                     keyring_factory=pgp.keyring if pgp.public_key else None,
                 )
         except TransientError:
@@ -262,7 +262,7 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
         profile_file = outcome.profile_file
         with open_writer(project.store_path, project.catalog) as conn:
             record_run(
-                conn, run_id=context.run_id, connection=name, kind="export", goal=goal.name, partition_key=None,
+                conn, run_id=context.run.run_id, connection=name, kind="export", goal=goal.name, partition_key=None,
                 started_at=now, ended_at=_now(), status="SUCCESS",
                 counts={"profiles_available": outcome.profiles_available, "profiles_exported": outcome.profiles_exported},
                 last_profiles=[], error=None,
