@@ -1,0 +1,84 @@
+"""Loading the configuration directory: errors name the file, the key path and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR, load_project
+from cdp_pipeline.errors import ConfigError
+
+STORE = "catalog:\n  profile_properties:\n    email: {type: text, unique: true}\n    spend: {type: decimal}\n"
+GOOD = """
+name: acme
+source: {type: local, path: drop}
+goals:
+  - name: people
+    type: import_profiles
+    files: {root: {name: people, pattern: "people_*.csv"}}
+    identifiers: [{column: email, property: email}]
+    allow_new_profiles: true
+    mappings: [{column: spend, property: spend, rule: sum}]
+"""
+
+
+def _config(tmp_path: Path, connection: str, store: str = STORE) -> Path:
+    (tmp_path / "connections").mkdir(parents=True)
+    (tmp_path / "store.yaml").write_text(store)
+    (tmp_path / "connections" / "acme.yaml").write_text(connection)
+    return tmp_path
+
+
+def test_bundled_demo_configuration_loads(tmp_path):
+    project = load_project(BUNDLED_CONFIG_DIR, tmp_path)
+    assert list(project.connections) == ["demo_local"]
+    assert [g.name for g in project.connections["demo_local"].import_goals] == ["households", "customers", "orders"]
+    assert project.store_path == tmp_path / "store.duckdb"
+
+
+def test_good_configuration_loads(tmp_path):
+    project = load_project(_config(tmp_path, GOOD), tmp_path)
+    assert project.connections["acme"].goals[0].mappings[0].rule == "sum"
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (("allow_new_profiles: true", "allow_new_profile: true"), "goals.0.import_profiles.allow_new_profile: unknown key (misspelt?)"),
+        (("rule: sum", "rule: total"), "goals.0.import_profiles.mappings.0.rule: Input should be 'set', 'set_if_empty', 'set_or_clear', 'add' or 'sum'"),
+        (("    identifiers: [{column: email, property: email}]\n", ""), "goals.0.import_profiles.identifiers: required key is missing"),
+        (("property: spend", "property: spent"), "property 'spent' is not declared in store.yaml"),
+        (("rule: sum", "rule: add"), "rule add needs a list property"),
+        (("{type: local, path: drop}", "{type: sftp, host: h, username: u, auth: {method: password, password_env: P}}"), "known_hosts_line or host_key_fingerprint"),
+    ],
+)
+def test_errors_name_file_key_path_and_what_is_allowed(tmp_path, change, expected):
+    old, new = change
+    with pytest.raises(ConfigError) as error:
+        load_project(_config(tmp_path, GOOD.replace(old, new)), tmp_path)
+    assert "connections/acme.yaml (connection 'acme')" in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_literal_secrets_are_refused(tmp_path):
+    sftp = GOOD.replace("{type: local, path: drop}", "{type: sftp, host: h, username: u, host_key_fingerprint: 'SHA256:x', auth: {method: password, password: hunter2}}")
+    with pytest.raises(ConfigError) as error:
+        load_project(_config(tmp_path, sftp), tmp_path)
+    assert "source.auth.password: secrets are not written in YAML" in str(error.value)
+    assert "hunter2" not in str(error.value)
+
+
+def test_private_key_blocks_are_refused_anywhere(tmp_path):
+    text = GOOD.replace('name: acme', 'name: acme\ndescription: "-----BEGIN OPENSSH PRIVATE KEY-----"')
+    with pytest.raises(ConfigError, match="private key block is not allowed"):
+        load_project(_config(tmp_path, text), tmp_path)
+
+
+def test_root_and_linked_file_patterns_must_differ(tmp_path):
+    text = GOOD.replace(
+        'files: {root: {name: people, pattern: "people_*.csv"}}',
+        'files: {root: {name: people, pattern: "people_*.csv"}, linked: [{name: more, pattern: "people_*.csv", parent: people, link: {id: id}}]}',
+    )
+    with pytest.raises(ConfigError, match="root file's name must differ"):
+        load_project(_config(tmp_path, text), tmp_path)

@@ -1,0 +1,76 @@
+"""The merge rule truth table, every cell against a real DuckDB file: incoming value / empty /
+column absent × stored value / empty, for set, set_if_empty, set_or_clear, add and sum."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import polars as pl
+import pytest
+
+from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.store.database import open_writer
+from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
+from cdp_pipeline.tables.staged import StagedImport
+
+CATALOG = Catalog.model_validate(
+    {
+        "profile_properties": {
+            "name": {"type": "text"},
+            "tags": {"type": "list"},
+            "spend": {"type": "decimal"},
+        }
+    }
+)
+VALUES = {"name": ("old", "new"), "tags": (["a", "b"], ["b", "c"]), "spend": (Decimal("10.5"), 2.25)}
+EMPTY = {"name": None, "tags": None, "spend": None}
+
+# (rule, property) → {(incoming, stored): expected}; incoming in value/empty/absent, stored in value/empty
+TABLE = {
+    ("set", "name"): {("value", "value"): "new", ("value", "empty"): "new", ("empty", "value"): "old", ("empty", "empty"): None, ("absent", "value"): "old", ("absent", "empty"): None},
+    ("set_if_empty", "name"): {("value", "value"): "old", ("value", "empty"): "new", ("empty", "value"): "old", ("empty", "empty"): None, ("absent", "value"): "old", ("absent", "empty"): None},
+    ("set_or_clear", "name"): {("value", "value"): "new", ("value", "empty"): "new", ("empty", "value"): None, ("empty", "empty"): None, ("absent", "value"): "old", ("absent", "empty"): None},
+    ("add", "tags"): {("value", "value"): ["a", "b", "c"], ("value", "empty"): ["b", "c"], ("empty", "value"): ["a", "b"], ("empty", "empty"): None, ("absent", "value"): ["a", "b"], ("absent", "empty"): None},
+    ("sum", "spend"): {("value", "value"): Decimal("12.75"), ("value", "empty"): Decimal("2.25"), ("empty", "value"): Decimal("10.5"), ("empty", "empty"): None, ("absent", "value"): Decimal("10.5"), ("absent", "empty"): None},
+}
+CELLS = [(rule, prop, incoming, stored, expected) for (rule, prop), cells in TABLE.items() for (incoming, stored), expected in cells.items()]
+
+
+def _staged(prop: str, rule: str, value) -> StagedImport:
+    dtype = {"name": pl.String, "tags": pl.List(pl.String), "spend": pl.Float64}[prop]
+    records = pl.DataFrame({"_key": ["p1"], "_line": [2], prop: [value]}, schema={"_key": pl.String, "_line": pl.Int64, prop: dtype})
+    return StagedImport(target="profiles", identifier_property="profile_id", allow_create=True, rules={prop: rule}, records=records, rows_read=1)
+
+
+def _record(n: int) -> DeliveryRecord:
+    return DeliveryRecord(f"d{n}", "c", "g", "g:f", "f.csv", [], f"sha{n}", "cfg")
+
+
+@pytest.mark.parametrize("rule,prop,incoming,stored,expected", CELLS, ids=[f"{c[0]}-{c[2]}-over-{c[3]}" for c in CELLS])
+def test_truth_table_cell(tmp_path, rule, prop, incoming, stored, expected):
+    path = tmp_path / "store.duckdb"
+    with open_writer(path, CATALOG) as conn:
+        # Store the starting value with set_or_clear (writes exactly what it is given).
+        merge_delivery(conn, CATALOG, _staged(prop, "set_or_clear", VALUES[prop][0] if stored == "value" else EMPTY[prop]), _record(1), "r1", datetime(2026, 1, 1))
+        if incoming == "absent":
+            staged = StagedImport(
+                target="profiles", identifier_property="profile_id", allow_create=True, rules={},
+                records=pl.DataFrame({"_key": ["p1"], "_line": [2]}), rows_read=1,
+            )
+        else:
+            staged = _staged(prop, rule, VALUES[prop][1] if incoming == "value" else EMPTY[prop])
+        merge_delivery(conn, CATALOG, staged, _record(2), "r2", datetime(2026, 1, 2))
+        (value,) = conn.execute(f"SELECT {prop} FROM profiles WHERE profile_id = 'p1'").fetchone()
+    assert value == expected
+
+
+def test_failed_merge_leaves_nothing_behind(tmp_path):
+    path = tmp_path / "store.duckdb"
+    bad = _staged("spend", "sum", 1.0)
+    bad.events = {"order": pl.DataFrame({"event_id": ["e1"], "_key": ["p1"], "event_time": [datetime(2026, 1, 1)]})}
+    with open_writer(path, CATALOG) as conn:
+        with pytest.raises(KeyError):  # "order" is not an event type of this catalog: fails mid-transaction
+            merge_delivery(conn, CATALOG, bad, _record(1), "r1", datetime(2026, 1, 1))
+        assert conn.execute("SELECT count(*) FROM profiles").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
