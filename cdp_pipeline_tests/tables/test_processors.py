@@ -72,6 +72,12 @@ def test_normalize_email() -> None:
     ]
 
 
+def test_normalize_email_on_list_items() -> None:
+    frame = pl.DataFrame({"emails": [[" A@Gmial.con", "b@x.com"], None]}, schema={"emails": pl.List(pl.String)})
+    result = run(frame, {"type": "normalize_email", "columns": ["emails"]})
+    assert result["emails"].to_list() == [["a@gmail.com", "b@x.com"], None]
+
+
 def test_trim_lowercase_uppercase() -> None:
     result = run(
         {"a": ["  x  ", "   ", None], "b": ["MiXeD", "ŁÓDŹ", None], "c": ["abc", "żółw", None]},
