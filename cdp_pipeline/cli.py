@@ -42,7 +42,8 @@ def run_connection(connection_name: str, *, full_export: bool = False, echo=prin
     instance = dg.DagsterInstance.get()
     summary: dict = {"imports": [], "exports": []}
     partitions_name = f"{connection_name}__deliveries"
-    with transport_resource(connection.source, project.home).open() as transport:
+    # Outside a run, EnvVar fields resolve only through process_config_and_initialize.
+    with transport_resource(connection.source, project.home).process_config_and_initialize().open() as transport:
         deliveries = []
         for goal in connection.import_goals:
             found, waiting = importing.list_ready_deliveries(transport, connection, goal)
