@@ -100,7 +100,7 @@ def _normalised_names(raw_names: list[str | None], display_name: str, header_lin
     """Normalise every header name; blanks and collisions become one InputError listing them all."""
     problems: list[InputProblem] = []
     names: list[str] = []
-    first_raw_by_name: dict[str, list[str]] = {}
+    raw_names_by_name: dict[str, list[str]] = {}
     for position, raw in enumerate(raw_names, start=1):
         try:
             normalised = normalise_column_name(raw or "")
@@ -116,8 +116,8 @@ def _normalised_names(raw_names: list[str | None], display_name: str, header_lin
             )
             normalised = f"__blank_{position}"
         names.append(normalised)
-        first_raw_by_name.setdefault(normalised, []).append(raw or "")
-    for normalised, raws in first_raw_by_name.items():
+        raw_names_by_name.setdefault(normalised, []).append(raw or "")
+    for normalised, raws in raw_names_by_name.items():
         if len(raws) > 1 and not normalised.startswith("__blank_"):
             listed = ", ".join(repr(raw) for raw in raws)
             problems.append(
@@ -138,15 +138,15 @@ def _normalised_names(raw_names: list[str | None], display_name: str, header_lin
 # --------------------------------------------------------------------------- byte sources
 
 
-def _open_bytes(path: Path, display_name: str) -> tuple[BinaryIO, bool]:
+def _open_bytes(path: Path) -> tuple[BinaryIO, bool]:
     """Open the file for binary reading, transparently decompressing gzip (detected by magic bytes,
     not by the name, because decrypted deliveries often lose their extension)."""
-    handle = open(path, "rb")
-    magic = handle.read(2)
-    handle.seek(0)
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
     if magic == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=handle, mode="rb"), True  # type: ignore[return-value]
-    return handle, False
+        # gzip.open owns its file handle (GzipFile(fileobj=...) would leave it open on close).
+        return gzip.open(path, "rb"), True  # type: ignore[return-value]
+    return open(path, "rb"), False
 
 
 def _raw_chunks(stream: BinaryIO, display_name: str) -> Iterator[bytes]:
@@ -248,7 +248,7 @@ def _decoded_utf8_chunks(
 
 def _locate_invalid_utf8(path: Path, display_name: str, declared: str) -> InputError | None:
     """Find the first invalid UTF-8 byte of a file Polars refused, for an error with offset and line."""
-    stream, _ = _open_bytes(path, display_name)
+    stream, _ = _open_bytes(path)
     with stream:
         try:
             for _ in _decoded_utf8_chunks(_raw_chunks(stream, display_name), "utf-8", declared, display_name):
@@ -346,6 +346,9 @@ class _RecordScanner:
     def feed(self, chunk: bytes) -> None:
         if self.first_chunk:
             self.first_chunk = False
+            if not self.lines_to_skip:
+                # Polars drops a leading UTF-8 BOM too; without this a BOM-only file would have a "record".
+                chunk = chunk.removeprefix(b"\xef\xbb\xbf")
             if b"\n" not in chunk and b"\r" in chunk:
                 raise InputError(
                     InputProblem(
@@ -550,7 +553,7 @@ def read_delimited(path: Path, options: CsvOptions, display_name: str) -> pl.Dat
     escape = options.escape_char if (options.escape_char and quote and options.escape_char != quote) else None
     codec = codecs.lookup(options.encoding).name
 
-    stream, compressed = _open_bytes(path, display_name)
+    stream, compressed = _open_bytes(path)
     temp_path: Path | None = None
     pool: ThreadPoolExecutor | None = None
     early_read: Future[pl.DataFrame] | None = None
@@ -643,7 +646,13 @@ def _frame_from_scan(
     delimiter = options.delimiter
     if scan.first_record is None:
         if options.has_header or not options.column_names:
-            raise _empty_file_error(display_name, "no header row: the file has only blank lines" if scan.start_lines else "empty file (no lines after csv.skip_rows)")
+            if scan.start_lines:
+                reason = "no header row: the file has only blank lines"
+            elif options.skip_rows:
+                reason = f"empty file: nothing after the {options.skip_rows} line(s) of csv.skip_rows"
+            else:
+                reason = "empty file (only a byte-order mark)"
+            raise _empty_file_error(display_name, reason)
         return _empty_frame(_normalised_names(list(options.column_names), display_name, None))
 
     first_fields = scan.first_record_fields or 1

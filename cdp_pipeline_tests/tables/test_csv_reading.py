@@ -276,6 +276,18 @@ def test_only_blank_lines(tmp_path: Path) -> None:
     assert "no header row" in read_error(tmp_path, b"\n\n\n").problems[0].reason
 
 
+def test_only_a_bom_or_only_skipped_lines_is_empty(tmp_path: Path) -> None:
+    assert "empty file" in read_error(tmp_path, b"\xef\xbb\xbf").problems[0].reason
+    assert "empty file" in read_error(tmp_path, b"banner\n", skip_rows=1).problems[0].reason
+
+
+def test_stray_quote_in_an_unquoted_value_is_reported_not_misread(tmp_path: Path) -> None:
+    (problem,) = read_error(tmp_path, b'id,name\n1,5" screen\n2,"Bob"\n3,"Al"\n').problems
+    assert problem.line == 2 and "quote_char: null" in problem.fix
+    # paired quotes inside a value without delimiters are read as written, as Polars does
+    assert rows(read(tmp_path, b'id,name\n1,a "x" b\n')) == [("1", 'a "x" b', 2)]
+
+
 def test_header_only_file_is_an_empty_frame_with_columns(tmp_path: Path) -> None:
     frame = read(tmp_path, b"Customer ID,Email\r\n")
     assert frame.height == 0
