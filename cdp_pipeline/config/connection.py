@@ -427,6 +427,8 @@ class Connection(StrictModel):
     notifications: Notifications | None = None
     #: only profiles that consented to at least one of these objectives are imported or exported.
     objectives: list[str] = Field(default_factory=list)
+    #: the store is "stale" for this connection when nothing was merged for this many hours (UI freshness).
+    freshness_hours: float | None = Field(default=26, gt=0)
 
     @field_validator("name")
     @classmethod

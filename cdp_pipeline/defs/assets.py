@@ -8,7 +8,7 @@ turn its results into metadata the UI plots.
 
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -18,8 +18,9 @@ from cdp_pipeline import exporting, importing
 from cdp_pipeline.config.connection import Connection, ExportGoal, LocalLocation, S3Location, SftpLocation
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport_key
-from cdp_pipeline.errors import CdpError, CryptoError, InputError, TransientError
+from cdp_pipeline.errors import CdpError, InputError, TransientError
 from cdp_pipeline.store.database import open_writer
+from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
 
 # Network steps retry transient failures; everything else fails once with its named error.
@@ -51,8 +52,20 @@ def _fail(error: Exception, what: str) -> dg.Failure:
     return dg.Failure(description=f"{what}: {error}", allow_retries=False)
 
 
-def _run_transient(error: TransientError) -> dg.RetryRequested:
-    return dg.RetryRequested(max_retries=3, seconds_to_wait=15)
+def _quarantine(context: dg.AssetExecutionContext, transport_resource_key: str, goal, work_dir) -> list[str]:
+    """A delivery that cannot be imported is moved aside (when the goal has a quarantine folder), so
+    it is not retried blindly and the other deliveries keep flowing."""
+    if not goal.files.after_import.quarantine_directory or not (work_dir / "fetched.json").exists():
+        return []
+    files, _ = importing.read_manifest(work_dir / "fetched.json")
+    try:
+        with getattr(context.resources, transport_resource_key).open() as transport:
+            moved = importing.quarantine_remote_files(transport, goal, [f.remote_path for f in files])
+    except CdpError as error:
+        context.log.error(f"could not quarantine {[f.remote_path for f in files]}: {error}")
+        return []
+    context.log.warning(f"quarantined {moved} into {goal.files.after_import.quarantine_directory}/")
+    return moved
 
 
 def build_connection_assets(project: ProjectConfig, connection: Connection) -> list[dg.AssetsDefinition]:
@@ -106,7 +119,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         deps=[fetched_files],
         partitions_def=partitions,
         kinds={"pgp"},
-        required_resource_keys={pgp_resource_key},
+        required_resource_keys={pgp_resource_key, transport_resource_key},
         description=(
             "The delivery's files in plain text: PGP-encrypted files (recognised by content, not by name) are "
             "decrypted with the connection's private key in a fresh GnuPG home; plain files pass through. "
@@ -120,15 +133,27 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         pgp = getattr(context.resources, pgp_resource_key)
         try:
             files, encrypted = importing.decrypt_delivery(work_dir, pgp.keyring if pgp.can_decrypt else None)
-        except (CryptoError, CdpError) as error:
+        except CdpError as error:
+            _quarantine(context, transport_resource_key, goal_of(context), work_dir)
             raise _fail(error, "decrypt") from error
-        return dg.MaterializeResult(metadata={"files": len(files), "encrypted_files": encrypted})
+        metadata: dict = {"files": len(files), "encrypted_files": encrypted}
+        if pgp.can_decrypt:
+            # Keys expire (SARE rotates yearly with three weeks' notice): show the days left so the UI
+            # plots them, and warn ahead of time.
+            with pgp.keyring() as keyring:
+                expiries = [info.days_left for info in keyring.key_expiries() if info.days_left is not None]
+                for warning in keyring.expiry_warnings(pgp.expiry_warning_days):
+                    context.log.warning(warning)
+            if expiries:
+                metadata["pgp_key_days_left"] = min(expiries)
+        return dg.MaterializeResult(metadata=metadata)
 
     @dg.asset(
         key=[name, "import_tables"],
         deps=[decrypted_files],
         partitions_def=partitions,
         kinds={"polars"},
+        required_resource_keys={transport_resource_key},
         description=(
             "The delivery as tables ready to merge, built in Polars: each file read with its file and field "
             "handling, data processors applied, identifiers linked, nested files joined to their parents, "
@@ -142,6 +167,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         try:
             staged = importing.stage_delivery(project, connection, goal, work_dir, _now())
         except InputError as error:
+            _quarantine(context, transport_resource_key, goal, work_dir)
             raise _fail(error, f"{goal.name}: the delivery cannot be imported") from error
         for warning in staged.warnings:
             context.log.warning(warning)
@@ -161,6 +187,11 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
     @dg.asset(
         key=[name, "profile_store"],
         deps=[import_tables],
+        freshness_policy=(
+            dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=connection.freshness_hours), warn_window=timedelta(hours=connection.freshness_hours * 0.75))
+            if connection.freshness_hours
+            else None
+        ),
         partitions_def=partitions,
         kinds={"duckdb"},
         pool="duckdb_write",
@@ -188,6 +219,9 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
                 started_at=started, ended_at=_now(), status="SUCCESS" if outcome.status == "merged" else "SKIPPED",
                 counts=counts.as_metadata(), last_profiles=counts.last_profiles, error=None,
             )
+            published = project.published_store_path
+            if published is not None:
+                publish_copy(conn, published)
         if outcome.status == "skipped":
             context.log.info(f"{context.partition_key}: same content and configuration already merged as {outcome.duplicate_of}; skipped")
         return dg.MaterializeResult(
@@ -198,6 +232,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
                 "remote_files_finished": len(finished),
                 "last_profiles": dg.MetadataValue.json(counts.last_profiles),
                 "dagster/table_name": "profiles",
+                "seconds": round((_now() - started).total_seconds(), 3),
                 **{f"segment_size/{segment}": size for segment, size in outcome.segment_sizes.items()},
             }
         )
@@ -267,6 +302,8 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
                 counts={"profiles_available": outcome.profiles_available, "profiles_exported": outcome.profiles_exported},
                 last_profiles=[], error=None,
             )
+            if project.published_store_path is not None:
+                publish_copy(conn, project.published_store_path)
         yield dg.MaterializeResult(
             asset_key=segment_key,
             metadata={
