@@ -15,7 +15,7 @@ import pytest
 from cdp_pipeline.errors import ConfigError, FileVanishedError, TransientTransportError, TransportError
 from cdp_pipeline.transports.base import RemoteFile
 from cdp_pipeline.transports.sftp import SftpSecrets, SftpTransport, load_private_key
-from cdp_pipeline_tests.fixtures.sshd import SshdServer, fingerprint_of_public_line
+from cdp_pipeline_tests.fixtures.sshd import SshdServer, fingerprint_of_public_line, sshd_variant
 
 
 def transport_for(server: SshdServer, role: str, method: str | None = None, key: str = "ed25519", **overrides) -> SftpTransport:
@@ -173,6 +173,15 @@ def test_malformed_host_key_pin_is_a_config_error(sshd_server: SshdServer) -> No
         transport_for(sshd_server, "password", host_key_fingerprint="MD5:aa:bb")
     with pytest.raises(ConfigError):
         transport_for(sshd_server, "password", known_hosts_line="host ssh-ed25519 not-base64!!")
+
+
+def test_server_with_only_legacy_ciphers_is_refused_clearly(sshd_server: SshdServer) -> None:
+    with sshd_variant(sshd_server, Ciphers="aes128-cbc") as port:
+        transport = transport_for(sshd_server, "password", port=port, retries=3)
+        with pytest.raises(TransportError, match="no algorithm this client accepts") as raised:
+            transport.list_files(".")
+    assert not isinstance(raised.value, TransientTransportError)
+    assert transport.connection_attempts == 1
 
 
 # ---------------------------------------------------------------- paths
