@@ -115,6 +115,28 @@ def test_wrong_or_missing_key_passphrase(sshd_server: SshdServer) -> None:
         load_private_key(rsa.private_text, None)
 
 
+def test_password_through_keyboard_interactive(sshd_server: SshdServer) -> None:
+    # Servers that take passwords only through PAM's keyboard-interactive, not the "password" method.
+    with sshd_variant(sshd_server, UsePAM="yes", PasswordAuthentication="no", KbdInteractiveAuthentication="yes") as port:
+        with transport_for(sshd_server, "password", port=port) as transport:
+            transport.list_files(".")
+
+
+def test_pkcs8_keys_load(sshd_server: SshdServer) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    ed25519 = sshd_server.keys["ed25519"]
+    parsed = serialization.load_ssh_private_key(ed25519.private_text.encode(), password=None)
+    pkcs8 = parsed.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pkcs8-passphrase"),
+    ).decode()
+    assert "BEGIN ENCRYPTED PRIVATE KEY" in pkcs8
+    key = load_private_key(pkcs8, "pkcs8-passphrase")
+    assert f"{key.get_name()} {key.get_base64()}" == " ".join(ed25519.public_line.split()[:2])
+
+
 def test_secrets_repr_hides_values() -> None:
     secrets = SftpSecrets(password="hunter2-pw", private_key="-----BEGIN OPENSSH PRIVATE KEY-----\nabc", passphrase="pp-secret")
     for text in (repr(secrets), str(secrets), f"{secrets}", repr([secrets])):
