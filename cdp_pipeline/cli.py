@@ -86,6 +86,27 @@ def run_connection(connection_name: str, *, full_export: bool = False, echo=prin
     return summary
 
 
+def reprocess_delivery(connection_name: str, partition_key: str, echo=print) -> bool:
+    """Run one delivery again even though the ledger has it. Set rules and add apply again; sum
+    skips the rows it already counted, so the delivery's earlier contribution is never added twice."""
+    import dagster as dg
+
+    from cdp_pipeline.defs.connections import import_job_name
+    from cdp_pipeline.definitions import defs as load_defs
+
+    instance = dg.DagsterInstance.get()
+    instance.add_dynamic_partitions(f"{connection_name}__deliveries", [partition_key])
+    job = load_defs().resolve_job_def(import_job_name(connection_name))
+    result = job.execute_in_process(instance=instance, partition_key=partition_key, tags={"cdp/reprocess": "true"}, raise_on_error=False)
+    echo(f"  reprocessed {partition_key}: {'SUCCESS' if result.success else 'FAILED'} (run {result.run_id})")
+    return result.success
+
+
+def _reprocess(args: argparse.Namespace) -> int:
+    _prepare_environment(Path(args.home).expanduser().resolve())
+    return 0 if reprocess_delivery(args.connection, args.partition_key) else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     home = Path(args.home).expanduser().resolve()
     dagster_home = _prepare_environment(home)
@@ -142,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("connection")
     run.add_argument("--full-export", action="store_true", help="export all segment members, not only changed ones")
     run.set_defaults(handler=_run)
+    reprocess = commands.add_parser("reprocess", help="import one delivery again although the ledger has it")
+    reprocess.add_argument("connection")
+    reprocess.add_argument("partition_key", help="goal:root file name, as shown in the UI's partitions")
+    reprocess.set_defaults(handler=_reprocess)
     validate = commands.add_parser("validate", help="load and check the YAML configuration")
     validate.set_defaults(handler=_validate)
     args = parser.parse_args(argv)
