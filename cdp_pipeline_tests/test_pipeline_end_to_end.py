@@ -88,3 +88,24 @@ def test_demo_connection_end_to_end(demo_home: Path):
     assert _store_digest(store) == before
     segment_export = next(e for e in second["exports"] if e["asset"].endswith("segment_export"))
     assert segment_export["profiles_exported"] == 0
+
+
+def test_import_chain_with_dg_materialize(demo_home: Path):
+    """The same four assets materialized directly for one delivery partition."""
+    from cdp_pipeline.definitions import defs
+
+    definitions = defs()
+    chain = ["fetched_files", "decrypted_files", "import_tables", "profile_store"]
+    assets = [definitions.resolve_assets_def(dg.AssetKey(["demo_local", step])) for step in chain]
+    instance = dg.DagsterInstance.ephemeral()
+    partition = "customers:profiles_20260115.csv"
+    instance.add_dynamic_partitions("demo_local__deliveries", [partition])
+    # The resolved assets carry their resources (transport, PGP keys, project) already bound.
+    result = dg.materialize(assets, partition_key=partition, instance=instance)
+    assert result.success
+    metadata = result.asset_materializations_for_node("demo_local__profile_store")[0].metadata
+    assert metadata["profiles_created"].value == 300
+    assert metadata["status"].value == "merged"
+    tables = result.asset_materializations_for_node("demo_local__import_tables")[0].metadata
+    assert tables["rows_read"].value == 302 and tables["records"].value == 300
+    assert "|" in tables["preview"].value  # a markdown table of the rows merged
