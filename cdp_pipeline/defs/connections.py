@@ -35,8 +35,8 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
         partitions_def=partitions,
         # Small per-delivery steps: one process avoids per-step start-up cost and in-run DuckDB contention.
         executor_def=dg.in_process_executor,
-        description=f"Import one delivery of {connection.name} (choose the delivery partition).",
-        tags={"cdp/connection": connection.name},
+        description=f"{connection.description or connection.name}: import one delivery (choose the delivery partition).",
+        tags={"cdp/connection": connection.name, **{f"cdp/label/{label}": "" for label in connection.labels}},
     )
     export_assets = [a for a in assets if a.keys.isdisjoint(import_keys)]
     jobs = [import_job]
@@ -46,7 +46,7 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
             export_job_name(connection.name),
             selection=dg.AssetSelection.assets(*export_assets),
             executor_def=dg.in_process_executor,
-            description=f"Run now: export {connection.name}'s segments and timeline events.",
+            description=f"{connection.description or connection.name}: run now, export the segments and timeline events.",
             tags={"cdp/connection": connection.name},
         )
         jobs.append(export_job)
