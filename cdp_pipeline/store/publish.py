@@ -2,33 +2,38 @@
 
 DuckDB allows one writing process per file, and even a read-only session on the live file makes
 the writer fail with "Could not set lock on file" (dagster-anchors §3.2). So analysts query a
-copy that the pipeline republishes after each merge: written beside the target under a temporary
-name, then moved into place with an atomic rename. A session that has the old copy open keeps
+copy that the pipeline republishes after each merge: checkpointed, copied beside the target under
+a temporary name, then moved into place with an atomic rename. A session that has the old copy open keeps
 reading the old file (its inode stays alive until it closes); the next session sees the new one.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import duckdb
 
-from cdp_pipeline.store.schema import literal
 
 
 def publish_copy(conn: duckdb.DuckDBPyConnection, target: Path) -> int:
-    """Copy the whole store into ``target`` atomically; returns the copy's size in bytes."""
+    """Copy the whole store into ``target`` atomically; returns the copy's size in bytes.
+
+    After a CHECKPOINT the database file holds every committed change and the WAL is empty, and
+    no other writer exists (the duckdb_write pool), so a plain file copy is a consistent snapshot:
+    0.1 s for a 1M-profile store where ``COPY FROM DATABASE`` rewrote it in 5-8 s (bench/pipeline.py).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     temporary.unlink(missing_ok=True)
-    alias = "cdp_published_copy"
-    (source,) = conn.execute("SELECT current_database()").fetchone()
-    conn.execute(f"ATTACH {literal(str(temporary))} AS {alias}")
+    (source_path,) = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    conn.execute("FORCE CHECKPOINT")
     try:
-        conn.execute(f"COPY FROM DATABASE {source} TO {alias}")
-    finally:
-        conn.execute(f"DETACH {alias}")
-    os.chmod(temporary, 0o640)
-    os.replace(temporary, target)
+        shutil.copyfile(source_path, temporary)
+        os.chmod(temporary, 0o640)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return target.stat().st_size
