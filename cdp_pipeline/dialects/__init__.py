@@ -1,6 +1,7 @@
 """Foreign file conventions, translated into the pipeline's own goal model (no second pipeline).
 
 * ``sare``: SARE/Digitree SFTP drops, ``name.csv`` + ``name.import`` JSON sidecar.
+* ``netmera``: Netmera FTP push files, ``Profile/*.txt`` attribute files, nightly report names.
 
 A dialect turns what arrives into a ``ProfileImportGoal`` per delivery; the ordinary engine
 (``build_import_tables`` → ``merge_delivery`` → ledger) does the rest. ``Dialect`` is the
@@ -14,8 +15,9 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
+from cdp_pipeline.dialects.netmera import NetmeraSettings
 from cdp_pipeline.dialects.sare import SareSettings
 
-Dialect = Annotated[Union[SareSettings], Field(discriminator="type")]
+Dialect = Annotated[Union[SareSettings, NetmeraSettings], Field(discriminator="type")]
 
-__all__ = ["Dialect", "SareSettings"]
+__all__ = ["Dialect", "NetmeraSettings", "SareSettings"]
