@@ -4,6 +4,15 @@ The wildcard rule of the seeds: when ``orders_20*.csv`` selects ``orders_20244.c
 linked file must carry the same wildcard value (``order_lines_20244.csv``). A missing partner
 makes the delivery wait (it may still be uploading); two candidates for one partner are an
 error, because joining the wrong pair would merge one day's lines into another day's orders.
+
+A file that matches a linked file's pattern is never taken as a root file, even when the root
+pattern matches it too (root ``orders_*.csv``, linked ``orders_*_lines.csv``): the root file's
+name must differ from its linked files' (seed), and otherwise ``orders_1_lines.csv`` would wait
+forever for a partner ``orders_1_lines_lines.csv``.
+
+Patterns are wildcards (``*`` any run, ``?`` one character, matched against the whole name) or,
+with ``regex: true``, Python regular expressions matched against the whole name; a linked
+regular expression's capture groups must capture what the root's captured.
 """
 
 from __future__ import annotations
@@ -134,7 +143,7 @@ def scan_deliveries(
 
     for name in names:
         root_values = _match(goal.files.root, name)
-        if root_values is None:
+        if root_values is None or any(_match(linked, name) is not None for linked in goal.files.linked):
             continue
         files = {goal.files.root.name: by_name[name]}
         complete = True
