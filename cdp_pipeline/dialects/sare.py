@@ -28,6 +28,12 @@ The contract with the delivery flow (``deliveries.py`` / ``importing.py``)
 4. **Finishing**: ``finish_remote_files`` with the generated goal (``goal.files.after_import`` is
    ``delete`` for ``autodelete: 1``, ``move_to_done`` into ``done/`` otherwise); both files of
    the pair move together because both are in the fetched manifest.
+5. **Configuration**: ``Connection.dialect: cdp_pipeline.dialects.Dialect | None``. The import
+   goal (``settings.goal_name``) is generated per pair, so it is not in ``connection.goals``:
+   ``import_goal``/``find_delivery`` route a partition ``<goal_name>:<name>.csv`` to this module,
+   ``goal_config_hash`` hashes the dialect settings instead of ``conn.goal(name)`` (the sidecar's
+   bytes are already part of the content identity), and the sensor interval defaults to
+   ``DEFAULT_POLL_SECONDS`` ("Import jest uruchamiany co 5 minut").
 
 The ``overwrite`` parameter (SARE: "Nadpisywanie adresów", overwriting existing addresses)
 ------------------------------------------------------------------------------------------
@@ -118,7 +124,7 @@ OVERWRITE_MEANINGS: dict[int, str] = {
     0: "do not import",
     1: "overwrite the status only",
     2: "overwrite imported data only",
-    3: "overwrite all data (clear history)",
+    3: "overwrite all data, clearing history",
     4: "overwrite imported data, with type change",
     5: "overwrite imported data, clear properties not imported",
 }
@@ -132,6 +138,8 @@ STATUS_MEANINGS: dict[int, str] = {
     8: "subscribed and confirmed",
 }
 BLOCKED_STATUS = 7
+#: "Import jest uruchamiany co 5 minut": the default sensor interval of a SARE connection.
+DEFAULT_POLL_SECONDS = 300
 CONSENT_MEANINGS: dict[int, str] = {1: "no information", 2: "yes", 3: "no"}
 MAIL_TYPES = ("text,HTML", "text")
 
@@ -172,8 +180,6 @@ class SareSettings(StrictModel):
     #: "Zaimportowane pliki zostają przeniesione do podkatalogu: done".
     done_directory: str = "done"
     quarantine_directory: str | None = None
-    #: "Import jest uruchamiany co 5 minut": the sensor's interval for this dialect.
-    poll_every_minutes: int = Field(default=5, ge=1)
     stable_seconds: float = Field(default=30, ge=0)
     #: a csv without its sidecar (or the reverse) waits; after this long it is also reported as a problem.
     partner_wait_minutes: float = Field(default=30, ge=0)
