@@ -35,6 +35,7 @@ from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
 from cdp_pipeline.transports.base import RemoteFile
 from cdp_pipeline.transports.local import LocalTransport
+from cdp_pipeline_tests.dialects import key_table_problems
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "cdp_pipeline" / "demo" / "examples"
 CATALOG = StoreFile.model_validate(yaml.safe_load((EXAMPLES / "store_sare_netmera.yaml").read_text())).catalog
@@ -299,3 +300,7 @@ def test_example_connection_and_catalog_validate():
     assert isinstance(dialect, NetmeraSettings) and dialect.appkey == "APPKEY"
     assert connection.schedules[0] == nightly_report_schedule("Europe/Istanbul", goals=["push_reports"])
     assert connection.goal("push_reports").target.file_name == report_file_name_template("APPKEY")
+
+
+def test_docs_document_every_key_with_its_default():
+    assert key_table_problems(NetmeraSettings) == []

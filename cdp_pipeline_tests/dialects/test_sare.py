@@ -18,6 +18,10 @@ from cdp_pipeline.config.loading import StoreFile, _check_references
 from cdp_pipeline.dialects import Dialect, SareSettings
 from cdp_pipeline.dialects.sare import (
     OVERWRITE_RULES,
+    SareConsent,
+    SareCsv,
+    SareFields,
+    SareScripts,
     SareSidecar,
     apply_store_actions,
     check_data_file,
@@ -33,6 +37,7 @@ from cdp_pipeline.errors import InputError
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
 from cdp_pipeline.transports.base import RemoteFile
+from cdp_pipeline_tests.dialects import broken_anchors, key_table_problems
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "cdp_pipeline" / "demo" / "examples"
 CATALOG = StoreFile.model_validate(yaml.safe_load((EXAMPLES / "store_sare_netmera.yaml").read_text())).catalog
@@ -457,3 +462,12 @@ def test_example_connection_and_catalog_validate():
     connection = Connection.model_validate(raw)
     _check_references(connection, CATALOG, "sare_connection.yaml")
     assert isinstance(dialect, SareSettings) and dialect.directory == "/in/import" and connection.sensor.minimum_interval_seconds == 300
+
+
+@pytest.mark.parametrize("model", [SareSidecar, SareFields, SareCsv, SareConsent, SareScripts, SareSettings], ids=lambda m: m.__name__)
+def test_docs_document_every_key_with_its_default(model):
+    assert key_table_problems(model) == []
+
+
+def test_docs_links_resolve():
+    assert broken_anchors() == []
