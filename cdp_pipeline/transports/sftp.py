@@ -9,8 +9,8 @@ host-key failures are terminal: retrying them only locks accounts and hides an a
 from __future__ import annotations
 
 import base64
-import dataclasses
 import binascii
+import dataclasses
 import errno
 import hashlib
 import io
