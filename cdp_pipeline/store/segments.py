@@ -1,16 +1,22 @@
 """Segment and lifecycle membership, kept in the store so analysts can query it.
 
-Membership is recomputed from the conditions after every merge (set-based, cheap next to the
-merge), keeping ``member_since`` / ``stage_since`` for profiles that stay in.
+Membership is recomputed from the conditions after every merge and before every export
+(set-based, cheap next to the merge), keeping ``member_since`` / ``stage_since`` for profiles
+that stay in (and in the same stage). A segment is computed after the segments it is based on,
+so it only ever holds members of its bases. Memberships of segments and lifecycles no longer
+declared in store.yaml are removed, so analysts and "segments: all" export columns never see a
+renamed or deleted segment.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 import duckdb
 
 from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.store.schema import literal
 
 
@@ -31,14 +37,26 @@ def check_conditions(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[
     return problems
 
 
+def _declared(column: str, names: Iterable[str]) -> str:
+    """``column IN (names)``; FALSE when nothing is declared (``IN (NULL)`` would keep every row)."""
+    listed = ", ".join(literal(name) for name in names)
+    return f"{column} IN ({listed})" if listed else "FALSE"
+
+
 def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime) -> dict[str, int]:
     """Recompute every segment (bases first) and lifecycle; returns segment sizes."""
     problems = check_conditions(conn, catalog)
     if problems:
-        raise ValueError("store.yaml has conditions that do not work on the profiles table:\n" + "\n".join(problems))
+        # A ConfigError (terminal, shown to the user as is), naming each segment and the fix.
+        raise ConfigError(
+            "store.yaml has conditions that do not work on the profiles table (fix them to use declared "
+            "profile properties):\n" + "\n".join(problems)
+        )
     sizes: dict[str, int] = {}
     conn.execute("BEGIN TRANSACTION")
     try:
+        conn.execute(f"DELETE FROM segment_members WHERE NOT ({_declared('segment', catalog.segments)})")
+        conn.execute(f"DELETE FROM lifecycle_members WHERE NOT ({_declared('lifecycle', catalog.lifecycles)})")
         for name in catalog.segment_order():
             segment = catalog.segments[name]
             bases = "".join(
