@@ -136,6 +136,19 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("last_run_id", "VARCHAR", "Run that made it."),
         ],
     ),
+    # Added for export diff mode (issue E): what a diff goal last sent, per profile, so the next
+    # run can tell added / changed / removed. Replaced in the transaction that moves export_state.
+    "export_snapshots": (
+        "Per export goal in diff mode: a hash of each profile's row as last sent (the base of <name>.diff.csv).",
+        [
+            ("connection", "VARCHAR", "Connection name."),
+            ("goal", "VARCHAR", "Export goal (diff: true)."),
+            ("profile_id", "VARCHAR", "Profile whose row was sent."),
+            ("row_hash", "VARCHAR", "md5 of the row's cells as written (after processors and formula guard)."),
+            ("exported_at", "TIMESTAMP", "Store time of that export (UTC), equal to export_state.last_export_at."),
+            ("run_id", "VARCHAR", "Run that sent it."),
+        ],
+    ),
     "exchanged_profiles": (
         "Unique profiles imported or exported per connection: BlueConic's Data exchange figure.",
         [
