@@ -1,0 +1,869 @@
+"""Export goals (issue E): every setting of an export goal on a small hand-made store, through
+``exporting.run_export`` with the real transports (local folder, OpenSSH sshd, moto S3) and the
+real ``gpg`` binary.
+
+Golden files live in ``golden_exports/``; a changed export fails the test with the first
+differing line. After a deliberate change, regenerate with ``CDP_UPDATE_GOLDEN=1`` and review
+the diff of the golden files like code.
+
+The store: six profiles (``PROFILES``) chosen so that every rule has a case on each side:
+
+=====  ======================  ===========  ==================  ==========================
+id     segments                journey      consents            notes
+=====  ======================  ===========  ==================  ==========================
+p01    known buyers reachable  loyal        marketing           every property set
+p02    known buyers            active       [] (empty)          decimal beyond double precision
+p03    known buyers            active       analytics           quote, comma, line break
+p04    known                   prospect     marketing           e-mail only
+p05    (none)                  loyal        -                   no e-mail, no name: not known
+p06    known                   prospect     -                   first name only, empty list
+=====  ======================  ===========  ==================  ==========================
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pytest
+
+from cdp_pipeline import exporting
+from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.config.connection import Connection, ExportGoal
+from cdp_pipeline.config.loading import ProjectConfig, StoreSettings
+from cdp_pipeline.config.processors import Pseudonymize
+from cdp_pipeline.crypto.pgp import PgpKeyring
+from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, TransportError
+from cdp_pipeline.store import exports as store_exports
+from cdp_pipeline.store.database import open_writer
+from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
+from cdp_pipeline.store.segments import refresh_memberships
+from cdp_pipeline.tables.processors import apply_processors
+from cdp_pipeline.tables.staged import StagedImport
+from cdp_pipeline.transports.local import LocalTransport
+
+GOLDEN = Path(__file__).parent / "golden_exports"
+T0 = datetime(2026, 1, 15, 6, 0, 0)
+
+CATALOG = Catalog.model_validate(
+    {
+        "profile_properties": {
+            "email": {"type": "text", "unique": True},
+            "first_name": {"type": "text"},
+            "city": {"type": "text"},
+            "interests": {"type": "list"},
+            "consents": {"type": "list"},
+            "lifetime_value": {"type": "decimal"},
+            "order_count": {"type": "integer"},
+            "birth_date": {"type": "date"},
+            "last_order_at": {"type": "datetime"},
+            "vip": {"type": "boolean"},
+        },
+        "event_types": {
+            "order": {
+                "properties": {"total": {"type": "decimal"}, "currency": {"type": "text"}, "channel": {"type": "text"}},
+                "nested": {
+                    "order_line": {
+                        "properties": {
+                            "product_id": {"type": "text"},
+                            "product_name": {"type": "text"},
+                            "quantity": {"type": "integer"},
+                            "unit_price": {"type": "decimal"},
+                        }
+                    }
+                },
+            },
+            "visit": {"properties": {"page": {"type": "text"}}},
+        },
+        "segments": {
+            "known": {"condition": "email IS NOT NULL OR first_name IS NOT NULL"},
+            "buyers": {"condition": "order_count >= 1", "based_on": ["known"]},
+            "reachable": {"condition": "list_contains(consents, 'marketing')", "based_on": ["buyers"]},
+        },
+        "lifecycles": {
+            "journey": {
+                "stages": [
+                    {"name": "loyal", "condition": "order_count >= 3"},
+                    {"name": "active", "condition": "order_count >= 1"},
+                    {"name": "prospect", "condition": "TRUE"},
+                ]
+            },
+            "value": {"stages": [{"name": "high", "condition": "lifetime_value >= 1000"}]},
+        },
+        "objectives": {"marketing": {}, "analytics": {}},
+    }
+)
+
+PROFILE_COLUMNS = (
+    "profile_id", "email", "first_name", "city", "interests", "consents", "lifetime_value", "order_count", "birth_date", "last_order_at", "vip",
+)
+PROFILES: list[tuple[Any, ...]] = [
+    ("p01", "anna@example.com", "Anna", "Amsterdam", ["cooking", "travel"], ["marketing"], "1250.5", 4, "1980-02-29", "2026-01-10 09:30:00", True),
+    ("p02", "jan@example.com", "Jan", "Kraków", [], [], "12345678901234.5678", 1, "1975-12-31", "2025-12-24 18:00:00", False),
+    ("p03", None, 'Zoë, "Z"', "Line\nbreak", None, ["analytics"], "0", 2, None, None, None),
+    ("p04", "nobuy@example.com", None, None, None, ["marketing"], None, None, None, None, None),
+    ("p05", None, None, "Nowhere", None, None, None, 5, None, None, None),
+    ("p06", None, "Ed", None, [], None, None, None, None, None, None),
+]
+ORDERS = [
+    ("O1", "p01", "2026-01-05 10:00:00", "99.5", "EUR", "web"),
+    ("O2", "p01", "2026-01-10 09:30:00", "1151", "EUR", "store"),
+    ("O3", "p02", "2025-12-24 18:00:00", "-5", "EUR", "web"),
+    ("O4", "p05", "2026-01-01 12:00:00", "10", "EUR", "app"),
+]
+ORDER_LINES = [
+    ("O1", 1, "P1", "Knife, chef's", 1, "89"),
+    ("O1", 2, "P2", "=HYPERLINK(\"http://x\")", 2, "5.25"),
+    ("O2", 1, "P3", "TV", 1, "1151"),
+    ("O4", 1, "P4", "Pen", 10, "1"),
+]
+VISITS = [("V1", "p01", "2026-01-02 08:00:00", "/home"), ("V2", "p03", "2026-01-03 08:00:00", "@home")]
+
+ALL_KINDS = [
+    {"header": "id", "profile_id": True},
+    {"header": "email", "property": "email"},
+    {"header": "first_name", "property": "first_name"},
+    {"header": "city", "property": "city"},
+    {"header": "interests", "property": "interests"},
+    {"header": "lifetime_value", "property": "lifetime_value"},
+    {"header": "order_count", "property": "order_count"},
+    {"header": "birth_date", "property": "birth_date"},
+    {"header": "last_order_at", "property": "last_order_at"},
+    {"header": "vip", "property": "vip"},
+    {"header": "segments", "segments": "all"},
+    {"header": "buyer_segments", "segments": ["reachable", "buyers"]},
+    {"header": "lifecycles", "lifecycles": True},
+    {"header": "interactions", "viewed_interactions": True},
+    {"header": "permission", "permission_level": True},
+    {"header": "source", "text": "crm export"},
+]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def assert_golden(name: str, data: bytes) -> None:
+    path = GOLDEN / name
+    if os.environ.get("CDP_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    assert path.exists(), f"no golden file {path}; run with CDP_UPDATE_GOLDEN=1 and review it"
+    expected = path.read_bytes()
+    if data != expected:
+        got, want = data.splitlines(), expected.splitlines()
+        first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        line_got = got[first] if first < len(got) else b"<end>"
+        line_want = want[first] if first < len(want) else b"<end>"
+        pytest.fail(f"{name} differs from its golden file at line {first + 1}:\n  got:  {line_got!r}\n  want: {line_want!r}")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> ProjectConfig:
+    """A store holding PROFILES and their events, memberships refreshed at T0 - 1 day."""
+    home = tmp_path / "home"
+    project = ProjectConfig(config_dir=tmp_path, home=home, store=StoreSettings(path="store.duckdb", published_path=None, threads=1), catalog=CATALOG)
+    with open_writer(project.store_path, CATALOG) as conn:
+        conn.executemany(
+            f"INSERT INTO profiles ({', '.join(PROFILE_COLUMNS)}, created_at, updated_at) VALUES ({', '.join('?' * len(PROFILE_COLUMNS))}, ?, ?)",
+            [[*row, T0 - timedelta(days=1), T0 - timedelta(days=1)] for row in PROFILES],
+        )
+        conn.executemany(
+            "INSERT INTO timeline_order (event_id, profile_id, event_time, total, currency, channel, delivery_id, imported_at) VALUES (?, ?, ?, ?, ?, ?, 'd1', ?)",
+            [[*row, T0] for row in ORDERS],
+        )
+        conn.executemany(
+            "INSERT INTO timeline_order__order_line (event_id, item_index, product_id, product_name, quantity, unit_price) VALUES (?, ?, ?, ?, ?, ?)",
+            ORDER_LINES,
+        )
+        conn.executemany(
+            "INSERT INTO timeline_visit (event_id, profile_id, event_time, page, delivery_id, imported_at) VALUES (?, ?, ?, ?, 'd1', ?)",
+            [[*row, T0] for row in VISITS],
+        )
+        refresh_memberships(conn, CATALOG, T0 - timedelta(days=1))
+    return project
+
+
+def make_goal(**overrides: Any) -> ExportGoal:
+    data: dict[str, Any] = {
+        "name": "crm",
+        "type": "export_profiles",
+        "segment": "known",
+        "target": {"directory": "out", "file_name": "{goal}_{date}.csv"},
+        "columns": [{"header": "id", "profile_id": True}, {"header": "email", "property": "email"}, {"header": "first_name", "property": "first_name"}],
+    }
+    for key, value in overrides.items():
+        if key == "target":
+            data["target"] = {**data["target"], **value}
+        else:
+            data[key] = value
+    return ExportGoal.model_validate(data)
+
+
+def make_connection(goal: ExportGoal, objectives: list[str] | None = None) -> Connection:
+    return Connection.model_validate(
+        {"name": "shop", "source": {"type": "local", "path": "remote"}, "goals": [goal.model_dump(mode="json")], "objectives": objectives or []}
+    )
+
+
+class Runner:
+    """run_export with numbered run ids against a local folder (or another transport)."""
+
+    def __init__(self, project: ProjectConfig, root: Path):
+        self.project = project
+        self.root = root
+        self.transport = LocalTransport(root)
+        self.count = 0
+
+    def __call__(self, goal: ExportGoal, now: datetime = T0, *, transport=None, objectives=None, **kwargs: Any) -> exporting.ExportOutcome:
+        self.count += 1
+        return exporting.run_export(
+            self.project, make_connection(goal, objectives), goal, transport or self.transport, f"run{self.count:05d}abcdef", now, **kwargs
+        )
+
+    def read(self, remote_path: str) -> bytes:
+        return (self.root / remote_path).read_bytes()
+
+
+@pytest.fixture
+def run(project: ProjectConfig, tmp_path: Path) -> Runner:
+    return Runner(project, tmp_path / "remote")
+
+
+def rows_of(data: bytes, delimiter: str = ",") -> list[list[str]]:
+    return list(csv.reader(io.StringIO(data.decode()), delimiter=delimiter))
+
+
+def store(project: ProjectConfig, sql: str, params: Any = None) -> list[tuple]:
+    with duckdb.connect(str(project.store_path)) as conn:
+        return conn.execute(sql, params or []).fetchall()
+
+
+def touch(project: ProjectConfig, profile_id: str, at: datetime, **values: Any) -> None:
+    """Change property values the way a merge does: values and updated_at together."""
+    assignments = ", ".join([f"{k} = ?" for k in values] + ["updated_at = ?"])
+    store(project, f"UPDATE profiles SET {assignments} WHERE profile_id = ?", [*values.values(), at, profile_id])
+
+
+# ---------------------------------------------------------------- segments and lifecycles
+
+
+def test_segments_build_on_segments_and_keep_member_since(project: ProjectConfig):
+    members = lambda: dict(  # noqa: E731
+        ((s, p), since) for s, p, since in store(project, "SELECT segment, profile_id, member_since FROM segment_members")
+    )
+    before = members()
+    day0 = T0 - timedelta(days=1)
+    assert {p for (s, p) in before if s == "known"} == {"p01", "p02", "p03", "p04", "p06"}
+    assert {p for (s, p) in before if s == "buyers"} == {"p01", "p02", "p03"}  # p05 buys but is not known
+    assert {p for (s, p) in before if s == "reachable"} == {"p01"}
+
+    # p04 starts buying and consents; p01 loses its e-mail and name: out of known, so out of
+    # buyers and reachable too (segments built on it follow their base in the same refresh).
+    touch(project, "p04", T0, order_count=1)
+    touch(project, "p01", T0, email=None, first_name=None)
+    with open_writer(project.store_path, CATALOG) as conn:
+        sizes = refresh_memberships(conn, CATALOG, T0)
+    after = members()
+    assert sizes == {"known": 4, "buyers": 3, "reachable": 1}
+    assert {p for (s, p) in after if s == "reachable"} == {"p04"}
+    assert after[("reachable", "p04")] == T0 and after[("buyers", "p04")] == T0
+    # Members who stayed keep the time they entered.
+    assert after[("known", "p02")] == day0 and after[("buyers", "p03")] == day0
+    assert ("known", "p01") not in after and ("buyers", "p01") not in after
+    assert store(project, "SELECT count(*) FROM segment_sizes WHERE segment = 'known'") == [(2,)]
+
+
+def test_lifecycle_stage_moves_and_stays(project: ProjectConfig):
+    stages = lambda: {  # noqa: E731
+        (lc, p): (stage, since) for lc, stage, p, since in store(project, "SELECT lifecycle, stage, profile_id, stage_since FROM lifecycle_members")
+    }
+    day0 = T0 - timedelta(days=1)
+    before = stages()
+    # The first stage whose condition holds: p05 (5 orders) is loyal although "active" also holds.
+    assert before[("journey", "p05")] == ("loyal", day0)
+    assert before[("journey", "p04")] == ("prospect", day0)
+    assert ("value", "p03") not in before  # no stage matches: not in the lifecycle at all
+
+    touch(project, "p02", T0, order_count=3)  # active → loyal
+    touch(project, "p01", T0, lifetime_value=10)  # leaves the only stage of "value"
+    with open_writer(project.store_path, CATALOG) as conn:
+        refresh_memberships(conn, CATALOG, T0)
+    after = stages()
+    assert after[("journey", "p02")] == ("loyal", T0)
+    assert after[("journey", "p03")] == ("active", day0)  # stayed: stage_since kept
+    assert ("value", "p01") not in after
+    assert store(project, "SELECT count(*) FROM lifecycle_members WHERE profile_id = 'p02' AND lifecycle = 'journey'") == [(1,)]
+
+
+def test_undeclared_segments_are_dropped_and_bad_conditions_named(project: ProjectConfig):
+    renamed = CATALOG.model_copy(
+        update={
+            "segments": {"known_people": CATALOG.segments["known"]},
+            "lifecycles": {},
+        }
+    )
+    with open_writer(project.store_path, renamed) as conn:
+        refresh_memberships(conn, renamed, T0)
+    assert store(project, "SELECT DISTINCT segment FROM segment_members") == [("known_people",)]
+    assert store(project, "SELECT count(*) FROM lifecycle_members") == [(0,)]
+
+    broken = CATALOG.model_copy(update={"segments": {"bad": CATALOG.segments["known"].model_copy(update={"condition": "no_such_column > 1"})}})
+    with open_writer(project.store_path, broken) as conn, pytest.raises(ConfigError, match="segments.bad.condition"):
+        refresh_memberships(conn, broken, T0)
+
+
+# ---------------------------------------------------------------- columns and selection
+
+
+def test_every_column_kind(run: Runner):
+    goal = make_goal(columns=ALL_KINDS, formula_guard=False)
+    outcome = run(goal)
+    assert outcome.profile_file is not None
+    data = run.read(outcome.profile_file.remote_path)
+    assert_golden("all_kinds.csv", data)
+    header, *rows = rows_of(data)
+    assert header == [c["header"] for c in ALL_KINDS]
+    by_id = {row[0]: dict(zip(header, row)) for row in rows}
+    # Declared order, profile id order; p05 is in no segment "known".
+    assert list(by_id) == ["p01", "p02", "p03", "p04", "p06"]
+    assert by_id["p01"]["segments"] == "buyers|known|reachable" and by_id["p01"]["buyer_segments"] == "buyers|reachable"
+    assert by_id["p02"]["buyer_segments"] == "buyers" and by_id["p04"]["buyer_segments"] == ""
+    assert by_id["p01"]["lifecycles"] == "journey:loyal|value:high"
+    # Exact decimals (no detour through DOUBLE), integers, dates, datetimes, booleans, lists.
+    assert by_id["p02"]["lifetime_value"] == "12345678901234.5678" and by_id["p01"]["lifetime_value"] == "1250.5"
+    assert by_id["p03"]["lifetime_value"] == "0.0"
+    assert by_id["p01"]["interests"] == "cooking|travel" and by_id["p01"]["vip"] == "true"
+    assert by_id["p01"]["last_order_at"] == "2026-01-10 09:30:00" and by_id["p01"]["birth_date"] == "1980-02-29"
+    # Permission level derived from consent; viewed interactions have no source: empty.
+    assert [by_id[p]["permission"] for p in by_id] == ["personal", "anonymous", "personal", "personal", "anonymous"]
+    assert {row["interactions"] for row in by_id.values()} == {""}
+    assert by_id["p03"]["first_name"] == 'Zoë, "Z"' and by_id["p03"]["city"] == "Line\nbreak"
+
+    # Metadata the UI plots.
+    assert outcome.profiles_available == outcome.profiles_exported == outcome.profile_rows == 5
+    assert outcome.profile_file.rows == 5 and outcome.profile_file.bytes == len(data) == outcome.bytes
+    assert outcome.profile_file.remote_path == "out/crm_20260115.csv" and outcome.target_uri == run.transport.uri
+    assert outcome.profile_files == [outcome.profile_file] and outcome.timeline_files == [] and outcome.diff_file is None
+    assert not [p for p in run.project.work_dir.rglob("*") if p.is_file()]  # personal data does not stay behind
+
+
+def test_permission_level_from_a_declared_property(project: ProjectConfig, tmp_path: Path):
+    catalog = CATALOG.model_copy(
+        update={"profile_properties": {**CATALOG.profile_properties, "permission_level": CATALOG.profile_properties["city"]}}
+    )
+    project.catalog = catalog
+    store(project, "ALTER TABLE profiles ADD COLUMN permission_level VARCHAR")
+    store(project, "UPDATE profiles SET permission_level = 'do_not_track' WHERE profile_id = 'p01'")
+    outcome = Runner(project, tmp_path / "remote")(make_goal(columns=[{"header": "id", "profile_id": True}, {"header": "level", "permission_level": True}]))
+    assert rows_of((tmp_path / "remote" / outcome.profile_file.remote_path).read_bytes())[1:3] == [["p01", "do_not_track"], ["p02", ""]]
+
+
+def test_only_profiles_with_a_value_for_a_selected_property(run: Runner):
+    # p04 has neither city nor interests, p06 only an empty list: neither leaves, and neither is
+    # counted as available (BlueConic's number counts profiles that can be exported).
+    goal = make_goal(columns=[{"header": "id", "profile_id": True}, {"header": "city", "property": "city"}, {"header": "interests", "property": "interests"}])
+    outcome = run(goal)
+    data = run.read(outcome.profile_file.remote_path)
+    assert_golden("at_least_one_value.csv", data)
+    assert [row[0] for row in rows_of(data)[1:]] == ["p01", "p02", "p03"]
+    assert outcome.profiles_available == 3 and outcome.profiles_exported == 3
+
+    # Columns without a property (id, text): every member of the segment is exported.
+    outcome = run(make_goal(name="ids", columns=[{"header": "id", "profile_id": True}, {"header": "x", "text": "1"}]))
+    assert outcome.profiles_exported == 5
+
+
+def test_consent_objectives_are_respected(run: Runner):
+    # marketing: p01 and p04; p02 consented to nothing ([]), p06 has no consent list (NULL).
+    outcome = run(make_goal(), objectives=["marketing"])
+    assert [row[0] for row in rows_of(run.read(outcome.profile_file.remote_path))[1:]] == ["p01", "p04"]
+    assert outcome.profiles_available == 2
+    # Any of the objectives counts: p03 consented to analytics only.
+    outcome = run(make_goal(name="any_objective"), objectives=["marketing", "analytics"])
+    assert [row[0] for row in rows_of(run.read(outcome.profile_file.remote_path))[1:]] == ["p01", "p03", "p04"]
+    # Without objectives the connection exports regardless of consent.
+    assert run(make_goal(name="no_objectives")).profiles_exported == 5
+
+    with pytest.raises(ConfigError, match="consent property 'consent_list' is not a list property"):
+        run(make_goal(name="bad"), objectives=["marketing"], consent_property="consent_list")
+
+
+def test_unknown_segment_or_property_is_a_config_error(run: Runner):
+    with pytest.raises(ConfigError, match="segment 'vips' is not declared"):
+        run(make_goal(segment="vips"))
+    with pytest.raises(ConfigError, match="property 'phone' is not declared"):
+        run(make_goal(columns=[{"header": "phone", "property": "phone"}]))
+    with pytest.raises(ConfigError, match=r"unknown segments \['vips'\]"):
+        run(make_goal(columns=[{"header": "s", "segments": ["vips"]}]))
+    with pytest.raises(ConfigError, match=r"\{weekday\}"):
+        run(make_goal(target={"file_name": "x_{weekday}.csv"}))
+    assert not (run.root / "out").exists()
+
+
+# ---------------------------------------------------------------- changed since the last export
+
+
+def _timeline_only_delivery(project: ProjectConfig, profile_id: str, at: datetime) -> None:
+    """A merge that adds an order to ``profile_id`` and sets no property: a timeline change alone."""
+    events = pl.DataFrame(
+        {"event_id": ["O9"], "_key": [profile_id], "event_time": [datetime(2026, 1, 15, 12)], "total": ["20"], "currency": ["EUR"], "channel": ["web"]}
+    )
+    staged = StagedImport(
+        target="profiles", identifier_property="profile_id", allow_create=False, rules={},
+        records=pl.DataFrame({"_key": [profile_id], "_line": [2]}), events={"order": events},
+    )
+    record = DeliveryRecord("d9", "shop", "orders", "orders:x", "in/orders_x.csv", [], "sha", "cfg")
+    with open_writer(project.store_path, CATALOG) as conn:
+        counts = merge_delivery(conn, CATALOG, staged, record, "import-run", at)
+    assert counts.events_created == 1 and counts.profiles_updated == 0
+
+
+def test_changed_since_last_export_over_three_runs(run: Runner, project: ProjectConfig):
+    goal = make_goal(target={"file_name": "{goal}_{datetime}.csv"})
+    first = run(goal, T0)
+    assert_golden("changed_run1.csv", run.read(first.profile_file.remote_path))
+    assert first.profiles_exported == 5
+
+    # Between runs: p02's e-mail changes; p01 gets a new order but no property changes.
+    touch(project, "p02", T0 + timedelta(hours=1), email="jan.new@example.com")
+    _timeline_only_delivery(project, "p01", T0 + timedelta(hours=1))
+    assert store(project, "SELECT updated_at FROM profiles WHERE profile_id = 'p01'") == [(T0 - timedelta(days=1),)]
+    second = run(goal, T0 + timedelta(hours=2))
+    assert_golden("changed_run2.csv", run.read(second.profile_file.remote_path))
+    assert second.profiles_exported == 1 and second.profiles_available == 5
+
+    third = run(goal, T0 + timedelta(hours=3))
+    assert_golden("changed_run3.csv", run.read(third.profile_file.remote_path))  # header only
+    assert third.profiles_exported == 0
+
+    full = run(goal, T0 + timedelta(hours=4), full=True)
+    assert full.profiles_exported == 5
+    assert store(project, "SELECT last_export_at, last_run_id FROM export_state WHERE goal = 'crm'") == [(T0 + timedelta(hours=4), "run00004abcdef")]
+    assert store(project, "SELECT profile_id, first_at, last_at FROM exchanged_profiles WHERE direction = 'exported' AND profile_id IN ('p01', 'p02') ORDER BY 1") == [
+        ("p01", T0, T0 + timedelta(hours=4)),
+        ("p02", T0, T0 + timedelta(hours=4)),
+    ]
+    # changed_only: false sends every available profile each time.
+    assert run(make_goal(changed_only=False), T0 + timedelta(hours=5)).profiles_exported == 5
+    assert run(make_goal(changed_only=False), T0 + timedelta(hours=6)).profiles_exported == 5
+
+
+# ---------------------------------------------------------------- timeline events
+
+
+def test_timeline_export_one_file_per_event_and_nested_type(run: Runner):
+    goal = make_goal(segment="buyers", timeline={"directory": "out/{goal}_timeline_{date}"})
+    outcome = run(goal)
+    paths = [f.remote_path for f in outcome.timeline_files]
+    assert paths == ["out/crm_timeline_20260115/order.csv", "out/crm_timeline_20260115/order_line.csv", "out/crm_timeline_20260115/visit.csv"]
+    for name in ("order.csv", "order_line.csv", "visit.csv"):
+        assert_golden(f"timeline_{name}", run.read(f"out/crm_timeline_20260115/{name}"))
+    # Events of exported profiles only: O4 belongs to p05, who is not a buyer.
+    assert [f.rows for f in outcome.timeline_files] == [3, 3, 2]
+    assert [f.kind for f in outcome.timeline_files] == ["events", "items", "events"]
+    assert outcome.events_exported == 5 and outcome.bytes == outcome.profile_file.bytes + sum(f.bytes for f in outcome.timeline_files)
+
+
+def test_timeline_export_one_type_and_a_period(run: Runner):
+    since = run(make_goal(name="since", segment="buyers", changed_only=False, timeline={"event_types": ["order"], "since": "2026-01-06"}))
+    assert [f.remote_path.rsplit("/", 1)[1] for f in since.timeline_files] == ["order.csv", "order_line.csv"]
+    assert [f.rows for f in since.timeline_files] == [1, 1]  # O2 and its line
+    assert since.timeline_files[0].remote_path.startswith("out/since_timeline_20260115/")  # the default directory
+
+    window = run(make_goal(name="window", segment="buyers", timeline={"since": "2025-12-01", "until": "2026-01-05T10:00:00"}))
+    assert [(f.remote_path.rsplit("/", 1)[1], f.rows) for f in window.timeline_files] == [
+        ("order.csv", 1), ("order_line.csv", 0), ("visit.csv", 2),  # until is exclusive: O1 at 10:00 is out
+    ]
+    recent = run(make_goal(name="recent", segment="buyers", timeline={"event_types": ["order"], "last_days": 10}), T0)
+    assert [f.rows for f in recent.timeline_files] == [2, 3]  # since 2026-01-05 06:00: O1 and O2
+
+    with pytest.raises(ConfigError, match=r"timeline.event_types \['click'\]"):
+        run(make_goal(name="bad", timeline={"event_types": ["click"]}))
+    with pytest.raises(ConfigError, match="timeline.since 'yesterday'"):
+        run(make_goal(name="bad", timeline={"since": "yesterday"}))
+
+
+# ---------------------------------------------------------------- spreadsheet safety
+
+
+ATTACKS = [
+    ("a1", "=HYPERLINK(\"http://evil\",\"x\")", ["=cmd|' /C calc'!A0", "ok"], "-5", -5),
+    ("a2", "+31 6 1234", ["ok", "=not_first"], "-5.5", -7),
+    ("a3", "-2+3", None, "1e3", 12),
+    ("a4", "@SUM(A1:A9)", ["@x"], "0", 0),
+    ("a5", "\tTabbed", ["\tt"], "3", 1),
+    ("a6", "\rReturn", None, "-0.0001", -1),
+    ("a7", "plain, \"quoted\"", ["plain"], "10", 10),
+    ("a8", "-5", None, None, None),
+]
+
+
+@pytest.mark.parametrize("guard", [True, False], ids=["guard_on", "guard_off"])
+def test_formula_guard(project: ProjectConfig, tmp_path: Path, guard: bool):
+    store(project, "DELETE FROM profiles")
+    with duckdb.connect(str(project.store_path)) as conn:
+        conn.executemany(
+            "INSERT INTO profiles (profile_id, first_name, interests, lifetime_value, order_count, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [[*row, T0, T0] for row in ATTACKS],
+        )
+        conn.execute("UPDATE timeline_visit SET profile_id = 'a1', page = '=1+1'")
+        conn.execute("UPDATE timeline_order SET profile_id = 'a2', currency = '+EUR', total = -5")
+    goal = make_goal(
+        formula_guard=guard,
+        columns=[
+            {"header": "id", "profile_id": True},
+            {"header": "first_name", "property": "first_name"},
+            {"header": "interests", "property": "interests"},
+            {"header": "lifetime_value", "property": "lifetime_value"},
+            {"header": "order_count", "property": "order_count"},
+            {"header": "constant", "text": "=1+1"},
+        ],
+        timeline={"directory": "out/t"},
+    )
+    run = Runner(project, tmp_path / "remote")
+    outcome = run(goal)
+    data = run.read(outcome.profile_file.remote_path)
+    assert_golden(f"formula_{'on' if guard else 'off'}.csv", data)
+    rows = {row[0]: row for row in rows_of(data)[1:]}
+    if guard:
+        for profile_id, name, *_ in ATTACKS:
+            assert rows[profile_id][1].startswith("'") == (name[0] in "=+-@\t\r"), profile_id
+        assert rows["a8"][1] == "'-5"  # text that looks like a number is still text
+        assert rows["a1"][2] == "'=cmd|' /C calc'!A0|ok" and rows["a2"][2] == "ok|=not_first"  # the cell's first character counts
+        assert rows["a1"][5] == "'=1+1"
+    # Numbers in typed columns are data, never touched: -5, -5.5, -0.0001, -7.
+    assert (rows["a1"][3], rows["a1"][4], rows["a2"][3], rows["a6"][3]) == ("-5.0", "-5", "-5.5", "-0.0001")
+    assert_golden(f"formula_{'on' if guard else 'off'}_visit.csv", run.read("out/t/visit.csv"))
+    order = rows_of(run.read("out/t/order.csv"))
+    assert {(r[4], r[3]) for r in order[1:]} == {("'+EUR" if guard else "+EUR", "-5.0")}
+
+
+# ---------------------------------------------------------------- file and field handling
+
+
+def test_split_into_parts_and_gzip(run: Runner):
+    whole = run(make_goal(name="whole", columns=ALL_KINDS))
+    expected = rows_of(run.read(whole.profile_file.remote_path))
+
+    outcome = run(make_goal(name="split", columns=ALL_KINDS, target={"split_rows": 2, "gzip": True, "manifest": True}))
+    names = [f.remote_path for f in outcome.profile_files]
+    assert names == ["out/split_20260115_part001.csv.gz", "out/split_20260115_part002.csv.gz", "out/split_20260115_part003.csv.gz"]
+    assert outcome.profile_file == outcome.profile_files[0] and [f.rows for f in outcome.profile_files] == [2, 2, 1]
+    parts = [rows_of(gzip.decompress(run.read(name))) for name in names]
+    assert all(part[0] == expected[0] for part in parts)  # every part has the header
+    assert [row for part in parts for row in part[1:]] == expected[1:]  # same rows, same order
+    assert_golden("split_part002.csv", gzip.decompress(run.read(names[1])))
+    manifest = json.loads(run.read(names[2] + ".manifest.json"))
+    assert manifest == {
+        "file": "split_20260115_part003.csv.gz", "rows": 1, "bytes": outcome.profile_files[2].bytes,
+        "sha256": outcome.profile_files[2].sha256, "goal": "split", "run_id": "run00002abcdef",
+    }
+    assert outcome.manifests == [n + ".manifest.json" for n in names]
+    assert not [p for p in run.root.rglob("*.part")]
+
+    # Nothing changed: one header-only part, so a consumer still sees the run.
+    again = run(make_goal(name="split", columns=ALL_KINDS, target={"split_rows": 2, "gzip": True}), T0 + timedelta(days=1))
+    assert [(f.remote_path, f.rows) for f in again.profile_files] == [("out/split_20260116_part001.csv.gz", 0)]
+
+
+def test_part_names():
+    assert exporting.part_names("x.csv", 2) == ["x_part001.csv", "x_part002.csv"]
+    assert exporting.part_names("x.tsv.gz", 1) == ["x_part001.tsv.gz"]
+    assert exporting.part_names("noext", 1) == ["noext_part001"]
+    assert exporting.part_names("x.csv", 1000)[-1] == "x_part1000.csv"
+    assert exporting.part_names("x.csv", 1000)[0] == "x_part0001.csv"  # names sort in part order
+    assert exporting.diff_name("x.csv.gz") == "x.diff.csv.gz"
+
+
+def test_file_and_field_handling(run: Runner):
+    goal = make_goal(
+        name="legacy",
+        segment="buyers",
+        csv={"delimiter": ";", "quote_char": "'", "has_header": False, "line_ending": "crlf", "encoding": "cp1252"},
+        target={"file_name": "{segment}-{goal}-{date}-{time}-{datetime}-{run_id}.txt"},
+    )
+    outcome = run(goal, datetime(2026, 1, 15, 7, 8, 9))
+    assert outcome.profile_file.remote_path == "out/buyers-legacy-20260115-070809-20260115T070809-run00001.txt"
+    data = run.read(outcome.profile_file.remote_path)
+    assert_golden("legacy_cp1252.txt", data)
+    assert data.count(b"\r\n") == 3 and "Zoë".encode("cp1252") in data  # no header; the quoted line break is one LF
+
+    # gzip after re-encoding: the Python path, deterministic bytes (no name, no time in the header).
+    zipped = run(make_goal(name="legacy_gz", segment="buyers", csv={"encoding": "utf-8-sig"}, target={"gzip": True}))
+    plain = gzip.decompress(run.read(zipped.profile_file.remote_path))
+    assert plain.startswith(b"\xef\xbb\xbfid,email,first_name\n")
+    assert run.read(zipped.profile_file.remote_path)[4:8] == b"\0\0\0\0"  # mtime 0
+
+
+def test_unquoted_or_unencodable_values_fail_without_leaking_them(run: Runner):
+    with pytest.raises(ConfigError, match=r"quote_char is off, but cells of 'first_name' \(1 rows\)") as caught:
+        run(make_goal(csv={"quote_char": None}))
+    assert "Zoë" not in str(caught.value)
+    with pytest.raises(CdpError, match=r"U\+00EB .* encoding 'ascii'") as caught:
+        run(make_goal(name="ascii", csv={"encoding": "ascii"}))
+    assert "Zoë" not in str(caught.value)
+    assert not (run.root / "out").exists()
+
+
+# ---------------------------------------------------------------- data processors
+
+
+PROCESSOR_PROFILES = [
+    ("q1", " Anna@GMIAL.con ", "  Ann  ", "kraków", "a"),
+    ("q2", "x@hotmial.com", "\u00a0Bob\u3000", "null", "q"),
+    ("q3", "bad-no-at ", "N/A", "-", None),
+    ("q4", "   ", "Cy", "Unknown", "a"),
+    ("q5", None, "Di", None, "b"),
+    ("q6", "ok@Example.COM", "", " Gdańsk ", "a"),
+]
+PROCESSOR_COLUMNS = [
+    {"header": "id", "profile_id": True},
+    {"header": "email", "property": "email"},
+    {"header": "email_hash", "property": "email"},
+    {"header": "first_name", "property": "first_name"},
+    {"header": "city", "property": "city"},
+    {"header": "tier", "property": "interests"},
+    {"header": "tier_default", "property": "interests"},
+    {"header": "tier_empty", "property": "interests"},
+    {"header": "full", "text": ""},
+    {"header": "source", "text": ""},
+    {"header": "tag", "text": "MiXeD"},
+    {"header": "day", "text": ""},
+    {"header": "moment", "text": ""},
+]
+PROCESSORS = [
+    {"type": "pseudonymize", "columns": ["email_hash"], "salt_env": "CDP_TEST_EXPORT_SALT"},
+    {"type": "normalize_email", "columns": ["email"]},
+    {"type": "trim", "columns": ["first_name"]},
+    {"type": "remove_null_strings", "columns": ["first_name", "city"], "tokens": ["unknown"]},
+    {"type": "trim", "columns": ["city"]},
+    {"type": "uppercase", "columns": ["city"]},
+    {"type": "lowercase", "columns": ["tag"]},
+    {"type": "map_values", "column": "city", "mapping": {"KRAKÓW": "KRK"}},
+    {"type": "map_values", "column": "tier", "mapping": {"a": "gold"}, "unmapped": "keep"},
+    {"type": "map_values", "column": "tier_default", "mapping": {"a": "gold"}, "unmapped": "default", "default": "other"},
+    {"type": "map_values", "column": "tier_empty", "mapping": {"a": "gold"}, "unmapped": "empty"},
+    {"type": "concatenate", "columns": ["first_name", "city"], "target": "full", "separator": " / "},
+    {"type": "fixed_value", "column": "source", "value": "crm"},
+    {"type": "current_date", "column": "day"},
+    {"type": "current_date", "column": "moment", "with_time": True},
+    {"type": "filter_rows", "column": "email", "pattern": "@", "keep_matching": True},
+    {"type": "drop_empty", "columns": ["first_name"]},
+]
+
+
+def _processor_store(project: ProjectConfig) -> None:
+    store(project, "DELETE FROM profiles")
+    with duckdb.connect(str(project.store_path)) as conn:
+        conn.executemany(
+            "INSERT INTO profiles (profile_id, email, first_name, city, interests, created_at, updated_at) VALUES (?, ?, ?, ?, [?], ?, ?)",
+            [[*row, T0, T0] for row in PROCESSOR_PROFILES],
+        )
+
+
+def test_processors_in_sql_give_the_import_processors_results(project: ProjectConfig, tmp_path: Path, monkeypatch):
+    """The SQL chain and the import's Polars chain (tables/processors.py), run over the same rows,
+    write byte-identical files; pseudonymize gives the import's digest."""
+    monkeypatch.setenv("CDP_TEST_EXPORT_SALT", "pepper")
+    monkeypatch.setattr(store_exports, "POLARS_BATCH_ROWS", 2)  # several batches on the Polars path
+    _processor_store(project)
+    goal = make_goal(columns=PROCESSOR_COLUMNS, processors=PROCESSORS, formula_guard=False)
+    files = {}
+    with open_writer(project.store_path, CATALOG) as conn:
+        refresh_memberships(conn, CATALOG, T0)
+        store_exports.select_profiles(conn, CATALOG, "shop", goal, full=True, consent_property="consents", objectives=[])
+        for engine in ("sql", "polars"):
+            rows = store_exports.build_export_rows(
+                conn, CATALOG, goal, run_time=T0, consent_property="consents", include_unchanged=False, use_polars=engine == "polars"
+            )
+            files[engine] = tmp_path / f"{engine}.csv"
+            store_exports.write_profile_parts(conn, goal, files[engine])
+            assert rows == 2
+    assert files["sql"].read_bytes() == files["polars"].read_bytes()
+    assert_golden("processors.csv", files["sql"].read_bytes())
+    out = {row[0]: dict(zip(rows_of(files["sql"].read_bytes())[0], row)) for row in rows_of(files["sql"].read_bytes())[1:]}
+    assert out["q1"]["email"] == "anna@gmail.com" and out["q2"]["email"] == "x@hotmail.com"
+    assert out["q1"]["city"] == "KRK" and out["q2"]["city"] == "" and out["q2"]["full"] == "Bob"
+    assert out["q1"]["day"] == "2026-01-15" and out["q1"]["moment"] == "2026-01-15 06:00:00"
+    # filter_rows drops q3 (no '@'), q4 (blank e-mail, normalised to empty) and q5 (none);
+    # drop_empty drops q6, whose first name is empty.
+    assert set(out) == {"q1", "q2"}
+    imported = apply_processors(
+        pl.DataFrame({"email_hash": [row[1] for row in PROCESSOR_PROFILES]}).lazy(),
+        [Pseudonymize(type="pseudonymize", columns=["email_hash"], salt_env="CDP_TEST_EXPORT_SALT")],
+        display_name="import.csv", run_time=T0,
+    ).collect()["email_hash"].to_list()
+    assert (out["q1"]["email_hash"], out["q2"]["email_hash"]) == (imported[0], imported[1])
+
+
+def test_custom_processor_runs_over_batches(project: ProjectConfig, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(store_exports, "POLARS_BATCH_ROWS", 2)
+    goal = make_goal(
+        columns=[{"header": "id", "profile_id": True}, {"header": "first_name", "property": "first_name"}, {"header": "score", "text": ""}],
+        processors=[
+            {"type": "custom", "function": "cdp_pipeline_tests.tables.custom_processor_example:add_score", "options": {"points": 7}},
+            {"type": "uppercase", "columns": ["first_name"]},
+        ],
+    )
+    run = Runner(project, tmp_path / "remote")
+    rows = rows_of(run.read(run(goal).profile_file.remote_path))
+    assert rows == [["id", "first_name", "score"], ["p01", "ANNA", "7"], ["p02", "JAN", "7"], ["p03", 'ZOË, "Z"', "7"], ["p06", "ED", "7"]]
+
+
+def test_processor_naming_an_unknown_column(run: Runner):
+    with pytest.raises(ConfigError, match=r"processors.0 \(trim\) names column 'name'"):
+        run(make_goal(processors=[{"type": "trim", "columns": ["name"]}]))
+
+
+# ---------------------------------------------------------------- diff mode
+
+
+def test_diff_mode(run: Runner, project: ProjectConfig):
+    goal = make_goal(
+        diff=True,
+        columns=[
+            {"header": "id", "profile_id": True},
+            {"header": "email", "property": "email"},
+            {"header": "first_name", "property": "first_name"},
+            {"header": "segments", "segments": "all"},
+        ],
+    )
+    first = run(goal, T0)
+    assert first.diff_file is not None and first.diff_file.remote_path == "out/crm_20260115.diff.csv"
+    assert first.diff_counts == {"added": 5, "changed": 0, "removed": 0}
+    assert store(project, "SELECT count(*) FROM export_snapshots WHERE goal = 'crm'") == [(5,)]
+
+    # p02 changes its e-mail, p03 its segments (content changes without updated_at moving),
+    # p06 loses its only value (removed), p05 becomes known (added), p01 and p04 stay as they were.
+    at = T0 + timedelta(hours=1)
+    touch(project, "p02", at, email="jan.new@example.com")
+    touch(project, "p06", at, first_name=None)
+    touch(project, "p05", at, first_name="Eve")
+    store(project, "UPDATE profiles SET order_count = 0 WHERE profile_id = 'p03'")
+    second = run(goal, T0 + timedelta(hours=2))
+    data = run.read(second.diff_file.remote_path)
+    assert_golden("diff_run2.diff.csv", data)
+    assert rows_of(data) == [
+        ["change", "id", "email", "first_name", "segments"],
+        ["changed", "p02", "jan.new@example.com", "Jan", "buyers|known"],
+        ["changed", "p03", "", 'Zoë, "Z"', "known"],
+        ["added", "p05", "", "Eve", "buyers|known"],
+        ["removed", "p06", "", "", ""],
+    ]
+    assert second.diff_counts == {"added": 1, "changed": 2, "removed": 1}
+    assert second.profiles_exported == 2  # the profile file still follows "changed since": p02, p05
+    assert store(project, "SELECT count(*) FROM export_snapshots WHERE goal = 'crm'") == [(5,)]
+
+    third = run(goal, T0 + timedelta(hours=3))
+    assert rows_of(run.read(third.diff_file.remote_path)) == [["change", "id", "email", "first_name", "segments"]]
+
+    with pytest.raises(ConfigError, match="diff mode needs a profile identifier column"):
+        run(make_goal(name="nodiffkey", diff=True, columns=[{"header": "email", "property": "email"}]))
+
+
+# ---------------------------------------------------------------- encryption
+
+
+@pytest.fixture
+def partner_keyring(pgp_keys) -> Callable[[], PgpKeyring]:
+    return lambda: PgpKeyring(public_key=pgp_keys.partner.public_key, public_key_fingerprint=pgp_keys.partner.fingerprint)
+
+
+def test_encrypted_round_trip(run: Runner, tmp_path: Path, gpg_cli, partner_keyring):
+    goal = make_goal(segment="buyers", columns=ALL_KINDS, timeline={"directory": "out/t"})
+    plain = run(goal, full=True)
+    plain_files = {f.remote_path: run.read(f.remote_path) for f in plain.files}
+    encrypted_goal = make_goal(segment="buyers", columns=ALL_KINDS, timeline={"directory": "out/t"}, target={"encrypt": True, "manifest": True})
+    sealed = run(encrypted_goal, full=True, keyring_factory=partner_keyring)
+    assert [f.remote_path for f in sealed.files] == [path + ".pgp" for path in plain_files]
+    for exported in sealed.files:
+        ciphertext = run.read(exported.remote_path)
+        assert b"Anna" not in ciphertext and exported.bytes == len(ciphertext)
+        decrypted = gpg_cli.decrypt(run.root / exported.remote_path, tmp_path / "clear.csv", passphrase=None).read_bytes()
+        assert decrypted == plain_files[exported.remote_path.removesuffix(".pgp")]
+        manifest = json.loads(run.read(exported.remote_path + ".manifest.json"))
+        assert manifest["file"] == exported.remote_path.rsplit("/", 1)[1] and manifest["sha256"] == exported.sha256
+    on_remote = sorted(str(p.relative_to(run.root)) for p in run.root.rglob("*") if p.is_file())
+    assert on_remote == sorted([*plain_files, *(f.remote_path for f in sealed.files), *sealed.manifests])  # no plaintext, no .part
+
+
+@pytest.mark.parametrize("key", ["expired", "revoked", "wrong_fingerprint", "none"])
+def test_bad_key_uploads_nothing(run: Runner, project: ProjectConfig, pgp_keys, key: str):
+    goal = make_goal(segment="buyers", timeline={"directory": "out/t"}, target={"encrypt": True, "manifest": True})
+    factory = {
+        "expired": lambda: PgpKeyring(public_key=pgp_keys.expired.public_key, public_key_fingerprint=pgp_keys.expired.fingerprint),
+        "revoked": lambda: PgpKeyring(public_key=pgp_keys.revoked.public_key, public_key_fingerprint=pgp_keys.revoked.fingerprint),
+        "wrong_fingerprint": lambda: PgpKeyring(public_key=pgp_keys.stranger.public_key, public_key_fingerprint=pgp_keys.partner.fingerprint),
+        "none": None,
+    }[key]
+    with pytest.raises(CryptoError, match="Nothing was uploaded") as caught:
+        run(goal, keyring_factory=factory)
+    assert "out/crm_20260115.csv.pgp" in str(caught.value)
+    assert not run.root.exists() or not [p for p in run.root.rglob("*") if p.is_file()]  # no file, no .part, no plaintext
+    assert not [p for p in run.project.work_dir.rglob("*") if p.is_file()]
+    assert store(project, "SELECT count(*) FROM export_state") == [(0,)]
+    # The state did not move: the next (plain) run still sends every profile.
+    assert run(make_goal(segment="buyers")).profiles_exported == 3
+
+
+def test_failed_upload_leaves_no_part_and_keeps_the_state(run: Runner, project: ProjectConfig):
+    run.root.mkdir()
+    (run.root / "out").write_text("a file where the directory should be")
+    with pytest.raises(TransportError, match=r"upload of file://.*/out/crm_20260115.csv failed.*next run sends every file again"):
+        run(make_goal())
+    assert sorted(p.name for p in run.root.iterdir()) == ["out"]
+    assert store(project, "SELECT count(*) FROM export_state") == [(0,)]
+
+
+# ---------------------------------------------------------------- real SFTP and S3 servers
+
+
+def test_export_to_sftp(run: Runner, sshd_server, tmp_path: Path):
+    from cdp_pipeline.transports.sftp import SftpTransport
+
+    settings = sshd_server.settings("password")
+    directory = sshd_server.fresh_directory("password", "exports")
+    local = run(make_goal(name="local", columns=ALL_KINDS, segment="buyers", timeline={"directory": "out/t"}), full=True)
+    goal = make_goal(columns=ALL_KINDS, segment="buyers", target={"directory": directory, "split_rows": 2, "manifest": True}, timeline={"directory": f"{directory}/t"})
+    with SftpTransport(settings.location, settings.secrets) as transport:
+        outcome = run(goal, transport=transport, full=True)
+        assert outcome.target_uri == transport.uri
+    served = [sshd_server.server_path("password", f.remote_path) for f in outcome.files]
+    assert [p.name for p in served] == ["crm_20260115_part001.csv", "crm_20260115_part002.csv", "order.csv", "order_line.csv", "visit.csv"]
+    assert served[2].read_bytes() == run.read("out/t/order.csv")
+    parts = [rows_of(p.read_bytes()) for p in served[:2]]
+    assert parts[0][1:] + parts[1][1:] == rows_of(run.read(local.profile_file.remote_path))[1:]
+    assert sorted(p.name for p in served[0].parent.iterdir()) == sorted(
+        [p.name for p in served[:2]] + [p.name + ".manifest.json" for p in served[:2]] + ["t"]
+    )  # no .part left behind
+
+    # A directory the account may not write to: a named error, nothing left behind.
+    locked = sshd_server.server_path("password", f"{directory}/locked")
+    locked.mkdir(mode=0o755)  # owned by root, not by the test user
+    with SftpTransport(settings.location, settings.secrets) as transport, pytest.raises(TransportError, match=f"{directory}/locked/crm_20260115.csv") as caught:
+        run(make_goal(target={"directory": f"{directory}/locked"}), transport=transport)
+    assert "permission denied" in str(caught.value) and list(locked.iterdir()) == []
+
+
+def test_export_to_s3(run: Runner, s3_bucket):
+    from cdp_pipeline.transports.s3 import S3Transport
+
+    local = run(make_goal(name="local", segment="buyers", columns=ALL_KINDS, target={"gzip": True}), full=True)
+    goal = make_goal(segment="buyers", columns=ALL_KINDS, diff=True, target={"directory": "exports", "gzip": True, "manifest": True})
+    with S3Transport.from_environment(s3_bucket.location) as transport:
+        outcome = run(goal, transport=transport, full=True)
+    assert sorted(s3_bucket.keys()) == sorted(
+        ["exports/crm_20260115.csv.gz", "exports/crm_20260115.csv.gz.manifest.json", "exports/crm_20260115.diff.csv.gz", "exports/crm_20260115.diff.csv.gz.manifest.json"]
+    )
+    assert gzip.decompress(s3_bucket.get("exports/crm_20260115.csv.gz")) == gzip.decompress(run.read(local.profile_file.remote_path))
+    assert outcome.diff_counts == {"added": 3, "changed": 0, "removed": 0}
+    assert outcome.target_uri.startswith("s3://")
