@@ -5,12 +5,16 @@ them over through the delivery's private work directory, not through pickled fra
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from cdp_pipeline.errors import InputProblem
+
+#: columns of the reject report CSV, in this order.
+REJECT_REPORT_COLUMNS = ("file", "line", "column", "reason")
 
 
 @dataclass
@@ -27,12 +31,14 @@ class ProductStoreSource:
 class StagedImport:
     #: "profiles" or "groups"
     target: str
-    #: the property identifiers link to ("profile_id", a unique property, or "group_id").
+    #: the property the first identifier links to ("profile_id", a unique property, or "group_id").
     identifier_property: str
     allow_create: bool
     #: property → merge rule, for the properties this delivery carries (absent ones stay untouched).
     rules: dict[str, str]
-    #: one row per key: ``_key`` (identifier value), ``_line`` (last line of the key), one column per property.
+    #: one row per key: ``_key`` (identifier value), ``_line`` (last line of the key), one column per
+    #: property; with several identifiers also ``_key_index`` (which identifier ``_key`` belongs to),
+    #: ``_ident_<n>`` (the key's value of identifier n, last non-empty one) and ``_rows`` (root rows).
     records: pl.DataFrame
     group_type: str | None = None
     #: event type → event_id, _key, event_time, properties
@@ -43,6 +49,18 @@ class StagedImport:
     rejects: list[InputProblem] = field(default_factory=list)
     rows_read: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: every identifier property in declared order (matched in this order); empty = [identifier_property].
+    identifiers: list[str] = field(default_factory=list)
+    #: sum property → one row per source row that carries a value: ``_key``, ``_key_index``,
+    #: ``_row_hash_hi``/``_row_hash_lo`` (the row's identity, see import_tables) and ``value``. The
+    #: merge adds only rows whose identity was not counted before for the same root file (row delta).
+    sum_rows: dict[str, pl.DataFrame] = field(default_factory=dict)
+    #: path of the reject report CSV written by ``stage_delivery`` (None until written).
+    reject_report: str | None = None
+
+    @property
+    def identifier_properties(self) -> list[str]:
+        return self.identifiers or [self.identifier_property]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -51,18 +69,23 @@ class StagedImport:
             frame.write_parquet(directory / f"events__{name}.parquet")
         for name, frame in self.items.items():
             frame.write_parquet(directory / f"items__{name.replace('/', '__')}.parquet")
+        for name, frame in self.sum_rows.items():
+            frame.write_parquet(directory / f"sum_rows__{name}.parquet")
         manifest = {
             "target": self.target,
             "identifier_property": self.identifier_property,
+            "identifiers": self.identifiers,
             "allow_create": self.allow_create,
             "rules": self.rules,
             "group_type": self.group_type,
             "events": sorted(self.events),
             "items": sorted(self.items),
+            "sum_rows": sorted(self.sum_rows),
             "product_store": [vars(source) for source in self.product_store],
             "rejects": [vars(problem) for problem in self.rejects],
             "rows_read": self.rows_read,
             "warnings": self.warnings,
+            "reject_report": self.reject_report,
         }
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
@@ -72,14 +95,38 @@ class StagedImport:
         return cls(
             target=manifest["target"],
             identifier_property=manifest["identifier_property"],
+            identifiers=manifest.get("identifiers", []),
             allow_create=manifest["allow_create"],
             rules=manifest["rules"],
             records=pl.read_parquet(directory / "records.parquet"),
             group_type=manifest["group_type"],
             events={name: pl.read_parquet(directory / f"events__{name}.parquet") for name in manifest["events"]},
             items={name: pl.read_parquet(directory / f"items__{name.replace('/', '__')}.parquet") for name in manifest["items"]},
+            sum_rows={name: pl.read_parquet(directory / f"sum_rows__{name}.parquet") for name in manifest.get("sum_rows", [])},
             product_store=[ProductStoreSource(**source) for source in manifest["product_store"]],
             rejects=[InputProblem(**problem) for problem in manifest["rejects"]],
             rows_read=manifest["rows_read"],
             warnings=manifest["warnings"],
+            reject_report=manifest.get("reject_report"),
         )
+
+
+def write_reject_report(rejects: StagedImport | Sequence[InputProblem], path: Path) -> int:
+    """Write the rejected rows and cells as a CSV (file, line, column, reason) and return how many
+    entries it holds. The reason carries the fix, as in the ``rejects`` table. The file is written
+    even when empty (header only), so "no rejects" is visible beside the run's other output."""
+    problems = rejects.rejects if isinstance(rejects, StagedImport) else list(rejects)
+    report = pl.DataFrame(
+        {
+            "file": [p.file for p in problems],
+            "line": [p.line for p in problems],
+            "column": [p.column for p in problems],
+            "reason": [f"{p.reason}. {p.fix}".strip(". ") if p.fix else p.reason for p in problems],
+        },
+        schema={"file": pl.String, "line": pl.Int64, "column": pl.String, "reason": pl.String},
+    )
+    # File order within each file, so the report reads like the file; summaries (no line) last.
+    report = report.sort(["file", "line"], nulls_last=True, maintain_order=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report.write_csv(path)
+    return report.height
