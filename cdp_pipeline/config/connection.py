@@ -234,6 +234,11 @@ class Mapping(StrictModel):
     column: str
     property: str
     rule: MergeRule = "set"
+    #: import goals: logical name of the file holding ``column``; the root file when omitted. A
+    #: linked file's rows are joined up to the root key first, so several rows of one key resolve
+    #: like duplicate root rows (set rules: last row wins, add collects, sum adds). Added for
+    #: issue B (mappings from nested files, "several files" in group goals).
+    file: str | None = None
 
 
 class BulkMapping(StrictModel):
@@ -284,6 +289,19 @@ class _ImportGoal(_GoalBase):
     processors: list[Processor] = Field(default_factory=list)
     #: fail: a delivery with rejected rows fails as a whole; skip_rows: it is merged without them.
     on_error: Literal["fail", "skip_rows"] = "fail"
+
+    @model_validator(mode="after")
+    def _file_names(self) -> "_ImportGoal":
+        """Processors (``files``) and mappings (``file``) may only name files of this goal."""
+        names = [self.files.root.name, *(f.name for f in self.files.linked)]
+        for index, processor in enumerate(self.processors):
+            unknown = sorted(set(processor.files or []) - set(names))
+            if unknown:
+                raise ValueError(f"processors.{index}.files: {unknown} are not files of this goal {names}")
+        for index, mapping in enumerate(getattr(self, "mappings", [])):
+            if mapping.file is not None and mapping.file not in names:
+                raise ValueError(f"mappings.{index}.file: {mapping.file!r} is not a file of this goal {names}")
+        return self
 
 
 class ProfileImportGoal(_ImportGoal):

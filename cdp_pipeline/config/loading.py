@@ -41,6 +41,9 @@ class StoreSettings(StrictModel):
     published_path: str | None = "store_published.duckdb"
     #: DuckDB threads for the writer (None = all cores).
     threads: int | None = None
+    #: list profile property holding the objectives a profile consented to. A connection with
+    #: ``objectives`` imports only profiles whose value (incoming, else stored) names at least one.
+    consent_property: str = "consents"
 
 
 class StoreFile(StrictModel):

@@ -2,6 +2,10 @@
 before identifiers are linked and columns mapped ("Process CSV data" in the seeds).
 
 Each kind is implemented as a Polars expression in ``cdp_pipeline.tables.processors``.
+
+Every processor of an import goal may name the goal's files it runs on (``files: [orders,
+order_lines]``, logical names from ``files.root`` / ``files.linked``); without ``files`` it runs on
+the root file. Each file gets, in declared order, the processors that name it, before any linking.
 """
 
 from __future__ import annotations
@@ -13,29 +17,36 @@ from pydantic import Field
 from cdp_pipeline.config.csv_options import StrictModel
 
 
-class NormalizeEmail(StrictModel):
+class _FileScoped(StrictModel):
+    """What every processor shares: the goal files it runs on."""
+
+    #: logical file names of the goal (root or linked) this processor runs on; the root file when omitted.
+    files: list[str] | None = Field(default=None, min_length=1)
+
+
+class NormalizeEmail(_FileScoped):
     """Trim, lower-case and fix common domain typos (gmial.com → gmail.com)."""
 
     type: Literal["normalize_email"]
     columns: list[str]
 
 
-class Trim(StrictModel):
+class Trim(_FileScoped):
     type: Literal["trim"]
     columns: list[str]
 
 
-class Lowercase(StrictModel):
+class Lowercase(_FileScoped):
     type: Literal["lowercase"]
     columns: list[str]
 
 
-class Uppercase(StrictModel):
+class Uppercase(_FileScoped):
     type: Literal["uppercase"]
     columns: list[str]
 
 
-class FilterRows(StrictModel):
+class FilterRows(_FileScoped):
     """Keep (or drop) the rows whose column matches a regular expression."""
 
     type: Literal["filter_rows"]
@@ -44,27 +55,27 @@ class FilterRows(StrictModel):
     keep_matching: bool = True
 
 
-class DropEmpty(StrictModel):
+class DropEmpty(_FileScoped):
     """Drop rows where any of the columns is empty."""
 
     type: Literal["drop_empty"]
     columns: list[str]
 
 
-class FixedValue(StrictModel):
+class FixedValue(_FileScoped):
     type: Literal["fixed_value"]
     column: str
     value: str
 
 
-class Concatenate(StrictModel):
+class Concatenate(_FileScoped):
     type: Literal["concatenate"]
     columns: list[str]
     target: str
     separator: str = " "
 
 
-class MapValues(StrictModel):
+class MapValues(_FileScoped):
     """Convert values through a mapping table; unmapped values are kept, emptied or set to ``default``."""
 
     type: Literal["map_values"]
@@ -74,7 +85,7 @@ class MapValues(StrictModel):
     default: str | None = None
 
 
-class CurrentDate(StrictModel):
+class CurrentDate(_FileScoped):
     """Write the run's date (or date-time) into a column, e.g. a "last imported" property."""
 
     type: Literal["current_date"]
@@ -82,7 +93,7 @@ class CurrentDate(StrictModel):
     with_time: bool = False
 
 
-class RemoveNullStrings(StrictModel):
+class RemoveNullStrings(_FileScoped):
     """Empty the cells that spell "nothing": NULL, null, None, N/A, n/a, -, and the extra tokens given."""
 
     type: Literal["remove_null_strings"]
@@ -90,7 +101,7 @@ class RemoveNullStrings(StrictModel):
     tokens: list[str] = Field(default_factory=list)
 
 
-class Pseudonymize(StrictModel):
+class Pseudonymize(_FileScoped):
     """Replace values by a salted SHA-256 hex digest; the salt comes from an environment variable."""
 
     type: Literal["pseudonymize"]
@@ -98,7 +109,7 @@ class Pseudonymize(StrictModel):
     salt_env: str | None = None
 
 
-class CustomProcessor(StrictModel):
+class CustomProcessor(_FileScoped):
     """A user-defined processor: ``function`` is ``package.module:name`` of a callable
     ``(lf: pl.LazyFrame, **options) -> pl.LazyFrame``."""
 
