@@ -20,12 +20,13 @@ from pathlib import Path
 from cdp_pipeline.config.connection import Connection, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.deliveries import Delivery, scan_deliveries
-from cdp_pipeline.errors import CdpError, FileVanishedError
+from cdp_pipeline.config.property_writers import shared_property_warnings
+from cdp_pipeline.errors import CdpError, FileVanishedError, InputError
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
 from cdp_pipeline.store.segments import refresh_memberships
 from cdp_pipeline.tables.import_tables import build_import_tables
-from cdp_pipeline.tables.staged import StagedImport
+from cdp_pipeline.tables.staged import StagedImport, write_reject_report
 from cdp_pipeline.transports.base import RemoteFile, Transport
 
 ImportGoal = GroupImportGoal | ProfileImportGoal
@@ -162,26 +163,64 @@ def decrypt_delivery(work_dir: Path, keyring_factory=None) -> tuple[list[Fetched
 
 
 def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportGoal, work_dir: Path, run_time: datetime) -> StagedImport:
+    """Build the import tables of the delivery in ``work_dir`` and save them for the merge.
+
+    The reject report ``work_dir/rejects.csv`` (file, line, column, reason) is written in every
+    case, also when the delivery fails with ``InputError`` (``on_error: fail`` and rejected rows,
+    a missing required column ...), so the operator finds the list beside the run's other output;
+    ``staged.reject_report`` holds its path. Warnings about properties another connection also
+    fills are added to ``staged.warnings``."""
     files, _ = read_manifest(work_dir / "decrypted.json")
     paths = {f.name: Path(f.local_path) for f in files}
     display = {f.name: f.remote_path for f in files}
-    staged = build_import_tables(goal, project.catalog, paths, display, run_time)
+    report = work_dir / REJECT_REPORT
+    if connection.objectives and isinstance(goal, ProfileImportGoal):
+        _check_consent_property(project)
+    try:
+        staged = build_import_tables(goal, project.catalog, paths, display, run_time)
+    except InputError as error:
+        write_reject_report(error.problems, report)
+        raise
+    write_reject_report(staged, report)
+    staged.reject_report = str(report)
+    staged.warnings.extend(shared_property_warnings(project, connection.name, goal.name))
     staged.save(work_dir / "tables")
     return staged
 
 
+#: file name of the reject report inside a delivery's work directory.
+REJECT_REPORT = "rejects.csv"
+
+
+def _check_consent_property(project: ProjectConfig) -> None:
+    prop = project.catalog.profile_properties.get(project.store.consent_property)
+    if prop is None or prop.type != "list":
+        raise CdpError(
+            f"store.consent_property {project.store.consent_property!r} must be a list profile property for a connection "
+            "with objectives; declare it in store.yaml catalog.profile_properties (type: list) or set store.consent_property"
+        )
+
+
 @dataclass
 class MergeOutcome:
-    status: str  # merged | skipped
+    status: str  # merged | skipped (a reprocess is "merged", with ``reprocessed`` set)
     delivery_id: str
     counts: MergeCounts
     segment_sizes: dict[str, int]
     duplicate_of: str | None = None
+    #: merged again although the ledger had it (operator's reprocess); the ledger row says "reprocessed".
+    reprocessed: bool = False
 
 
 def merge_staged(
     project: ProjectConfig, connection: Connection, goal: ImportGoal, work_dir: Path, run_id: str, now: datetime, *, reprocess: bool = False
 ) -> MergeOutcome:
+    """Merge the staged delivery in one transaction with its ledger row.
+
+    The same content under the same configuration is skipped, unless ``reprocess`` (run tag
+    ``cdp/reprocess=true``): then it is merged again and ledgered as ``reprocessed``. A reprocess
+    applies the set rules and add again (idempotent) and adds to sums only the rows whose identity
+    is not yet in ``delivery_rows``, so the delivery's earlier contribution is never counted twice."""
     files, extra = read_manifest(work_dir / "decrypted.json")
     staged = StagedImport.load(work_dir / "tables")
     sha = content_sha256(files)
@@ -201,11 +240,15 @@ def merge_staged(
     with open_writer(project.store_path, project.catalog, threads=project.store.threads) as conn:
         already = delivery_is_merged(conn, sha, config_hash, connection.name, goal.name)
         if already and not reprocess:
-            # Same bytes, same configuration: merging again would add sums and lists twice.
+            # Same bytes, same configuration: nothing would change (sums skip counted rows anyway).
             return MergeOutcome(status="skipped", delivery_id=already, counts=MergeCounts(rows_read=staged.rows_read), segment_sizes={}, duplicate_of=already)
-        counts = merge_delivery(conn, project.catalog, staged, record, run_id, now)
+        counts = merge_delivery(
+            conn, project.catalog, staged, record, run_id, now,
+            objectives=connection.objectives, consent_property=project.store.consent_property,
+            status="reprocessed" if already else "merged",
+        )
         sizes = refresh_memberships(conn, project.catalog, now)
-    return MergeOutcome(status="merged", delivery_id=delivery_id, counts=counts, segment_sizes=sizes)
+    return MergeOutcome(status="merged", delivery_id=delivery_id, counts=counts, segment_sizes=sizes, reprocessed=already is not None)
 
 
 def finish_remote_files(transport: Transport, goal: ImportGoal, work_dir: Path) -> list[str]:

@@ -56,7 +56,7 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("files", "JSON", "Every file of the delivery: logical name, remote path, size, mtime, etag, sha256."),
             ("content_sha256", "VARCHAR", "sha256 over the files' sha256 values: the content identity."),
             ("config_hash", "VARCHAR", "Hash of the goal's configuration when it was imported."),
-            ("status", "VARCHAR", "merged, rejected or skipped."),
+            ("status", "VARCHAR", "merged, reprocessed (merged again on an operator's request), rejected or skipped."),
             ("rows_read", "BIGINT", "Data rows read from the root file."),
             ("rows_rejected", "BIGINT", "Rows left out, with reasons in rejects."),
             ("profiles_created", "BIGINT", "Profiles this delivery created."),
@@ -70,6 +70,19 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("events_updated", "BIGINT", "Timeline events imported again (same event id) and replaced."),
             ("run_id", "VARCHAR", "Dagster run that merged it."),
             ("merged_at", "TIMESTAMP", "When the transaction committed (UTC)."),
+        ],
+    ),
+    "delivery_rows": (
+        "The row delta of sums: per root file, the identities of the source rows already added to each sum "
+        "property. A new version of the file (or a reprocess) adds only rows not listed here, so a sum never "
+        "counts a row twice. Set rules and add apply again as usual.",
+        [
+            ("connection", "VARCHAR", "Connection name."),
+            ("goal", "VARCHAR", "Import goal."),
+            ("root_file", "VARCHAR", "Remote path of the delivery's root file: the scope of the identities."),
+            ("property", "VARCHAR", "Sum property (profile or group property) the row was added to."),
+            ("row_hash", "UHUGEINT", "md5 of the row's raw identifier or link cells, event ids and the sum's source cell, plus its occurrence among identical rows."),
+            ("delivery_id", "VARCHAR", "Delivery that added the row (see deliveries)."),
         ],
     ),
     "rejects": (
