@@ -245,6 +245,7 @@ def merge_staged(
         counts = merge_delivery(
             conn, project.catalog, staged, record, run_id, now,
             objectives=connection.objectives, consent_property=project.store.consent_property,
+            record_history=project.store.history,
             status="reprocessed" if already else "merged",
         )
         sizes = refresh_memberships(conn, project.catalog, now)

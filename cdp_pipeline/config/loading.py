@@ -44,6 +44,8 @@ class StoreSettings(StrictModel):
     #: list profile property holding the objectives a profile consented to. A connection with
     #: ``objectives`` imports only profiles whose value (incoming, else stored) names at least one.
     consent_property: str = "consents"
+    #: keep property_changes (value history and provenance); costs one row per changed value.
+    history: bool = True
 
 
 class StoreFile(StrictModel):

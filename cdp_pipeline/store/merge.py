@@ -241,6 +241,7 @@ def _merge_records(
     *,
     objectives: Sequence[str],
     consent_property: str,
+    record_history: bool = True,
 ) -> tuple[list[tuple[str, str]], bool]:
     """Resolve, combine and write the records; returns the new sum rows' tables and whether every
     key reached the store (none ignored or consent-skipped)."""
@@ -325,6 +326,8 @@ def _merge_records(
     )
     profile_extra = staged.target == "profiles"
     params = {"now": now, "delivery": delivery.delivery_id, **({"run": run_id} if profile_extra else {})}
+    if rules and record_history:
+        _record_property_changes(conn, staged, table, id_column, list(rules), properties, delivery, run_id, now)
     if rules:
         assignments = ", ".join(f"{quote(p)} = m.{quote(p)}" for p in rules)
         conn.execute(
@@ -380,6 +383,42 @@ def _merge_records(
     else:
         counts.groups_created, counts.groups_updated = created, updated
     return sum_tables, not (ignored or skipped)
+
+
+def _record_property_changes(
+    conn: duckdb.DuckDBPyConnection,
+    staged: StagedImport,
+    table: str,
+    id_column: str,
+    props: list[str],
+    properties: dict[str, PropertyDefinition],
+    delivery: DeliveryRecord,
+    run_id: str,
+    now: datetime,
+) -> None:
+    """One history row per property value this delivery sets or changes, written before the
+    UPDATE (it compares with the stored value) and in the same transaction: history and profiles
+    can never disagree (issue G: provenance and values as of a past date)."""
+    entity = "profile" if staged.target == "profiles" else f"group:{staged.group_type}"
+
+    def as_text(expression: str, prop: str) -> str:
+        return f"CAST(to_json({expression}) AS VARCHAR)" if properties[prop].type == "list" else f"CAST({expression} AS VARCHAR)"
+
+    selects = [
+        f"""
+        SELECT m._id, {literal(prop)}, {as_text(f"m.{quote(prop)}", prop)}
+        FROM merged m LEFT JOIN {quote(table)} t ON t.{id_column} = m._id AND NOT m._is_new
+        WHERE m._consented AND CASE WHEN m._is_new THEN m.{quote(prop)} IS NOT NULL ELSE m.{quote(prop)} IS DISTINCT FROM t.{quote(prop)} END
+        """
+        for prop in props
+    ]
+    conn.execute(
+        f"""
+        INSERT INTO property_changes
+        SELECT {literal(entity)}, c.*, $now, $connection, $goal, $delivery, $run FROM ({' UNION ALL '.join(selects)}) c
+        """,
+        {"now": now, "connection": delivery.connection, "goal": delivery.goal, "delivery": delivery.delivery_id, "run": run_id},
+    )
 
 
 def _record_counted_rows(
@@ -512,6 +551,7 @@ def merge_delivery(
     objectives: Sequence[str] = (),
     consent_property: str = "consents",
     status: str = "merged",
+    record_history: bool = True,
 ) -> MergeCounts:
     """Merge a staged delivery and write its ledger row, atomically. Nothing of it stays if any
     statement fails.
@@ -522,7 +562,10 @@ def merge_delivery(
     counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=len({(p.file, p.line) for p in staged.rejects if p.line}))
     conn.execute("BEGIN TRANSACTION")
     try:
-        sum_tables, every_key_accepted = _merge_records(conn, catalog, staged, delivery, run_id, now, counts, objectives=objectives, consent_property=consent_property)
+        sum_tables, every_key_accepted = _merge_records(
+            conn, catalog, staged, delivery, run_id, now, counts,
+            objectives=objectives, consent_property=consent_property, record_history=record_history,
+        )
         _record_counted_rows(conn, sum_tables, every_key_accepted, delivery, counts)
         if staged.target == "profiles":
             _merge_events(conn, catalog, staged, delivery, now, counts)

@@ -115,6 +115,21 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("error", "VARCHAR", "Error message of a failed run."),
         ],
     ),
+    "property_changes": (
+        "History of every property value: one row per profile (or group) property a delivery set or "
+        "changed. The value as of a date is the latest row at or before it; see the view property_provenance.",
+        [
+            ("entity", "VARCHAR", "profile, or group:<group type>."),
+            ("entity_id", "VARCHAR", "profile_id or group_id."),
+            ("property", "VARCHAR", "Property name."),
+            ("value", "VARCHAR", "The new value as text (lists as JSON arrays); NULL when the delivery cleared it."),
+            ("changed_at", "TIMESTAMP", "When the delivery was merged (UTC)."),
+            ("connection", "VARCHAR", "Connection that set it."),
+            ("goal", "VARCHAR", "Goal that set it."),
+            ("delivery_id", "VARCHAR", "Delivery that set it (see deliveries)."),
+            ("run_id", "VARCHAR", "Dagster run that set it."),
+        ],
+    ),
     "segment_members": (
         "Current members of each segment, refreshed after every merge.",
         [
@@ -284,6 +299,19 @@ def _create_views(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
         )
         conn.execute(f"CREATE OR REPLACE VIEW timeline_events AS {union}")
         conn.execute("COMMENT ON VIEW timeline_events IS 'Every timeline event of every type: type, id, profile and time.'")
+    conn.execute(
+        """
+        CREATE OR REPLACE VIEW property_provenance AS
+        SELECT entity, entity_id, property,
+               arg_max(value, changed_at) AS value, max(changed_at) AS changed_at,
+               arg_max(connection, changed_at) AS connection, arg_max(delivery_id, changed_at) AS delivery_id,
+               arg_max(run_id, changed_at) AS run_id
+        FROM property_changes GROUP BY entity, entity_id, property
+        """
+    )
+    conn.execute(
+        "COMMENT ON VIEW property_provenance IS 'For each property value: which connection, delivery and run last set it.'"
+    )
     conn.execute(
         """
         CREATE OR REPLACE VIEW data_exchange AS

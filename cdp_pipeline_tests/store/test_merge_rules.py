@@ -74,3 +74,21 @@ def test_failed_merge_leaves_nothing_behind(tmp_path):
             merge_delivery(conn, CATALOG, bad, _record(1), "r1", datetime(2026, 1, 1))
         assert conn.execute("SELECT count(*) FROM profiles").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
+
+
+def test_history_and_provenance_answer_value_as_of_a_date(tmp_path):
+    with open_writer(tmp_path / "store.duckdb", CATALOG) as conn:
+        merge_delivery(conn, CATALOG, _staged("name", "set", "first"), _record(1), "r1", datetime(2026, 1, 1))
+        merge_delivery(conn, CATALOG, _staged("name", "set", "first"), _record(2), "r2", datetime(2026, 1, 2))  # unchanged: no row
+        merge_delivery(conn, CATALOG, _staged("name", "set", "second"), _record(3), "r3", datetime(2026, 1, 3))
+        merge_delivery(conn, CATALOG, _staged("tags", "add", ["x"]), _record(4), "r4", datetime(2026, 1, 4))
+        rows = conn.execute("SELECT property, value, delivery_id FROM property_changes ORDER BY changed_at").fetchall()
+        assert rows == [("name", "first", "d1"), ("name", "second", "d3"), ("tags", '["x"]', "d4")]
+        as_of = conn.execute(
+            """
+            SELECT arg_max(value, changed_at) FROM property_changes
+            WHERE entity = 'profile' AND entity_id = 'p1' AND property = 'name' AND changed_at <= TIMESTAMP '2026-01-02 12:00'
+            """
+        ).fetchone()
+        assert as_of == ("first",)
+        assert conn.execute("SELECT value, run_id, connection FROM property_provenance WHERE property = 'name'").fetchone() == ("second", "r3", "c")
