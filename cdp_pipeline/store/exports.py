@@ -561,7 +561,11 @@ def write_profile_parts(conn: duckdb.DuckDBPyConnection, goal: ExportGoal, paths
     in order, as many as :func:`part_count` says). Rows are in profile id order across parts."""
     names = _names(len(goal.columns))
     (rows,) = conn.execute("SELECT count(*) FROM export_rows WHERE _changed").fetchone()
-    select = f"SELECT {_select_cells(goal, names)} FROM export_rows WHERE rowid >= $a AND rowid < $b ORDER BY rowid"
+    # export_rows was inserted in file order, and with preserve_insertion_order (DuckDB's default,
+    # pinned here) a scan without ORDER BY returns rows in that order, also in a parallel COPY.
+    # An ORDER BY rowid would sort every row a second time (measured +0.3 s at 1M).
+    conn.execute("SET preserve_insertion_order = true")
+    select = f"SELECT {_select_cells(goal, names)} FROM export_rows WHERE rowid >= $a AND rowid < $b"
     if isinstance(paths, Path):
         return [(paths, _copy(conn, select, paths, goal, {"a": 0, "b": rows}))]
     size = goal.target.split_rows or 0
