@@ -44,12 +44,9 @@ def run_connection(connection_name: str, *, full_export: bool = False, echo=prin
     partitions_name = f"{connection_name}__deliveries"
     # Outside a run, EnvVar fields resolve only through process_config_and_initialize.
     with transport_resource(connection.source, project.home).process_config_and_initialize().open() as transport:
-        deliveries = []
-        for goal in connection.import_goals:
-            found, waiting = importing.list_ready_deliveries(transport, connection, goal)
-            deliveries += found
-            for reason in waiting:
-                echo(f"  waiting: {reason}")
+        deliveries, waiting = importing.list_ready_deliveries(project, transport, connection)
+        for reason in waiting:
+            echo(f"  waiting: {reason}")
     if deliveries:
         instance.add_dynamic_partitions(partitions_name, [d.partition_key for d in deliveries])
     import_job = definitions.resolve_job_def(import_job_name(connection_name))

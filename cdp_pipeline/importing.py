@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cdp_pipeline.config.connection import Connection, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.loading import ProjectConfig
-from cdp_pipeline.deliveries import Delivery, scan_deliveries
+from cdp_pipeline.deliveries import Delivery, DeliveryScan, scan_deliveries
 from cdp_pipeline.config.property_writers import shared_property_warnings
 from cdp_pipeline.errors import CdpError, FileVanishedError, InputError
 from cdp_pipeline.store.database import open_writer
@@ -61,16 +61,46 @@ def import_goal(connection: Connection, goal_name: str) -> ImportGoal:
     return goal
 
 
-def find_delivery(transport: Transport, connection: Connection, partition_key: str) -> Delivery:
+def goal_for(project: ProjectConfig, connection: Connection, goal_name: str) -> ImportGoal:
+    """The goal a partition's goal name stands for; a dialect's goal is its listing goal (where the
+    files are, what happens to them) until the delivery's own goal is generated at staging."""
+    kind = project.dialect_goals(connection.name).get(goal_name)
+    if kind is not None:
+        from cdp_pipeline.dialects.flow import listing_goal
+
+        return listing_goal(project.dialects[connection.name], kind)
+    return import_goal(connection, goal_name)
+
+
+def scan_connection(
+    project: ProjectConfig, connection: Connection, transport: Transport, is_ready=lambda _f: True, now: float | None = None
+) -> list[tuple[ImportGoal, DeliveryScan]]:
+    """Every import goal's deliveries in one listing pass, in BlueConic's goal order (groups, then
+    profiles), then the dialect's (SARE pairs, Netmera push and profile files)."""
+    scans: list[tuple[ImportGoal, DeliveryScan]] = []
+    for goal in connection.import_goals:
+        listing = transport.list_files(goal.files.directory)
+        scans.append((goal, scan_deliveries(connection.name, goal, listing, is_ready)))
+    settings = project.dialects.get(connection.name)
+    if settings is not None:
+        from cdp_pipeline.dialects.flow import scan
+
+        scans += scan(connection.name, settings, transport, is_ready, now)
+    return scans
+
+
+def find_delivery(transport: Transport, project: ProjectConfig, connection: Connection, partition_key: str) -> Delivery:
     """The current files of the delivery a partition stands for (goal:root file name)."""
     goal_name, _, root_name = partition_key.partition(":")
-    goal = import_goal(connection, goal_name)
-    listing = transport.list_files(goal.files.directory)
-    scan = scan_deliveries(connection.name, goal, listing)
-    for delivery in scan.deliveries:
-        if delivery.root.name == root_name:
-            return delivery
-    reasons = [r for r in scan.waiting + scan.problems if r.startswith(root_name)]
+    goal = goal_for(project, connection, goal_name)
+    reasons: list[str] = []
+    for scanned_goal, scan in scan_connection(project, connection, transport):
+        if scanned_goal.name != goal_name:
+            continue
+        for delivery in scan.deliveries:
+            if delivery.root.name == root_name:
+                return delivery
+        reasons += [r for r in scan.waiting + scan.problems if root_name in r]
     raise FileVanishedError(
         f"{transport.uri}/{goal.files.directory}: delivery {partition_key!r} is not complete or no longer there"
         + (f" ({'; '.join(reasons)})" if reasons else "")
@@ -176,14 +206,25 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
     report = work_dir / REJECT_REPORT
     if connection.objectives and isinstance(goal, ProfileImportGoal):
         _check_consent_property(project)
+    kind = project.dialect_goals(connection.name).get(goal.name)
     try:
-        staged = build_import_tables(goal, project.catalog, paths, display, run_time)
+        if kind is not None:
+            from cdp_pipeline.crypto.pgp import looks_encrypted
+            from cdp_pipeline.dialects.flow import stage
+
+            fetched, _ = read_manifest(work_dir / "fetched.json")
+            encrypted = any(looks_encrypted(Path(f.local_path)) for f in fetched if Path(f.local_path).exists() and f.name == goal.files.root.name)
+            located = {f.name: (Path(f.local_path), f.remote_path, f.mtime) for f in files}
+            goal, staged = stage(kind, project.dialects[connection.name], project.catalog, located, work_dir, run_time, encrypted)
+        else:
+            staged = build_import_tables(goal, project.catalog, paths, display, run_time)
     except InputError as error:
         write_reject_report(error.problems, report)
         raise
     write_reject_report(staged, report)
     staged.reject_report = str(report)
-    staged.warnings.extend(shared_property_warnings(project, connection.name, goal.name))
+    if kind is None:  # a dialect's goal is generated per delivery; it is not in the connection's goals
+        staged.warnings.extend(shared_property_warnings(project, connection.name, goal.name))
     staged.save(work_dir / "tables")
     return staged
 
@@ -223,6 +264,11 @@ def merge_staged(
     is not yet in ``delivery_rows``, so the delivery's earlier contribution is never counted twice."""
     files, extra = read_manifest(work_dir / "decrypted.json")
     staged = StagedImport.load(work_dir / "tables")
+    kind = project.dialect_goals(connection.name).get(goal.name)
+    if kind is not None:
+        from cdp_pipeline.dialects.flow import saved_goal
+
+        goal = saved_goal(work_dir) or goal
     sha = content_sha256(files)
     config_hash = project.goal_config_hash(connection.name, goal.name)
     delivery_id = hashlib.sha256(f"{connection.name}\0{goal.name}\0{sha}\0{config_hash}".encode()).hexdigest()[:24]
@@ -242,8 +288,20 @@ def merge_staged(
         if already and not reprocess:
             # Same bytes, same configuration: nothing would change (sums skip counted rows anyway).
             return MergeOutcome(status="skipped", delivery_id=already, counts=MergeCounts(rows_read=staged.rows_read), segment_sizes={}, duplicate_of=already)
+        hooks = None
+        if kind is not None:
+            from cdp_pipeline.dialects.flow import merge_hooks
+
+            located = {f.name: (Path(f.local_path), f.remote_path, f.mtime) for f in files}
+            hooks = merge_hooks(
+                kind, project.dialects[connection.name], project.catalog, work_dir, located,
+                connection=connection.name, goal=goal.name, root_file=root.remote_path, content_sha256=sha, now=now,
+            )
+            if hooks.prepare is not None:
+                staged = hooks.prepare(conn, staged)
         counts = merge_delivery(
             conn, project.catalog, staged, record, run_id, now,
+            before=hooks.before if hooks else None, after=hooks.after if hooks else None,
             objectives=connection.objectives, consent_property=project.store.consent_property,
             record_history=project.store.history,
             status="reprocessed" if already else "merged",
@@ -255,6 +313,11 @@ def merge_staged(
 def finish_remote_files(transport: Transport, goal: ImportGoal, work_dir: Path) -> list[str]:
     """After a successful merge: leave, mark ``.done``, move to ``done/`` or delete the delivery's
     remote files (per goal). Idempotent, so a retry after a crash is harmless (#57)."""
+    from cdp_pipeline.dialects.flow import saved_goal, skipped
+
+    if skipped(work_dir):
+        return []  # a SARE pair with "import": false stays where it is
+    goal = saved_goal(work_dir) or goal
     files, _ = read_manifest(work_dir / "fetched.json")
     action = goal.files.after_import
     done = []
@@ -291,7 +354,11 @@ def clean_plaintext(work_dir: Path) -> None:
     shutil.rmtree(work_dir / "fetched", ignore_errors=True)
 
 
-def list_ready_deliveries(transport: Transport, connection: Connection, goal: ImportGoal, is_ready=lambda _f: True) -> tuple[list[Delivery], list[str]]:
-    listing: list[RemoteFile] = transport.list_files(goal.files.directory)
-    scan = scan_deliveries(connection.name, goal, listing, is_ready)
-    return scan.deliveries, scan.waiting + scan.problems
+def list_ready_deliveries(project: ProjectConfig, transport: Transport, connection: Connection, is_ready=lambda _f: True) -> tuple[list[Delivery], list[str]]:
+    """Complete deliveries of every import goal (goal order kept) and why the others wait."""
+    deliveries: list[Delivery] = []
+    waiting: list[str] = []
+    for _goal, scan in scan_connection(project, connection, transport, is_ready):
+        deliveries += scan.deliveries
+        waiting += scan.waiting + scan.problems
+    return deliveries, waiting

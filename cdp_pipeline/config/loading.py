@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.config.connection import Connection, ExportGoal, GroupImportGoal, ProfileImportGoal
@@ -63,6 +63,17 @@ class ProjectConfig:
     catalog: Catalog
     connections: dict[str, Connection] = field(default_factory=dict)
     connection_files: dict[str, Path] = field(default_factory=dict)
+    #: connection name → its ``dialect:`` settings (SARE sidecars, Netmera files), when it has one.
+    dialects: dict[str, Any] = field(default_factory=dict)
+
+    def dialect_goals(self, connection: str) -> dict[str, str]:
+        """Goal names a connection's dialect generates per delivery → the kind of file they import."""
+        settings = self.dialects.get(connection)
+        if settings is None:
+            return {}
+        if settings.type == "sare":
+            return {settings.goal_name: "sare"}
+        return {settings.push_goal_name: "push", settings.profile_goal_name: "profile"}
 
     @property
     def store_path(self) -> Path:
@@ -86,8 +97,12 @@ class ProjectConfig:
         location and the catalog. A delivery is imported again when this hash changes (seed:
         "BlueConic reimports a file if ... the connection configuration has changed")."""
         conn = self.connections[connection]
+        dialect = self.dialects.get(connection)
+        # A dialect's goal is generated per delivery from its settings (and, for SARE, the sidecar,
+        # whose bytes are part of the content identity already): hash the settings.
+        shaped_by = dialect if goal in self.dialect_goals(connection) else conn.goal(goal)
         payload = {
-            "goal": conn.goal(goal).model_dump(mode="json"),
+            "goal": shaped_by.model_dump(mode="json"),
             "source": conn.source.model_dump(mode="json"),
             "objectives": conn.objectives,
             "catalog": self.catalog.model_dump(mode="json"),
@@ -238,12 +253,20 @@ def load_project(config_dir: Path | None = None, home: Path | None = None) -> Pr
             name = raw.get("name", f"#{index + 1}") if isinstance(raw, dict) else f"#{index + 1}"
             where = f"{path.relative_to(config_dir)} (connection {name!r})"
             _refuse_literal_secrets(raw, where)
+            dialect_raw = raw.pop("dialect", None) if isinstance(raw, dict) else None
             connection: Connection = _parse(Connection, raw, where)
             if connection.name in project.connections:
                 raise ConfigError(
                     f"{where}: connection name {connection.name!r} is already used in {project.connection_files[connection.name]}"
                 )
             _check_references(connection, project.catalog, where)
+            if dialect_raw is not None:
+                from cdp_pipeline.dialects import Dialect
+
+                try:
+                    project.dialects[connection.name] = TypeAdapter(Dialect).validate_python(dialect_raw)
+                except ValidationError as exc:
+                    raise ConfigError(_format_validation(exc, where).replace(f"{where}: ", f"{where}: dialect.")) from None
             project.connections[connection.name] = connection
             project.connection_files[connection.name] = path
     return project

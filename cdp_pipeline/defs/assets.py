@@ -77,7 +77,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
     pgp_resource_key = pgp_key(name)
 
     def goal_of(context: dg.AssetExecutionContext):
-        return importing.import_goal(connection, context.partition_key.partition(":")[0])
+        return importing.goal_for(project, connection, context.partition_key.partition(":")[0])
 
     @dg.asset(
         key=[name, "fetched_files"],
@@ -97,7 +97,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         work_dir = importing.delivery_work_dir(project_, name, context.partition_key)
         try:
             with getattr(context.resources, transport_resource_key).open() as transport:
-                delivery = importing.find_delivery(transport, connection, context.partition_key)
+                delivery = importing.find_delivery(transport, project_, connection, context.partition_key)
                 fetched = importing.fetch_delivery(transport, delivery, work_dir)
                 uri = transport.uri
         except TransientError:

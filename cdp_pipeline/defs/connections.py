@@ -55,7 +55,7 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
         assets=assets,
         asset_checks=build_store_checks(project, connection),
         jobs=jobs,
-        sensors=[build_delivery_sensor(connection, import_job, partitions), *build_notification_sensors(connection, jobs)],
+        sensors=[build_delivery_sensor(project, connection, import_job, partitions), *build_notification_sensors(connection, jobs)],
         schedules=schedules,
     )
 

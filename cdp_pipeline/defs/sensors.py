@@ -13,13 +13,15 @@ import time
 import dagster as dg
 
 from cdp_pipeline.config.connection import Connection
+from cdp_pipeline.config.loading import ProjectConfig
+from cdp_pipeline.dialects.flow import scan as dialect_scan
 from cdp_pipeline.deliveries import scan_deliveries
 from cdp_pipeline.defs.resources import transport_key
 from cdp_pipeline.errors import TransientError
 from cdp_pipeline.transports.base import RemoteFile
 
 
-def build_delivery_sensor(connection: Connection, import_job, partitions: dg.DynamicPartitionsDefinition) -> dg.SensorDefinition:
+def build_delivery_sensor(project: ProjectConfig, connection: Connection, import_job, partitions: dg.DynamicPartitionsDefinition) -> dg.SensorDefinition:
     settings = connection.sensor
     running = connection.enabled and settings.enabled
     resource_key = transport_key(connection.name)
@@ -68,6 +70,27 @@ def build_delivery_sensor(connection: Connection, import_job, partitions: dg.Dyn
                                 tags={"cdp/connection": connection.name, "cdp/goal": goal.name},
                             )
                         )
+                dialect = project.dialects.get(connection.name)
+                if dialect is not None:
+                    # A dialect (SARE pairs, Netmera files) lists its own folders; stability is
+                    # judged the same way, with the dialect's window.
+                    def dialect_ready(remote: RemoteFile, stable_for=dialect.stable_seconds) -> bool:
+                        first = previous.get(remote.path)
+                        seen[remote.path] = first if first and first[0] == remote.identity else [remote.identity, now]
+                        return stable_for == 0 or bool(first and first[0] == remote.identity and now - first[1] >= stable_for)
+
+                    for goal, scan in dialect_scan(connection.name, dialect, transport, dialect_ready, now):
+                        waiting += scan.waiting + scan.problems
+                        for problem in scan.problems:
+                            context.log.warning(problem)
+                        run_requests += [
+                            dg.RunRequest(
+                                run_key=f"{delivery.partition_key}@{delivery.listing_identity}",
+                                partition_key=delivery.partition_key,
+                                tags={"cdp/connection": connection.name, "cdp/goal": goal.name},
+                            )
+                            for delivery in scan.deliveries
+                        ]
         except TransientError as error:
             # A server that is down for a moment is not a failed tick; credentials and host keys are
             # (they raise), because skipping those would look exactly like "no new files".

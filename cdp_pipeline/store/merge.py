@@ -552,6 +552,8 @@ def merge_delivery(
     consent_property: str = "consents",
     status: str = "merged",
     record_history: bool = True,
+    before=None,
+    after=None,
 ) -> MergeCounts:
     """Merge a staged delivery and write its ledger row, atomically. Nothing of it stays if any
     statement fails.
@@ -562,6 +564,10 @@ def merge_delivery(
     counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=len({(p.file, p.line) for p in staged.rejects if p.line}))
     conn.execute("BEGIN TRANSACTION")
     try:
+        # Dialect hooks (SARE's group clears, consent withdrawals ...) share the transaction, so a
+        # delivery and its side effects commit or vanish together.
+        if before is not None:
+            before(conn, staged)
         sum_tables, every_key_accepted = _merge_records(
             conn, catalog, staged, delivery, run_id, now, counts,
             objectives=objectives, consent_property=consent_property, record_history=record_history,
@@ -587,6 +593,8 @@ def merge_delivery(
                 """,
                 {"delivery": delivery.delivery_id, "connection": delivery.connection, "goal": delivery.goal, "run": run_id, "now": now},
             )
+        if after is not None:
+            after(conn, staged)
         conn.execute(
             """
             INSERT INTO deliveries VALUES ($delivery_id, $connection, $goal, $partition_key, $root_file, $files, $sha, $cfg,
