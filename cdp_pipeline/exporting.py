@@ -198,16 +198,18 @@ def run_export(
     *,
     full: bool = False,
     keyring_factory: Callable[[], AbstractContextManager[Any]] | None = None,
-    consent_property: str | None = "consents",
+    consent_property: str | None = None,
 ) -> ExportOutcome:
     """Export ``goal`` of ``connection`` through ``transport``; see the module docstring.
 
     ``full`` exports every available profile instead of only the changed ones. ``keyring_factory``
     returns a context manager giving a keyring with ``encrypt_file(src, dst)`` (a
-    ``PgpKeyring`` with the connection's public key). ``consent_property`` is the list property
-    holding the objectives a profile consented to.
+    ``PgpKeyring`` with the connection's public key). ``consent_property`` overrides
+    ``store.consent_property``, the list property holding the objectives a profile consented to
+    (the import filters on the same one).
     """
     now = _utc_naive(now)
+    consent_property = consent_property or project.store.consent_property
     work = project.work_dir / connection.name / f"export-{goal.name}-{run_id[:12]}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
