@@ -21,6 +21,7 @@ The work directory holds personal data and is removed in ``finally``.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import json
@@ -344,13 +345,13 @@ def _finish_encoding(path: Path, goal: ExportGoal) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def _incremental_encoder(encoding: str):
-    import codecs
-
+def _incremental_encoder(encoding: str) -> codecs.IncrementalEncoder:
     return codecs.getincrementalencoder(encoding)(errors="strict")
 
 
-def _encrypt_all(plan: list[_Planned], goal: ExportGoal, transport: Transport, keyring_factory) -> None:
+def _encrypt_all(
+    plan: list[_Planned], goal: ExportGoal, transport: Transport, keyring_factory: Callable[[], AbstractContextManager[Any]] | None
+) -> None:
     """Replace every planned file by its ciphertext (``.pgp``). Any failure raises before a
     single byte is uploaded; the plaintext is never sent instead."""
     where = f"{transport.uri}/{plan[0].remote}.pgp" if plan else transport.uri
