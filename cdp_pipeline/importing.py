@@ -14,7 +14,7 @@ import posixpath
 import re
 import shutil
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from cdp_pipeline.config.connection import Connection, GroupImportGoal, ProfileImportGoal
@@ -284,6 +284,9 @@ def merge_staged(
         config_hash=config_hash,
     )
     with open_writer(project.store_path, project.catalog, threads=project.store.threads) as conn:
+        # Stamp changes with a time taken after the lock is ours: an export that ran while this
+        # merge waited must never have a later mark than the changes it did not see.
+        now = max(now, datetime.now(timezone.utc).replace(tzinfo=None))
         already = delivery_is_merged(conn, sha, config_hash, connection.name, goal.name)
         if already and not reprocess:
             # Same bytes, same configuration: nothing would change (sums skip counted rows anyway).

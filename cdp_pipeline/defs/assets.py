@@ -309,10 +309,12 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
             metadata={
                 "profiles_available": outcome.profiles_available,
                 "profiles_exported": outcome.profiles_exported,
-                "dagster/row_count": profile_file.rows if profile_file else 0,
-                "bytes": profile_file.bytes if profile_file else 0,
+                "dagster/row_count": outcome.profile_rows,
+                "bytes": outcome.profile_bytes,
+                "files": len(outcome.profile_files),
                 "dagster/uri": f"{outcome.target_uri}/{profile_file.remote_path}" if profile_file else "",
                 "sha256": profile_file.sha256 if profile_file else "",
+                **{f"diff_{change}": count for change, count in (outcome.diff_counts or {}).items()},
             },
         )
         if goal.timeline is not None:
@@ -320,7 +322,7 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
                 asset_key=timeline_key,
                 metadata={
                     "files": len(outcome.timeline_files),
-                    "events_exported": sum(f.rows for f in outcome.timeline_files[:1]),
+                    "events_exported": outcome.events_exported,
                     "rows": sum(f.rows for f in outcome.timeline_files),
                     "bytes": sum(f.bytes for f in outcome.timeline_files),
                     "paths": dg.MetadataValue.json([f.remote_path for f in outcome.timeline_files]),

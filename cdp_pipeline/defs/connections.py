@@ -36,7 +36,7 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
         # Small per-delivery steps: one process avoids per-step start-up cost and in-run DuckDB contention.
         executor_def=dg.in_process_executor,
         description=f"{connection.description or connection.name}: import one delivery (choose the delivery partition).",
-        tags={"cdp/connection": connection.name, **{f"cdp/label/{label}": "" for label in connection.labels}},
+        tags={"cdp/connection": connection.name, **({"cdp/labels": ",".join(connection.labels)} if connection.labels else {})},
     )
     export_assets = [a for a in assets if a.keys.isdisjoint(import_keys)]
     jobs = [import_job]
