@@ -301,12 +301,20 @@ def test_every_key_of_every_model_is_documented():
 
 
 def test_every_processor_type_and_key_is_documented():
+    """One row per processor type listing its own keys; keys every processor shares (a common base
+    model) are documented once, in that base's key table."""
     rows = _table_after(CONFIG_TEXT, CONFIG_TEXT.index("<!-- processors -->"))[2:]
     documented = {re.fullmatch(r"`(\w+)`", row[0]).group(1): set(re.findall(r"`(\w+)`", row[1])) for row in rows}
+    tables = _key_tables()
     expected = {}
     for model in _annotation_models(Processor):
         (kind,) = typing.get_args(model.model_fields["type"].annotation)
-        expected[kind] = set(model.model_fields) - {"type"}
+        shared: set[str] = set()
+        for base in model.__mro__[1:]:
+            if isinstance(base, type) and issubclass(base, StrictModel) and base is not StrictModel and base.model_fields:
+                assert base.__name__ in tables, f"{model.__name__} inherits keys of {base.__name__}, which needs a key table"
+                shared |= set(base.model_fields)
+        expected[kind] = set(model.model_fields) - {"type"} - shared
     assert documented == expected
 
 
