@@ -40,7 +40,7 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
     )
     export_assets = [a for a in assets if a.keys.isdisjoint(import_keys)]
     jobs = [import_job]
-    schedules = []
+    export_job = None
     if export_assets:
         export_job = dg.define_asset_job(
             export_job_name(connection.name),
@@ -50,7 +50,7 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
             tags={"cdp/connection": connection.name},
         )
         jobs.append(export_job)
-        schedules = build_schedules(connection, export_job)
+    schedules = build_schedules(project, connection, import_job, export_job)
     return dg.Definitions(
         assets=assets,
         asset_checks=build_store_checks(project, connection),

@@ -1,29 +1,88 @@
 """Schedules of a connection, from the seed's options (every X minutes, N times per day, days of
 the week, days of the month, weekday of the month), each in its own time zone.
 
-A schedule runs the connection's export goals ("scheduled batch export"); imports are driven by
-the delivery sensor, which picks files up as soon as they are complete.
+A schedule runs the goals it names, all goals when it names none, as BlueConic's scheduled run
+of a connection does: its import goals through ``<connection>_schedule_N_imports`` (one run per
+complete delivery, the same run keys and ledger as the sensor, so the two never import a file
+twice) and its export goals through ``<connection>_schedule_N``.
 """
 
 from __future__ import annotations
 
+import time
+
 import dagster as dg
 
+from cdp_pipeline import importing
 from cdp_pipeline.config.connection import Connection
+from cdp_pipeline.config.loading import ProjectConfig
+from cdp_pipeline.config.schedules import Schedule
+from cdp_pipeline.defs.resources import transport_key
+from cdp_pipeline.errors import TransientError
 from cdp_pipeline.scheduling import cron_specs, describe
 
 
-def build_schedules(connection: Connection, export_job) -> list[dg.ScheduleDefinition]:
+def _import_schedule(project: ProjectConfig, connection: Connection, schedule: Schedule, index: int, import_job, cron, status) -> dg.ScheduleDefinition:
+    import_goals = set(schedule.goals) if schedule.goals is not None else None
+    resource_key = transport_key(connection.name)
+
+    @dg.schedule(
+        name=f"{connection.name}_schedule_{index}_imports",
+        cron_schedule=cron,
+        execution_timezone=schedule.timezone,
+        job=import_job,
+        default_status=status,
+        required_resource_keys={resource_key},
+        description=f"{connection.name}: imports complete deliveries {describe(schedule)}.",
+        tags={"cdp/connection": connection.name},
+    )
+    def import_schedule(context: dg.ScheduleEvaluationContext):
+        now = time.time()
+        # A schedule keeps no state between ticks, so "complete" is judged once: a marker file, or a
+        # file untouched for its goal's stability window (the sensor's two-listing check is stricter).
+        windows = {goal.name: goal.files.readiness.stable_seconds for goal in connection.import_goals}
+
+        def ready(remote) -> bool:
+            return now - remote.mtime >= max(windows.values(), default=30)
+
+        try:
+            with getattr(context.resources, resource_key).open() as transport:
+                deliveries, waiting = importing.list_ready_deliveries(project, transport, connection, ready)
+        except TransientError as error:
+            return dg.SkipReason(f"{connection.name}: listing failed for now, retried next time: {error}")
+        deliveries = [d for d in deliveries if import_goals is None or d.goal in import_goals]
+        if not deliveries:
+            return dg.SkipReason("; ".join(waiting[:5]) or "no complete deliveries")
+        partitions = f"{connection.name}__deliveries"
+        context.instance.add_dynamic_partitions(partitions, [d.partition_key for d in deliveries])
+        return [
+            dg.RunRequest(
+                run_key=f"{d.partition_key}@{d.listing_identity}",
+                partition_key=d.partition_key,
+                tags={"cdp/connection": connection.name, "cdp/goal": d.goal},
+            )
+            for d in deliveries
+        ]
+
+    return import_schedule
+
+
+def build_schedules(project: ProjectConfig, connection: Connection, import_job, export_job) -> list[dg.ScheduleDefinition]:
     schedules = []
+    status = dg.DefaultScheduleStatus.RUNNING if connection.enabled else dg.DefaultScheduleStatus.STOPPED
+    import_names = {goal.name for goal in connection.import_goals} | set(project.dialect_goals(connection.name))
     for index, schedule in enumerate(connection.schedules, start=1):
         specs = cron_specs(schedule)
+        cron = [spec.cron for spec in specs] if len(specs) > 1 else specs[0].cron
+        named = set(schedule.goals) if schedule.goals is not None else None
+        if named is None or named & import_names:
+            schedules.append(_import_schedule(project, connection, schedule, index, import_job, cron, status))
+        chosen = [goal for goal in connection.export_goals if named is None or goal.name in named]
+        if export_job is None or not chosen:
+            continue
         job = export_job
-        chosen = [goal for goal in connection.export_goals if schedule.goals is None or goal.name in schedule.goals]
-        if schedule.goals is not None:
-            # A schedule naming some goals runs only their exports (import goals run on the sensor).
+        if named is not None:
             keys = [dg.AssetKey([connection.name, f"{goal.name}_{kind}"]) for goal in chosen for kind in ("segment_export", "timeline_export") if kind == "segment_export" or goal.timeline]
-            if not keys:
-                continue
             job = dg.define_asset_job(
                 f"{connection.name}_schedule_{index}_exports",
                 selection=dg.AssetSelection.assets(*keys),
@@ -33,10 +92,10 @@ def build_schedules(connection: Connection, export_job) -> list[dg.ScheduleDefin
         schedules.append(
             dg.ScheduleDefinition(
                 name=f"{connection.name}_schedule_{index}",
-                cron_schedule=[spec.cron for spec in specs] if len(specs) > 1 else specs[0].cron,
+                cron_schedule=cron,
                 execution_timezone=schedule.timezone,
                 job=job,
-                default_status=dg.DefaultScheduleStatus.RUNNING if connection.enabled else dg.DefaultScheduleStatus.STOPPED,
+                default_status=status,
                 description=f"{connection.name}: exports {describe(schedule)}.",
                 tags={"cdp/connection": connection.name},
             )

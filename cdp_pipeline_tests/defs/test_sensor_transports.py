@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 
@@ -138,3 +139,24 @@ def test_disabled_connection_keeps_its_sensor_and_schedules_stopped(tmp_path, mo
     assert definitions.resolve_sensor_def("partner_deliveries").default_status == dg.DefaultSensorStatus.STOPPED
     assert definitions.resolve_schedule_def("partner_schedule_1").default_status == dg.DefaultScheduleStatus.STOPPED
     assert definitions.resolve_job_def("partner_import") is not None
+
+
+def test_schedule_imports_complete_deliveries_and_runs_exports(tmp_path, monkeypatch):
+    inbox = tmp_path / "home" / "remote" / "inbox"
+    for path in generate_delivery(tmp_path / "plain", profiles=20, date="20260115").values():
+        target = inbox / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+        os.utime(target, (time.time() - 3600, time.time() - 3600))
+    goals = yaml.safe_load((BUNDLED_CONFIG_DIR / "connections" / "demo_local.yaml").read_text())["goals"]
+    _configure(tmp_path, monkeypatch, {"type": "local", "path": "remote"}, "inbox", goals=goals, schedules=[{"every_minutes": 5, "timezone": "Europe/Warsaw"}])
+    definitions = _definitions()
+    imports = definitions.resolve_schedule_def("partner_schedule_1_imports")
+    exports = definitions.resolve_schedule_def("partner_schedule_1")
+    assert imports.execution_timezone == exports.execution_timezone == "Europe/Warsaw"
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(instance=instance, resources=definitions.resources, repository_def=definitions.get_repository_def())
+        with dg.partition_loading_context(dynamic_partitions_store=instance):
+            result = imports.evaluate_tick(context)
+        assert sorted(r.partition_key for r in result.run_requests) == sorted(EXPECTED)
+        assert set(instance.get_dynamic_partitions("partner__deliveries")) == set(EXPECTED)
