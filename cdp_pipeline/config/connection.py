@@ -453,6 +453,23 @@ class Connection(StrictModel):
     def _name(cls, value: str) -> str:
         return check_identifier(value, "connection name")
 
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, value: list[str]) -> list[str]:
+        # Dagster accepts an e-mail address or "team:<name>"; anything else fails the code location.
+        for owner in value:
+            if not (re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", owner) or re.fullmatch(r"team:[A-Za-z0-9_.-]+", owner)):
+                raise ValueError(f"owner {owner!r} must be an e-mail address or team:<name>")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        for label in value:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", label):
+                raise ValueError(f"label {label!r} may hold letters, digits, '_', '.', '-' (it becomes a Dagster tag)")
+        return value
+
     @model_validator(mode="after")
     def _goals(self) -> "Connection":
         names = [goal.name for goal in self.goals]

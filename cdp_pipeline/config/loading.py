@@ -163,10 +163,26 @@ def _load_yaml_documents(path: Path) -> list[Any]:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
-def _check_references(connection: Connection, catalog: Catalog, where: str) -> None:
+def _rule_problem(at: str, mapping, properties: dict) -> str | None:
+    prop = properties[mapping.property]
+    if mapping.rule == "add" and prop.type != "list":
+        return f"{at}.mappings: rule add needs a list property, {mapping.property!r} is {prop.type}"
+    if mapping.rule == "sum" and prop.type not in ("integer", "decimal"):
+        return f"{at}.mappings: rule sum needs an integer or decimal property, {mapping.property!r} is {prop.type}"
+    return None
+
+
+def _check_references(connection: Connection, catalog: Catalog, where: str, store: StoreSettings | None = None) -> None:
     """Cross-checks that need both the connection and the catalog."""
     problems: list[str] = []
     props = catalog.profile_properties
+    if connection.objectives and store is not None:
+        consent = props.get(store.consent_property)
+        if consent is None or consent.type != "list":
+            problems.append(
+                f"objectives: the consent property {store.consent_property!r} (store.consent_property) must be a list "
+                "profile property declared in store.yaml"
+            )
     for index, goal in enumerate(connection.goals):
         at = f"goals.{index} ({goal.name})"
         if isinstance(goal, ProfileImportGoal):
@@ -179,10 +195,8 @@ def _check_references(connection: Connection, catalog: Catalog, where: str) -> N
             for mapping in goal.mappings:
                 if mapping.property not in props:
                     problems.append(f"{at}.mappings: property {mapping.property!r} is not declared in store.yaml catalog.profile_properties")
-                elif mapping.rule == "add" and props[mapping.property].type != "list":
-                    problems.append(f"{at}.mappings: rule add needs a list property, {mapping.property!r} is {props[mapping.property].type}")
-                elif mapping.rule == "sum" and props[mapping.property].type not in ("integer", "decimal"):
-                    problems.append(f"{at}.mappings: rule sum needs an integer or decimal property, {mapping.property!r} is {props[mapping.property].type}")
+                elif problem := _rule_problem(at, mapping, props):
+                    problems.append(problem)
             file_names = {goal.files.root.name, *(f.name for f in goal.files.linked)}
             for event in goal.timeline:
                 event_type = catalog.event_types.get(event.event_type)
@@ -199,6 +213,8 @@ def _check_references(connection: Connection, catalog: Catalog, where: str) -> N
                         problems.append(f"{at}.timeline: {nested.type!r} is not a nested type of {event.event_type!r}")
                     elif nested.file not in file_names:
                         problems.append(f"{at}.timeline: nested file {nested.file!r} is not one of the goal's files")
+                    elif next((f.parent for f in goal.files.linked if f.name == nested.file), None) != event.file:
+                        problems.append(f"{at}.timeline: nested file {nested.file!r} must be linked directly to the event file {event.file!r} (set its parent)")
                     else:
                         for prop in nested.properties:
                             if prop not in event_type.nested[nested.type].properties:
@@ -211,6 +227,8 @@ def _check_references(connection: Connection, catalog: Catalog, where: str) -> N
                 for mapping in goal.mappings:
                     if mapping.property not in group_type.properties:
                         problems.append(f"{at}.mappings: {mapping.property!r} is not a property of group type {goal.group_type!r}")
+                    elif problem := _rule_problem(at, mapping, group_type.properties):
+                        problems.append(problem)
         elif isinstance(goal, ExportGoal):
             if goal.segment not in catalog.segments:
                 problems.append(f"{at}.segment: {goal.segment!r} is not declared in catalog.segments ({sorted(catalog.segments)})")
@@ -225,6 +243,8 @@ def _check_references(connection: Connection, catalog: Catalog, where: str) -> N
                 for name in goal.timeline.event_types:
                     if name not in catalog.event_types:
                         problems.append(f"{at}.timeline.event_types: {name!r} is not declared")
+            if any(getattr(processor, "files", None) for processor in goal.processors):
+                problems.append(f"{at}.processors: files applies to import goals; an export's processors run on its columns")
             if goal.target.encrypt and not (connection.pgp and connection.pgp.public_key_env):
                 problems.append(f"{at}.target.encrypt: needs pgp.public_key_env on the connection")
     for objective in connection.objectives:
@@ -259,7 +279,7 @@ def load_project(config_dir: Path | None = None, home: Path | None = None) -> Pr
                 raise ConfigError(
                     f"{where}: connection name {connection.name!r} is already used in {project.connection_files[connection.name]}"
                 )
-            _check_references(connection, project.catalog, where)
+            _check_references(connection, project.catalog, where, project.store)
             if dialect_raw is not None:
                 from cdp_pipeline.dialects import Dialect
 

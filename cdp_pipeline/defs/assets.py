@@ -208,7 +208,15 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         goal = goal_of(context)
         started = _now()
         reprocess = context.run.tags.get("cdp/reprocess") == "true"
-        outcome = importing.merge_staged(project, connection, goal, work_dir, context.run.run_id, started, reprocess=reprocess)
+        try:
+            outcome = importing.merge_staged(project, connection, goal, work_dir, context.run.run_id, started, reprocess=reprocess)
+        except TransientError as error:
+            # The store is locked by a process outside the pool (an analyst on the live file): the
+            # merge is atomic, so trying again later is safe.
+            context.log.warning(str(error))
+            raise dg.RetryRequested(max_retries=3, seconds_to_wait=60) from error
+        except CdpError as error:
+            raise _fail(error, f"{goal.name}: merge") from error
         with getattr(context.resources, transport_resource_key).open() as transport:
             finished = importing.finish_remote_files(transport, goal, work_dir) if outcome.status == "merged" else []
         importing.clean_plaintext(work_dir)
@@ -284,6 +292,14 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
         full = context.run.tags.get("cdp/full_export") == "true"
         pgp = getattr(context.resources, pgp_key(name))
         now = _now()
+        key_days_left = None
+        if goal.target.encrypt and pgp.public_key:
+            # The partner's key expires too (SARE: yearly, three weeks' notice): warn before it does.
+            with pgp.keyring() as keyring:
+                for warning in keyring.expiry_warnings(pgp.expiry_warning_days):
+                    context.log.warning(warning)
+                days = [info.days_left for info in keyring.key_expiries() if info.days_left is not None]
+                key_days_left = min(days) if days else None
         try:
             with getattr(context.resources, target_key).open() as transport:
                 outcome = exporting.run_export(
@@ -314,6 +330,7 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
                 "files": len(outcome.profile_files),
                 "dagster/uri": f"{outcome.target_uri}/{profile_file.remote_path}" if profile_file else "",
                 "sha256": profile_file.sha256 if profile_file else "",
+                **({"pgp_key_days_left": key_days_left} if key_days_left is not None else {}),
                 **{f"diff_{change}": count for change, count in (outcome.diff_counts or {}).items()},
             },
         )

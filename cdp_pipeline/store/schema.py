@@ -48,7 +48,7 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
     "deliveries": (
         "The ledger: one row per delivery (a root file and its linked files) merged, rejected or skipped.",
         [
-            ("delivery_id", "VARCHAR", "Stable id: hash of connection, goal and the files' sha256."),
+            ("delivery_id", "VARCHAR", "Stable id: hash of connection, goal, the files' sha256 and the goal's configuration hash."),
             ("connection", "VARCHAR", "Connection name from the YAML."),
             ("goal", "VARCHAR", "Goal name within the connection."),
             ("partition_key", "VARCHAR", "Dagster partition of the delivery (goal:root file name)."),
@@ -56,7 +56,7 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("files", "JSON", "Every file of the delivery: logical name, remote path, size, mtime, etag, sha256."),
             ("content_sha256", "VARCHAR", "sha256 over the files' sha256 values: the content identity."),
             ("config_hash", "VARCHAR", "Hash of the goal's configuration when it was imported."),
-            ("status", "VARCHAR", "merged, reprocessed (merged again on an operator's request), rejected or skipped."),
+            ("status", "VARCHAR", "merged, or reprocessed (merged again on an operator's request). Skipped and failed deliveries are in Dagster's run history."),
             ("rows_read", "BIGINT", "Data rows read from the root file."),
             ("rows_rejected", "BIGINT", "Rows left out, with reasons in rejects."),
             ("profiles_created", "BIGINT", "Profiles this delivery created."),
@@ -69,7 +69,7 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("events_created", "BIGINT", "Timeline events created."),
             ("events_updated", "BIGINT", "Timeline events imported again (same event id) and replaced."),
             ("run_id", "VARCHAR", "Dagster run that merged it."),
-            ("merged_at", "TIMESTAMP", "When the transaction committed (UTC)."),
+            ("merged_at", "TIMESTAMP", "When the delivery's transaction ran (UTC, taken once the store's write lock was held)."),
         ],
     ),
     "delivery_rows": (
@@ -109,7 +109,7 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("partition_key", "VARCHAR", "Delivery partition for imports."),
             ("started_at", "TIMESTAMP", "Start (UTC)."),
             ("ended_at", "TIMESTAMP", "End (UTC)."),
-            ("status", "VARCHAR", "SUCCESS, SKIPPED or FAILURE."),
+            ("status", "VARCHAR", "SUCCESS or SKIPPED (same content already merged). Failed runs are in Dagster's run history and e-mails."),
             ("counts", "JSON", "Counts of the goal: checked, created, updated, unchanged, rejected, events ..."),
             ("last_profiles", "VARCHAR[]", "The last five profiles created or updated."),
             ("error", "VARCHAR", "Error message of a failed run."),

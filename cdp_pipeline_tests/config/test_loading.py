@@ -82,3 +82,24 @@ def test_root_and_linked_file_patterns_must_differ(tmp_path):
     )
     with pytest.raises(ConfigError, match="root file's name must differ"):
         load_project(_config(tmp_path, text), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (("name: acme\n", "name: acme\nowners: [crm-team]\n"), "owner 'crm-team' must be an e-mail address or team:<name>"),
+        (("name: acme\n", "name: acme\nlabels: ['has space']\n"), "label 'has space' may hold letters"),
+        (("name: acme\n", "name: acme\nobjectives: [marketing]\n"), "objectives: 'marketing' is not declared"),
+    ],
+)
+def test_connection_metadata_is_checked_at_load(tmp_path, change, expected):
+    old, new = change
+    with pytest.raises(ConfigError) as error:
+        load_project(_config(tmp_path, GOOD.replace(old, new, 1)), tmp_path)
+    assert expected in str(error.value)
+
+
+def test_objectives_need_a_list_consent_property(tmp_path):
+    store = STORE + "  objectives:\n    marketing: {}\n"
+    with pytest.raises(ConfigError, match="consent property 'consents'"):
+        load_project(_config(tmp_path, GOOD.replace("name: acme\n", "name: acme\nobjectives: [marketing]\n", 1), store=store), tmp_path)
