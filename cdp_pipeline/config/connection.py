@@ -108,8 +108,8 @@ Location = Annotated[Union[LocalLocation, SftpLocation, S3Location], Field(discr
 class PgpSettings(StrictModel):
     """Keys of the connection: private keys decrypt imports, the public key encrypts exports."""
 
-    #: one or more environment variables holding armoured private keys (several during key rotation).
-    private_keys_env: list[str] = Field(default_factory=list)
+    #: one to three environment variables holding armoured private keys (several during key rotation).
+    private_keys_env: list[str] = Field(default_factory=list, max_length=3)
     passphrase_env: str | None = None
     public_key_env: str | None = None
     #: pin the export recipient; the public key's fingerprint must match.
