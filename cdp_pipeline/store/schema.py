@@ -299,6 +299,20 @@ def _create_views(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
         )
         conn.execute(f"CREATE OR REPLACE VIEW timeline_events AS {union}")
         conn.execute("COMMENT ON VIEW timeline_events IS 'Every timeline event of every type: type, id, profile and time.'")
+    if catalog.group_types:
+        union = " UNION ALL ".join(
+            f"SELECT {literal(name)} AS group_type, group_id, created_at, updated_at FROM {quote(group_table(name))}"
+            for name in catalog.group_types
+        )
+        conn.execute(f"CREATE OR REPLACE VIEW groups AS {union}")
+        conn.execute("COMMENT ON VIEW groups IS 'Every group of every type (households, companies ...); properties are in groups_<type>.'")
+    consents = catalog.profile_properties.get("consents")
+    if consents is not None and consents.type == "list":
+        # One row per profile and objective it consented to: the shape privacy questions are asked in.
+        conn.execute(
+            "CREATE OR REPLACE VIEW consents AS SELECT profile_id, unnest(consents) AS objective, updated_at FROM profiles"
+        )
+        conn.execute("COMMENT ON VIEW consents IS 'One row per profile and objective it consented to (from the consents list property).'")
     conn.execute(
         """
         CREATE OR REPLACE VIEW property_provenance AS
