@@ -1140,9 +1140,8 @@ def _register_keys(conn, staged: StagedImport) -> None:
 
 def resolve_duplicates(conn, staged: StagedImport, actions: SareActions, display_name: str = "") -> StagedImport:
     """duplicates_handling with a foreign key. "skip" (any value but "default"): keys that match
-    more than one stored profile are left out, each as a reject. "all" ("default"): the store's
-    merge matches ONE profile per key (the smallest profile_id); until ``merge_delivery`` can
-    match every profile sharing a key, this returns a warning naming how many keys are ambiguous."""
+    more than one stored profile are left out, each as a reject. "all" ("default"): every profile
+    sharing the key is updated (``staged.match_all``), with a warning naming how many keys were ambiguous."""
     if not actions.uses_foreign_key or staged.records.height == 0:
         return staged
     ident = quote(actions.identifier_property)
@@ -1162,9 +1161,9 @@ def resolve_duplicates(conn, staged: StagedImport, actions: SareActions, display
     if actions.duplicates == "all":
         message = (
             f"{display_name}: {len(ambiguous)} foreign key value(s) match several profiles; duplicates_handling "
-            "\"default\" asks to import into all of them, the store merged each into one profile (the smallest profile_id)"
+            "\"default\": imported into every one of them"
         )
-        return StagedImport(**{**vars(staged), "warnings": [*staged.warnings, message]})
+        return StagedImport(**{**vars(staged), "warnings": [*staged.warnings, message], "match_all": True})
     skipped = staged.records.filter(pl.col("_key").is_in(keys))
     rejects = [
         InputProblem(file=display_name, line=line, column=actions.identifier_property,

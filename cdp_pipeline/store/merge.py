@@ -275,7 +275,10 @@ def _merge_records(
             match_sql = f"SELECT {id_column} AS _match, {id_column} AS _id FROM {quote(table)}"
             new_ids.append(f"WHEN {index} THEN i._key")
         else:
-            match_sql = f"SELECT {quote(ident)} AS _match, min({id_column}) AS _id FROM {quote(table)} WHERE {quote(ident)} IS NOT NULL GROUP BY 1"
+            if staged.match_all:
+                match_sql = f"SELECT {quote(ident)} AS _match, {id_column} AS _id FROM {quote(table)} WHERE {quote(ident)} IS NOT NULL"
+            else:
+                match_sql = f"SELECT {quote(ident)} AS _match, min({id_column}) AS _id FROM {quote(table)} WHERE {quote(ident)} IS NOT NULL GROUP BY 1"
             # Deterministic ids: importing the same file into an empty store twice yields the same ids.
             new_ids.append(f"WHEN {index} THEN md5({literal(ident)} || ':' || i._key)")
         joins.append(f"LEFT JOIN ({match_sql}) m{index} ON m{index}._match = i.{quote(_ident(index))}")

@@ -57,6 +57,9 @@ class StagedImport:
     sum_rows: dict[str, pl.DataFrame] = field(default_factory=dict)
     #: path of the reject report CSV written by ``stage_delivery`` (None until written).
     reject_report: str | None = None
+    #: a key matching several stored profiles updates every one of them (SARE's duplicates_handling
+    #: "default"); otherwise the smallest profile_id. Decided at merge time, so not saved.
+    match_all: bool = False
 
     @property
     def identifier_properties(self) -> list[str]:

@@ -471,3 +471,20 @@ def test_docs_document_every_key_with_its_default(model):
 
 def test_docs_links_resolve():
     assert broken_anchors() == []
+
+
+def test_duplicates_handling_default_imports_into_every_matching_profile(tmp_path):
+    """duplicates_handling "default" ("importuj wszystkie"): a foreign key two profiles share
+    updates both of them."""
+    sidecar = json.loads(SEED_SIDECAR)
+    sidecar["duplicates_handling"] = "default"
+    staging = _stage(tmp_path, sidecar, SEED_CSV)
+    with open_writer(tmp_path / "store.duckdb", CATALOG) as conn:
+        _insert(conn, "p_dup_a", cecha6="K-003", cecha7="a")
+        _insert(conn, "p_dup_b", cecha6="K-003", cecha7="b")
+        _merge(conn, staging, 1)
+        assert conn.execute("SELECT profile_id, cecha7 FROM profiles WHERE cecha6 = 'K-003' ORDER BY 1").fetchall() == [
+            ("p_dup_a", "wartość C"),
+            ("p_dup_b", "wartość C"),
+        ]
+        assert conn.execute("SELECT count(*) FROM rejects").fetchone() == (0,)
