@@ -406,8 +406,11 @@ def phase_engine(home: Path, args: argparse.Namespace) -> dict:
 
     merges = {}
     total_started = time.perf_counter()
-    for goal in connection.import_goals:
-        deliveries, waiting = importing.list_ready_deliveries(transport, connection, goal)
+    if hasattr(importing, "scan_connection"):  # current code: one listing pass over every goal
+        scans = [(goal, scan.deliveries, scan.waiting + scan.problems) for goal, scan in importing.scan_connection(project, connection, transport)]
+    else:  # older checkouts (--rev): list_ready_deliveries(transport, connection, goal)
+        scans = [(goal, *importing.list_ready_deliveries(transport, connection, goal)) for goal in connection.import_goals]
+    for goal, deliveries, waiting in scans:
         if waiting or len(deliveries) != 1:
             raise SystemExit(f"{goal.name}: expected one ready delivery, got {len(deliveries)} (waiting: {waiting})")
         delivery = deliveries[0]
