@@ -431,6 +431,11 @@ def _record_counted_rows(
     consent-skipped keys are not, so they still count once their profile is imported."""
     accepted = "" if every_key_accepted else "SEMI JOIN accepted_keys a ON a._key = s._key AND a._key_index = s._key_index"
     for prop, table in sum_tables:
+        # Never an empty INSERT ... SELECT before a large one into the same table within a
+        # transaction: DuckDB 2.0 then loses the large one (see store/segments.py).
+        (pending,) = conn.execute(f"SELECT count(*) FROM {table} s {accepted}").fetchall()[0]
+        if not pending:
+            continue
         (inserted,) = conn.execute(
             f"""
             INSERT INTO delivery_rows (connection, goal, root_file, property, row_hash, delivery_id)

@@ -57,8 +57,15 @@ def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: 
     try:
         conn.execute(f"DELETE FROM segment_members WHERE NOT ({_declared('segment', catalog.segments)})")
         conn.execute(f"DELETE FROM lifecycle_members WHERE NOT ({_declared('lifecycle', catalog.lifecycles)})")
-        for name in catalog.segment_order():
+        # DuckDB 2.0 loses a large INSERT ... SELECT into a table that already took an EMPTY
+        # INSERT ... SELECT in the same transaction (150k+ members counted, none committed; found by
+        # bench/pipeline.py at 1M, pinned in test_segments_at_scale.py). So empty changes are
+        # skipped, never executed.
+        scratch: list[str] = []
+        for index, name in enumerate(catalog.segment_order()):
             segment = catalog.segments[name]
+            changes = f"membership_changes_{index}"
+            scratch.append(changes)
             bases = "".join(
                 f" AND profile_id IN (SELECT profile_id FROM segment_members WHERE segment = {literal(base)})" for base in segment.based_on
             )
@@ -67,7 +74,7 @@ def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: 
             # Measured at 1M profiles: half the time of a NOT IN anti-join for each direction.
             conn.execute(
                 f"""
-                CREATE OR REPLACE TEMP TABLE membership_changes AS
+                CREATE TEMP TABLE {changes} AS
                 SELECT coalesce(c.profile_id, m.profile_id) AS profile_id, c.profile_id IS NOT NULL AS member
                 FROM (SELECT profile_id FROM profiles WHERE ({segment.condition}){bases}) c
                 FULL OUTER JOIN (SELECT profile_id FROM segment_members WHERE segment = $segment) m ON m.profile_id = c.profile_id
@@ -75,23 +82,28 @@ def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: 
                 """,
                 {"segment": name},
             )
-            conn.execute(
-                "DELETE FROM segment_members WHERE segment = $segment AND profile_id IN (SELECT profile_id FROM membership_changes WHERE NOT member)",
-                {"segment": name},
-            )
-            conn.execute(
-                "INSERT INTO segment_members SELECT $segment, profile_id, $now FROM membership_changes WHERE member",
-                {"segment": name, "now": now},
-            )
+            [(leaving, joining)] = conn.execute(f"SELECT count(*) FILTER (WHERE NOT member), count(*) FILTER (WHERE member) FROM {changes}").fetchall()
+            if leaving:
+                conn.execute(
+                    f"DELETE FROM segment_members WHERE segment = $segment AND profile_id IN (SELECT profile_id FROM {changes} WHERE NOT member)",
+                    {"segment": name},
+                )
+            if joining:
+                conn.execute(
+                    f"INSERT INTO segment_members SELECT $segment, profile_id, $now FROM {changes} WHERE member",
+                    {"segment": name, "now": now},
+                )
             [(size,)] = conn.execute("SELECT count(*) FROM segment_members WHERE segment = $segment", {"segment": name}).fetchall()
             sizes[name] = size
             conn.execute("INSERT INTO segment_sizes VALUES ($segment, $now, $size)", {"segment": name, "now": now, "size": size})
-        for name, lifecycle in catalog.lifecycles.items():
+        for index, (name, lifecycle) in enumerate(catalog.lifecycles.items()):
+            stages = f"stage_changes_{index}"
+            scratch.append(stages)
             # CASE picks the first stage whose condition holds (stages are ordered); NULL: none.
             stage_case = " ".join(f"WHEN ({stage.condition}) THEN {literal(stage.name)}" for stage in lifecycle.stages)
             conn.execute(
                 f"""
-                CREATE OR REPLACE TEMP TABLE stage_changes AS
+                CREATE TEMP TABLE {stages} AS
                 SELECT coalesce(c.profile_id, m.profile_id) AS profile_id, c.stage AS new_stage, m.stage AS old_stage
                 FROM (SELECT profile_id, CASE {stage_case} END AS stage FROM profiles) c
                 FULL OUTER JOIN (SELECT profile_id, stage FROM lifecycle_members WHERE lifecycle = $lifecycle) m ON m.profile_id = c.profile_id
@@ -100,21 +112,27 @@ def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: 
                 {"lifecycle": name},
             )
             # A profile moving stage gets a new row (stage_since = now); one that stays keeps its row.
-            conn.execute(
-                """
-                DELETE FROM lifecycle_members WHERE lifecycle = $lifecycle
-                  AND profile_id IN (SELECT profile_id FROM stage_changes WHERE old_stage IS NOT NULL)
-                """,
-                {"lifecycle": name},
-            )
-            conn.execute(
-                "INSERT INTO lifecycle_members SELECT $lifecycle, new_stage, profile_id, $now FROM stage_changes WHERE new_stage IS NOT NULL",
-                {"lifecycle": name, "now": now},
-            )
-        conn.execute("DROP TABLE IF EXISTS membership_changes")
-        conn.execute("DROP TABLE IF EXISTS stage_changes")
+            [(leaving, joining)] = conn.execute(
+                f"SELECT count(*) FILTER (WHERE old_stage IS NOT NULL), count(*) FILTER (WHERE new_stage IS NOT NULL) FROM {stages}"
+            ).fetchall()
+            if leaving:
+                conn.execute(
+                    f"""
+                    DELETE FROM lifecycle_members WHERE lifecycle = $lifecycle
+                      AND profile_id IN (SELECT profile_id FROM {stages} WHERE old_stage IS NOT NULL)
+                    """,
+                    {"lifecycle": name},
+                )
+            if joining:
+                conn.execute(
+                    f"INSERT INTO lifecycle_members SELECT $lifecycle, new_stage, profile_id, $now FROM {stages} WHERE new_stage IS NOT NULL",
+                    {"lifecycle": name, "now": now},
+                )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    finally:
+        for table in scratch:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
     return sizes
