@@ -74,9 +74,10 @@ class SftpLocation(StrictModel):
     host_key_fingerprint: str | None = None
     timeout_seconds: float = Field(default=45, gt=0)
     retries: int = Field(default=4, ge=0, le=10)
-    #: SSH connections that download a delivery's files side by side (one paramiko stream tops out
-    #: near 100-140 MB/s; two reach OpenSSH's own client on two idle cores).
-    parallel_downloads: int = Field(default=2, ge=1, le=8)
+    #: SSH connections that download a delivery's files side by side. One is the default: on the
+    #: 2-core benchmark machine two paramiko streams were slower than one (88 vs 138 MB/s), because
+    #: each is CPU-bound; more cores (or a remote server) are where a higher value pays.
+    parallel_downloads: int = Field(default=1, ge=1, le=8)
 
     @model_validator(mode="after")
     def _host_key(self) -> "SftpLocation":
