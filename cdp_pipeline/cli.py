@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The terminal shows this command's own summary; every step's events stay in the run's log in the UI.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _prepare_environment(home: Path) -> Path:
@@ -51,7 +53,7 @@ def run_connection(connection_name: str, *, full_export: bool = False, echo=prin
         instance.add_dynamic_partitions(partitions_name, [d.partition_key for d in deliveries])
     import_job = definitions.resolve_job_def(import_job_name(connection_name))
     for delivery in deliveries:
-        result = import_job.execute_in_process(instance=instance, partition_key=delivery.partition_key, raise_on_error=False)
+        result = import_job.execute_in_process(instance=instance, partition_key=delivery.partition_key, raise_on_error=False, run_config=QUIET)
         step = dg.AssetKey([connection_name, "profile_store"])
         metadata = {}
         for event in result.get_asset_materialization_events():
@@ -59,8 +61,10 @@ def run_connection(connection_name: str, *, full_export: bool = False, echo=prin
                 metadata = {k: v.value for k, v in event.materialization.metadata.items()}
         summary["imports"].append({"delivery": delivery.partition_key, "success": result.success, **metadata})
         if not result.success:
-            failure = result.get_run_failure_event() if hasattr(result, "get_run_failure_event") else None
-            echo(f"  FAILED {delivery.partition_key}: {failure.message if failure else 'see the run in the UI'}")
+            from cdp_pipeline.defs.alerts import step_errors
+
+            details = step_errors(instance, result.run_id) or "see the run in the Dagster UI"
+            echo(f"  FAILED {delivery.partition_key}: {details}")
         else:
             echo(
                 f"  imported {delivery.partition_key}: {metadata.get('status')} rows={metadata.get('rows_read')} "
@@ -70,7 +74,7 @@ def run_connection(connection_name: str, *, full_export: bool = False, echo=prin
     if connection.export_goals:
         export_job = definitions.resolve_job_def(export_job_name(connection_name))
         tags = {"cdp/full_export": "true"} if full_export else {}
-        result = export_job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        result = export_job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=QUIET)
         for event in result.get_asset_materialization_events():
             metadata = {k: v.value for k, v in event.materialization.metadata.items()}
             summary["exports"].append({"asset": event.asset_key.to_user_string(), **metadata})
@@ -119,7 +123,9 @@ def _demo(args: argparse.Namespace) -> int:
     summary = run_connection("demo_local", echo=print)
     store = home / "store.duckdb"
     print()
-    print(f"Store:   {store}   (duckdb {store} -c \"SELECT count(*) FROM profiles\")")
+    published = home / "store_published.duckdb"
+    print(f"Store:   {store}")
+    print(f"Query the analysts' copy: python -c \"import duckdb; print(duckdb.connect('{published}', read_only=True).sql('SELECT count(*) FROM profiles'))\"")
     print(f"Outbox:  {home / 'demo' / 'outbox'}")
     print("Open the Dagster UI on the same data (runs, partitions, sensor cursors are kept in DAGSTER_HOME):")
     print(f"  CDP_HOME={home} DAGSTER_HOME={dagster_home} dagster dev -w workspace.yaml")
