@@ -17,6 +17,7 @@ from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.dialects.flow import scan as dialect_scan
 from cdp_pipeline.deliveries import scan_deliveries
 from cdp_pipeline.defs.resources import transport_key
+from cdp_pipeline.store.ledger import merged_file_identities
 from cdp_pipeline.errors import TransientError
 from cdp_pipeline.transports.base import RemoteFile
 
@@ -43,6 +44,16 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
         seen: dict[str, list] = {}
         run_requests: list[dg.RunRequest] = []
         waiting: list[str] = []
+        # The ledger, read from the analysts' copy: files merged before (same path, size and mtime)
+        # are not requested again even when the run keys are gone (a new DAGSTER_HOME, a reset cursor).
+        merged = merged_file_identities(project.published_store_path, connection.name)
+        already: list[str] = []
+
+        def is_new(delivery) -> bool:
+            if merged and all((f.path, f.size, round(f.mtime, 3)) in merged for f in delivery.files.values()):
+                already.append(delivery.partition_key)
+                return False
+            return True
         try:
             with getattr(context.resources, resource_key).open() as transport:
                 for goal in connection.import_goals:
@@ -62,7 +73,7 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
                     waiting += scan.waiting + scan.problems
                     for problem in scan.problems:
                         context.log.warning(problem)
-                    for delivery in scan.deliveries:
+                    for delivery in filter(is_new, scan.deliveries):
                         run_requests.append(
                             dg.RunRequest(
                                 run_key=f"{delivery.partition_key}@{delivery.listing_identity}",
@@ -89,7 +100,7 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
                                 partition_key=delivery.partition_key,
                                 tags={"cdp/connection": connection.name, "cdp/goal": goal.name},
                             )
-                            for delivery in scan.deliveries
+                            for delivery in filter(is_new, scan.deliveries)
                         ]
         except TransientError as error:
             # A server that is down for a moment is not a failed tick; credentials and host keys are
@@ -99,7 +110,8 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
         keys = sorted({request.partition_key for request in run_requests})
         cursor = json.dumps({"seen": seen})
         if not run_requests:
-            return dg.SensorResult(skip_reason=dg.SkipReason("; ".join(waiting[:5]) or "no new deliveries"), cursor=cursor)
+            reasons = waiting[:5] + ([f"{len(already)} delivery(ies) already merged: {', '.join(already[:3])}"] if already else [])
+            return dg.SensorResult(skip_reason=dg.SkipReason("; ".join(reasons) or "no new deliveries"), cursor=cursor)
         return dg.SensorResult(
             run_requests=run_requests,
             dynamic_partitions_requests=[partitions.build_add_request(keys)],

@@ -81,3 +81,17 @@ def test_missing_linked_file_waits(sensor_and_inbox):
         first = _tick(definitions, sensor, None, instance)
         second = _tick(definitions, sensor, _age_cursor(first.cursor, 10), instance)
         assert "orders:orders_20260115.csv" not in [r.partition_key for r in second.run_requests]
+
+
+def test_merged_deliveries_are_not_requested_again_even_without_run_keys(sensor_and_inbox):
+    """A fresh Dagster instance (no run keys, no cursor) over an inbox whose files the ledger has:
+    the sensor asks the ledger (published copy) and requests nothing."""
+    from cdp_pipeline.cli import run_connection
+
+    definitions, sensor, _ = sensor_and_inbox
+    assert run_connection("demo_local", echo=lambda *_: None)["success"]
+    with dg.instance_for_test() as instance:
+        first = _tick(definitions, sensor, None, instance)
+        second = _tick(definitions, sensor, _age_cursor(first.cursor, 10), instance)
+        assert not second.run_requests
+        assert "already merged" in (second.skip_message or "")
