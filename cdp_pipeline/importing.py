@@ -27,7 +27,7 @@ from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_me
 from cdp_pipeline.store.segments import refresh_memberships
 from cdp_pipeline.tables.import_tables import build_import_tables
 from cdp_pipeline.tables.staged import StagedImport, write_reject_report
-from cdp_pipeline.transports.base import RemoteFile, Transport
+from cdp_pipeline.transports.base import Transport
 
 ImportGoal = GroupImportGoal | ProfileImportGoal
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -7,9 +7,7 @@ turn its results into metadata the UI plots.
 """
 
 
-import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import dagster as dg
 import polars as pl

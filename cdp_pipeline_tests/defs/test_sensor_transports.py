@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -16,6 +15,7 @@ import yaml
 from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline.demo.generate import generate_delivery
+from cdp_pipeline_tests.defs.sensor_ticks import DEMO_DELIVERIES, aged, evaluate_tick
 
 
 def _configure(tmp_path, monkeypatch, source: dict, directory: str, **connection_overrides) -> None:
@@ -42,21 +42,11 @@ def _definitions():
 
 
 def _tick(definitions, cursor, instance, keys=()):
-    sensor = definitions.resolve_sensor_def("partner_deliveries")
-    instance.add_dynamic_partitions("partner__deliveries", list(keys))
-    context = dg.build_sensor_context(cursor=cursor, instance=instance, resources=definitions.resources, definitions=definitions)
-    with dg.partition_loading_context(dynamic_partitions_store=instance):
-        return sensor.evaluate_tick(context)
+    return evaluate_tick(definitions, "partner", cursor, instance, keys)
 
 
-def _aged(cursor: str, seconds: float) -> str:
-    state = json.loads(cursor)
-    for entry in state["seen"].values():
-        entry[1] -= seconds
-    return json.dumps(state)
-
-
-EXPECTED = ["households:households_20260115.csv", "customers:profiles_20260115.csv", "orders:orders_20260115.csv"]
+_aged = aged
+EXPECTED = DEMO_DELIVERIES
 
 
 @pytest.fixture(autouse=True)

@@ -3,13 +3,13 @@ per delivery, a run key that changes with the content, temporary upload names ig
 
 from __future__ import annotations
 
-import json
 import os
 
 import dagster as dg
 import pytest
 
 from cdp_pipeline.defs.project import project_config
+from cdp_pipeline_tests.defs.sensor_ticks import DEMO_DELIVERIES, aged, evaluate_tick
 from cdp_pipeline_tests.demo_home import prepare_demo_home
 
 
@@ -23,25 +23,14 @@ def sensor_and_inbox(tmp_path, monkeypatch):
     project_config.cache_clear()
 
 
-EXPECTED = ["households:households_20260115.csv", "customers:profiles_20260115.csv", "orders:orders_20260115.csv"]
+EXPECTED = DEMO_DELIVERIES
 
 
 def _tick(definitions, sensor, cursor, instance):
-    # The daemon applies a tick's partition additions before it checks its run requests; a test
-    # evaluating the tick alone adds them itself (dagster-anchors §3.3).
-    instance.add_dynamic_partitions("demo_local__deliveries", EXPECTED)
-    context = dg.build_sensor_context(cursor=cursor, instance=instance, resources=definitions.resources, definitions=definitions)
-    # Outside the daemon, Dagster checks partitioned run requests against the instance's partitions.
-    with dg.partition_loading_context(dynamic_partitions_store=instance):
-        return sensor.evaluate_tick(context)
+    return evaluate_tick(definitions, "demo_local", cursor, instance, EXPECTED)
 
 
-def _age_cursor(cursor: str, seconds: float) -> str:
-    """Pretend the previous tick happened `seconds` earlier (stability is measured on our clock)."""
-    state = json.loads(cursor)
-    for entry in state["seen"].values():
-        entry[1] -= seconds
-    return json.dumps(state)
+_age_cursor = aged
 
 
 def test_deliveries_become_partitions_and_runs_once_stable(sensor_and_inbox):

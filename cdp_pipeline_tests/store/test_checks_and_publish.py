@@ -9,7 +9,6 @@ import textwrap
 import time
 from datetime import datetime
 
-import duckdb
 import polars as pl
 
 from cdp_pipeline.config.catalog import Catalog
