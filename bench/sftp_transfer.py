@@ -6,7 +6,11 @@ run as root), writes random files into the key user's home, and times:
 
   (a) one large file with SftpTransport.download,
   (b) a delivery of several files with SftpTransport, one connection and --parallel connections,
-  (c) the same single file and delivery with ``sftp -b`` (batch mode, pinned host key, ed25519 key).
+  (c) the same single file and delivery with ``sftp -b`` (batch mode, pinned host key, ed25519 key),
+      with its defaults and once more with our cipher and request size (-c aes128-gcm, -B 261120),
+  (d) one upload of the large file, with SftpTransport.upload and with ``sftp -b put``.
+
+After the timed rounds every downloaded and uploaded file is compared with its source (SHA-256).
 
 Files are read once before timing so every run works from a hot page cache, as the reference
 figures in speed-anchors.md do. MB = 1,000,000 bytes.
@@ -17,6 +21,7 @@ figures in speed-anchors.md do. MB = 1,000,000 bytes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import re
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,13 +73,13 @@ def timed(action: Callable[[], object], repeat: int, clean: Callable[[], None]) 
     return seconds
 
 
-def openssh_get(server: SshdServer, known_hosts: Path, remote_paths: list[str], local_dir: Path) -> str:
-    """Download with OpenSSH ``sftp -b``; returns the negotiated cipher (from ``-v``)."""
-    batch = local_dir.parent / "sftp.batch"
-    batch.write_text("".join(f'get "{remote}" "{local_dir / Path(remote).name}"\n' for remote in remote_paths))
+def openssh_batch(server: SshdServer, known_hosts: Path, batch_lines: list[str], batch: Path, tuned: bool = False) -> str:
+    """Run OpenSSH ``sftp -b``; returns the negotiated cipher (from ``-v``)."""
+    batch.write_text("".join(line + "\n" for line in batch_lines))
     command = [
         "sftp",
         "-v",
+        *(["-c", "aes128-gcm@openssh.com", "-B", "261120"] if tuned else []),
         "-b",
         str(batch),
         "-P",
@@ -95,6 +101,19 @@ def openssh_get(server: SshdServer, known_hosts: Path, remote_paths: list[str], 
         raise RuntimeError(f"sftp failed ({completed.returncode}): {completed.stderr[-2000:]}")
     match = re.search(r"kex: server->client cipher: (\S+) MAC: (\S+)", completed.stderr)
     return f"{match.group(1)} / {match.group(2)}" if match else "unknown"
+
+
+def openssh_get(server: SshdServer, known_hosts: Path, remote_paths: list[str], local_dir: Path, tuned: bool = False) -> str:
+    lines = [f'get "{remote}" "{local_dir / Path(remote).name}"' for remote in remote_paths]
+    return openssh_batch(server, known_hosts, lines, local_dir.parent / "sftp.batch", tuned)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def paramiko_cipher(transport: SftpTransport) -> str:
@@ -151,13 +170,20 @@ def main() -> int:
 
         openssh_cipher = ""
 
-        def openssh(paths: list[str]) -> None:
+        def openssh(paths: list[str], tuned: bool = False) -> None:
             nonlocal openssh_cipher
-            openssh_cipher = openssh_get(server, known_hosts, paths, downloads)
+            cipher = openssh_get(server, known_hosts, paths, downloads, tuned)
+            if not tuned:
+                openssh_cipher = cipher
 
         single_remote = posix_absolute(user.login_directory, single_name)
         delivery_remote = [posix_absolute(user.login_directory, name) for name in delivery_names]
         delivery_targets = [(remote, downloads / remote.name) for remote in delivery]
+        upload_source = server_files[0]  # the single file, read from the page cache
+        upload_name = f"{inbox}/uploads/single.bin"
+        upload_on_server = server.server_path(ROLE, upload_name)
+        server.make_directory(ROLE, f"{inbox}/uploads")
+
         # Each of our runs starts from a closed connection, as `sftp` starts a new process: both
         # timings include connecting and authenticating.
         def ours_single() -> None:
@@ -168,16 +194,29 @@ def main() -> int:
             transport.close()
             transport.download_many(delivery_targets, parallel=parallel)
 
+        def ours_upload() -> None:
+            transport.close()
+            transport.upload(upload_source, upload_name)
+
+        def openssh_upload() -> None:
+            line = f'put "{upload_source}" "{posix_absolute(user.login_directory, upload_name)}"'
+            openssh_batch(server, known_hosts, [line], local_root / "sftp.batch")
+
+        n = len(delivery)
         measurements: list[tuple[str, int, Callable[[], object]]] = [
             ("(a) SftpTransport.download, 1 file", single.size, ours_single),
-            (f"(b) SftpTransport delivery, {len(delivery)} files, 1 connection", delivery_bytes, lambda: ours_delivery(1)),
+            (f"(b) SftpTransport delivery, {n} files, 1 connection", delivery_bytes, lambda: ours_delivery(1)),
             (
-                f"(b) SftpTransport.download_many, {len(delivery)} files, parallel={options.parallel}",
+                f"(b) SftpTransport.download_many, {n} files, parallel={options.parallel}",
                 delivery_bytes,
                 lambda: ours_delivery(options.parallel),
             ),
             ("(c) OpenSSH sftp -b, 1 file", single.size, lambda: openssh([single_remote])),
-            (f"(c) OpenSSH sftp -b, {len(delivery)} files", delivery_bytes, lambda: openssh(delivery_remote)),
+            (f"(c) OpenSSH sftp -b, {n} files", delivery_bytes, lambda: openssh(delivery_remote)),
+            ("(c) OpenSSH sftp -b -c aes128-gcm -B 261120, 1 file", single.size, lambda: openssh([single_remote], True)),
+            (f"(c) OpenSSH sftp -b -c aes128-gcm -B 261120, {n} files", delivery_bytes, lambda: openssh(delivery_remote, True)),
+            ("(d) SftpTransport.upload, 1 file", single.size, ours_upload),
+            ("(d) OpenSSH sftp -b put, 1 file", single.size, openssh_upload),
         ]
         # Rounds interleave the measurements: other work on a shared machine then slows all of
         # them alike instead of whichever happened to run during the busy minute.
@@ -187,6 +226,21 @@ def main() -> int:
             for label, _, action in measurements:
                 seconds[label].extend(timed(action, 1, clean))
         load_after = os.getloadavg()[0]
+
+        # Speed means nothing if the bytes are wrong: run each of ours once more and compare.
+        ours_single()
+        ours_delivery(options.parallel)
+        ours_upload()
+        # Memory: Python's peak allocation during one more single-file download (outside the timing,
+        # tracemalloc slows every allocation). Bounded by the requests in flight, not the file size.
+        tracemalloc.start()
+        ours_single()
+        download_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        expected = {path.name: sha256_of(path) for path in server_files}
+        received = {path.name: sha256_of(path) for path in sorted(downloads.iterdir())}
+        if received != expected or sha256_of(upload_on_server) != expected[upload_source.name]:
+            raise SystemExit("a transferred file differs from its source")
         transport.close()
         results = [(label, size, seconds[label]) for label, size, _ in measurements]
 
@@ -195,20 +249,24 @@ def main() -> int:
         print(f"command: python bench/sftp_transfer.py {' '.join(sys.argv[1:])}")
         print(f"ciphers (server->client): paramiko {ours_cipher}; OpenSSH {openssh_cipher}")
         print(f"load average (1 min) before/after: {load_before:.1f} / {load_after:.1f}")
+        print("content check: every downloaded and uploaded file matches its source (SHA-256)")
+        print(f"peak Python allocation during a {single.size / MB:.0f} MB download: {download_peak / 2**20:.1f} MiB (tracemalloc)")
         print()
         print("| measurement | MB | median s | MB/s (median) | runs (s) |")
         print("|---|---:|---:|---:|---|")
         rates: dict[str, float] = {}
-        for label, size, seconds in results:
-            median = statistics.median(seconds)
+        for label, size, runs_seconds in results:
+            median = statistics.median(runs_seconds)
             rates[label] = size / MB / median
-            runs = ", ".join(f"{value:.2f}" for value in seconds)
+            runs = ", ".join(f"{value:.2f}" for value in runs_seconds)
             print(f"| {label} | {size / MB:.0f} | {median:.2f} | {rates[label]:.0f} | {runs} |")
         labels = [label for label, _, _ in results]
         print()
         print(f"single file: ours takes {rates[labels[3]] / rates[labels[0]]:.2f}x OpenSSH's time")
         print(f"delivery, 1 connection: ours takes {rates[labels[4]] / rates[labels[1]]:.2f}x OpenSSH's time")
         print(f"delivery, parallel={options.parallel}: ours takes {rates[labels[4]] / rates[labels[2]]:.2f}x OpenSSH's time")
+        print(f"delivery, 1 connection, against OpenSSH tuned alike: {rates[labels[6]] / rates[labels[1]]:.2f}x")
+        print(f"upload: ours takes {rates[labels[8]] / rates[labels[7]]:.2f}x OpenSSH's time")
         return 0
     finally:
         shutil.rmtree(local_root, ignore_errors=True)

@@ -44,6 +44,14 @@ from paramiko.ssh_exception import (
 from cdp_pipeline.config.connection import SftpAuth, SftpLocation
 from cdp_pipeline.errors import ConfigError, FileVanishedError, TransientTransportError, TransportError
 from cdp_pipeline.transports.base import RemoteFile, Transport
+from cdp_pipeline.transports.sftp_streams import (
+    OPENSSH_WRITE_BYTES,
+    PORTABLE_WRITE_BYTES,
+    RemoteFileGrew,
+    RemoteFileShrank,
+    read_remote_file,
+    write_remote_file,
+)
 
 __all__ = ["SftpSecrets", "SftpTransport", "host_key_fingerprint", "load_private_key"]
 
@@ -374,9 +382,10 @@ class SftpTransport(Transport):
     def download_many(self, files: Sequence[tuple[RemoteFile, Path]], parallel: int = 1) -> list[int]:
         """Download several files, over up to ``parallel`` SSH connections at once.
 
-        One paramiko connection is bound by a single Python thread's cipher work; separate
-        connections let the transfer use the other cores. Returns the byte counts in input
-        order. The first failure stops the remaining work and is raised.
+        One connection moves ~500 MB/s on loopback (docs/benchmarks-sftp.md), but over a long link
+        it is bound by its SSH window: at most 2 MiB in flight per round trip (about 70 MB/s at 30 ms).
+        Separate connections multiply that. Returns the byte counts in input order. The first
+        failure stops the remaining work and is raised.
         """
         if parallel <= 1 or len(files) <= 1:
             return [self.download(remote, local) for remote, local in files]
@@ -486,22 +495,27 @@ class SftpTransport(Transport):
         # mkstemp: O_EXCL and mode 0600, so no other local user can read the (maybe plaintext) data.
         descriptor, temp_name = tempfile.mkstemp(dir=local_path.parent, prefix=f".{local_path.name}.", suffix=".download")
         try:
-            with os.fdopen(descriptor, "wb", buffering=1024 * 1024) as local_file:
+            changed = ""
+            try:
                 try:
-                    # paramiko's default prefetch: larger windows or request counts measured slower and unstable.
-                    received = sftp.getfo(remote_path, local_file)
+                    received = read_remote_file(sftp, remote_path, remote.size, descriptor)
+                except RemoteFileShrank as shrank:
+                    received, changed = shrank.received, "ended early"
+                except RemoteFileGrew:
+                    received, changed = remote.size, "grew"
                 except FileNotFoundError:
                     raise FileVanishedError(f"{self._where(remote_path)} is gone since it was listed") from None
                 except OSError as exc:
                     self._raise_if_connection_lost(exc)
                     raise self._path_error("cannot read", remote_path, exc) from None
-                local_file.flush()
-                written = os.fstat(local_file.fileno()).st_size
-            if received != remote.size or written != remote.size:
+                written = os.fstat(descriptor).st_size
+            finally:
+                os.close(descriptor)
+            if changed or received != remote.size or written != remote.size:
                 after = self._lstat(sftp, remote_path)
                 if after is None:
                     raise FileVanishedError(f"{self._where(remote_path)} vanished during the download")
-                if after.st_size != remote.size:
+                if after.st_size != remote.size or changed == "grew":
                     raise FileVanishedError(
                         f"{self._where(remote_path)} changed during the download: {after.st_size} bytes now, {remote.size} listed"
                     )
@@ -525,11 +539,15 @@ class SftpTransport(Transport):
         try:
             with local_path.open("rb") as local_file:
                 try:
-                    # confirm=True: paramiko stats the .part and compares its size with what it sent.
-                    sftp.putfo(local_file, part, file_size=local_size, confirm=True)
+                    write_remote_file(sftp, local_file.fileno(), local_size, part, request_bytes=self._write_request_bytes())
+                    stored = sftp.stat(part).st_size
                 except OSError as exc:
                     self._raise_if_connection_lost(exc)
                     raise self._path_error("cannot write", part, exc) from None
+            if stored != local_size:
+                raise TransientTransportError(
+                    f"{self._where(part)}: the server holds {stored} bytes after an upload of {local_size}"
+                )
             try:
                 sftp.posix_rename(part, target)
             except OSError as exc:
@@ -553,6 +571,13 @@ class SftpTransport(Transport):
                     pass
             raise
         return local_size
+
+    def _write_request_bytes(self) -> int:
+        """OpenSSH's sftp-server takes writes of up to 255 KiB; other servers get the portable 32 KiB."""
+        connection = self._connection
+        if connection is not None and connection.ssh.remote_version.startswith("SSH-2.0-OpenSSH_"):
+            return OPENSSH_WRITE_BYTES
+        return PORTABLE_WRITE_BYTES
 
     # -------------------------------------------------------------- helpers
 
