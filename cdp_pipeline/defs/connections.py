@@ -32,7 +32,6 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
     import_job = dg.define_asset_job(
         import_job_name(connection.name),
         selection=dg.AssetSelection.assets(*import_keys),
-        partitions_def=partitions,
         # Small per-delivery steps: one process avoids per-step start-up cost and in-run DuckDB contention.
         executor_def=dg.in_process_executor,
         description=f"{connection.description or connection.name}: import one delivery (choose the delivery partition).",
