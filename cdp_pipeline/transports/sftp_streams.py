@@ -203,9 +203,17 @@ def write_remote_file(
 
 
 def _close_quietly(remote: paramiko.SFTPFile, *, raise_errors: bool) -> None:
-    """Close the remote handle; after a failure, the first error is the one worth reporting."""
-    try:
+    """Close the remote handle. After a failure, close without waiting for the reply.
+
+    A failed transfer may have failed because the server stopped answering: a synchronous close
+    would then wait out the channel timeout a second time before the retry could start. The
+    fire-and-forget close is paramiko's own (what ``SFTPFile.__del__`` sends); its reply, if one
+    comes, is dropped by the client like any reply nobody waits for.
+    """
+    if raise_errors:
         remote.close()
-    except Exception:
-        if raise_errors:
-            raise
+        return
+    try:
+        remote._close(async_=True)  # noqa: SLF001
+    except Exception:  # noqa: BLE001 - the transfer's own error is the one to report
+        pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cdp_pipeline.errors import ConfigError, FileVanishedError, TransientTransportError, TransportError
+from cdp_pipeline.transports import sftp_streams
 from cdp_pipeline.transports.base import RemoteFile
 from cdp_pipeline.transports.sftp import SftpSecrets, SftpTransport, load_private_key
 from cdp_pipeline_tests.fixtures.sshd import SshdServer, fingerprint_of_public_line, sshd_variant
@@ -450,3 +452,99 @@ def test_dropped_connection_is_reopened(sshd_server: SshdServer) -> None:
             time.sleep(0.02)
         assert len(transport.list_files(directory)) == 1
         assert transport.connection_attempts == 2
+
+
+# ---------------------------------------------------------------- faults in the middle of a transfer
+
+
+class _FaultOnceDataFlows:
+    """``os`` as ``sftp_streams`` sees it, with one real fault injected after the first block.
+
+    The fault itself is real (the server's session processes are killed or stopped); this only
+    picks the moment, so that it lands in the middle of the transfer instead of before or after it.
+    """
+
+    def __init__(self, fault) -> None:
+        self._fault = fault
+        self.fired = False
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def _once(self) -> None:
+        if not self.fired:
+            self.fired = True
+            self._fault()
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        written = os.pwrite(fd, data, offset)
+        self._once()
+        return written
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        data = os.pread(fd, length, offset)
+        self._once()
+        return data
+
+
+def kill_session(uid: int) -> None:
+    for pid in session_processes(uid):
+        os.kill(pid, 9)
+
+
+@pytest.mark.parametrize("direction", ["download", "upload"])
+def test_connection_killed_mid_transfer_is_retried_to_a_whole_file(
+    sshd_server: SshdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direction: str
+) -> None:
+    directory = sshd_server.fresh_directory("key")
+    payload = os.urandom(40 * 1024 * 1024)
+    user = sshd_server.user("key")
+    fault = _FaultOnceDataFlows(lambda: kill_session(user.uid))
+    monkeypatch.setattr(sftp_streams, "os", fault)
+    with transport_for(sshd_server, "key", retries=2) as transport:
+        if direction == "download":
+            sshd_server.drop_file("key", f"{directory}/big.bin", payload)
+            [remote] = transport.list_files(directory)
+            assert transport.download(remote, tmp_path / "big.bin") == len(payload)
+            assert (tmp_path / "big.bin").read_bytes() == payload
+            assert leftovers(tmp_path) == []
+        else:
+            (tmp_path / "big.bin").write_bytes(payload)
+            assert transport.upload(tmp_path / "big.bin", f"{directory}/big.bin") == len(payload)
+            assert sshd_server.server_path("key", f"{directory}/big.bin").read_bytes() == payload
+            assert leftovers(sshd_server.server_path("key", directory)) == []
+        assert fault.fired
+        assert transport.connection_attempts == 2
+
+
+def test_server_stalled_mid_download_times_out_once_then_retries(
+    sshd_server: SshdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = sshd_server.fresh_directory("key")
+    payload = os.urandom(40 * 1024 * 1024)
+    sshd_server.drop_file("key", f"{directory}/big.bin", payload)
+    user = sshd_server.user("key")
+    stopped: list[int] = []
+
+    def stop_session() -> None:
+        stopped.extend(session_processes(user.uid))
+        for pid in stopped:
+            os.kill(pid, 19)  # SIGSTOP: the connection stays up, the server just stops answering
+
+    monkeypatch.setattr(sftp_streams, "os", _FaultOnceDataFlows(stop_session))
+    timeout = 2.0
+    try:
+        with transport_for(sshd_server, "key", retries=2, timeout_seconds=timeout) as transport:
+            [remote] = transport.list_files(directory)
+            started = time.monotonic()
+            assert transport.download(remote, tmp_path / "big.bin") == len(payload)
+            elapsed = time.monotonic() - started
+        assert (tmp_path / "big.bin").read_bytes() == payload
+        assert transport.connection_attempts == 2
+        # One timeout, not two: the failed download does not wait for the reply to its close.
+        assert timeout <= elapsed < 2 * timeout, elapsed
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 18)  # SIGCONT, so the kill is delivered
+                os.kill(pid, 9)
