@@ -20,6 +20,7 @@ from pathlib import Path
 from cdp_pipeline.config.connection import Connection, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.deliveries import Delivery, DeliveryScan, scan_deliveries
+from cdp_pipeline.disk_space import HEADROOM, DiskSpaceError, disk_full_error, is_disk_full, require_free_space
 from cdp_pipeline.config.property_writers import shared_property_warnings
 from cdp_pipeline.errors import CdpError, FileVanishedError, InputError
 from cdp_pipeline.store.database import open_writer
@@ -139,13 +140,21 @@ def fetch_delivery(transport: Transport, delivery: Delivery, work_dir: Path) -> 
     os.chmod(target, 0o700)
     fetched = []
     planned = [(remote, target / f"{name}.bin") for name, remote in delivery.files.items()]
+    purpose = f"download delivery {delivery.partition_key}"
+    require_free_space(target, int(sum(remote.size for remote, _ in planned) * HEADROOM), purpose)
     parallel = getattr(getattr(transport, "location", None), "parallel_downloads", 1)
-    if len(planned) > 1 and parallel > 1 and hasattr(transport, "download_many"):
-        # Several SSH streams side by side: one paramiko stream is CPU-bound well below the link.
-        transport.download_many(planned, parallel=min(parallel, len(planned)))
-    else:
-        for remote, local in planned:
-            transport.download(remote, local)
+    try:
+        if len(planned) > 1 and parallel > 1 and hasattr(transport, "download_many"):
+            # Several SSH streams side by side: over a long link one stream is bound by its window.
+            transport.download_many(planned, parallel=min(parallel, len(planned)))
+        else:
+            for remote, local in planned:
+                transport.download(remote, local)
+    except Exception as exc:
+        if is_disk_full(exc) or isinstance(exc, DiskSpaceError):
+            shutil.rmtree(target, ignore_errors=True)  # the files already down would only keep the disk full
+            raise disk_full_error(work_dir, purpose) from None
+        raise
     for name, remote in delivery.files.items():
         local = target / f"{name}.bin"
         fetched.append(
@@ -172,6 +181,9 @@ def decrypt_delivery(work_dir: Path, keyring_factory=None) -> tuple[list[Fetched
     target.mkdir(parents=True)
     os.chmod(target, 0o700)
     encrypted = [f for f in fetched if looks_encrypted(Path(f.local_path))]
+    purpose = f"decrypt {', '.join(f.remote_path for f in encrypted)}"
+    if encrypted:
+        require_free_space(target, int(sum(f.size for f in encrypted) * HEADROOM), purpose)
     out: list[FetchedFile] = []
     keyring = None
     try:
@@ -192,6 +204,11 @@ def decrypt_delivery(work_dir: Path, keyring_factory=None) -> tuple[list[Fetched
                 os.link(local, plain)  # no copy: the plaintext is already private (0600)
             os.chmod(plain, 0o600)
             out.append(FetchedFile(**{**vars(item), "local_path": str(plain)}))
+    except Exception as exc:
+        if is_disk_full(exc) or isinstance(exc, DiskSpaceError):
+            shutil.rmtree(target, ignore_errors=True)  # no half-written plaintext stays behind
+            raise disk_full_error(work_dir, purpose) from None
+        raise
     finally:
         if keyring is not None:
             keyring.__exit__(None, None, None)

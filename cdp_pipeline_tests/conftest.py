@@ -9,4 +9,5 @@ pytest_plugins = [
     "cdp_pipeline_tests.fixtures.moto_s3",
     "cdp_pipeline_tests.fixtures.gpg_keys",
     "cdp_pipeline_tests.fixtures.smtp",
+    "cdp_pipeline_tests.fixtures.small_disk",
 ]

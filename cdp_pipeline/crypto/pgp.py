@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 import gnupg
 
+from cdp_pipeline.disk_space import DiskSpaceError
 from cdp_pipeline.errors import CryptoError
 
 logger = logging.getLogger(__name__)
@@ -288,6 +289,16 @@ def _gpg_says(stderr: str, limit: int = 3) -> str:
         if line.startswith("gpg: ") and ("error" in line or "fail" in line or "WARNING" in line or "invalid" in line)
     ]
     return "; ".join(lines[-limit:])
+
+
+def _raise_if_disk_full(stderr: str | None, action: str, dst: Path) -> None:
+    """gpg's write error on a full disk would otherwise read like a key or file problem."""
+    # gpg runs with LC_ALL=C, so strerror's English text is what it prints.
+    if stderr and "No space left on device" in stderr:
+        raise DiskSpaceError(
+            f"the local disk is full: gpg could not {action} into {dst.parent} (No space left on device); "
+            "free space there, or point CDP_HOME to a larger disk"
+        )
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -775,6 +786,7 @@ class PgpKeyring:
                         f"{display_name}: decryption did not finish within {self._timeout_for(size):.0f} s and was stopped; "
                         "the file may be unusually large or gpg-agent is stuck"
                     )
+                _raise_if_disk_full(result.stderr, f"decrypt {display_name}", dst)
                 verdict = self._judge_decryption(display_name, _statuses(result.stderr), result)
                 os.chmod(dst, 0o600)
                 outcome = DecryptResult(
@@ -870,6 +882,7 @@ class PgpKeyring:
                     raise CryptoError(f"cannot encrypt {src.name}: gpg could not be run: {exc}") from None
                 finally:
                     gpg.timeout = self._timeout
+                _raise_if_disk_full(result.stderr, f"encrypt {src.name}", dst)
                 statuses = _statuses(result.stderr)
                 keywords = {k for k, _ in statuses}
                 if gpg.timed_out:

@@ -16,6 +16,7 @@ from cdp_pipeline import exporting, importing
 from cdp_pipeline.config.connection import Connection, ExportGoal, LocalLocation, S3Location, SftpLocation
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport_key
+from cdp_pipeline.disk_space import DiskSpaceError
 from cdp_pipeline.errors import CdpError, InputError, TransientError
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.publish import publish_copy
@@ -131,6 +132,9 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         pgp = getattr(context.resources, pgp_resource_key)
         try:
             files, encrypted = importing.decrypt_delivery(work_dir, pgp.keyring if pgp.can_decrypt else None)
+        except DiskSpaceError as error:
+            # Our disk, not the partner's file: the delivery stays where it is and is offered again.
+            raise _fail(error, "decrypt") from error
         except CdpError as error:
             _quarantine(context, transport_resource_key, goal_of(context), work_dir)
             raise _fail(error, "decrypt") from error

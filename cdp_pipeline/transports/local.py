@@ -45,7 +45,11 @@ class LocalTransport(Transport):
         try:
             shutil.copyfile(source, temporary)
         except FileNotFoundError:
+            temporary.unlink(missing_ok=True)
             raise FileVanishedError(f"{self.uri}/{remote.path} disappeared before it could be read") from None
+        except BaseException:
+            temporary.unlink(missing_ok=True)  # a full disk must not keep the part it managed to write
+            raise
         size = temporary.stat().st_size
         if size != remote.size:
             temporary.unlink(missing_ok=True)

@@ -42,10 +42,12 @@ from paramiko.ssh_exception import (
 )
 
 from cdp_pipeline.config.connection import SftpAuth, SftpLocation
+from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full
 from cdp_pipeline.errors import ConfigError, FileVanishedError, TransientTransportError, TransportError
 from cdp_pipeline.transports.base import RemoteFile, Transport
 from cdp_pipeline.transports.sftp_streams import (
     OPENSSH_WRITE_BYTES,
+    LocalWriteError,
     PORTABLE_WRITE_BYTES,
     RemoteFileGrew,
     RemoteFileShrank,
@@ -503,6 +505,13 @@ class SftpTransport(Transport):
                     received, changed = shrank.received, "ended early"
                 except RemoteFileGrew:
                     received, changed = remote.size, "grew"
+                except LocalWriteError as failure:
+                    if is_disk_full(failure.error):
+                        raise DiskSpaceError(
+                            f"the local disk is full: cannot write the download of {self._where(remote_path)} to "
+                            f"{local_path.parent} ({failure.error.strerror}); free space there or point CDP_HOME to a larger disk"
+                        ) from None
+                    raise TransportError(f"cannot write {temp_name} (download of {self._where(remote_path)}): {failure.error}") from None
                 except FileNotFoundError:
                     raise FileVanishedError(f"{self._where(remote_path)} is gone since it was listed") from None
                 except OSError as exc:

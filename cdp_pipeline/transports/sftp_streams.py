@@ -32,6 +32,7 @@ __all__ = [
     "PORTABLE_WRITE_BYTES",
     "READ_REQUEST_BYTES",
     "READS_IN_FLIGHT",
+    "LocalWriteError",
     "RemoteFileGrew",
     "RemoteFileShrank",
     "read_remote_file",
@@ -61,6 +62,14 @@ class RemoteFileShrank(Exception):
 
 class RemoteFileGrew(Exception):
     """The remote file has bytes beyond the size seen at listing."""
+
+
+class LocalWriteError(Exception):
+    """Writing the local copy failed (a full disk, most likely): not the server's fault."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass
@@ -105,7 +114,8 @@ def read_remote_file(
 
     Raises ``RemoteFileShrank`` when the file ends early, ``RemoteFileGrew`` when it has more
     bytes than expected (checked by one more read past the end, sent with the last requests),
-    and the mapped ``OSError`` for an SFTP error status. Returns the bytes written.
+    ``LocalWriteError`` when the local file cannot be written, and the mapped ``OSError`` for an
+    SFTP error status. Returns the bytes written.
     """
     replies = _Replies()
     remote = sftp.open(remote_path, "rb")
@@ -150,7 +160,10 @@ def read_remote_file(
                 raise RemoteFileShrank(offset)
             if len(data) > length:
                 raise OSError(f"the server sent {len(data)} bytes for a read of {length} in {remote_path}")
-            os.pwrite(local_fd, data, offset)
+            try:
+                os.pwrite(local_fd, data, offset)
+            except OSError as exc:
+                raise LocalWriteError(exc) from exc
             written += len(data)
             if len(data) < length:
                 # A short read: ask for the rest first, and no longer ask for more than this server gives.
