@@ -22,7 +22,7 @@ from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.deliveries import Delivery, DeliveryScan, scan_deliveries
 from cdp_pipeline.disk_space import HEADROOM, DiskSpaceError, disk_full_error, is_disk_full, require_free_space
 from cdp_pipeline.config.property_writers import shared_property_warnings
-from cdp_pipeline.errors import CdpError, FileVanishedError, InputError
+from cdp_pipeline.errors import CdpError, FileVanishedError, InputError, InputProblem
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
 from cdp_pipeline.store.segments import refresh_memberships
@@ -132,8 +132,23 @@ def read_manifest(path: Path) -> tuple[list[FetchedFile], dict]:
     return files, data
 
 
-def fetch_delivery(transport: Transport, delivery: Delivery, work_dir: Path) -> list[FetchedFile]:
-    """Download every file of the delivery (temp name → size check → rename) and hash it."""
+def fetch_delivery(transport: Transport, delivery: Delivery, work_dir: Path, max_file_bytes: int | None = None) -> list[FetchedFile]:
+    """Download every file of the delivery (temp name → size check → rename) and hash it.
+
+    A file larger than ``max_file_bytes`` (the connection's ``max_file_gb``) is refused before
+    anything is downloaded."""
+    oversized = [remote for remote in delivery.files.values() if max_file_bytes is not None and remote.size > max_file_bytes]
+    if oversized:
+        raise InputError(
+            [
+                InputProblem(
+                    file=remote.path, line=None, column=None,
+                    reason=f"the file has {remote.size:,} bytes, more than the connection's max_file_gb ({max_file_bytes:,} bytes)",
+                    fix="If the file is genuine, raise max_file_gb in the connection; otherwise ask the sender to split it",
+                )
+                for remote in oversized
+            ]
+        )
     target = work_dir / "fetched"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -170,9 +185,10 @@ def content_sha256(files: list[FetchedFile]) -> str:
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
-def decrypt_delivery(work_dir: Path, keyring_factory=None) -> tuple[list[FetchedFile], int]:
+def decrypt_delivery(work_dir: Path, keyring_factory=None, max_file_bytes: int | None = None) -> tuple[list[FetchedFile], int]:
     """Decrypt the encrypted files (decided by content, not name) into 0600 files; plain files
-    pass through. Returns the files and how many were encrypted."""
+    pass through. Returns the files and how many were encrypted. gpg stops a file whose plaintext
+    grows past ``max_file_bytes`` (a compressed PGP message can expand a thousandfold)."""
     from cdp_pipeline.crypto.pgp import looks_encrypted
 
     fetched, extra = read_manifest(work_dir / "fetched.json")
@@ -199,7 +215,7 @@ def decrypt_delivery(work_dir: Path, keyring_factory=None) -> tuple[list[Fetched
             local = Path(item.local_path)
             plain = target / f"{item.name}.plain"
             if item in encrypted:
-                keyring.decrypt_file(local, plain, item.remote_path)
+                keyring.decrypt_file(local, plain, item.remote_path, max_output_bytes=max_file_bytes)
             else:
                 os.link(local, plain)  # no copy: the plaintext is already private (0600)
             os.chmod(plain, 0o600)
@@ -241,7 +257,7 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
             located = {f.name: (Path(f.local_path), f.remote_path, f.mtime) for f in files}
             goal, staged = stage(kind, project.dialects[connection.name], project.catalog, located, work_dir, run_time, encrypted)
         else:
-            staged = build_import_tables(goal, project.catalog, paths, display, run_time)
+            staged = build_import_tables(goal, project.catalog, paths, display, run_time, max_file_bytes=connection.max_file_bytes)
     except InputError as error:
         write_reject_report(error.problems, report)
         raise

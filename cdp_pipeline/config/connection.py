@@ -451,6 +451,14 @@ class Connection(StrictModel):
     objectives: list[str] = Field(default_factory=list)
     #: the store is "stale" for this connection when nothing was merged for this many hours (UI freshness).
     freshness_hours: float | None = Field(default=26, gt=0)
+    #: the largest file a delivery may hold, in GB (10^9 bytes): as listed, as decrypted and as
+    #: un-gzipped. Bounds what anyone who can write to the drop folder can make us store (a
+    #: compression bomb expands a few KB into the disk that also holds the store).
+    max_file_gb: float = Field(default=20, gt=0)
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_gb * 1_000_000_000)
 
     @field_validator("name")
     @classmethod

@@ -740,11 +740,13 @@ class PgpKeyring:
 
     # ------------------------------------------------------------ decrypt
 
-    def decrypt_file(self, src: Path, dst: Path, display_name: str) -> DecryptResult:
+    def decrypt_file(self, src: Path, dst: Path, display_name: str, *, max_output_bytes: int | None = None) -> DecryptResult:
         """Decrypt ``src`` into ``dst`` (created with mode 0600), streaming file to file.
 
         ``display_name`` names the file in error messages (e.g. the remote path). On any failure
-        ``dst`` is removed and :class:`CryptoError` says what happened and what to do.
+        ``dst`` is removed and :class:`CryptoError` says what happened and what to do. With
+        ``max_output_bytes`` gpg stops writing past that size (``--max-output``): a compressed
+        message is a compression bomb in the making.
         """
         with self._lock:
             gpg = self._require_open()
@@ -775,7 +777,7 @@ class PgpKeyring:
                         always_trust=True,
                         passphrase=self._wire_passphrase(),
                         output=str(dst),
-                        extra_args=["--", str(src)],
+                        extra_args=[*(["--max-output", str(max_output_bytes)] if max_output_bytes else []), "--", str(src)],
                     )
                 except (OSError, ValueError) as exc:
                     raise CryptoError(f"{display_name}: gpg could not be run to decrypt it: {exc}") from None
@@ -787,6 +789,11 @@ class PgpKeyring:
                         "the file may be unusually large or gpg-agent is stuck"
                     )
                 _raise_if_disk_full(result.stderr, f"decrypt {display_name}", dst)
+                if max_output_bytes and "exceeded --max-output limit" in (result.stderr or ""):
+                    raise CryptoError(
+                        f"{display_name}: decrypts to more than {max_output_bytes:,} bytes, the connection's max_file_gb; "
+                        "nothing of it was kept. If the file is genuine, raise max_file_gb; otherwise it is a compression bomb"
+                    )
                 verdict = self._judge_decryption(display_name, _statuses(result.stderr), result)
                 os.chmod(dst, 0o600)
                 outcome = DecryptResult(

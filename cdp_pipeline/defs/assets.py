@@ -97,7 +97,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         try:
             with getattr(context.resources, transport_resource_key).open() as transport:
                 delivery = importing.find_delivery(transport, project_, connection, context.partition_key)
-                fetched = importing.fetch_delivery(transport, delivery, work_dir)
+                fetched = importing.fetch_delivery(transport, delivery, work_dir, connection.max_file_bytes)
                 uri = transport.uri
         except TransientError:
             raise
@@ -131,7 +131,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         work_dir = importing.delivery_work_dir(project_, name, context.partition_key)
         pgp = getattr(context.resources, pgp_resource_key)
         try:
-            files, encrypted = importing.decrypt_delivery(work_dir, pgp.keyring if pgp.can_decrypt else None)
+            files, encrypted = importing.decrypt_delivery(work_dir, pgp.keyring if pgp.can_decrypt else None, connection.max_file_bytes)
         except DiskSpaceError as error:
             # Our disk, not the partner's file: the delivery stays where it is and is offered again.
             raise _fail(error, "decrypt") from error

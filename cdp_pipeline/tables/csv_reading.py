@@ -149,9 +149,21 @@ def _open_bytes(path: Path) -> tuple[BinaryIO, bool]:
     return open(path, "rb"), False
 
 
-def _raw_chunks(stream: BinaryIO, display_name: str) -> Iterator[bytes]:
+def _raw_chunks(stream: BinaryIO, display_name: str, max_bytes: int | None = None) -> Iterator[bytes]:
+    total = 0
     try:
         while chunk := stream.read(CHUNK_BYTES):
+            total += len(chunk)
+            if max_bytes is not None and total > max_bytes:
+                raise InputError(
+                    InputProblem(
+                        file=display_name,
+                        line=None,
+                        column=None,
+                        reason=f"the gzip-compressed file expands to more than {max_bytes:,} bytes, the connection's max_file_gb",
+                        fix="If the file is genuine, raise max_file_gb in the connection; otherwise it is a compression bomb",
+                    )
+                )
             yield chunk
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise InputError(
@@ -530,7 +542,7 @@ def _empty_file_error(display_name: str, reason: str = "empty file (0 bytes)") -
     )
 
 
-def read_delimited(path: Path, options: CsvOptions, display_name: str) -> pl.DataFrame:
+def read_delimited(path: Path, options: CsvOptions, display_name: str, *, max_bytes: int | None = None) -> pl.DataFrame:
     """Read a delimited file into a frame of text columns.
 
     Returns one ``pl.String`` column per file column, named by ``normalise_column_name`` and in
@@ -543,7 +555,8 @@ def read_delimited(path: Path, options: CsvOptions, display_name: str) -> pl.Dat
     Raises ``InputError`` (file, line, reason and fix) for: an empty file, UTF-16 in a file not
     declared so, an undecodable byte (offset and line), NUL bytes, CR-only line endings, ragged
     rows (expected vs actual field count), an unterminated quote, a one-column header that looks
-    like another delimiter, blank or colliding column names, a corrupt gzip stream.
+    like another delimiter, blank or colliding column names, a corrupt gzip stream, or one that
+    expands past ``max_bytes``.
     """
     delimiter = options.delimiter
     quote = options.quote_char or None
@@ -560,7 +573,8 @@ def read_delimited(path: Path, options: CsvOptions, display_name: str) -> pl.Dat
     early_width = 0
     try:
         with stream:
-            chunks = _raw_chunks(stream, display_name)
+            # Only a gzip stream can grow past the size the file was checked at when it arrived.
+            chunks = _raw_chunks(stream, display_name, max_bytes if compressed else None)
             head = next(chunks, b"")
             if not head:
                 raise _empty_file_error(display_name)

@@ -93,10 +93,11 @@ class _DeliveryFiles:
     ``raw`` keeps each file as read (all text): the row identities are computed from it, and a
     cell that failed to parse is found by comparing it with the typed frame."""
 
-    def __init__(self, goal: ImportGoal, paths: dict[str, Path], display: dict[str, str]):
+    def __init__(self, goal: ImportGoal, paths: dict[str, Path], display: dict[str, str], max_file_bytes: int | None):
         self.goal = goal
         self.paths = paths
         self.display = display
+        self.max_file_bytes = max_file_bytes
         self.raw: dict[str, pl.DataFrame] = {}
         #: as parsed, before processors (aligned row by row with ``raw``).
         self.typed: dict[str, pl.DataFrame] = {}
@@ -106,7 +107,7 @@ class _DeliveryFiles:
 
     def read(self, name: str, derived: dict[str, ColumnFormat]) -> None:
         selection = self.goal.files.file(name)
-        frame = read_delimited(self.paths[name], selection.csv, self.display[name])
+        frame = read_delimited(self.paths[name], selection.csv, self.display[name], max_bytes=self.max_file_bytes)
         declared = {_n(column): fmt for column, fmt in selection.csv.columns.items()}
         formats = {column: fmt for column, fmt in {**derived, **declared}.items() if column in frame.columns}
         typed, problems = parse_typed(frame, formats, self.display[name], selection.csv.decimal_comma)
@@ -285,10 +286,13 @@ def build_import_tables(
     paths: dict[str, Path],
     display_names: dict[str, str],
     run_time: datetime,
+    *,
+    max_file_bytes: int | None = None,
 ) -> StagedImport:
     """Read, process, link and join one delivery. Raises InputError when the delivery cannot be
-    imported (or has rejected rows and ``on_error`` is ``fail``); nothing is merged then."""
-    files = _DeliveryFiles(goal, paths, display_names)
+    imported (or has rejected rows and ``on_error`` is ``fail``); nothing is merged then.
+    ``max_file_bytes`` bounds what a gzip-compressed file may expand to."""
+    files = _DeliveryFiles(goal, paths, display_names, max_file_bytes)
     warnings: list[str] = []
     root = goal.files.root.name
     is_profiles = isinstance(goal, ProfileImportGoal)
