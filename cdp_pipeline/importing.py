@@ -13,6 +13,7 @@ import os
 import posixpath
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -391,10 +392,35 @@ def quarantine_remote_files(transport: Transport, goal: ImportGoal, remote_paths
     return moved
 
 
+# What a delivery's work directory holds of the customers' data, as opposed to its manifests and
+# reject report (which name files, lines and reasons, and stay for whoever fixes the delivery).
+_CUSTOMER_DATA_FOLDERS = ("fetched", "decrypted", "tables")
+
+
 def clean_plaintext(work_dir: Path) -> None:
-    """Decrypted data never outlives the run that needed it (S7)."""
-    shutil.rmtree(work_dir / "decrypted", ignore_errors=True)
-    shutil.rmtree(work_dir / "fetched", ignore_errors=True)
+    """Downloaded, decrypted and staged data never outlives the run that needed it (S7)."""
+    for folder in _CUSTOMER_DATA_FOLDERS:
+        shutil.rmtree(work_dir / folder, ignore_errors=True)
+
+
+def sweep_stale_work(project: ProjectConfig, connection: str, older_than_hours: float = 24, now: float | None = None) -> list[Path]:
+    """Remove the customer data of deliveries whose runs failed or died more than
+    ``older_than_hours`` ago (S7: a startup sweep of stale per-run directories).
+
+    A failed run leaves its files for the re-execution that usually follows; a day later they are
+    only a copy of customer data nobody looks after. Returns the work directories cleaned.
+    """
+    root = project.work_dir / connection
+    if not root.is_dir():
+        return []
+    limit = (time.time() if now is None else now) - older_than_hours * 3600
+    cleaned = []
+    for work_dir in sorted(path for path in root.iterdir() if path.is_dir()):
+        present = [work_dir / folder for folder in _CUSTOMER_DATA_FOLDERS if (work_dir / folder).exists()]
+        if present and max(path.stat().st_mtime for path in present) < limit:
+            clean_plaintext(work_dir)
+            cleaned.append(work_dir)
+    return cleaned
 
 
 def list_ready_deliveries(project: ProjectConfig, transport: Transport, connection: Connection, is_ready=lambda _f: True) -> tuple[list[Delivery], list[str]]:

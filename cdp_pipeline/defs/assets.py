@@ -93,6 +93,8 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
     )
     def fetched_files(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         project_ = context.resources.cdp_project.load()
+        for stale in importing.sweep_stale_work(project_, name):
+            context.log.info(f"removed the downloaded and decrypted files of {stale.name}, left by a run more than a day ago")
         work_dir = importing.delivery_work_dir(project_, name, context.partition_key)
         try:
             with getattr(context.resources, transport_resource_key).open() as transport:
