@@ -548,3 +548,17 @@ def test_server_stalled_mid_download_times_out_once_then_retries(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 18)  # SIGCONT, so the kill is delivered
                 os.kill(pid, 9)
+
+
+def test_no_code_path_accepts_unknown_host_keys() -> None:
+    """S1: host keys are verified against the configured pin only; paramiko's accept-anything
+    policies (and SSHClient, which invites them) are not used anywhere in the package."""
+    package = Path(__file__).resolve().parents[2] / "cdp_pipeline"
+    forbidden = ("AutoAddPolicy", "WarningPolicy", "set_missing_host_key_policy", "SSHClient")
+    offenders = [
+        f"{path.relative_to(package)}: {word}"
+        for path in package.rglob("*.py")
+        for word in forbidden
+        if word in path.read_text()
+    ]
+    assert offenders == []
