@@ -49,27 +49,36 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
         merged = merged_file_identities(project.published_store_path, connection.name)
         already: list[str] = []
 
+        def is_merged(remote: RemoteFile) -> bool:
+            return bool(merged) and (remote.path, remote.size, round(remote.mtime, 3)) in merged
+
         def is_new(delivery) -> bool:
-            if merged and all((f.path, f.size, round(f.mtime, 3)) in merged for f in delivery.files.values()):
+            if merged and all(is_merged(f) for f in delivery.files.values()):
                 already.append(delivery.partition_key)
                 return False
             return True
+
+        def remember(remote: RemoteFile) -> None:
+            # Merged files stay out of the cursor: with after_import "leave" a folder keeps every
+            # file ever delivered, and a cursor holding all of them would be rewritten every tick.
+            if not is_merged(remote):
+                first = previous.get(remote.path)
+                seen[remote.path] = first if first and first[0] == remote.identity else [remote.identity, now]
+
+        def is_stable(remote: RemoteFile, stable_for: float) -> bool:
+            if stable_for == 0 or is_merged(remote):
+                return True  # a merged file is complete; is_new then reports it as already merged
+            first = previous.get(remote.path)
+            return bool(first and first[0] == remote.identity and now - first[1] >= stable_for)
         try:
             with getattr(context.resources, resource_key).open() as transport:
                 for goal in connection.import_goals:
                     stable_for = goal.files.readiness.stable_seconds
 
-                    def is_ready(remote: RemoteFile, stable_for=stable_for) -> bool:
-                        first = previous.get(remote.path)
-                        if stable_for == 0:
-                            return True
-                        return bool(first and first[0] == remote.identity and now - first[1] >= stable_for)
-
                     listing = transport.list_files(goal.files.directory)
                     for remote in listing:
-                        first = previous.get(remote.path)
-                        seen[remote.path] = first if first and first[0] == remote.identity else [remote.identity, now]
-                    scan = scan_deliveries(connection.name, goal, listing, is_ready)
+                        remember(remote)
+                    scan = scan_deliveries(connection.name, goal, listing, lambda remote, stable_for=stable_for: is_stable(remote, stable_for))
                     waiting += scan.waiting + scan.problems
                     for problem in scan.problems:
                         context.log.warning(problem)
@@ -86,9 +95,8 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
                     # A dialect (SARE pairs, Netmera files) lists its own folders; stability is
                     # judged the same way, with the dialect's window.
                     def dialect_ready(remote: RemoteFile, stable_for=dialect.stable_seconds) -> bool:
-                        first = previous.get(remote.path)
-                        seen[remote.path] = first if first and first[0] == remote.identity else [remote.identity, now]
-                        return stable_for == 0 or bool(first and first[0] == remote.identity and now - first[1] >= stable_for)
+                        remember(remote)
+                        return is_stable(remote, stable_for)
 
                     for goal, scan in dialect_scan(connection.name, dialect, transport, dialect_ready, now):
                         waiting += scan.waiting + scan.problems
