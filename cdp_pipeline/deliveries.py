@@ -89,6 +89,16 @@ def _match(selection: FileSelection, name: str) -> tuple[str, ...] | None:
     return found.groups(default="") if found else None
 
 
+def goal_claims(goal: ImportGoal, name: str) -> bool:
+    """Whether a file of this name can take part in a delivery of ``goal`` (root, linked file or
+    marker). The sensor keeps state only for such files, so a folder full of other files (an
+    archive, another system's drops) does not grow its cursor."""
+    suffix = goal.files.readiness.marker_suffix
+    if goal.files.readiness.mode == "marker" and name.endswith(suffix):
+        name = name[: -len(suffix)]
+    return any(_match(selection, name) is not None for selection in (goal.files.root, *goal.files.linked))
+
+
 def _partner_candidates(selection: FileSelection, root_values: tuple[str, ...], names: list[str]) -> list[str]:
     if selection.regex:
         # Linked regexes with capture groups must capture what the root captured.

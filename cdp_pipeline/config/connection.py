@@ -432,6 +432,8 @@ class SensorSettings(StrictModel):
     minimum_interval_seconds: int = Field(default=60, ge=5)
     #: at most this many deliveries are requested per tick; the backlog drains over ticks.
     max_deliveries_per_tick: int = Field(default=50, ge=1)
+    #: S3 only: keys listed per folder per tick; a larger prefix is walked in slices over several ticks.
+    max_keys_per_tick: int = Field(default=10_000, ge=1)
 
 
 class Connection(StrictModel):

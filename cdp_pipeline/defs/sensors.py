@@ -8,6 +8,7 @@ identity, so a re-upload with changes runs again while an unchanged file never d
 
 
 import json
+import posixpath
 import time
 
 import dagster as dg
@@ -15,7 +16,7 @@ import dagster as dg
 from cdp_pipeline.config.connection import Connection
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.dialects.flow import scan as dialect_scan
-from cdp_pipeline.deliveries import scan_deliveries
+from cdp_pipeline.deliveries import goal_claims, scan_deliveries
 from cdp_pipeline.defs.resources import transport_key
 from cdp_pipeline.store.ledger import merged_file_identities
 from cdp_pipeline.errors import TransientError
@@ -39,9 +40,17 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
         ),
     )
     def deliveries_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        previous: dict[str, list] = json.loads(context.cursor).get("seen", {}) if context.cursor else {}
+        state = json.loads(context.cursor) if context.cursor else {}
+        # path -> [identity, first seen, directory, last seen] (older cursors hold the first two only)
+        previous: dict[str, list] = state.get("seen", {})
+        slices: dict[str, str | None] = state.get("slices", {})
         now = time.time()
         seen: dict[str, list] = {}
+        next_slices: dict[str, str | None] = {}
+        listings: dict[str, list[RemoteFile]] = {}
+        goals_by_directory: dict[str, list] = {}
+        for goal in connection.import_goals:
+            goals_by_directory.setdefault(goal.files.directory, []).append(goal)
         run_requests: list[dg.RunRequest] = []
         waiting: list[str] = []
         # The ledger, read from the analysts' copy: files merged before (same path, size and mtime)
@@ -58,26 +67,74 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
                 return False
             return True
 
-        def remember(remote: RemoteFile) -> None:
-            # Merged files stay out of the cursor: with after_import "leave" a folder keeps every
-            # file ever delivered, and a cursor holding all of them would be rewritten every tick.
-            if not is_merged(remote):
-                first = previous.get(remote.path)
-                seen[remote.path] = first if first and first[0] == remote.identity else [remote.identity, now]
+        def remember(remote: RemoteFile, directory: str, observed: bool = True, wanted: bool | None = None) -> None:
+            # Merged files and files no goal of the folder wants stay out of the cursor: with
+            # after_import "leave" a folder keeps every file ever delivered, and a cursor holding
+            # all of them would be rewritten every tick.
+            if wanted is None:
+                wanted = any(goal_claims(goal, remote.name) for goal in goals_by_directory.get(directory, ()))
+            if is_merged(remote) or not wanted:
+                return
+            entry = previous.get(remote.path)
+            if entry and entry[0] == remote.identity:
+                last = now if observed else (entry[3] if len(entry) > 3 else entry[1])
+                seen[remote.path] = [entry[0], entry[1], directory, last]
+            else:
+                seen[remote.path] = [remote.identity, now, directory, now]
 
         def is_stable(remote: RemoteFile, stable_for: float) -> bool:
+            """Seen with the same size and mtime at two listings at least ``stable_for`` apart."""
             if stable_for == 0 or is_merged(remote):
                 return True  # a merged file is complete; is_new then reports it as already merged
-            first = previous.get(remote.path)
-            return bool(first and first[0] == remote.identity and now - first[1] >= stable_for)
+            entry = seen.get(remote.path)
+            return bool(entry and entry[0] == remote.identity and entry[3] - entry[1] >= stable_for)
+
+        def list_directory(transport, directory: str) -> list[RemoteFile]:
+            """The directory's files; a large S3 prefix a bounded slice per tick (reliability #9).
+
+            S3 lists 1,000 keys per request: a prefix of 100,000 objects would cost 100 requests
+            on every tick. With ``list_files_after`` the sensor walks the prefix ``max_keys_per_tick``
+            keys at a time and starts over at the end, so a new key is seen within one walk. The
+            files of earlier slices that are not yet merged are carried in the cursor, so a root
+            file and its linked file can meet although they were listed on different ticks; a
+            carried file counts as stable only from two real sightings, never from the calendar.
+            """
+            if directory in listings:  # goals that share a folder share its listing
+                return listings[directory]
+            listings[directory] = _list_directory(transport, directory)
+            return listings[directory]
+
+        def _list_directory(transport, directory: str) -> list[RemoteFile]:
+            if not hasattr(transport, "list_files_after"):
+                listing = transport.list_files(directory)
+                for remote in listing:
+                    remember(remote, directory)
+                return listing
+            after = slices.get(directory)
+            listing, continuation = transport.list_files_after(directory, after, settings.max_keys_per_tick)
+            next_slices[directory] = continuation
+            for remote in listing:
+                remember(remote, directory)
+            if after is None and continuation is None:
+                return listing  # the whole prefix fitted in one slice
+            listed = {remote.path for remote in listing}
+            carried = []
+            for path, entry in previous.items():
+                if len(entry) < 4 or entry[2] != directory or path in listed:
+                    continue
+                if (after is None or path > after) and (continuation is None or path <= continuation):
+                    continue  # this slice covered its key and did not list it: the file is gone
+                size, mtime, etag = entry[0].split(":", 2)
+                remote = RemoteFile(path=path, size=int(size), mtime=float(mtime), etag=etag or None)
+                remember(remote, directory, observed=False)
+                carried.append(remote)
+            return listing + carried
         try:
             with getattr(context.resources, resource_key).open() as transport:
                 for goal in connection.import_goals:
                     stable_for = goal.files.readiness.stable_seconds
 
-                    listing = transport.list_files(goal.files.directory)
-                    for remote in listing:
-                        remember(remote)
+                    listing = list_directory(transport, goal.files.directory)
                     scan = scan_deliveries(connection.name, goal, listing, lambda remote, stable_for=stable_for: is_stable(remote, stable_for))
                     waiting += scan.waiting + scan.problems
                     for problem in scan.problems:
@@ -95,7 +152,8 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
                     # A dialect (SARE pairs, Netmera files) lists its own folders; stability is
                     # judged the same way, with the dialect's window.
                     def dialect_ready(remote: RemoteFile, stable_for=dialect.stable_seconds) -> bool:
-                        remember(remote)
+                        # The dialect asks only about files it wants.
+                        remember(remote, posixpath.dirname(remote.path), wanted=True)
                         return is_stable(remote, stable_for)
 
                     for goal, scan in dialect_scan(connection.name, dialect, transport, dialect_ready, now):
@@ -116,7 +174,7 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
             return dg.SkipReason(f"{connection.name}: listing failed for now, retried next tick: {error}")
         run_requests = run_requests[: settings.max_deliveries_per_tick]
         keys = sorted({request.partition_key for request in run_requests})
-        cursor = json.dumps({"seen": seen})
+        cursor = json.dumps({"seen": seen, "slices": next_slices})
         if not run_requests:
             reasons = waiting[:5] + ([f"{len(already)} delivery(ies) already merged: {', '.join(already[:3])}"] if already else [])
             return dg.SensorResult(skip_reason=dg.SkipReason("; ".join(reasons) or "no new deliveries"), cursor=cursor)

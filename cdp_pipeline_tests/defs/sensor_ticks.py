@@ -27,4 +27,6 @@ def aged(cursor: str, seconds: float) -> str:
     state = json.loads(cursor)
     for entry in state["seen"].values():
         entry[1] -= seconds
+        if len(entry) > 3:
+            entry[3] -= seconds
     return json.dumps(state)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -99,6 +100,65 @@ def test_sensor_over_s3(tmp_path, monkeypatch, s3_bucket):
         second = _tick(definitions, _aged(first.cursor, 60), instance, EXPECTED)
         assert sorted(r.partition_key for r in second.run_requests) == sorted(EXPECTED)
         assert all("@" in r.run_key for r in second.run_requests)
+
+
+def test_sensor_walks_a_large_s3_prefix_in_bounded_slices(tmp_path, monkeypatch, s3_bucket):
+    """Two keys per tick over 24 objects: no tick lists more, every delivery is still found, and
+    a root file meets its linked file listed one tick earlier (orders, order_lines)."""
+    from cdp_pipeline.transports.s3 import S3Transport
+
+    for index in range(20):  # older files that match no goal, sorted before the delivery
+        s3_bucket.put(f"drop/archive_{index:04d}.csv", "x\n")
+    for path in generate_delivery(tmp_path / "plain", profiles=20, date="20260115").values():
+        s3_bucket.put(f"drop/{path.name}", path.read_bytes())
+    slices: list[int] = []
+    whole_listings: list[str] = []
+    slice_files = S3Transport.list_files_after
+
+    def recording_slice(self, directory, start_after, max_keys):
+        files, continuation = slice_files(self, directory, start_after, max_keys)
+        slices.append(len(files))
+        return files, continuation
+
+    monkeypatch.setattr(S3Transport, "list_files_after", recording_slice)
+    monkeypatch.setattr(S3Transport, "list_files", lambda self, directory: whole_listings.append(directory) or [])
+    location = s3_bucket.location.model_dump(mode="json", exclude_none=True)
+    _configure(tmp_path, monkeypatch, location, "drop", sensor={"max_keys_per_tick": 2})
+    definitions = _definitions()
+    requested: set[str] = set()
+    cursor = None
+    with dg.instance_for_test() as instance:
+        for tick in range(40):
+            result = _tick(definitions, cursor, instance, EXPECTED)
+            requested |= {r.partition_key for r in result.run_requests}
+            cursor = _aged(result.cursor, 10)
+            if requested == set(EXPECTED):
+                break
+    assert requested == set(EXPECTED)
+    assert whole_listings == [] and max(slices) <= 2
+    assert tick >= 12  # one walk over 24 keys takes 12 ticks before anything can be stable
+    # Files no goal wants are not carried in the cursor; the delivery's files are, until merged.
+    remembered = sorted(path.rsplit("/", 1)[-1] for path in json.loads(cursor)["seen"])
+    assert remembered == ["households_20260115.csv", "order_lines_20260115.csv", "orders_20260115.csv", "profiles_20260115.csv"]
+
+
+def test_carried_file_that_is_deleted_leaves_the_cursor_when_its_slice_comes_round(tmp_path, monkeypatch, s3_bucket):
+    for index in range(3):
+        s3_bucket.put(f"drop/profiles_2026011{index}.csv", "customer_id,email\n1,a@example.com\n")
+    location = s3_bucket.location.model_dump(mode="json", exclude_none=True)
+    _configure(tmp_path, monkeypatch, location, "drop", sensor={"max_keys_per_tick": 1})
+    definitions = _definitions()
+    with dg.instance_for_test() as instance:
+        first = _tick(definitions, None, instance)
+        assert [p.rsplit("/", 1)[-1] for p in json.loads(first.cursor)["seen"]] == ["profiles_20260110.csv"]
+        s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key="drop/profiles_20260110.csv")
+        second = _tick(definitions, first.cursor, instance)
+        third = _tick(definitions, second.cursor, instance)
+        assert sorted(p.rsplit("/", 1)[-1] for p in json.loads(third.cursor)["seen"]) == [
+            "profiles_20260110.csv", "profiles_20260111.csv", "profiles_20260112.csv"
+        ]  # carried: its slice has not come round yet
+        fourth = _tick(definitions, third.cursor, instance)  # the walk starts over at the first key
+    assert sorted(p.rsplit("/", 1)[-1] for p in json.loads(fourth.cursor)["seen"]) == ["profiles_20260111.csv", "profiles_20260112.csv"]
 
 
 def test_sensor_over_ten_thousand_files_is_bounded(tmp_path, monkeypatch):
