@@ -175,7 +175,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
             raise _fail(error, f"{goal.name}: the delivery cannot be imported") from error
         for warning in staged.warnings:
             context.log.warning(warning)
-        preview = markdown_preview(staged.records.drop("_line"))
+        preview_rows = project.store.ui_preview_rows
         return dg.MaterializeResult(
             metadata={
                 "rows_read": staged.rows_read,
@@ -184,7 +184,8 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
                 "events": sum(f.height for f in staged.events.values()),
                 "nested_items": sum(f.height for f in staged.items.values()),
                 "warnings": len(staged.warnings),
-                "preview": dg.MetadataValue.md(preview),
+                # Customer values in Dagster's event log, for as long as it keeps runs: a setting.
+                **({"preview": dg.MetadataValue.md(markdown_preview(staged.records.drop("_line"), preview_rows))} if preview_rows else {}),
             }
         )
 
@@ -221,8 +222,11 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
             raise dg.RetryRequested(max_retries=3, seconds_to_wait=60) from error
         except CdpError as error:
             raise _fail(error, f"{goal.name}: merge") from error
+        # A skipped delivery is finished too: it is either the same bytes delivered again or the
+        # retry of a run that committed its merge and died before this step (reliability #57);
+        # either way its content is in the store and its files must not stay to be offered again.
         with getattr(context.resources, transport_resource_key).open() as transport:
-            finished = importing.finish_remote_files(transport, goal, work_dir) if outcome.status == "merged" else []
+            finished = importing.finish_remote_files(transport, goal, work_dir)
         importing.clean_plaintext(work_dir)
         counts = outcome.counts
         with open_writer(project.store_path, project.catalog) as conn:
@@ -315,15 +319,28 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
         except CdpError as error:
             raise _fail(error, f"export {goal.name}") from error
         profile_file = outcome.profile_file
-        with open_writer(project.store_path, project.catalog) as conn:
-            record_run(
-                conn, run_id=context.run.run_id, connection=name, kind="export", goal=goal.name, partition_key=None,
-                started_at=now, ended_at=_now(), status="SUCCESS",
-                counts={"profiles_available": outcome.profiles_available, "profiles_exported": outcome.profiles_exported},
-                last_profiles=[], error=None,
-            )
-            if project.published_store_path is not None:
-                publish_copy(conn, project.published_store_path)
+        try:
+            with open_writer(project.store_path, project.catalog) as conn:
+                record_run(
+                    conn, run_id=context.run.run_id, connection=name, kind="export", goal=goal.name, partition_key=None,
+                    started_at=now, ended_at=_now(), status="SUCCESS",
+                    counts={"profiles_available": outcome.profiles_available, "profiles_exported": outcome.profiles_exported},
+                    last_profiles=[], error=None,
+                )
+                if project.published_store_path is not None:
+                    publish_copy(conn, project.published_store_path)
+        except CdpError as error:
+            # The files are delivered and the export's state is recorded. A retry of this step
+            # would export only what changed since (nothing) under the same file name and
+            # overwrite the delivery the consumer has not fetched yet (reliability #67).
+            delivered = ", ".join(f.remote_path for f in outcome.files)
+            raise dg.Failure(
+                description=(
+                    f"export {goal.name}: the files were delivered ({delivered}) but the run could not be recorded "
+                    f"in the store: {error}. Do not re-run the export for this; the next scheduled export carries on."
+                ),
+                allow_retries=False,
+            ) from error
         yield dg.MaterializeResult(
             asset_key=segment_key,
             metadata={
