@@ -109,3 +109,33 @@ def test_import_chain_with_dg_materialize(demo_home: Path):
     tables = result.asset_materializations_for_node("demo_local__import_tables")[0].metadata
     assert tables["rows_read"].value == 302 and tables["records"].value == 300
     assert "|" in tables["preview"].value  # a markdown table of the rows merged
+
+
+def test_preview_of_customer_rows_can_be_turned_off(tmp_path, monkeypatch):
+    """store.ui_preview_rows: 0 keeps customer values out of Dagster's event log (S15)."""
+    import shutil
+
+    from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR
+
+    config = tmp_path / "config"
+    shutil.copytree(BUNDLED_CONFIG_DIR, config)
+    store_yaml = config / "store.yaml"
+    store_yaml.write_text(store_yaml.read_text().replace("store:\n", "store:\n  ui_preview_rows: 0\n", 1))
+    prepare_demo_home(tmp_path / "home", monkeypatch, profiles=20)
+    monkeypatch.setenv("CDP_CONFIG_DIR", str(config))
+    project_config.cache_clear()
+    try:
+        from cdp_pipeline.definitions import defs
+
+        definitions = defs()
+        steps = [definitions.resolve_assets_def(dg.AssetKey(["demo_local", step])) for step in ("fetched_files", "decrypted_files", "import_tables")]
+        instance = dg.DagsterInstance.ephemeral()
+        partition = "customers:profiles_20260115.csv"
+        instance.add_dynamic_partitions("demo_local__deliveries", [partition])
+        result = dg.materialize(steps, partition_key=partition, instance=instance)
+        assert result.success
+        metadata = result.asset_materializations_for_node("demo_local__import_tables")[0].metadata
+        assert metadata["records"].value == 20
+        assert "preview" not in metadata
+    finally:
+        project_config.cache_clear()

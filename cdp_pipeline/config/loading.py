@@ -46,6 +46,9 @@ class StoreSettings(StrictModel):
     consent_property: str = "consents"
     #: keep property_changes (value history and provenance); costs one row per changed value.
     history: bool = True
+    #: rows of customer data shown as a preview on each import in the Dagster UI; 0 shows none
+    #: (the run's event log then holds counts only, no values: security S15).
+    ui_preview_rows: int = Field(default=10, ge=0, le=100)
 
 
 class StoreFile(StrictModel):
