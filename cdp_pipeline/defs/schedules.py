@@ -22,6 +22,11 @@ from cdp_pipeline.errors import TransientError
 from cdp_pipeline.scheduling import cron_specs, describe
 
 
+# The second listing of a scheduled import comes this long after the first (at most): long enough
+# for an upload in progress to change size, short enough for Dagster's schedule evaluation timeout.
+SECOND_LISTING_AFTER_SECONDS = 10.0
+
+
 def _import_schedule(project: ProjectConfig, connection: Connection, schedule: Schedule, index: int, import_job, cron, status) -> dg.ScheduleDefinition:
     import_goals = set(schedule.goals) if schedule.goals is not None else None
     resource_key = transport_key(connection.name)
@@ -37,16 +42,27 @@ def _import_schedule(project: ProjectConfig, connection: Connection, schedule: S
         tags={"cdp/connection": connection.name},
     )
     def import_schedule(context: dg.ScheduleEvaluationContext):
-        now = time.time()
-        # A schedule keeps no state between ticks, so "complete" is judged once: a marker file, or a
-        # file untouched for its goal's stability window (the sensor's two-listing check is stricter).
-        windows = {goal.name: goal.files.readiness.stable_seconds for goal in connection.import_goals}
+        # A schedule keeps no state between ticks, so "complete" is judged within the tick: a
+        # marker file, or a file whose size and mtime did not change between two listings a few
+        # seconds apart AND whose mtime is older than the stability window. The mtime alone would
+        # compare the server's clock with ours (reliability #69: a server clock running behind
+        # makes a file being uploaded look old); an upload in progress changes between listings.
+        window = max((goal.files.readiness.stable_seconds for goal in connection.import_goals), default=30)
+        first_sighting: dict[str, str] = {}
 
-        def ready(remote) -> bool:
-            return now - remote.mtime >= max(windows.values(), default=30)
+        def note(remote) -> bool:
+            first_sighting[remote.path] = remote.identity
+            return False
 
         try:
             with getattr(context.resources, resource_key).open() as transport:
+                importing.list_ready_deliveries(project, transport, connection, note)
+                time.sleep(min(window, SECOND_LISTING_AFTER_SECONDS))
+                now = time.time()
+
+                def ready(remote) -> bool:
+                    return first_sighting.get(remote.path) == remote.identity and now - remote.mtime >= window
+
                 deliveries, waiting = importing.list_ready_deliveries(project, transport, connection, ready)
         except TransientError as error:
             return dg.SkipReason(f"{connection.name}: listing failed for now, retried next time: {error}")

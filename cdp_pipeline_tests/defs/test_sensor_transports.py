@@ -210,3 +210,47 @@ def test_schedule_imports_complete_deliveries_and_runs_exports(tmp_path, monkeyp
             result = imports.evaluate_tick(context)
         assert sorted(r.partition_key for r in result.run_requests) == sorted(EXPECTED)
         assert set(instance.get_dynamic_partitions("partner__deliveries")) == set(EXPECTED)
+
+
+def test_scheduled_import_does_not_take_a_file_still_growing_behind_an_old_mtime(tmp_path, monkeypatch):
+    """Reliability #69: the server's clock runs behind, so a file being uploaded shows an mtime an
+    hour old. The schedule lists twice within its tick and waits for the upload to stop."""
+    import threading
+
+    inbox = tmp_path / "home" / "remote" / "inbox"
+    inbox.mkdir(parents=True)
+    growing = inbox / "profiles_20260115.csv"
+    growing.write_text("customer_id,email\n")
+    an_hour_ago = time.time() - 3600
+    os.utime(growing, (an_hour_ago, an_hour_ago))
+    uploading = threading.Event()
+    uploading.set()
+
+    def upload() -> None:
+        index = 0
+        while uploading.is_set():
+            with growing.open("a") as handle:
+                handle.write(f"C{index:07d},c{index}@example.com\n")
+            os.utime(growing, (an_hour_ago, an_hour_ago))  # what the skewed server reports
+            index += 1
+            time.sleep(0.2)
+
+    _configure(tmp_path, monkeypatch, {"type": "local", "path": "remote"}, "inbox", schedules=[{"every_minutes": 5, "timezone": "UTC"}])
+    definitions = _definitions()
+    imports = definitions.resolve_schedule_def("partner_schedule_1_imports")
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        with dg.instance_for_test() as instance:
+            context = dg.build_schedule_context(instance=instance, resources=definitions.resources, repository_def=definitions.get_repository_def())
+            with dg.partition_loading_context(dynamic_partitions_store=instance):
+                during = imports.evaluate_tick(context)
+            uploading.clear()
+            uploader.join()
+            with dg.partition_loading_context(dynamic_partitions_store=instance):
+                after = imports.evaluate_tick(context)
+    finally:
+        uploading.clear()
+        uploader.join()
+    assert not during.run_requests
+    assert [r.partition_key for r in after.run_requests] == ["customers:profiles_20260115.csv"]
