@@ -93,3 +93,16 @@ def test_webserver_serves_the_demo_assets_over_graphql(cdp_env):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_instance_settings_queue_store_writers_and_rerun_crashed_runs(tmp_path, monkeypatch):
+    """The repository's dagster.yaml, as the daemon reads it: one store writer at a time, and a run
+    whose worker died is launched again (a failed step is not: it would fail the same way)."""
+    import shutil
+
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.get() as instance:
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert instance.run_retries_retry_on_asset_or_op_failure is False
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
