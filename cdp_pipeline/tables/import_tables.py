@@ -164,6 +164,17 @@ def _blank_as_null(text: pl.Expr) -> pl.Expr:
     return pl.when(text != "").then(text)
 
 
+def _link_keys(count: int) -> list[str]:
+    return [f"_link_{index}" for index in range(count)]
+
+
+def _link_values(columns: list[str], keys: list[str]) -> list[pl.Expr]:
+    """Link values as they are compared: text, without surrounding blanks, blank as missing. The
+    identifiers are trimmed the same way, so a padded "O1 " in one file finds "O1" in the other
+    (reliability #48); the columns themselves keep their values."""
+    return [_blank_as_null(pl.col(column).cast(pl.String).str.strip_chars()).alias(key) for column, key in zip(columns, keys)]
+
+
 def _failed_lines(before: pl.DataFrame, after: pl.DataFrame, column: str) -> pl.Series:
     """Lines whose non-blank text in ``before`` became null in ``after`` (a cell that did not parse)."""
     if before.schema[column] != pl.String or after.schema[column] == pl.String:
@@ -400,9 +411,13 @@ def build_import_tables(
         child = files.frames[name]
         left_on = [_n(c) for c in linked.link]
         right_on = [_n(c) for c in linked.link.values()]
-        parent_keys = parent.select(*[pl.col(c).cast(pl.String) for c in right_on], pl.col(KEY), pl.col(KEY_INDEX)).unique(subset=right_on, keep="last", maintain_order=True)
-        joined = child.with_columns([pl.col(c).cast(pl.String) for c in left_on]).join(
-            parent_keys, left_on=left_on, right_on=right_on, how="left", maintain_order="left"
+        keys = _link_keys(len(left_on))
+        parent_keys = parent.select(*_link_values(right_on, keys), pl.col(KEY), pl.col(KEY_INDEX)).unique(subset=keys, keep="last", maintain_order=True)
+        joined = (
+            child.with_columns([pl.col(c).cast(pl.String) for c in left_on])
+            .with_columns(_link_values(left_on, keys))
+            .join(parent_keys, on=keys, how="left", maintain_order="left")
+            .drop(keys)
         )
         orphan = pl.col(KEY).is_null()
         orphans = joined.filter(orphan)
@@ -498,9 +513,10 @@ def build_import_tables(
                 )
             left_on = [_n(c) for c in linked.link]
             right_on = [_n(c) for c in linked.link.values()]
-            lookup = parent_ids.select(*[pl.col(c).cast(pl.String) for c in right_on], pl.col(event_id).cast(pl.String).alias("event_id")).unique(subset=right_on, keep="last")
-            child = with_key(nested.file).with_columns([pl.col(c).cast(pl.String) for c in left_on])
-            joined = child.join(lookup, left_on=left_on, right_on=right_on, how="inner", maintain_order="left")
+            keys = _link_keys(len(left_on))
+            lookup = parent_ids.select(*_link_values(right_on, keys), pl.col(event_id).cast(pl.String).alias("event_id")).unique(subset=keys, keep="last")
+            child = with_key(nested.file).with_columns(_link_values(left_on, keys))
+            joined = child.join(lookup, on=keys, how="inner", maintain_order="left").drop(keys)
             item_frame = joined.sort(LINE).select(
                 pl.col("event_id"),
                 (pl.col(LINE).rank("ordinal").over("event_id")).cast(pl.Int64).alias("item_index"),

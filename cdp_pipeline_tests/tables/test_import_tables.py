@@ -367,6 +367,23 @@ def test_link_columns_stay_text_so_leading_zeros_link_exactly(tmp_path):
     assert records["C1"]["tags"] == ["A"] and records["C2"]["tags"] is None
 
 
+def test_padded_link_values_link_and_keep_their_text(tmp_path):
+    """Reliability #48: identifiers are trimmed, so link values are compared trimmed too; a value
+    that is only blanks links nothing."""
+    paths = _orders(
+        tmp_path,
+        "order_id,customer_id,order_date,total\nO1 ,C1,2026-01-01T10:00:00,5\n",
+        "order_id,product_id,quantity\n O1,A,1\nO1,B,2\n   ,C,1\n",
+    )
+    files = {**ORDERS_FILES, "linked": [{**ORDERS_FILES["linked"][0], "orphans": "reject"}]}
+    goal = _profiles_goal(files=files, timeline=ORDERS_TIMELINE, mappings=[], on_error="skip_rows")
+    staged = _build(goal, paths)
+    items = staged.items["order/order_line"]
+    assert items["product_id"].to_list() == ["A", "B"] and items["item_index"].to_list() == [1, 2]
+    assert items["event_id"].to_list() == ["O1 ", "O1 "]  # the event's own id, as delivered
+    assert [(p.line, p.column) for p in staged.rejects] == [(4, "order_id")]
+
+
 # ---------------------------------------------------------------- schema drift
 
 
