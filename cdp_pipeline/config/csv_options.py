@@ -38,6 +38,8 @@ class CsvOptions(StrictModel):
     #: names of the columns when the file has no header row (or to replace the header).
     column_names: list[str] | None = None
     skip_rows: int = Field(default=0, ge=0)
+    #: records at the end of the file that are not data (a "Total,11" or "rows: 3" trailer line).
+    skip_footer_rows: int = Field(default=0, ge=0)
     #: cell values read as empty (in addition to the empty string).
     null_values: list[str] = Field(default_factory=list)
     decimal_comma: bool = False

@@ -711,6 +711,12 @@ def _frame_from_scan(
     if options.has_header:
         # The header is the first record that is not blank.
         is_data[: int(np.flatnonzero(is_data)[0]) + 1] = False
+    footer = np.zeros_like(is_data)
+    if options.skip_footer_rows:
+        # A trailer ("Total,11") would otherwise be imported as a row keyed "Total" (reliability
+        # #43); it may have any number of fields, so it is left out before the width check.
+        footer[np.flatnonzero(is_data)[-options.skip_footer_rows :]] = True
+        is_data &= ~footer
 
     ragged = np.flatnonzero(is_data & (field_counts != width))
     if ragged.size:
@@ -722,7 +728,7 @@ def _frame_from_scan(
 
     # Lines of delimiters only may be longer than the header; they are dropped below, so only then is
     # truncation safe (every other record was checked to have exactly `width` fields).
-    truncate = bool((ignorable & (field_counts > width)).any())
+    truncate = bool(((ignorable | footer) & (field_counts > width)).any())
     try:
         frame = read_frame(width, truncate)
     except pl.exceptions.PolarsError as exc:

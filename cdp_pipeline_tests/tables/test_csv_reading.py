@@ -230,6 +230,20 @@ def test_trailing_blank_and_delimiter_only_lines_are_ignored(tmp_path: Path) -> 
     assert rows(read(tmp_path, data)) == [("1", "a", "b", 2), ("2", "c", "d", 5)]
 
 
+@pytest.mark.parametrize(
+    "trailer",
+    [b"Total,11,\n", b"rows: 2\n", b"Total,11,2026-01-15,x,y\n\n"],  # the file's width, fewer fields, more
+)
+def test_footer_rows_are_left_out_whatever_their_width(tmp_path: Path, trailer: bytes) -> None:
+    data = b"id,name,city\n1,a,b\n2,c,d\n" + trailer
+    assert rows(read(tmp_path, data, skip_footer_rows=1)) == [("1", "a", "b", 2), ("2", "c", "d", 3)]
+
+
+def test_footer_of_another_width_without_the_setting_is_a_ragged_row(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="line 4"):
+        read(tmp_path, b"id,name,city\n1,a,b\n2,c,d\nrows: 2\n")
+
+
 def test_last_line_without_newline(tmp_path: Path) -> None:
     assert rows(read(tmp_path, b"id,name\n1,a\n2,b")) == [("1", "a", 2), ("2", "b", 3)]
 
