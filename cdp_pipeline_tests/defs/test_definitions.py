@@ -101,8 +101,9 @@ def test_instance_settings_queue_store_writers_and_rerun_crashed_runs(tmp_path, 
     import shutil
 
     shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    with dg.DagsterInstance.get() as instance:
+    # from_config, not DagsterInstance.get(): get() registers the instance process-wide, and
+    # disposing it would leave later tests' definitions pointing at a dead instance.
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert instance.run_retries_retry_on_asset_or_op_failure is False
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1

@@ -204,8 +204,10 @@ def test_schedule_imports_complete_deliveries_and_runs_exports(tmp_path, monkeyp
     imports = definitions.resolve_schedule_def("partner_schedule_1_imports")
     exports = definitions.resolve_schedule_def("partner_schedule_1")
     assert imports.execution_timezone == exports.execution_timezone == "Europe/Warsaw"
-    with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, resources=definitions.resources, repository_def=definitions.get_repository_def())
+    # The schedule context is entered and left, so the resources it builds are torn down with it.
+    with dg.instance_for_test() as instance, dg.build_schedule_context(
+        instance=instance, resources=definitions.resources, repository_def=definitions.get_repository_def()
+    ) as context:
         with dg.partition_loading_context(dynamic_partitions_store=instance):
             result = imports.evaluate_tick(context)
         assert sorted(r.partition_key for r in result.run_requests) == sorted(EXPECTED)
@@ -239,18 +241,17 @@ def test_scheduled_import_does_not_take_a_file_still_growing_behind_an_old_mtime
     definitions = _definitions()
     imports = definitions.resolve_schedule_def("partner_schedule_1_imports")
     uploader = threading.Thread(target=upload)
-    uploader.start()
-    try:
-        with dg.instance_for_test() as instance:
-            context = dg.build_schedule_context(instance=instance, resources=definitions.resources, repository_def=definitions.get_repository_def())
+    with dg.instance_for_test() as instance, dg.build_schedule_context(
+        instance=instance, resources=definitions.resources, repository_def=definitions.get_repository_def()
+    ) as context:
+        uploader.start()
+        try:
             with dg.partition_loading_context(dynamic_partitions_store=instance):
                 during = imports.evaluate_tick(context)
+        finally:
             uploading.clear()
             uploader.join()
-            with dg.partition_loading_context(dynamic_partitions_store=instance):
-                after = imports.evaluate_tick(context)
-    finally:
-        uploading.clear()
-        uploader.join()
+        with dg.partition_loading_context(dynamic_partitions_store=instance):
+            after = imports.evaluate_tick(context)
     assert not during.run_requests
     assert [r.partition_key for r in after.run_requests] == ["customers:profiles_20260115.csv"]
