@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 
 from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full
 from cdp_pipeline.errors import TransientError
 from cdp_pipeline.store.schema import ensure_schema
 
@@ -45,14 +46,31 @@ def open_writer(path: Path, catalog: Catalog, *, threads: int | None = None, loc
     so a failed step never keeps the lock (dagster-anchors §3.2)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = _connect(path, read_only=False, threads=threads, lock_wait_seconds=lock_wait_seconds)
-    try:
-        conn.execute("BEGIN")
-        ensure_schema(conn, catalog)
-        conn.execute("COMMIT")
-        yield conn
-    finally:
-        conn.close()
+    # A full disk under the store fails DuckDB's commit or checkpoint with its own message, which
+    # reads like a database fault; the transaction is rolled back either way (nothing half merged).
+    with _disk_full_named(path):
+        try:
+            conn.execute("BEGIN")
+            ensure_schema(conn, catalog)
+            conn.execute("COMMIT")
+            yield conn
+        finally:
+            conn.close()
     path.chmod(0o600)
+
+
+@contextlib.contextmanager
+def _disk_full_named(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        if is_disk_full(exc) or "No space left on device" in str(exc):
+            raise DiskSpaceError(
+                f"the disk of the store ({path.parent}) is full: {str(exc).splitlines()[0]}. The merge or export was "
+                "rolled back; free space there (the store, its analysts' copy and DuckDB's checkpoint need room) and "
+                "re-execute the run"
+            ) from exc
+        raise
 
 
 @contextlib.contextmanager
