@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cdp_pipeline.errors import CdpError
 
-__all__ = ["HEADROOM", "DiskSpaceError", "disk_full_error", "is_disk_full", "require_free_space"]
+__all__ = ["HEADROOM", "DiskSpaceError", "disk_full_error", "is_disk_full", "require_free_space", "says_disk_full"]
 
 HEADROOM = 1.2
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -51,6 +51,12 @@ def is_disk_full(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def says_disk_full(text: str | None) -> bool:
+    """True when a tool's message reports ENOSPC in words (gpg's stderr under LC_ALL=C, DuckDB's
+    errors), where no errno reaches us."""
+    return bool(text) and "No space left on device" in text
 
 
 def disk_full_error(directory: Path, purpose: str) -> DiskSpaceError:

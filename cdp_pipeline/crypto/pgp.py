@@ -46,10 +46,13 @@ from typing import Any, Literal
 
 import gnupg
 
-from cdp_pipeline.disk_space import DiskSpaceError
+from cdp_pipeline.disk_space import DiskSpaceError, says_disk_full
 from cdp_pipeline.errors import CryptoError
 
 logger = logging.getLogger(__name__)
+
+# The armour header of a key block, by kind: what a key setting holds is decided from it.
+_KEY_ARMOUR = re.compile(r"-----BEGIN PGP (PUBLIC|PRIVATE) KEY BLOCK-----")
 
 __all__ = [
     "DecryptResult",
@@ -294,7 +297,7 @@ def _gpg_says(stderr: str, limit: int = 3) -> str:
 def _raise_if_disk_full(stderr: str | None, action: str, dst: Path) -> None:
     """gpg's write error on a full disk would otherwise read like a key or file problem."""
     # gpg runs with LC_ALL=C, so strerror's English text is what it prints.
-    if stderr and "No space left on device" in stderr:
+    if says_disk_full(stderr):
         raise DiskSpaceError(
             f"the local disk is full: gpg could not {action} into {dst.parent} (No space left on device); "
             "free space there, or point CDP_HOME to a larger disk"
@@ -570,12 +573,12 @@ class PgpKeyring:
         """Import one armoured block; return the primary fingerprints it brought in."""
         gpg = self._require_open()
         stripped = text.strip()
-        # Armour headers matched without their dashes, so secret scanners do not take this line for a key.
-        if "BEGIN PGP PRIVATE KEY BLOCK" in stripped and not expect_private:
+        kinds = set(_KEY_ARMOUR.findall(stripped))
+        if "PRIVATE" in kinds and not expect_private:
             raise CryptoError(
                 f"{what} holds a PRIVATE key; give only the public key (export it with `gpg --armor --export FINGERPRINT`)"
             )
-        if expect_private and "BEGIN PGP PUBLIC KEY BLOCK" in stripped and "PRIVATE KEY BLOCK" not in stripped:
+        if expect_private and kinds == {"PUBLIC"}:
             raise CryptoError(
                 f"{what} holds a public key, not a private key; export the private key with "
                 "`gpg --armor --export-secret-keys FINGERPRINT`"

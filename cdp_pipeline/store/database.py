@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 
 from cdp_pipeline.config.catalog import Catalog
-from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full
+from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full, says_disk_full
 from cdp_pipeline.errors import TransientError
 from cdp_pipeline.store.schema import ensure_schema
 
@@ -64,7 +64,7 @@ def _disk_full_named(path: Path) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if is_disk_full(exc) or "No space left on device" in str(exc):
+        if is_disk_full(exc) or says_disk_full(str(exc)):
             raise DiskSpaceError(
                 f"the disk of the store ({path.parent}) is full: {str(exc).splitlines()[0]}. The merge or export was "
                 "rolled back; free space there (the store, its analysts' copy and DuckDB's checkpoint need room) and "

@@ -18,6 +18,7 @@ import logging
 import os
 import posixpath
 import random
+import re
 import socket
 import stat
 import tempfile
@@ -64,6 +65,10 @@ _PROBE_LOG_CHANNEL = f"{__name__}.host_key_probe"
 logging.getLogger(_PROBE_LOG_CHANNEL).setLevel(logging.CRITICAL)
 
 _T = TypeVar("_T")
+
+# The label of a PEM-style armour header; OpenSSH's own key format has the label "OPENSSH ...",
+# everything else (PKCS#1, PKCS#8, SEC1) is PEM.
+_ARMOUR_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
 
 # Host key algorithms by the key blob's type name. paramiko 5 never negotiates SHA-1 "ssh-rsa"
 # for host keys, so an RSA pin is matched through the SHA-2 signature algorithms.
@@ -153,7 +158,8 @@ def load_private_key(key_text: str, passphrase: str | None = None) -> paramiko.P
     """
     data = key_text.strip().encode("utf-8") + b"\n"
     password = passphrase.encode("utf-8") if passphrase else None
-    is_openssh = b"BEGIN OPENSSH PRIVATE KEY" in data  # without the dashes: secret scanners flag the full header
+    armour = _ARMOUR_LABEL.search(data)
+    is_openssh = armour is not None and armour.group(1).startswith(b"OPENSSH ")
 
     def parse(with_password: bytes | None):
         if is_openssh:
