@@ -51,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -345,7 +345,7 @@ def phase_engine(home: Path, args: argparse.Namespace) -> dict:
 
     rows_by_name: dict[str, int] = json.loads(args.rows_json)
     stages: list[dict] = []
-    run_id = "bench" + datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S") + "0" * 20
+    run_id = "bench" + datetime.now(UTC).strftime("%Y%m%d%H%M%S") + "0" * 20
     hwm_ok = _reset_hwm()
 
     line_timers: dict[str, list[dict]] = {}
@@ -387,7 +387,7 @@ def phase_engine(home: Path, args: argparse.Namespace) -> dict:
     def publish(kind: str, goal_name: str, partition_key: str | None, counts: dict, started: datetime) -> None:
         with open_writer(project.store_path, project.catalog) as conn:
             record_run(conn, run_id=run_id, connection=CONNECTION, kind=kind, goal=goal_name, partition_key=partition_key,
-                       started_at=started, ended_at=datetime.now(timezone.utc).replace(tzinfo=None), status="SUCCESS",
+                       started_at=started, ended_at=datetime.now(UTC).replace(tzinfo=None), status="SUCCESS",
                        counts=counts, last_profiles=[], error=None)
             if publish_copy is not None and project.published_store_path is not None:
                 publish_copy(conn, project.published_store_path)
@@ -417,7 +417,7 @@ def phase_engine(home: Path, args: argparse.Namespace) -> dict:
         rows = sum(rows_by_name[name] for name in delivery.files)  # logical names = generated table names
         nbytes = sum(remote.size for remote in delivery.files.values())
         work_dir = importing.delivery_work_dir(project, CONNECTION, delivery.partition_key)
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        now = datetime.now(UTC).replace(tzinfo=None)
         timed("fetch", goal.name, lambda: importing.fetch_delivery(transport, delivery, work_dir), rows, nbytes)
         _, encrypted = timed("decrypt", goal.name, lambda: importing.decrypt_delivery(work_dir, keyring_factory), rows, nbytes)
         stages[-1]["encrypted_files"] = encrypted
@@ -442,7 +442,7 @@ def phase_engine(home: Path, args: argparse.Namespace) -> dict:
             timed("checks", goal.name, run_checks, rows)
 
     export_goal = connection.goal(EXPORT_GOAL)
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     outcome = timed(
         "export", EXPORT_GOAL,
         lambda: exporting.run_export(project, connection, export_goal, transport, run_id, now, full=True, keyring_factory=None),

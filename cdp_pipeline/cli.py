@@ -33,10 +33,10 @@ def run_connection(connection_name: str, *, full_export: bool = False, echo=prin
     import dagster as dg
 
     from cdp_pipeline import importing
+    from cdp_pipeline.definitions import defs as load_defs
     from cdp_pipeline.defs.connections import export_job_name, import_job_name
     from cdp_pipeline.defs.project import project_config
     from cdp_pipeline.defs.resources import transport_resource
-    from cdp_pipeline.definitions import defs as load_defs
 
     project = project_config()
     connection = project.connections[connection_name]
@@ -92,8 +92,8 @@ def reprocess_delivery(connection_name: str, partition_key: str, echo=print) -> 
     skips the rows it already counted, so the delivery's earlier contribution is never added twice."""
     import dagster as dg
 
-    from cdp_pipeline.defs.connections import import_job_name
     from cdp_pipeline.definitions import defs as load_defs
+    from cdp_pipeline.defs.connections import import_job_name
 
     instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions(f"{connection_name}__deliveries", [partition_key])

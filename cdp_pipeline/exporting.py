@@ -31,7 +31,7 @@ import shutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ def _sha256(path: Path) -> str:
 
 def _utc_naive(moment: datetime) -> datetime:
     """The store keeps naive UTC timestamps; an aware time is converted, not just stripped."""
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo is not None else moment
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
 
 
 def _period(goal: ExportGoal, now: datetime) -> tuple[datetime | None, datetime | None]:

@@ -15,14 +15,14 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cdp_pipeline.config.connection import Connection, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.loading import ProjectConfig
+from cdp_pipeline.config.property_writers import shared_property_warnings
 from cdp_pipeline.deliveries import Delivery, DeliveryScan, scan_deliveries
 from cdp_pipeline.disk_space import HEADROOM, DiskSpaceError, disk_full_error, is_disk_full, require_free_space
-from cdp_pipeline.config.property_writers import shared_property_warnings
 from cdp_pipeline.errors import CdpError, FileVanishedError, InputError, InputProblem
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
@@ -327,7 +327,7 @@ def merge_staged(
     with open_writer(project.store_path, project.catalog, threads=project.store.threads) as conn:
         # Stamp changes with a time taken after the lock is ours: an export that ran while this
         # merge waited must never have a later mark than the changes it did not see.
-        now = max(now, datetime.now(timezone.utc).replace(tzinfo=None))
+        now = max(now, datetime.now(UTC).replace(tzinfo=None))
         already = delivery_is_merged(conn, sha, config_hash, connection.name, goal.name)
         if already and not reprocess:
             # Same bytes, same configuration: nothing would change (sums skip counted rows anyway).

@@ -17,7 +17,7 @@ import smtplib
 import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Literal
@@ -159,8 +159,8 @@ def _format_time(moment: datetime | None) -> str:
     if moment is None:
         return "-"
     if moment.tzinfo is None:  # treat naive times as UTC rather than guessing the host's zone
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _format_duration(started: datetime, ended: datetime | None) -> str | None:

@@ -40,7 +40,7 @@ import calendar
 import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from cdp_pipeline.config.schedules import Schedule
@@ -333,7 +333,7 @@ def _day_matches(cron: _Cron, day: date) -> bool:
 
 
 def _exists(wall: datetime) -> bool:
-    back = wall.astimezone(timezone.utc).astimezone(wall.tzinfo)
+    back = wall.astimezone(UTC).astimezone(wall.tzinfo)
     return back.replace(tzinfo=None, fold=0) == wall.replace(tzinfo=None, fold=0)
 
 

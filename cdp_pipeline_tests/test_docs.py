@@ -25,9 +25,9 @@ from pydantic import BaseModel
 
 from cdp_pipeline.cli import run_connection
 from cdp_pipeline.config import catalog as catalog_module
-from cdp_pipeline.config import loading as loading_module
 from cdp_pipeline.config import connection as connection_module
 from cdp_pipeline.config import csv_options as csv_options_module
+from cdp_pipeline.config import loading as loading_module
 from cdp_pipeline.config import processors as processors_module
 from cdp_pipeline.config import schedules as schedules_module
 from cdp_pipeline.config.connection import Connection, MergeRule

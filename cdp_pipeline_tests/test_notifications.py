@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiri
 
 SENDER = "cdp@example.org"
 RECIPIENTS = ["ops@example.org", "crm-team@example.org"]
-STARTED = datetime(2026, 3, 29, 1, 30, tzinfo=timezone.utc)
+STARTED = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
 
 
 def _summary(**overrides) -> RunSummary:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -23,7 +23,7 @@ from cdp_pipeline.scheduling import CronSpec, cron_fire_times, cron_specs, descr
 
 WARSAW = ZoneInfo("Europe/Warsaw")
 NEW_YORK = ZoneInfo("America/New_York")
-UTC = timezone.utc
+UTC = UTC
 
 
 def _s(**options) -> Schedule:

@@ -111,7 +111,7 @@ class Catalog(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _references(self) -> "Catalog":
+    def _references(self) -> Catalog:
         for name, group in self.group_types.items():
             if group.profile_property and group.profile_property not in self.profile_properties:
                 raise ValueError(

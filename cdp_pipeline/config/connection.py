@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -50,7 +50,7 @@ class SftpAuth(StrictModel):
     _names = field_validator("password_env", "private_key_env", "passphrase_env")(_env_name)
 
     @model_validator(mode="after")
-    def _complete(self) -> "SftpAuth":
+    def _complete(self) -> SftpAuth:
         needs_password = self.method in ("password", "multi_factor")
         needs_key = self.method in ("private_key", "multi_factor")
         if needs_password and not self.password_env:
@@ -80,7 +80,7 @@ class SftpLocation(StrictModel):
     parallel_downloads: int = Field(default=1, ge=1, le=8)
 
     @model_validator(mode="after")
-    def _host_key(self) -> "SftpLocation":
+    def _host_key(self) -> SftpLocation:
         if not (self.known_hosts_line or self.host_key_fingerprint):
             raise ValueError(
                 "SFTP needs known_hosts_line or host_key_fingerprint: unknown host keys are refused, never added "
@@ -103,7 +103,7 @@ class S3Location(StrictModel):
     _names = field_validator("access_key_id_env", "secret_access_key_env", "session_token_env")(_env_name)
 
 
-Location = Annotated[Union[LocalLocation, SftpLocation, S3Location], Field(discriminator="type")]
+Location = Annotated[LocalLocation | SftpLocation | S3Location, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- PGP
@@ -173,7 +173,7 @@ class FileSelection(StrictModel):
         return check_identifier(value, "file name")
 
     @model_validator(mode="after")
-    def _pattern(self) -> "FileSelection":
+    def _pattern(self) -> FileSelection:
         if self.regex:
             try:
                 re.compile(self.pattern)
@@ -200,7 +200,7 @@ class Files(StrictModel):
     after_import: AfterImport = AfterImport()
 
     @model_validator(mode="after")
-    def _tree(self) -> "Files":
+    def _tree(self) -> Files:
         names = [self.root.name] + [f.name for f in self.linked]
         if len(set(names)) != len(names):
             raise ValueError(f"file names must be unique within a goal, got {names}")
@@ -295,7 +295,7 @@ class _ImportGoal(_GoalBase):
     on_error: Literal["fail", "skip_rows"] = "fail"
 
     @model_validator(mode="after")
-    def _file_names(self) -> "_ImportGoal":
+    def _file_names(self) -> _ImportGoal:
         """Processors (``files``) and mappings (``file``) may only name files of this goal."""
         names = [self.files.root.name, *(f.name for f in self.files.linked)]
         for index, processor in enumerate(self.processors):
@@ -342,7 +342,7 @@ class ExportColumn(StrictModel):
     text: str | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ExportColumn":
+    def _one_source(self) -> ExportColumn:
         chosen = [
             key
             for key, on in (
@@ -416,7 +416,7 @@ class ExportGoal(_GoalBase):
     timeline: TimelineExport | None = None
 
 
-Goal = Annotated[Union[GroupImportGoal, ProfileImportGoal, ExportGoal], Field(discriminator="type")]
+Goal = Annotated[GroupImportGoal | ProfileImportGoal | ExportGoal, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- connection
@@ -485,7 +485,7 @@ class Connection(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _goals(self) -> "Connection":
+    def _goals(self) -> Connection:
         names = [goal.name for goal in self.goals]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -10,7 +10,7 @@ the root file. Each file gets, in declared order, the processors that name it, b
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -119,20 +119,6 @@ class CustomProcessor(_FileScoped):
 
 
 Processor = Annotated[
-    Union[
-        NormalizeEmail,
-        Trim,
-        Lowercase,
-        Uppercase,
-        FilterRows,
-        DropEmpty,
-        FixedValue,
-        Concatenate,
-        MapValues,
-        CurrentDate,
-        RemoveNullStrings,
-        Pseudonymize,
-        CustomProcessor,
-    ],
+    NormalizeEmail | Trim | Lowercase | Uppercase | FilterRows | DropEmpty | FixedValue | Concatenate | MapValues | CurrentDate | RemoveNullStrings | Pseudonymize | CustomProcessor,
     Field(discriminator="type"),
 ]

@@ -71,7 +71,7 @@ class Schedule(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Schedule":
+    def _one_kind(self) -> Schedule:
         kinds = [
             name
             for name in ("every_minutes", "times_per_day", "days_of_week", "days_of_month", "weekday_of_month")

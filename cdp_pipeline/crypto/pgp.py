@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -327,13 +327,13 @@ def _create_private_file(path: Path) -> None:
 def _from_epoch(value: str | None) -> datetime | None:
     if not value or not value.isdigit() or int(value) == 0:
         return None
-    return datetime.fromtimestamp(int(value), tz=timezone.utc)
+    return datetime.fromtimestamp(int(value), tz=UTC)
 
 
 def _utc(now: datetime | None) -> datetime:
     if now is None:
-        return datetime.now(timezone.utc)
-    return now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+        return datetime.now(UTC)
+    return now if now.tzinfo else now.replace(tzinfo=UTC)
 
 
 def _fix_uid(uid: str) -> str:
@@ -461,7 +461,7 @@ class PgpKeyring:
     def decryption_fingerprints(self) -> list[str]:
         return [k.fingerprint for k in self._keys if k.purpose == "decrypt"]
 
-    def __enter__(self) -> "PgpKeyring":
+    def __enter__(self) -> PgpKeyring:
         self.open()
         return self
 
@@ -839,7 +839,7 @@ class PgpKeyring:
             described.append(f"{fpr} (encryption key id {', '.join(ids) or 'none'})")
         return described
 
-    def _judge_decryption(self, name: str, statuses: list[tuple[str, str]], result: Any) -> "_Verdict":
+    def _judge_decryption(self, name: str, statuses: list[tuple[str, str]], result: Any) -> _Verdict:
         return judge_decryption(
             name,
             statuses,

@@ -5,7 +5,7 @@ The message is built from the run's own materialization metadata in Dagster's ev
 sensor never opens the DuckDB store (it would compete with the writer for its lock).
 """
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -14,7 +14,7 @@ from cdp_pipeline.notifications import RunSummary, SmtpSettings, compose_message
 
 
 def _utc(timestamp: float | None) -> datetime | None:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc) if timestamp else None
+    return datetime.fromtimestamp(timestamp, tz=UTC) if timestamp else None
 
 
 def run_summary(instance: dg.DagsterInstance, run: dg.DagsterRun, connection: str, status: str, error: str | None) -> RunSummary:
@@ -39,7 +39,7 @@ def run_summary(instance: dg.DagsterInstance, run: dg.DagsterRun, connection: st
         connection=connection,
         run_id=run.run_id,
         status=status,
-        started_at=_utc(stats.start_time) or datetime.now(timezone.utc),
+        started_at=_utc(stats.start_time) or datetime.now(UTC),
         ended_at=_utc(stats.end_time),
         counts=counts,
         error=error,

@@ -7,7 +7,7 @@ turn its results into metadata the UI plots.
 """
 
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
@@ -43,7 +43,7 @@ def markdown_preview(frame: pl.DataFrame, rows: int = 10) -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _fail(error: Exception, what: str) -> dg.Failure:

@@ -9,8 +9,8 @@ import dagster as dg
 
 from cdp_pipeline.config.connection import Connection
 from cdp_pipeline.config.loading import ProjectConfig
-from cdp_pipeline.defs.assets import build_connection_assets, deliveries_partitions
 from cdp_pipeline.defs.alerts import build_notification_sensors
+from cdp_pipeline.defs.assets import build_connection_assets, deliveries_partitions
 from cdp_pipeline.defs.checks import build_store_checks
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline.defs.schedules import build_schedules

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import dagster as dg
 from pydantic import Field, TypeAdapter
 
-from cdp_pipeline.config.connection import Connection, Location, LocalLocation, S3Location, SftpLocation
+from cdp_pipeline.config.connection import Connection, LocalLocation, Location, S3Location, SftpLocation
 from cdp_pipeline.config.loading import ProjectConfig, load_project
 from cdp_pipeline.transports.base import Transport
 
@@ -36,12 +35,12 @@ class TransportResource(dg.ConfigurableResource):
 
     location_json: str
     home: str
-    password: Optional[str] = Field(default=None, **_SECRET)
-    private_key: Optional[str] = Field(default=None, **_SECRET)
-    passphrase: Optional[str] = Field(default=None, **_SECRET)
-    aws_access_key_id: Optional[str] = Field(default=None, **_SECRET)
-    aws_secret_access_key: Optional[str] = Field(default=None, **_SECRET)
-    aws_session_token: Optional[str] = Field(default=None, **_SECRET)
+    password: str | None = Field(default=None, **_SECRET)
+    private_key: str | None = Field(default=None, **_SECRET)
+    passphrase: str | None = Field(default=None, **_SECRET)
+    aws_access_key_id: str | None = Field(default=None, **_SECRET)
+    aws_secret_access_key: str | None = Field(default=None, **_SECRET)
+    aws_session_token: str | None = Field(default=None, **_SECRET)
 
     def location(self) -> Location:
         return _LOCATION.validate_python(json.loads(self.location_json))
@@ -77,14 +76,14 @@ class TransportResource(dg.ConfigurableResource):
 class PgpResource(dg.ConfigurableResource):
     """A connection's PGP keys. Up to three private keys decrypt (rotation); the public key encrypts exports."""
 
-    private_key: Optional[str] = Field(default=None, **_SECRET)
-    previous_private_key: Optional[str] = Field(default=None, **_SECRET)
-    older_private_key: Optional[str] = Field(default=None, **_SECRET)
-    passphrase: Optional[str] = Field(default=None, **_SECRET)
-    public_key: Optional[str] = None
-    public_key_fingerprint: Optional[str] = None
-    signer_public_key: Optional[str] = None
-    signer_fingerprint: Optional[str] = None
+    private_key: str | None = Field(default=None, **_SECRET)
+    previous_private_key: str | None = Field(default=None, **_SECRET)
+    older_private_key: str | None = Field(default=None, **_SECRET)
+    passphrase: str | None = Field(default=None, **_SECRET)
+    public_key: str | None = None
+    public_key_fingerprint: str | None = None
+    signer_public_key: str | None = None
+    signer_fingerprint: str | None = None
     expiry_warning_days: int = 21
 
     @property

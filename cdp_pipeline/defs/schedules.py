@@ -21,7 +21,6 @@ from cdp_pipeline.defs.resources import transport_key
 from cdp_pipeline.errors import TransientError
 from cdp_pipeline.scheduling import cron_specs, describe
 
-
 # The second listing of a scheduled import comes this long after the first (at most): long enough
 # for an upload in progress to change size, short enough for Dagster's schedule evaluation timeout.
 SECOND_LISTING_AFTER_SECONDS = 10.0

@@ -15,11 +15,11 @@ import dagster as dg
 
 from cdp_pipeline.config.connection import Connection
 from cdp_pipeline.config.loading import ProjectConfig
-from cdp_pipeline.dialects.flow import scan as dialect_scan
-from cdp_pipeline.deliveries import goal_claims, scan_deliveries
 from cdp_pipeline.defs.resources import transport_key
-from cdp_pipeline.store.ledger import merged_file_identities
+from cdp_pipeline.deliveries import goal_claims, scan_deliveries
+from cdp_pipeline.dialects.flow import scan as dialect_scan
 from cdp_pipeline.errors import TransientError
+from cdp_pipeline.store.ledger import merged_file_identities
 from cdp_pipeline.transports.base import RemoteFile
 
 

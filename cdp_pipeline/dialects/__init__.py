@@ -18,6 +18,6 @@ from pydantic import Field
 from cdp_pipeline.dialects.netmera import NetmeraSettings
 from cdp_pipeline.dialects.sare import SareSettings
 
-Dialect = Annotated[Union[SareSettings, NetmeraSettings], Field(discriminator="type")]
+Dialect = Annotated[SareSettings | NetmeraSettings, Field(discriminator="type")]
 
 __all__ = ["Dialect", "NetmeraSettings", "SareSettings"]

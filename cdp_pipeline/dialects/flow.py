@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cdp_pipeline.config.catalog import Catalog
@@ -89,7 +89,7 @@ def stage(
     else:
         name = netmera.PUSH if kind == "push" else netmera.PROFILE
         local, display, mtime = files[name]
-        delivered_at = datetime.fromtimestamp(mtime, tz=timezone.utc).replace(tzinfo=None)
+        delivered_at = datetime.fromtimestamp(mtime, tz=UTC).replace(tzinfo=None)
         goal, staged = netmera.stage_netmera_file(
             kind, local, display_name=display, delivered_at=delivered_at, catalog=catalog, settings=settings, run_time=run_time
         )

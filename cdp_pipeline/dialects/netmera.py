@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -46,8 +46,8 @@ from cdp_pipeline.config.catalog import Catalog, check_identifier
 from cdp_pipeline.config.connection import (
     AfterImport,
     EventMapping,
-    FileSelection,
     Files,
+    FileSelection,
     Identifier,
     Mapping,
     ProfileImportGoal,
@@ -193,7 +193,7 @@ def netmera_push_goal(settings: NetmeraSettings, catalog: Catalog, *, file_name:
         raise _fail(file_name, f"event type {settings.push_event_type!r} has no property 'text'", "Add text: {type: text} to its properties")
     _check_identifier_property(catalog, settings.external_id_property, file_name)
     if delivered_at.tzinfo is not None:
-        delivered_at = delivered_at.astimezone(timezone.utc).replace(tzinfo=None)
+        delivered_at = delivered_at.astimezone(UTC).replace(tzinfo=None)
     wanted = {"text": "text", "deeplink": "deeplink", "source_file": "source_file", "source_line": "source_line"}
     return ProfileImportGoal(
         type="import_profiles",

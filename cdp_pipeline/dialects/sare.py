@@ -79,7 +79,7 @@ import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,8 +89,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 from cdp_pipeline.config.catalog import Catalog, PropertyDefinition, check_identifier
 from cdp_pipeline.config.connection import (
     AfterImport,
-    FileSelection,
     Files,
+    FileSelection,
     Identifier,
     Mapping,
     MergeRule,
@@ -1202,7 +1202,7 @@ def apply_store_actions(
     to before; consent status 3 removes the consent name; sarescript.after group clears.
     Every profile changed here gets ``updated_at = now`` so changed-only exports see it."""
     if now.tzinfo is not None:
-        now = now.astimezone(timezone.utc).replace(tzinfo=None)
+        now = now.astimezone(UTC).replace(tzinfo=None)
     _register_keys(conn, staged)
     try:
         if phase == "before":

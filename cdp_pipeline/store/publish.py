@@ -16,7 +16,6 @@ from pathlib import Path
 import duckdb
 
 
-
 def publish_copy(conn: duckdb.DuckDBPyConnection, target: Path) -> int:
     """Copy the whole store into ``target`` atomically; returns the copy's size in bytes.
 

@@ -17,7 +17,7 @@ import importlib
 import os
 import re
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 
 import polars as pl
@@ -264,7 +264,7 @@ def apply_processors(
         elif isinstance(processor, CurrentDate):
             moment = run_time
             if moment.tzinfo is not None:
-                moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+                moment = moment.astimezone(UTC).replace(tzinfo=None)
             value = pl.lit(moment, dtype=pl.Datetime("us")) if processor.with_time else pl.lit(moment.date(), dtype=pl.Date)
             lf = lf.with_columns(value.alias(processor.column))
         elif isinstance(processor, RemoveNullStrings):

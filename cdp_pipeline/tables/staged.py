@@ -93,7 +93,7 @@ class StagedImport:
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
     @classmethod
-    def load(cls, directory: Path) -> "StagedImport":
+    def load(cls, directory: Path) -> StagedImport:
         manifest = json.loads((directory / "manifest.json").read_text())
         return cls(
             target=manifest["target"],

@@ -47,7 +47,7 @@ class Transport(abc.ABC):
     #: scheme://host/base, shown in metadata and messages; never contains secrets.
     uri: str
 
-    def __enter__(self) -> "Transport":
+    def __enter__(self) -> Transport:
         return self
 
     def __exit__(self, *exc_info) -> None:

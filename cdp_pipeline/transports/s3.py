@@ -31,7 +31,6 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     CredentialRetrievalError,
     FlexibleChecksumError,
     HTTPClientError,
@@ -39,6 +38,9 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
     ResponseStreamingError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
 
 from cdp_pipeline.config.connection import S3Location
@@ -340,7 +342,7 @@ class S3Transport(Transport):
         self._endpoint = _safe_endpoint(location.endpoint_url)
 
     @classmethod
-    def from_environment(cls, location: S3Location, environ: Mapping[str, str] | None = None) -> "S3Transport":
+    def from_environment(cls, location: S3Location, environ: Mapping[str, str] | None = None) -> S3Transport:
         """A transport with its own client, credentials read from the variables the location names."""
         key_id, secret, token = _credentials_from_env(location, os.environ if environ is None else environ)
         return cls(s3_client_for(location, key_id, secret, token), location, owns_client=True)

@@ -48,8 +48,8 @@ from cdp_pipeline.errors import ConfigError, FileVanishedError, TransientTranspo
 from cdp_pipeline.transports.base import RemoteFile, Transport
 from cdp_pipeline.transports.sftp_streams import (
     OPENSSH_WRITE_BYTES,
-    LocalWriteError,
     PORTABLE_WRITE_BYTES,
+    LocalWriteError,
     RemoteFileGrew,
     RemoteFileShrank,
     read_remote_file,
@@ -121,7 +121,7 @@ class SftpSecrets:
     __str__ = __repr__
 
     @classmethod
-    def from_environment(cls, auth: SftpAuth, environ: Mapping[str, str] | None = None) -> "SftpSecrets":
+    def from_environment(cls, auth: SftpAuth, environ: Mapping[str, str] | None = None) -> SftpSecrets:
         """Read the secrets ``auth`` names from ``environ`` (default ``os.environ``).
 
         ``private_key_file`` is read from disk. Missing variables raise ConfigError naming the
@@ -431,7 +431,7 @@ class SftpTransport(Transport):
             raise errors[0]
         return [count for count in results if count is not None]
 
-    def _sibling(self) -> "SftpTransport":
+    def _sibling(self) -> SftpTransport:
         sibling = SftpTransport(self.location, self.secrets, backoff_seconds=self._backoff_seconds, sleep=self._sleep)
         sibling._private_key = self._private_key  # spare a second passphrase KDF run
         return sibling

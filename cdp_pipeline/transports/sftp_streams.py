@@ -24,8 +24,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import paramiko
-from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, CMD_WRITE, SFTP_EOF, SFTP_OK, int64
 from paramiko.message import Message
+from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, CMD_WRITE, SFTP_EOF, SFTP_OK, int64
 
 __all__ = [
     "OPENSSH_WRITE_BYTES",

@@ -8,8 +8,8 @@ import stat
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta, timezone
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -410,7 +410,7 @@ def test_expiry_warnings_for_the_expiring_key(pgp_keys):
         assert "pgp.public_key_env" in warnings[0]
         assert kr.expiry_warnings(5) == []
 
-        in_a_year = datetime.now(timezone.utc) + timedelta(days=370)
+        in_a_year = datetime.now(UTC) + timedelta(days=370)
         late = kr.expiry_warnings(21, now=in_a_year)
         assert len(late) == 3 and all("EXPIRED" in w for w in late)
         assert any("pgp.private_keys_env" in w for w in late)

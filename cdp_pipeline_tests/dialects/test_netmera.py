@@ -6,7 +6,7 @@ the push events exported like any timeline event, and the nightly report names a
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -54,7 +54,7 @@ SEED_LINE_BREAK = "Welcome to our platform!\\nEnjoy exploring our latest feature
 # protection ("[email protected] ~~"more data"~30"); restored with an external id and an address.
 SEED_PATTERN = "extID~email~device token~attribute1~attribute2"
 SEED_PROFILE = f'{SEED_PATTERN}\n12345~~token123~"example data"~25\n67890~user@example.com~~"more data"~30\n'
-DELIVERED = datetime(2026, 3, 2, 9, 30, tzinfo=timezone.utc)
+DELIVERED = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 NOW = datetime(2026, 3, 2, 10, 0)
 
 
@@ -117,7 +117,7 @@ def test_seed_push_entries_become_push_request_events(tmp_path):
 def test_push_requests_leave_through_the_example_report_export(tmp_path):
     """The example connection's nightly export goal, run by the ordinary run_export: the day's
     push requests leave as a timeline file, named like Netmera's reports."""
-    now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     goal, staged = stage_netmera_file(
         "push", _write(tmp_path, "push.csv", SEED_PUSH), display_name="push/push.csv", delivered_at=now,
         catalog=CATALOG, settings=SETTINGS, run_time=now,
