@@ -38,6 +38,10 @@ class FileVanishedError(TransportError):
     """A listed file disappeared (or changed) before it could be read."""
 
 
+class ExportCollisionError(CdpError):
+    """An export would have replaced a file already on the target; nothing was sent."""
+
+
 class CryptoError(CdpError):
     """A PGP failure: wrong key, wrong passphrase, corrupt or unsigned message."""
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
-from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, TransportError
+from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, ExportCollisionError, TransportError
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.exports import (
     build_export_rows,
@@ -141,6 +141,25 @@ def part_names(name: str, parts: int) -> list[str]:
     stem, extension = _split_extension(name)
     width = max(3, len(str(parts)))
     return [f"{stem}_part{index:0{width}d}{extension}" for index in range(1, parts + 1)]
+
+
+#: outer extensions a numbered name keeps after the number: x.csv.gz.pgp → x_2.csv.gz.pgp.
+_OUTER_EXTENSIONS = (".pgp", ".gpg", ".asc", ".gz")
+#: how many numbered names a run tries before it gives up (a folder nobody empties).
+MAX_NAME_NUMBER = 999
+
+
+def numbered_name(path: str, number: int) -> str:
+    """``out/x_2.csv.pgp`` for ``out/x.csv.pgp`` and 2: the number goes before every extension so
+    the name still opens with the same program and sorts beside the first file."""
+    directory, name = posixpath.split(path)
+    outer = ""
+    while name.endswith(_OUTER_EXTENSIONS):
+        extension = next(e for e in _OUTER_EXTENSIONS if name.endswith(e))
+        name, outer = name[: -len(extension)], extension + outer
+    dot = name.rfind(".")
+    stem, inner = (name[:dot], name[dot:]) if dot > 0 else (name, "")
+    return posixpath.join(directory, f"{stem}_{number}{inner}{outer}")
 
 
 def diff_name(name: str) -> str:
@@ -250,11 +269,13 @@ def run_export(
                 written = write_profile_parts(conn, goal, [files_dir / name for name in names])
             else:
                 written = write_profile_parts(conn, goal, files_dir / file_name)
-            plan += [_Planned(path, posixpath.join(goal.target.directory, path.name), count, "profiles") for path, count in written]
+            if rows or goal.target.write_empty_files:
+                plan += [_Planned(path, posixpath.join(goal.target.directory, path.name), count, "profiles") for path, count in written]
             if goal.diff:
                 path = files_dir / diff_name(file_name)
                 diff_counts = write_diff_csv(conn, connection.name, goal, path)
-                plan.append(_Planned(path, posixpath.join(goal.target.directory, path.name), sum(diff_counts.values()), "diff"))
+                if sum(diff_counts.values()) or goal.target.write_empty_files:
+                    plan.append(_Planned(path, posixpath.join(goal.target.directory, path.name), sum(diff_counts.values()), "diff"))
             if goal.timeline is not None:
                 timeline = write_timeline_csvs(conn, project.catalog, goal, work / "timeline", since=since, until=until)
                 plan += [
@@ -268,6 +289,7 @@ def run_export(
             _finish_encoding(item.local, goal)
         if goal.target.encrypt:
             _encrypt_all(plan, goal, transport, keyring_factory)
+        _avoid_existing_names(plan, goal, transport)
         sent: list[ExportedFile] = []
         for item in plan:
             size, sha = item.local.stat().st_size, _sha256(item.local)
@@ -372,6 +394,39 @@ def _encrypt_all(
             f"export goal {goal.name!r}: {exc} Nothing was uploaded (first file would have been {where}); "
             "the export state was not advanced, so the next run sends the same profiles."
         ) from exc
+
+
+def _avoid_existing_names(plan: list[_Planned], goal: ExportGoal, transport: Transport) -> None:
+    """Give this run's files names no file on the target has yet.
+
+    A second export on the same day renders the same ``{date}`` name; uploading it would replace
+    the morning's file before the partner fetched it. All files of one run get the same number,
+    so the parts, the diff and the manifests of a run still belong together by name."""
+    if not plan:
+        return
+
+    def names(number: int) -> list[str]:
+        remotes = [item.remote if number == 1 else numbered_name(item.remote, number) for item in plan]
+        return remotes + ([remote + ".manifest.json" for remote in remotes] if goal.target.manifest else [])
+
+    taken = [name for name in names(1) if transport.exists(name)]
+    if not taken:
+        return
+    if goal.target.on_existing_file == "fail":
+        raise ExportCollisionError(
+            f"export goal {goal.name!r}: {transport.uri}/{taken[0]} already exists and target.on_existing_file is 'fail'; "
+            "nothing was sent and the export state was not advanced. Let the partner fetch (or remove) the file, "
+            "put {time} or {run_id} in target.file_name, or set on_existing_file: suffix"
+        )
+    for number in range(2, MAX_NAME_NUMBER + 1):
+        if not any(transport.exists(name) for name in names(number)):
+            for item in plan:
+                item.remote = numbered_name(item.remote, number)
+            return
+    raise ExportCollisionError(
+        f"export goal {goal.name!r}: {transport.uri}/{taken[0]} and its numbered names up to _{MAX_NAME_NUMBER} all exist; "
+        "nothing was sent. Put {time} or {run_id} in target.file_name or clear the target folder"
+    )
 
 
 def _upload(transport: Transport, local: Path, remote: str, goal: ExportGoal, *, done: int, total: int) -> None:

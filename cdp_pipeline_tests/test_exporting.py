@@ -27,6 +27,7 @@ import gzip
 import io
 import json
 import os
+import posixpath
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,7 +43,7 @@ from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig, StoreSettings
 from cdp_pipeline.config.processors import Pseudonymize
 from cdp_pipeline.crypto.pgp import PgpKeyring
-from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, TransportError
+from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, ExportCollisionError, TransportError
 from cdp_pipeline.store import exports as store_exports
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
@@ -442,12 +443,17 @@ def test_changed_since_last_export_over_three_runs(run: Runner, project: Project
     assert second.profiles_exported == 1 and second.profiles_available == 5
 
     third = run(goal, T0 + timedelta(hours=3))
-    assert_golden("changed_run3.csv", run.read(third.profile_file.remote_path))  # header only
-    assert third.profiles_exported == 0
+    assert third.profiles_exported == 0 and third.profile_file is None  # nothing changed: no file
+    assert sorted(p.name for p in (run.root / "out").iterdir()) == sorted(
+        posixpath.basename(o.profile_file.remote_path) for o in (first, second)
+    )
+    asked = run(make_goal(target={"file_name": "{goal}_{datetime}.csv", "write_empty_files": True}), T0 + timedelta(hours=3, minutes=1))
+    assert_golden("changed_run3.csv", run.read(asked.profile_file.remote_path))  # header only, on request
+    assert asked.profiles_exported == 0
 
     full = run(goal, T0 + timedelta(hours=4), full=True)
     assert full.profiles_exported == 5
-    assert store(project, "SELECT last_export_at, last_run_id FROM export_state WHERE goal = 'crm'") == [(T0 + timedelta(hours=4), "run00004abcdef")]
+    assert store(project, "SELECT last_export_at, last_run_id FROM export_state WHERE goal = 'crm'") == [(T0 + timedelta(hours=4), "run00005abcdef")]
     assert store(project, "SELECT profile_id, first_at, last_at FROM exchanged_profiles WHERE direction = 'exported' AND profile_id IN ('p01', 'p02') ORDER BY 1") == [
         ("p01", T0, T0 + timedelta(hours=4)),
         ("p02", T0, T0 + timedelta(hours=4)),
@@ -570,8 +576,13 @@ def test_split_into_parts_and_gzip(run: Runner):
     assert outcome.manifests == [n + ".manifest.json" for n in names]
     assert not [p for p in run.root.rglob("*.part")]
 
-    # Nothing changed: one header-only part, so a consumer still sees the run.
-    again = run(make_goal(name="split", columns=ALL_KINDS, target={"split_rows": 2, "gzip": True}), T0 + timedelta(days=1))
+    # Nothing changed: no file unless the goal asks for one; then one header-only part, so a
+    # consumer still sees the run.
+    quiet = run(make_goal(name="split", columns=ALL_KINDS, target={"split_rows": 2, "gzip": True}), T0 + timedelta(days=1))
+    assert quiet.profile_files == [] and not list((run.root / "out").glob("split_20260116*"))
+    again = run(
+        make_goal(name="split", columns=ALL_KINDS, target={"split_rows": 2, "gzip": True, "write_empty_files": True}), T0 + timedelta(days=1)
+    )
     assert [(f.remote_path, f.rows) for f in again.profile_files] == [("out/split_20260116_part001.csv.gz", 0)]
 
 
@@ -764,7 +775,9 @@ def test_diff_mode(run: Runner, project: ProjectConfig):
     assert store(project, "SELECT count(*) FROM export_snapshots WHERE goal = 'crm'") == [(5,)]
 
     third = run(goal, T0 + timedelta(hours=3))
-    assert rows_of(run.read(third.diff_file.remote_path)) == [["change", "id", "email", "first_name", "segments"]]
+    assert third.diff_file is None and third.profile_file is None  # nothing changed: nothing sent
+    asked = run(goal.model_copy(update={"target": goal.target.model_copy(update={"write_empty_files": True})}), T0 + timedelta(hours=3))
+    assert rows_of(run.read(asked.diff_file.remote_path)) == [["change", "id", "email", "first_name", "segments"]]
 
     with pytest.raises(ConfigError, match="diff mode needs a profile identifier column"):
         run(make_goal(name="nodiffkey", diff=True, columns=[{"header": "email", "property": "email"}]))
@@ -850,7 +863,7 @@ def test_export_to_sftp(run: Runner, sshd_server, tmp_path: Path):
     locked = sshd_server.server_path("password", f"{directory}/locked")
     locked.mkdir(mode=0o755)  # owned by root, not by the test user
     with SftpTransport(settings.location, settings.secrets) as transport, pytest.raises(TransportError, match=f"{directory}/locked/crm_20260115.csv") as caught:
-        run(make_goal(target={"directory": f"{directory}/locked"}), transport=transport)
+        run(make_goal(target={"directory": f"{directory}/locked"}), transport=transport, full=True)
     assert "permission denied" in str(caught.value) and list(locked.iterdir()) == []
 
 
@@ -867,3 +880,48 @@ def test_export_to_s3(run: Runner, s3_bucket):
     assert gzip.decompress(s3_bucket.get("exports/crm_20260115.csv.gz")) == gzip.decompress(run.read(local.profile_file.remote_path))
     assert outcome.diff_counts == {"added": 3, "changed": 0, "removed": 0}
     assert outcome.target_uri.startswith("s3://")
+
+
+# ---------------------------------------------------------------- a delivered file is never replaced
+
+
+def test_second_export_of_the_day_never_replaces_the_first(run: Runner, project: ProjectConfig):
+    goal = make_goal(target={"manifest": True})
+    first = run(goal, T0, full=True)
+    delivered = run.read(first.profile_file.remote_path)
+    assert first.profile_file.remote_path == "out/crm_20260115.csv" and first.profiles_exported == 5
+
+    touch(project, "p02", T0 + timedelta(hours=1), email="jan.new@example.com")
+    second = run(goal, T0 + timedelta(hours=2))
+    # The morning's file is byte for byte what was delivered; the new run went to the next number.
+    assert run.read("out/crm_20260115.csv") == delivered
+    assert second.profile_file.remote_path == "out/crm_20260115_2.csv" and second.manifests == ["out/crm_20260115_2.csv.manifest.json"]
+    assert rows_of(run.read(second.profile_file.remote_path))[1:] == [["p02", "jan.new@example.com", "Jan"]]
+    assert json.loads(run.read("out/crm_20260115_2.csv.manifest.json"))["file"] == "crm_20260115_2.csv"
+
+    # Nothing changed since: no third file, nothing touched.
+    third = run(goal, T0 + timedelta(hours=3))
+    assert third.profile_file is None
+    assert sorted(p.name for p in (run.root / "out").iterdir()) == [
+        "crm_20260115.csv", "crm_20260115.csv.manifest.json", "crm_20260115_2.csv", "crm_20260115_2.csv.manifest.json",
+    ]
+
+
+def test_existing_file_refused_when_the_goal_says_fail(run: Runner, project: ProjectConfig):
+    goal = make_goal(target={"on_existing_file": "fail"})
+    first = run(goal, T0, full=True)
+    delivered = run.read(first.profile_file.remote_path)
+    with pytest.raises(ExportCollisionError, match=r"crm_20260115.csv already exists .*on_existing_file"):
+        run(goal, T0 + timedelta(hours=1), full=True)
+    assert run.read("out/crm_20260115.csv") == delivered
+    assert [p.name for p in (run.root / "out").iterdir()] == ["crm_20260115.csv"]
+    # The failed run did not advance the export state: the next run (with a free name) sends the profiles.
+    renamed = run(make_goal(target={"on_existing_file": "fail", "file_name": "{goal}_{datetime}.csv"}), T0 + timedelta(hours=2))
+    assert renamed.profiles_exported == 0  # changed-only after the full first run: nothing changed
+
+
+def test_numbered_names_keep_every_extension():
+    assert exporting.numbered_name("out/x.csv", 2) == "out/x_2.csv"
+    assert exporting.numbered_name("out/x.csv.gz.pgp", 3) == "out/x_3.csv.gz.pgp"
+    assert exporting.numbered_name("x_part001.tsv.gz", 2) == "x_part001_2.tsv.gz"
+    assert exporting.numbered_name("dir.d/noext", 2) == "dir.d/noext_2"

@@ -387,6 +387,13 @@ class ExportTarget(StrictModel):
     manifest: bool = False
     #: encrypt with the connection's public key; never uploaded in plain text when this fails.
     encrypt: bool = False
+    #: a run that selects no profiles (nothing changed since the last export) sends no profile
+    #: file, so a partner never imports an empty file; true sends a header-only file every run.
+    write_empty_files: bool = False
+    #: a file of the same name already on the target is never overwritten (a partner may not
+    #: have fetched it yet): "suffix" sends this run's files as name_2.csv, name_3.csv …;
+    #: "fail" refuses the run before anything is sent.
+    on_existing_file: Literal["suffix", "fail"] = "suffix"
 
 
 class TimelineExport(StrictModel):
