@@ -33,7 +33,8 @@ from pydantic import TypeAdapter
 
 from cdp_pipeline.config.csv_options import ColumnFormat, CsvOptions
 from cdp_pipeline.config.processors import Processor
-from cdp_pipeline.tables.csv_reading import parse_typed, read_delimited
+from cdp_pipeline.tables.column_typing import parse_typed
+from cdp_pipeline.tables.csv_reading import read_delimited
 from cdp_pipeline.tables.processors import apply_processors
 
 

@@ -336,7 +336,7 @@ def phase_engine(home: Path, args: argparse.Namespace) -> dict:
     transport = LocalTransport(source_root if source_root.is_absolute() else project.home / source_root)
     keyring_factory = None
     if args.secret_key_file:
-        from cdp_pipeline.crypto.pgp import PgpKeyring
+        from cdp_pipeline.crypto.keyring import PgpKeyring
 
         secret = Path(args.secret_key_file).read_text()
 

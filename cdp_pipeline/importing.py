@@ -190,7 +190,7 @@ def decrypt_delivery(work_dir: Path, keyring_factory=None, max_file_bytes: int |
     """Decrypt the encrypted files (decided by content, not name) into 0600 files; plain files
     pass through. Returns the files and how many were encrypted. gpg stops a file whose plaintext
     grows past ``max_file_bytes`` (a compressed PGP message can expand a thousandfold)."""
-    from cdp_pipeline.crypto.pgp import looks_encrypted
+    from cdp_pipeline.crypto.sniffing import looks_encrypted
 
     fetched, extra = read_manifest(work_dir / "fetched.json")
     target = work_dir / "decrypted"
@@ -250,7 +250,7 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
     kind = project.dialect_goals(connection.name).get(goal.name)
     try:
         if kind is not None:
-            from cdp_pipeline.crypto.pgp import looks_encrypted
+            from cdp_pipeline.crypto.sniffing import looks_encrypted
             from cdp_pipeline.dialects.flow import stage
 
             fetched, _ = read_manifest(work_dir / "fetched.json")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cdp_pipeline import importing
-from cdp_pipeline.crypto.pgp import PgpKeyring
+from cdp_pipeline.crypto.keyring import PgpKeyring
 from cdp_pipeline.deliveries import Delivery
 from cdp_pipeline.disk_space import DiskSpaceError
 from cdp_pipeline.transports.base import RemoteFile

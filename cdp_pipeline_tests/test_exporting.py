@@ -42,7 +42,7 @@ from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig, StoreSettings
 from cdp_pipeline.config.processors import Pseudonymize
-from cdp_pipeline.crypto.pgp import PgpKeyring
+from cdp_pipeline.crypto.keyring import PgpKeyring
 from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, ExportCollisionError, TransportError
 from cdp_pipeline.store import exports as store_exports
 from cdp_pipeline.store.database import open_writer

@@ -11,7 +11,7 @@ import pytest
 from cdp_pipeline import importing
 from cdp_pipeline.config.connection import Connection
 from cdp_pipeline.config.csv_options import CsvOptions
-from cdp_pipeline.crypto.pgp import PgpKeyring
+from cdp_pipeline.crypto.keyring import PgpKeyring
 from cdp_pipeline.deliveries import Delivery
 from cdp_pipeline.errors import CryptoError, InputError
 from cdp_pipeline.tables.csv_reading import read_delimited

@@ -91,7 +91,7 @@ class PgpResource(dg.ConfigurableResource):
         return any((self.private_key, self.previous_private_key, self.older_private_key))
 
     def keyring(self):
-        from cdp_pipeline.crypto.pgp import PgpKeyring
+        from cdp_pipeline.crypto.keyring import PgpKeyring
 
         return PgpKeyring(
             private_keys=[k for k in (self.private_key, self.previous_private_key, self.older_private_key) if k],

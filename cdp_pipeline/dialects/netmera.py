@@ -57,7 +57,7 @@ from cdp_pipeline.config.csv_options import ColumnFormat, CsvOptions, StrictMode
 from cdp_pipeline.config.processors import CustomProcessor
 from cdp_pipeline.config.schedules import Schedule
 from cdp_pipeline.errors import InputError, InputProblem
-from cdp_pipeline.tables.csv_reading import normalise_column_name
+from cdp_pipeline.tables.column_names import normalise_column_name
 from cdp_pipeline.tables.import_tables import build_import_tables
 from cdp_pipeline.tables.staged import StagedImport
 

@@ -102,7 +102,7 @@ from cdp_pipeline.config.processors import CustomProcessor, Lowercase, Processor
 from cdp_pipeline.deliveries import Delivery, DeliveryScan
 from cdp_pipeline.errors import InputError, InputProblem
 from cdp_pipeline.store.schema import event_table, item_table, literal, quote
-from cdp_pipeline.tables.csv_reading import normalise_column_name
+from cdp_pipeline.tables.column_names import normalise_column_name
 from cdp_pipeline.tables.import_tables import build_import_tables
 from cdp_pipeline.tables.staged import StagedImport
 from cdp_pipeline.transports.base import RemoteFile, is_temporary_upload

@@ -45,7 +45,9 @@ from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
 from cdp_pipeline.config.connection import GroupImportGoal, Mapping, ProfileImportGoal
 from cdp_pipeline.config.csv_options import ColumnFormat
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
-from cdp_pipeline.tables.csv_reading import normalise_column_name, parse_typed, read_delimited
+from cdp_pipeline.tables.column_names import normalise_column_name
+from cdp_pipeline.tables.column_typing import parse_typed
+from cdp_pipeline.tables.csv_reading import read_delimited
 from cdp_pipeline.tables.processors import apply_processors
 from cdp_pipeline.tables.staged import ProductStoreSource, StagedImport
 

@@ -39,7 +39,7 @@ from cdp_pipeline.config.processors import (
     Uppercase,
 )
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
-from cdp_pipeline.tables.csv_reading import normalise_column_name
+from cdp_pipeline.tables.column_names import normalise_column_name
 
 #: whole-domain typos fixed by normalize_email (after the top-level-domain typos below became ".com").
 EMAIL_DOMAIN_FIXES: dict[str, str] = {
