@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian/Ubuntu machine: installs the system programs the
 # tests start for real (gpg, OpenSSH sshd, Chromium for the UI test), the Python package with its
-# test extras, then pytest. Safe to run again: installed things are skipped.
+# test extras in .venv, then pytest. Safe to run again: installed things are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +21,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e ".[dev]"
-exec python3 -m pytest "$@"
+source scripts/python_env.sh
+ensure_venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+exec .venv/bin/python -m pytest "$@"
