@@ -118,9 +118,8 @@ def sha256_of(path: Path) -> str:
 
 def paramiko_cipher(transport: SftpTransport) -> str:
     transport.exists(".")  # connect
-    connection = transport._connection  # noqa: SLF001 - a benchmark may look inside
-    assert connection is not None
-    ssh = connection.ssh
+    ssh = transport.connection.ssh
+    assert ssh is not None
     mac = "<implicit>" if "gcm" in ssh.remote_cipher else ssh.remote_mac
     return f"{ssh.remote_cipher} / {mac}"
 

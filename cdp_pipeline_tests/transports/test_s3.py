@@ -457,7 +457,7 @@ def test_classifier_vanished_and_wrapped_errors() -> None:
         try:
             raise _client_error("AccessDenied", 403, "PutObject")
         except ClientError as inner:
-            raise S3UploadFailedError(f"Failed to upload: {inner}")
+            raise S3UploadFailedError(f"Failed to upload: {inner}")  # noqa: B904 - as boto3 does: only the context
     except S3UploadFailedError as outer:
         error = _classify(outer, "s3:PutObject")
     assert type(error) is TransportError and "need s3:PutObject" in str(error)
