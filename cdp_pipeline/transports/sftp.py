@@ -39,7 +39,10 @@ __all__ = ["SftpTransport"]
 
 
 class SftpTransport(Transport):
-    """One SFTP account. Opens its connection on first use and reuses it for every call."""
+    """One SFTP account. Opens its connection on first use and reuses it for every call.
+
+    Besides the Transport interface it offers the ``ParallelDownloads`` capability.
+    """
 
     def __init__(
         self,
@@ -65,6 +68,11 @@ class SftpTransport(Transport):
 
     def close(self) -> None:
         self.connection.close()
+
+    @property
+    def parallel_downloads(self) -> int:
+        """How many connections ``download_many`` may use for one delivery (``parallel_downloads``)."""
+        return self.location.parallel_downloads
 
     def resolve(self, remote_path: str) -> str:
         """The path sent to the server: relative paths are joined to ``home_directory``."""
