@@ -74,7 +74,8 @@ CRON_CASES = [
 def test_cron_strings(options, crons):
     specs = cron_specs(_s(timezone="Europe/Warsaw", **options))
     assert [spec.cron for spec in specs] == crons
-    # Dagster must evaluate every string in the connection's zone, never the daemon's (row 69).
+    # Dagster must evaluate every string in the connection's zone, never the daemon's: a schedule
+    # written for 06:00 Warsaw must not run at 06:00 wherever the daemon happens to be.
     assert {spec.timezone for spec in specs} == {"Europe/Warsaw"}
     for spec in specs:
         assert is_valid_cron_string(spec.cron), spec.cron
