@@ -12,8 +12,8 @@ run as root), writes random files into the key user's home, and times:
 
 After the timed rounds every downloaded and uploaded file is compared with its source (SHA-256).
 
-Files are read once before timing so every run works from a hot page cache, as the reference
-figures in speed-anchors.md do. MB = 1,000,000 bytes.
+Files are read once before timing so every run works from a hot page cache and measures the
+transfer, not the disk. MB = 1,000,000 bytes.
 
     python bench/sftp_transfer.py --single-mb 500 --delivery-files 5 --delivery-mb 100 --repeat 3
 """
@@ -118,9 +118,8 @@ def sha256_of(path: Path) -> str:
 
 def paramiko_cipher(transport: SftpTransport) -> str:
     transport.exists(".")  # connect
-    connection = transport._connection  # noqa: SLF001 - a benchmark may look inside
-    assert connection is not None
-    ssh = connection.ssh
+    ssh = transport.connection.ssh
+    assert ssh is not None
     mac = "<implicit>" if "gcm" in ssh.remote_cipher else ssh.remote_mac
     return f"{ssh.remote_cipher} / {mac}"
 

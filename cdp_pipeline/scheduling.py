@@ -21,10 +21,10 @@ Semantics of the options (the user page ``docs/scheduling-and-alerts.md`` says t
   ``at``. A day of the month a month lacks (31 in April, 30 in February) is skipped, as cron does.
   ``weekday_of_month`` uses Dagster's cron forms ``2#2`` (second Tuesday) and ``L5`` (last Friday);
   both are accepted by Dagster 1.13's vendored croniter, so no filtering in the schedule function is
-  needed. :func:`matches` exists anyway for callers that want to check an instant.
+  needed.
 
-Time zones and DST follow Dagster's evaluation (``dagster._utils.schedules``), so that
-:func:`next_fire_times` agrees with what the daemon will do; the tests cross-check it:
+Time zones and DST follow Dagster's evaluation (``dagster._utils.schedules``); the tests run the
+generated strings through it and compare the fire times with written-out expectations:
 
 * a cron string whose hour field is ``*`` (every N minutes dividing an hour) is tied to the clock:
   local times that do not exist on the spring-forward day are skipped, and in the repeated hour in
@@ -36,16 +36,13 @@ Time zones and DST follow Dagster's evaluation (``dagster._utils.schedules``), s
 
 from __future__ import annotations
 
-import calendar
-import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from zoneinfo import ZoneInfo
+from itertools import pairwise
 
 from cdp_pipeline.config.schedules import Schedule
 
-__all__ = ["CronSpec", "cron_specs", "describe", "next_fire_times", "cron_fire_times", "matches"]
+__all__ = ["CronSpec", "cron_specs", "describe"]
 
 MINUTES_PER_DAY = 24 * 60
 
@@ -61,10 +58,6 @@ _DAY_NAME = {
     "sun": "Sunday",
 }
 _WEEK_ORDINAL = {1: "first", 2: "second", 3: "third", 4: "fourth", 5: "fifth", "last": "last"}
-
-# Every valid cron string fires at least once in any 8 years (29 February can skip a leap year at
-# a century); a longer stretch without a matching day means the string never fires again.
-_SCAN_DAYS = 8 * 366 + 2
 
 
 @dataclass(frozen=True)
@@ -133,7 +126,7 @@ def _field(values: Iterable[int], low: int, high: int) -> str:
         return "*"
     if len(items) >= 3:
         step = items[1] - items[0]
-        if all(b - a == step for a, b in zip(items, items[1:])):
+        if all(b - a == step for a, b in pairwise(items)):
             first, last = items[0], items[-1]
             if first - step < low and last + step > high:  # the progression fills the whole range
                 return f"*/{step}" if first == low else f"{first}-{high}/{step}"
@@ -229,10 +222,10 @@ def describe(schedule: Schedule) -> str:
         n = schedule.times_per_day
         if n == 1:
             return f"once a day at {at} {tz}"
-        times = [_clock(t) for t in _times_of_day(schedule)]
+        clocks = [_clock(t) for t in _times_of_day(schedule)]
         count = "twice a day" if n == 2 else f"{n} times a day"
         if n <= 8:
-            return f"{count} at {_join(times)} {tz}"
+            return f"{count} at {_join(clocks)} {tz}"
         return f"{count}, evenly spread from {at} {tz}"
 
     if schedule.days_of_week is not None:
@@ -245,175 +238,16 @@ def describe(schedule: Schedule) -> str:
         return f"every {_join([_DAY_NAME[d] for d in days])} at {at} {tz}"
 
     if schedule.days_of_month is not None:
-        days = sorted(set(schedule.days_of_month))
-        text = f"on the {_join([_ordinal(d) for d in days])} of the month at {at} {tz}"
-        if max(days) > 28:
+        month_days = sorted(set(schedule.days_of_month))
+        text = f"on the {_join([_ordinal(d) for d in month_days])} of the month at {at} {tz}"
+        if max(month_days) > 28:
             text += " (skipped in months without that day)"
         return text
 
     wom = schedule.weekday_of_month
-    assert wom is not None  # the model guarantees exactly one kind
+    if wom is None:  # the model guarantees exactly one kind; a new kind must get its own text
+        raise ValueError("schedule has none of every_minutes, times_per_day, days_of_week, days_of_month, weekday_of_month")
     text = f"the {_WEEK_ORDINAL[wom.week]} {_DAY_NAME[wom.day]} of the month at {at} {tz}"
     if wom.week == 5:
         text += " (skipped in months without one)"
     return text
-
-
-# --------------------------------------------------------------------------------------------------
-# Fire times: a small evaluator for the cron strings this module emits, with Dagster's DST rules
-
-
-@dataclass(frozen=True)
-class _Cron:
-    minutes: tuple[int, ...]
-    hours: tuple[int, ...]
-    days: frozenset[int] | None  # None: any day of the month
-    weekdays: frozenset[int] | None  # cron numbering, 0 = Sunday; None: any
-    nth: tuple[int, int] | None  # (cron weekday, 1..5 or -1 for the last one of the month)
-
-    @property
-    def every_hour(self) -> bool:
-        # Dagster treats a wildcard hour field differently around DST changes (module docstring).
-        return len(self.hours) == 24
-
-
-def _parse_field(text: str, low: int, high: int) -> tuple[int, ...]:
-    values: set[int] = set()
-    for part in text.split(","):
-        body, _, step_text = part.partition("/")
-        step = int(step_text) if step_text else 1
-        if body == "*":
-            first, last = low, high
-        elif "-" in body:
-            first_text, last_text = body.split("-")
-            first, last = int(first_text), int(last_text)
-        else:
-            first = int(body)
-            last = high if step_text else first
-        if not (low <= first <= last <= high) or step < 1:
-            raise ValueError(f"cron field {text!r} is out of range {low}-{high}")
-        values.update(range(first, last + 1, step))
-    return tuple(sorted(values))
-
-
-def _parse_cron(cron: str) -> _Cron:
-    fields = cron.split()
-    if len(fields) != 5:
-        raise ValueError(f"cron string {cron!r} must have 5 fields")
-    minute, hour, day_of_month, month, day_of_week = fields
-    if month != "*":
-        raise ValueError(f"cron string {cron!r}: only '*' is supported for the month")
-    days = None if day_of_month == "*" else frozenset(_parse_field(day_of_month, 1, 31))
-    weekdays: frozenset[int] | None = None
-    nth: tuple[int, int] | None = None
-    if day_of_week.startswith("L"):
-        nth = (int(day_of_week[1:]) % 7, -1)
-    elif "#" in day_of_week:
-        weekday_text, n_text = day_of_week.split("#")
-        nth = (int(weekday_text) % 7, int(n_text))
-    elif day_of_week != "*":
-        weekdays = frozenset(d % 7 for d in _parse_field(day_of_week, 0, 7))  # 7 is Sunday too
-    return _Cron(_parse_field(minute, 0, 59), _parse_field(hour, 0, 23), days, weekdays, nth)
-
-
-def _day_matches(cron: _Cron, day: date) -> bool:
-    cron_weekday = (day.weekday() + 1) % 7
-    if cron.nth is not None:
-        weekday, n = cron.nth
-        if cron_weekday != weekday:
-            return False
-        if n == -1:
-            return day.day + 7 > calendar.monthrange(day.year, day.month)[1]
-        return (day.day - 1) // 7 + 1 == n
-    dom_ok = cron.days is None or day.day in cron.days
-    dow_ok = cron.weekdays is None or cron_weekday in cron.weekdays
-    if cron.days is not None and cron.weekdays is not None:
-        return dom_ok or dow_ok  # cron's rule when both fields are restricted
-    return dom_ok and dow_ok
-
-
-def _exists(wall: datetime) -> bool:
-    back = wall.astimezone(UTC).astimezone(wall.tzinfo)
-    return back.replace(tzinfo=None, fold=0) == wall.replace(tzinfo=None, fold=0)
-
-
-def _resolve(wall: datetime, every_hour: bool) -> list[datetime]:
-    """The instants a local wall time stands for, under Dagster's DST rules."""
-    if not _exists(wall):
-        if every_hour:
-            return []
-        # Move to the end of the gap: the first local minute that exists after it.
-        moved = wall
-        for _ in range(24 * 60):
-            moved = moved.replace(tzinfo=None) + timedelta(minutes=1)
-            moved = moved.replace(tzinfo=wall.tzinfo)
-            if _exists(moved):
-                return [moved]
-        raise AssertionError(f"no existing local time after {wall}")
-    first, second = wall.replace(fold=0), wall.replace(fold=1)
-    if first.utcoffset() != second.utcoffset():  # repeated in autumn
-        return [first, second] if every_hour else [second]
-    return [first]
-
-
-def _iter_cron(cron: _Cron, tz: ZoneInfo, start: datetime) -> Iterator[datetime]:
-    """Fire times of one cron string at or after ``start``, in ascending order."""
-    # Every instant of an earlier local date lies before start (moved DST times stay on their day).
-    day = start.astimezone(tz).date()
-    start_ts = start.timestamp()
-    idle_days = 0
-    while idle_days < _SCAN_DAYS:
-        idle_days += 1
-        if _day_matches(cron, day):
-            idle_days = 0
-            instants: list[datetime] = []
-            for hour in cron.hours:
-                for minute in cron.minutes:
-                    wall = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
-                    instants.extend(_resolve(wall, cron.every_hour))
-            instants.sort(key=lambda dt: dt.timestamp())
-            for instant in instants:
-                if instant.timestamp() >= start_ts:
-                    yield instant
-        day += timedelta(days=1)
-
-
-def _dedup(instants: Iterable[datetime], count: int) -> list[datetime]:
-    result: list[datetime] = []
-    last: float | None = None
-    for instant in instants:
-        if len(result) >= count:
-            break
-        ts = instant.timestamp()
-        # Two cron strings (or two moved DST times) can name the same instant: it runs once.
-        if last is None or ts > last:
-            result.append(instant)
-            last = ts
-    return result
-
-
-def _check_aware(start: datetime) -> None:
-    if start.tzinfo is None or start.utcoffset() is None:
-        raise ValueError("start must be timezone-aware (a naive time is ambiguous across time zones)")
-
-
-def cron_fire_times(spec: CronSpec, start: datetime, count: int) -> list[datetime]:
-    """The next ``count`` fire times of one cron string, at or after ``start``."""
-    _check_aware(start)
-    return _dedup(_iter_cron(_parse_cron(spec.cron), ZoneInfo(spec.timezone), start), count)
-
-
-def next_fire_times(schedule: Schedule, start: datetime, count: int) -> list[datetime]:
-    """The next ``count`` fire times at or after ``start`` (aware, in the schedule's time zone),
-    as Dagster's daemon would fire ``cron_specs(schedule)``."""
-    _check_aware(start)
-    tz = ZoneInfo(schedule.timezone)
-    iterators = [_iter_cron(_parse_cron(spec.cron), tz, start) for spec in cron_specs(schedule)]
-    return _dedup(heapq.merge(*iterators, key=lambda dt: dt.timestamp()), count)
-
-
-def matches(schedule: Schedule, moment: datetime) -> bool:
-    """Whether the schedule fires at exactly this (aware) instant."""
-    _check_aware(moment)
-    upcoming = next_fire_times(schedule, moment, 1)
-    return bool(upcoming) and upcoming[0].timestamp() == moment.timestamp()

@@ -54,7 +54,8 @@ class TransportResource(dg.ConfigurableResource):
             root = root if root.is_absolute() else Path(self.home) / root
             return LocalTransport(root)
         if isinstance(location, SftpLocation):
-            from cdp_pipeline.transports.sftp import SftpSecrets, SftpTransport
+            from cdp_pipeline.transports.sftp import SftpTransport
+            from cdp_pipeline.transports.sftp_credentials import SftpSecrets
 
             return SftpTransport(location, SftpSecrets(password=self.password, private_key=self.private_key, passphrase=self.passphrase))
         if isinstance(location, S3Location):
@@ -129,7 +130,7 @@ def pgp_resource(connection: Connection) -> PgpResource:
     if pgp is None:
         return PgpResource()
     keys = [dg.EnvVar(name) for name in pgp.private_keys_env[:3]]
-    fields = dict(zip(("private_key", "previous_private_key", "older_private_key"), keys))
+    fields = dict(zip(("private_key", "previous_private_key", "older_private_key"), keys, strict=False))
     return PgpResource(
         **fields,
         **({"passphrase": dg.EnvVar(pgp.passphrase_env)} if pgp.passphrase_env else {}),

@@ -3,6 +3,10 @@
 Transports move bytes and nothing else: they never parse, decrypt or touch the store.
 Every write is complete-or-absent: downloads land under a temporary name and are renamed
 after the byte count matches the listing; uploads go to ``<name>.part`` and are renamed.
+
+What only some transports can do is a capability Protocol below (``SlicedListing``,
+``ParallelDownloads``): callers ask ``isinstance(transport, SlicedListing)``, never ``hasattr``,
+so a renamed method fails type checking instead of silently switching a feature off.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import abc
 import fnmatch
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 # Names an uploader uses while a file is still being written (WinSCP, FileZilla, rsync, our own
 # uploads). A file with such a name is never part of a delivery.
@@ -86,3 +92,35 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def exists(self, remote_path: str) -> bool:
         """Whether a regular file exists at ``remote_path``."""
+
+
+@runtime_checkable
+class SlicedListing(Protocol):
+    """A transport that can list a large folder a bounded slice at a time (S3).
+
+    Listing a large S3 prefix costs one request per 1,000 keys; a sensor that looks every few
+    seconds walks it ``max_keys`` at a time instead, and starts over when the walk reaches the end.
+    """
+
+    def list_files_after(self, directory: str, after: str | None, max_keys: int) -> tuple[list[RemoteFile], str | None]:
+        """The files of ``directory`` whose paths sort after ``after`` (None: from the start), at most
+        ``max_keys`` entries, and the continuation to pass next time (None: the listing reached the end)."""
+        ...
+
+
+@runtime_checkable
+class ParallelDownloads(Protocol):
+    """A transport that can download several files over several connections at once (SFTP).
+
+    Over a long link one SSH connection is bound by its window; separate connections multiply that.
+    """
+
+    @property
+    def parallel_downloads(self) -> int:
+        """How many connections ``download_many`` may use, as the connection is configured."""
+        ...
+
+    def download_many(self, files: Sequence[tuple[RemoteFile, Path]], parallel: int = 1) -> list[int]:
+        """Download ``(remote, local_path)`` pairs over up to ``parallel`` connections; the byte
+        counts in input order. The first failure stops the remaining work and is raised."""
+        ...

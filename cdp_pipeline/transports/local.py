@@ -18,7 +18,7 @@ class LocalTransport(Transport):
 
     def _path(self, remote_path: str) -> Path:
         # Remote paths are relative to the root; refuse anything that climbs out of it so a
-        # hostile name in a drop folder cannot address files elsewhere (reliability S10).
+        # hostile name in a drop folder cannot address files elsewhere on this machine.
         candidate = (self.root / remote_path.lstrip("/")).resolve()
         root = self.root.resolve()
         if candidate != root and root not in candidate.parents:

@@ -30,12 +30,12 @@ from cdp_pipeline.dialects.netmera import (
 )
 from cdp_pipeline.errors import InputError
 from cdp_pipeline.exporting import render_name, run_export
-from cdp_pipeline.scheduling import next_fire_times
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
 from cdp_pipeline.transports.base import RemoteFile
 from cdp_pipeline.transports.local import LocalTransport
 from cdp_pipeline_tests.dialects import key_table_problems
+from cdp_pipeline_tests.fixtures.schedule_fire_times import next_fire_times
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "cdp_pipeline" / "demo" / "examples"
 CATALOG = StoreFile.model_validate(yaml.safe_load((EXAMPLES / "store_sare_netmera.yaml").read_text())).catalog

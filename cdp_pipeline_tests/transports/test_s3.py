@@ -23,7 +23,10 @@ from dagster_aws.s3 import S3Resource
 from cdp_pipeline.config.connection import S3Location
 from cdp_pipeline.errors import FileVanishedError, TransientError, TransientTransportError, TransportError
 from cdp_pipeline.transports.base import RemoteFile
-from cdp_pipeline.transports.s3 import RENAME_MARKER, S3Transport, classify_s3_error, s3_client_for
+from cdp_pipeline.transports.s3 import S3Transport
+from cdp_pipeline.transports.s3_client import s3_client_for
+from cdp_pipeline.transports.s3_errors import classify_s3_error
+from cdp_pipeline.transports.s3_finishing import RENAME_MARKER
 from cdp_pipeline_tests.fixtures.moto_s3 import ACCESS_KEY_ENV, SECRET_KEY_ENV, S3Bucket, S3Iam
 
 PREFIX = "landing/cdp"
@@ -107,7 +110,7 @@ def test_list_files_paginates_beyond_1000_keys(dagster_transport: S3Transport, s
     keys = [f"{PREFIX}/many/f{i:05d}.csv" for i in range(1001)]
     _put_many(s3_bucket, keys + [f"{PREFIX}/many/sub/deeper.csv"])
     calls: list[dict[str, Any]] = []
-    dagster_transport._client.meta.events.register(
+    dagster_transport.root.client.meta.events.register(
         "before-parameter-build.s3.ListObjectsV2", lambda params, **_: calls.append(dict(params))
     )
 
@@ -457,7 +460,7 @@ def test_classifier_vanished_and_wrapped_errors() -> None:
         try:
             raise _client_error("AccessDenied", 403, "PutObject")
         except ClientError as inner:
-            raise S3UploadFailedError(f"Failed to upload: {inner}")
+            raise S3UploadFailedError(f"Failed to upload: {inner}")  # noqa: B904 - as boto3 does: only the context
     except S3UploadFailedError as outer:
         error = _classify(outer, "s3:PutObject")
     assert type(error) is TransportError and "need s3:PutObject" in str(error)

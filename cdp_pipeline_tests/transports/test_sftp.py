@@ -16,7 +16,8 @@ import pytest
 from cdp_pipeline.errors import ConfigError, FileVanishedError, TransientTransportError, TransportError
 from cdp_pipeline.transports import sftp_streams
 from cdp_pipeline.transports.base import RemoteFile
-from cdp_pipeline.transports.sftp import SftpSecrets, SftpTransport, load_private_key
+from cdp_pipeline.transports.sftp import SftpTransport
+from cdp_pipeline.transports.sftp_credentials import SftpSecrets, load_private_key
 from cdp_pipeline_tests.fixtures.sshd import SshdServer, fingerprint_of_public_line, sshd_variant
 
 

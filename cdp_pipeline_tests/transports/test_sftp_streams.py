@@ -27,7 +27,7 @@ def sftp(sshd_server: SshdServer) -> Iterator[paramiko.SFTPClient]:
     settings = sshd_server.settings("key", "private_key", "ed25519")
     transport = SftpTransport(settings.location, settings.secrets)
     try:
-        yield transport._sftp()  # noqa: SLF001 - these tests drive the client the transport uses
+        yield transport.connection.client()  # these tests drive the client the transport uses
     finally:
         transport.close()
 
