@@ -488,7 +488,8 @@ def _process_with_polars(conn: duckdb.DuckDBPyConnection, goal: ExportGoal, colu
             )
             conn.register("export_batch", out)
             try:
-                conn.execute("INSERT INTO export_processed SELECT * FROM export_batch")
+                batch_columns = ", ".join(["_rn", "_profile_id", "_changed", *names])
+                conn.execute(f"INSERT INTO export_processed ({batch_columns}) SELECT {batch_columns} FROM export_batch")
             finally:
                 conn.unregister("export_batch")
     except InputError as exc:
@@ -734,14 +735,14 @@ def record_export(
     try:
         params = {"c": connection, "g": goal}
         conn.execute("DELETE FROM export_state WHERE connection = $c AND goal = $g", params)
-        conn.execute("INSERT INTO export_state VALUES ($c, $g, $t, $r)", {**params, "t": snapshot, "r": run_id})
+        conn.execute("INSERT INTO export_state (connection, goal, last_export_at, last_run_id) VALUES ($c, $g, $t, $r)", {**params, "t": snapshot, "r": run_id})
         conn.execute(
             f"""
             MERGE INTO exchanged_profiles t
             USING (SELECT profile_id FROM read_parquet({literal(str(exported))})) s
             ON t.connection = $c AND t.direction = 'exported' AND t.profile_id = s.profile_id
             WHEN MATCHED THEN UPDATE SET last_at = $t
-            WHEN NOT MATCHED THEN INSERT VALUES ($c, 'exported', s.profile_id, $t, $t)
+            WHEN NOT MATCHED THEN INSERT (connection, direction, profile_id, first_at, last_at) VALUES ($c, 'exported', s.profile_id, $t, $t)
             """,
             {"c": connection, "t": snapshot},
         )

@@ -50,10 +50,7 @@ import polars as pl
 from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
 from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
-from cdp_pipeline.tables.staged import StagedImport
-
-KEY_INDEX = "_key_index"
-ROWS = "_rows"
+from cdp_pipeline.tables.staged import KEY_INDEX, ROWS, StagedImport
 
 
 @dataclass

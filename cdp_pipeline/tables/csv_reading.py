@@ -44,9 +44,8 @@ if sys.byteorder != "little":  # pragma: no cover - _quote_parity packs bytes in
 
 from cdp_pipeline.config.csv_options import ColumnFormat, CsvOptions
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
+from cdp_pipeline.tables.staged import LINE as LINE_COLUMN
 
-#: name of the Int64 column holding the physical 1-based line where each record starts.
-LINE_COLUMN = "_line"
 #: bytes read per step of the streaming passes.
 CHUNK_BYTES = 8 * 1024 * 1024
 #: a record (one row, quoted newlines included) longer than this is refused: in practice it is an
