@@ -20,7 +20,6 @@ No value ever passes through Python row by row; processors are compiled to SQL, 
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,34 +30,15 @@ import polars as pl
 
 from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
 from cdp_pipeline.config.connection import ExportGoal
-from cdp_pipeline.config.processors import (
-    Concatenate,
-    CurrentDate,
-    CustomProcessor,
-    DropEmpty,
-    FilterRows,
-    FixedValue,
-    Lowercase,
-    MapValues,
-    NormalizeEmail,
-    Processor,
-    Pseudonymize,
-    RemoveNullStrings,
-    Trim,
-    Uppercase,
-)
 from cdp_pipeline.errors import ConfigError, InputError
 from cdp_pipeline.store.schema import event_table, item_table, literal, quote
-from cdp_pipeline.tables.processors import DEFAULT_NULL_TOKENS, EMAIL_DOMAIN_FIXES, EMAIL_TLD_TYPOS, _salt, apply_processors
+from cdp_pipeline.tables.processors import apply_processors, processors_in_sql, processors_sql
 
 # Cells a spreadsheet would run as a formula (OWASP/ASVS 1.2.10 list plus CR); prefixed with ' (#70).
 _FORMULA_START = r"^[=+\-@\t\r]"
 # A typed number as the export writes it (-5, -0.5, 1e-05): left alone by the guard, because a
 # spreadsheet reads it as the number it is and a quote would turn it into text.
 _NUMBER = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
-# What Polars' ``str.strip_chars()`` (Rust ``char::is_whitespace``) strips. DuckDB's ``trim``
-# strips spaces only, so trim/normalize_email use this class to give the import's result.
-_WHITESPACE = r"[\s\x{0B}\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}]"
 #: rows handed to Polars at a time when a custom processor runs (memory stays bounded by it).
 POLARS_BATCH_ROWS = 100_000
 #: header of the first column of a diff file.
@@ -281,11 +261,6 @@ def _base_sql(columns: list[_Column], joins: list[str], *, include_unchanged: bo
     """
 
 
-def processors_in_sql(processors: Iterable[Processor]) -> bool:
-    """Whether the chain compiles to DuckDB SQL (everything but ``custom``)."""
-    return not any(isinstance(p, CustomProcessor) for p in processors)
-
-
 def build_export_rows(
     conn: duckdb.DuckDBPyConnection,
     catalog: Catalog,
@@ -341,107 +316,13 @@ def build_export_rows(
     return rows
 
 
-def _processor_targets(goal: ExportGoal, columns: list[_Column]) -> dict[str, list[str]]:
-    by_header: dict[str, list[str]] = {}
-    for column, name in zip(columns, _names(len(columns))):
-        by_header.setdefault(column.header, []).append(name)
-    return by_header
-
-
-def _targets(by_header: dict[str, list[str]], goal: ExportGoal, index: int, kind: str, headers: list[str]) -> list[str]:
-    names = []
-    for header in headers:
-        if header not in by_header:
-            raise ConfigError(
-                f"export goal {goal.name!r}: processors.{index} ({kind}) names column {header!r}, which is not a column "
-                f"of the export; processors on the way out work on the export's headers: {', '.join(by_header)}"
-            )
-        names.extend(by_header[header])
-    return names
-
-
-def _strip(x: str) -> str:
-    return f"regexp_replace({x}, '^{_WHITESPACE}+|{_WHITESPACE}+$', '', 'g')"
-
-
-def _normalised_email(x: str) -> str:
-    """normalize_email of tables/processors.py in SQL: trim, lower case, '' → NULL, then fix the
-    domain (after the first '@'): ".com" typos first, then whole-domain typos."""
-    cleaned = f"nullif(lower({_strip(x)}), '')"
-    tld = "(" + "|".join(t.replace(".", "\\.") for t in EMAIL_TLD_TYPOS) + ")$"
-    domain = f"regexp_replace(substr(v, strpos(v, '@') + 1), {literal(tld)}, '.com')"
-    fixes = " ".join(f"WHEN {literal(bad)} THEN {literal(good)}" for bad, good in EMAIL_DOMAIN_FIXES.items())
-    fixed = f"CASE d {fixes} ELSE d END"
-    # list_transform binds the cleaned address and its domain once each, as the Polars version does.
-    return (
-        f"list_transform([{cleaned}], lambda v: CASE WHEN strpos(v, '@') = 0 THEN v ELSE "
-        f"substr(v, 1, strpos(v, '@') - 1) || '@' || list_transform([{domain}], lambda d: {fixed})[1] END)[1]"
-    )
-
-
 def _processors_sql(goal: ExportGoal, columns: list[_Column], base: str, run_time: datetime, params: dict[str, Any]) -> str:
-    """The chain as nested SELECTs over ``base``, each giving the same cells as the Polars
-    processor of the import (tables/processors.py) on text columns."""
-    by_header = _processor_targets(goal, columns)
-    all_names = _names(len(columns))
-    sql = base
-    for index, processor in enumerate(goal.processors):
-        kind = processor.type
-        replace: dict[str, str] = {}
-        where: str | None = None
-        if isinstance(processor, (Trim, Lowercase, Uppercase, NormalizeEmail)):
-            transform = {
-                "trim": lambda x: f"nullif({_strip(x)}, '')",
-                "lowercase": lambda x: f"lower({x})",
-                "uppercase": lambda x: f"upper({x})",
-                "normalize_email": _normalised_email,
-            }[kind]
-            replace = {n: transform(n) for n in _targets(by_header, goal, index, kind, processor.columns)}
-        elif isinstance(processor, FilterRows):
-            (name, *_) = _targets(by_header, goal, index, kind, [processor.column])
-            try:
-                pl.select(pl.lit("").str.contains(processor.pattern))
-            except pl.exceptions.PolarsError as exc:
-                raise ConfigError(f"export goal {goal.name!r}: processors.{index} filter_rows: invalid pattern {processor.pattern!r} ({exc})") from exc
-            matches = f"coalesce(regexp_matches({name}, {literal(processor.pattern)}), FALSE)"
-            where = matches if processor.keep_matching else f"NOT {matches}"
-        elif isinstance(processor, DropEmpty):
-            names = _targets(by_header, goal, index, kind, processor.columns)
-            where = " AND ".join(f"coalesce({_strip(n)} <> '', FALSE)" for n in names)
-        elif isinstance(processor, FixedValue):
-            replace = {n: literal(processor.value) for n in _targets(by_header, goal, index, kind, [processor.column])}
-        elif isinstance(processor, Concatenate):
-            parts = ", ".join(f"nullif({n}, '')" for n in _targets(by_header, goal, index, kind, processor.columns))
-            joined = f"nullif(concat_ws({literal(processor.separator)}, {parts}), '')"
-            replace = {n: joined for n in _targets(by_header, goal, index, kind, [processor.target])}
-        elif isinstance(processor, MapValues):
-            if processor.unmapped == "default" and processor.default is None:
-                raise ConfigError(f"export goal {goal.name!r}: processors.{index} map_values: unmapped: default needs a default value")
-            whens = " ".join(f"WHEN {{x}} = {literal(k)} THEN {literal(v)}" for k, v in processor.mapping.items())
-            fallback = {"keep": "{x}", "empty": "NULL", "default": literal(processor.default or "")}[processor.unmapped]
-            template = f"CASE WHEN {{x}} IS NULL THEN NULL {whens} ELSE {fallback} END"
-            replace = {n: template.replace("{x}", n) for n in _targets(by_header, goal, index, kind, [processor.column])}
-        elif isinstance(processor, CurrentDate):
-            moment = run_time.strftime("%Y-%m-%d %H:%M:%S" if processor.with_time else "%Y-%m-%d")
-            replace = {n: literal(moment) for n in _targets(by_header, goal, index, kind, [processor.column])}
-        elif isinstance(processor, RemoveNullStrings):
-            names = all_names if processor.columns is None else _targets(by_header, goal, index, kind, processor.columns)
-            tokens = ", ".join(literal(t) for t in sorted({*DEFAULT_NULL_TOKENS, *(t.strip().lower() for t in processor.tokens)}))
-            replace = {n: f"CASE WHEN lower({_strip(n)}) IN ({tokens}) THEN NULL ELSE {n} END" for n in names}
-        elif isinstance(processor, Pseudonymize):
-            # The salt is a bound parameter, never SQL text: an error message quoting the
-            # statement cannot leak it (reliability #75). sha256(salt || value) is exactly the
-            # import processor's digest, so exported pseudonyms join with imported ones.
-            salt_key = f"salt{index}"
-            params[salt_key] = _salt(processor, f"export goal {goal.name!r}")
-            replace = {n: f"sha256(${salt_key} || {n})" for n in _targets(by_header, goal, index, kind, processor.columns)}
-        else:  # pragma: no cover - custom processors take the Polars path
-            raise ConfigError(f"export goal {goal.name!r}: processors.{index}: {kind} cannot run in SQL")
-        if replace:
-            sql = f"SELECT * REPLACE ({', '.join(f'{expr} AS {name}' for name, expr in replace.items())}) FROM ({sql})"
-        if where:
-            sql = f"SELECT * FROM ({sql}) WHERE {where}"
-    return sql
+    """The goal's chain in SQL over ``base``: processors name the export's headers, which stand
+    for the columns ``c1 … cN`` (a repeated header for each of its columns)."""
+    by_header: dict[str, list[str]] = {}
+    for column, name in zip(columns, _names(len(columns)), strict=True):
+        by_header.setdefault(column.header, []).append(name)
+    return processors_sql(goal.processors, base, columns=by_header, run_time=run_time, subject=f"export goal {goal.name!r}", params=params)
 
 
 def _process_with_polars(conn: duckdb.DuckDBPyConnection, goal: ExportGoal, columns: list[_Column], base: str, run_time: datetime) -> None:
