@@ -44,6 +44,7 @@ from cdp_pipeline.config.processors import Pseudonymize
 from cdp_pipeline.crypto.pgp import PgpKeyring
 from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, TransportError
 from cdp_pipeline.store import exports as store_exports
+from cdp_pipeline.store.exports import rows as export_rows
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
 from cdp_pipeline.store.segments import refresh_memberships
@@ -674,7 +675,7 @@ def test_processors_in_sql_give_the_import_processors_results(project: ProjectCo
     """The SQL chain and the import's Polars chain (tables/processors.py), run over the same rows,
     write byte-identical files; pseudonymize gives the import's digest."""
     monkeypatch.setenv("CDP_TEST_EXPORT_SALT", "pepper")
-    monkeypatch.setattr(store_exports, "POLARS_BATCH_ROWS", 2)  # several batches on the Polars path
+    monkeypatch.setattr(export_rows, "POLARS_BATCH_ROWS", 2)  # several batches on the Polars path
     _processor_store(project)
     goal = make_goal(columns=PROCESSOR_COLUMNS, processors=PROCESSORS, formula_guard=False)
     files = {}
@@ -706,7 +707,7 @@ def test_processors_in_sql_give_the_import_processors_results(project: ProjectCo
 
 
 def test_custom_processor_runs_over_batches(project: ProjectConfig, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(store_exports, "POLARS_BATCH_ROWS", 2)
+    monkeypatch.setattr(export_rows, "POLARS_BATCH_ROWS", 2)
     goal = make_goal(
         columns=[{"header": "id", "profile_id": True}, {"header": "first_name", "property": "first_name"}, {"header": "score", "text": ""}],
         processors=[
