@@ -9,8 +9,9 @@ The order matters and is what makes a run safe to retry:
    The writer is then closed, so an import is never blocked by a slow upload.
 2. Re-encode (and gzip) when the goal's encoding is not UTF-8.
 3. Encrypt **every** file before uploading **any**: a bad, expired or missing key fails the run
-   with nothing sent, and plaintext is never uploaded in its place (reliability #73).
-4. Upload each file to ``<name>.part`` and rename (the transports do it; #71), then the manifests,
+   with nothing sent, and plaintext is never uploaded in its place.
+4. Upload each file to ``<name>.part`` and rename (the transports do it, so a consumer never reads
+   a half-written file), then the manifests,
    so a consumer that waits for manifests sees every data file complete.
 5. Reopen the writer and record the export (``export_state``, ``exchanged_profiles`` and the diff
    snapshot) in one transaction. A failure anywhere before leaves the goal's state as it was: the
@@ -35,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cdp_pipeline.config.catalog import consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, ExportCollisionError, TransportError
@@ -182,7 +184,8 @@ def _utc_naive(moment: datetime) -> datetime:
 
 
 def _period(goal: ExportGoal, now: datetime) -> tuple[datetime | None, datetime | None]:
-    assert goal.timeline is not None
+    if goal.timeline is None:
+        raise ConfigError(f"export goal {goal.name!r} has no timeline, so it has no timeline period")
 
     def parse(key: str, value: str | None) -> datetime | None:
         if not value:
@@ -229,6 +232,9 @@ def run_export(
     (the import filters on the same one).
     """
     now = _utc_naive(now)
+    if consent_property is not None and connection.objectives and (problem := consent_property_problem(project.catalog.profile_properties, consent_property)):
+        # Loading checked store.consent_property; an override here has not been through load.
+        raise ConfigError(problem)
     consent_property = consent_property or project.store.consent_property
     work = project.work_dir / connection.name / f"export-{goal.name}-{run_id[:12]}"
     shutil.rmtree(work, ignore_errors=True)
@@ -298,7 +304,7 @@ def run_export(
         manifests = []
         if goal.target.manifest:
             # After every data file: a consumer that waits for manifests never sees a partial set.
-            for item, exported in zip(plan, sent):
+            for item, exported in zip(plan, sent, strict=True):
                 manifest = item.local.with_name(item.local.name + ".manifest.json")
                 manifest.write_text(
                     json.dumps(
@@ -354,7 +360,7 @@ def _finish_encoding(path: Path, goal: ExportGoal) -> None:
                     try:
                         sink.write(encoder.encode(chunk))
                     except UnicodeEncodeError as exc:
-                        # The code point, not the value: error messages carry no personal data (#75).
+                        # The code point, not the value: error messages carry no personal data.
                         raise CdpError(
                             f"export goal {goal.name!r}: {path.name} holds the character U+{ord(exc.object[exc.start]):04X} "
                             f"(near character {offset + exc.start}) that encoding {encoding!r} cannot represent; use "

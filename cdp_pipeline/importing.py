@@ -245,8 +245,6 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
     paths = {f.name: Path(f.local_path) for f in files}
     display = {f.name: f.remote_path for f in files}
     report = work_dir / REJECT_REPORT
-    if connection.objectives and isinstance(goal, ProfileImportGoal):
-        _check_consent_property(project)
     kind = project.dialect_goals(connection.name).get(goal.name)
     try:
         if kind is not None:
@@ -272,15 +270,6 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
 
 #: file name of the reject report inside a delivery's work directory.
 REJECT_REPORT = "rejects.csv"
-
-
-def _check_consent_property(project: ProjectConfig) -> None:
-    prop = project.catalog.profile_properties.get(project.store.consent_property)
-    if prop is None or prop.type != "list":
-        raise CdpError(
-            f"store.consent_property {project.store.consent_property!r} must be a list profile property for a connection "
-            "with objectives; declare it in store.yaml catalog.profile_properties (type: list) or set store.consent_property"
-        )
 
 
 @dataclass

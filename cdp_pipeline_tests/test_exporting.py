@@ -46,6 +46,7 @@ from cdp_pipeline.crypto.keyring import PgpKeyring
 from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, ExportCollisionError, TransportError
 from cdp_pipeline.store import exports as store_exports
 from cdp_pipeline.store.database import open_writer
+from cdp_pipeline.store.exports import rows as export_rows
 from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
 from cdp_pipeline.store.segments import refresh_memberships
 from cdp_pipeline.tables.processors import apply_processors
@@ -161,7 +162,7 @@ def assert_golden(name: str, data: bytes) -> None:
     expected = path.read_bytes()
     if data != expected:
         got, want = data.splitlines(), expected.splitlines()
-        first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        first = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
         line_got = got[first] if first < len(got) else b"<end>"
         line_want = want[first] if first < len(want) else b"<end>"
         pytest.fail(f"{name} differs from its golden file at line {first + 1}:\n  got:  {line_got!r}\n  want: {line_want!r}")
@@ -178,7 +179,8 @@ def project(tmp_path: Path) -> ProjectConfig:
             [[*row, T0 - timedelta(days=1), T0 - timedelta(days=1)] for row in PROFILES],
         )
         conn.executemany(
-            "INSERT INTO timeline_order (event_id, profile_id, event_time, total, currency, channel, delivery_id, imported_at) VALUES (?, ?, ?, ?, ?, ?, 'd1', ?)",
+            "INSERT INTO timeline_order (event_id, profile_id, event_time, total, currency, channel, delivery_id, imported_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'd1', ?)",
             [[*row, T0] for row in ORDERS],
         )
         conn.executemany(
@@ -333,7 +335,7 @@ def test_every_column_kind(run: Runner):
     assert_golden("all_kinds.csv", data)
     header, *rows = rows_of(data)
     assert header == [c["header"] for c in ALL_KINDS]
-    by_id = {row[0]: dict(zip(header, row)) for row in rows}
+    by_id = {row[0]: dict(zip(header, row, strict=False)) for row in rows}
     # Declared order, profile id order; p05 is in no segment "known".
     assert list(by_id) == ["p01", "p02", "p03", "p04", "p06"]
     assert by_id["p01"]["segments"] == "buyers|known|reachable" and by_id["p01"]["buyer_segments"] == "buyers|reachable"
@@ -454,7 +456,8 @@ def test_changed_since_last_export_over_three_runs(run: Runner, project: Project
     full = run(goal, T0 + timedelta(hours=4), full=True)
     assert full.profiles_exported == 5
     assert store(project, "SELECT last_export_at, last_run_id FROM export_state WHERE goal = 'crm'") == [(T0 + timedelta(hours=4), "run00005abcdef")]
-    assert store(project, "SELECT profile_id, first_at, last_at FROM exchanged_profiles WHERE direction = 'exported' AND profile_id IN ('p01', 'p02') ORDER BY 1") == [
+    exchanged = "SELECT profile_id, first_at, last_at FROM exchanged_profiles WHERE direction = 'exported' AND profile_id IN ('p01', 'p02') ORDER BY 1"
+    assert store(project, exchanged) == [
         ("p01", T0, T0 + timedelta(hours=4)),
         ("p02", T0, T0 + timedelta(hours=4)),
     ]
@@ -685,7 +688,7 @@ def test_processors_in_sql_give_the_import_processors_results(project: ProjectCo
     """The SQL chain and the import's Polars chain (tables/processors.py), run over the same rows,
     write byte-identical files; pseudonymize gives the import's digest."""
     monkeypatch.setenv("CDP_TEST_EXPORT_SALT", "pepper")
-    monkeypatch.setattr(store_exports, "POLARS_BATCH_ROWS", 2)  # several batches on the Polars path
+    monkeypatch.setattr(export_rows, "POLARS_BATCH_ROWS", 2)  # several batches on the Polars path
     _processor_store(project)
     goal = make_goal(columns=PROCESSOR_COLUMNS, processors=PROCESSORS, formula_guard=False)
     files = {}
@@ -701,7 +704,7 @@ def test_processors_in_sql_give_the_import_processors_results(project: ProjectCo
             assert rows == 2
     assert files["sql"].read_bytes() == files["polars"].read_bytes()
     assert_golden("processors.csv", files["sql"].read_bytes())
-    out = {row[0]: dict(zip(rows_of(files["sql"].read_bytes())[0], row)) for row in rows_of(files["sql"].read_bytes())[1:]}
+    out = {row[0]: dict(zip(rows_of(files["sql"].read_bytes())[0], row, strict=False)) for row in rows_of(files["sql"].read_bytes())[1:]}
     assert out["q1"]["email"] == "anna@gmail.com" and out["q2"]["email"] == "x@hotmail.com"
     assert out["q1"]["city"] == "KRK" and out["q2"]["city"] == "" and out["q2"]["full"] == "Bob"
     assert out["q1"]["day"] == "2026-01-15" and out["q1"]["moment"] == "2026-01-15 06:00:00"
@@ -717,7 +720,7 @@ def test_processors_in_sql_give_the_import_processors_results(project: ProjectCo
 
 
 def test_custom_processor_runs_over_batches(project: ProjectConfig, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(store_exports, "POLARS_BATCH_ROWS", 2)
+    monkeypatch.setattr(export_rows, "POLARS_BATCH_ROWS", 2)
     goal = make_goal(
         columns=[{"header": "id", "profile_id": True}, {"header": "first_name", "property": "first_name"}, {"header": "score", "text": ""}],
         processors=[
@@ -846,7 +849,9 @@ def test_export_to_sftp(run: Runner, sshd_server, tmp_path: Path):
     settings = sshd_server.settings("password")
     directory = sshd_server.fresh_directory("password", "exports")
     local = run(make_goal(name="local", columns=ALL_KINDS, segment="buyers", timeline={"directory": "out/t"}), full=True)
-    goal = make_goal(columns=ALL_KINDS, segment="buyers", target={"directory": directory, "split_rows": 2, "manifest": True}, timeline={"directory": f"{directory}/t"})
+    goal = make_goal(
+        columns=ALL_KINDS, segment="buyers", target={"directory": directory, "split_rows": 2, "manifest": True}, timeline={"directory": f"{directory}/t"}
+    )
     with SftpTransport(settings.location, settings.secrets) as transport:
         outcome = run(goal, transport=transport, full=True)
         assert outcome.target_uri == transport.uri
@@ -875,7 +880,12 @@ def test_export_to_s3(run: Runner, s3_bucket):
     with S3Transport.from_environment(s3_bucket.location) as transport:
         outcome = run(goal, transport=transport, full=True)
     assert sorted(s3_bucket.keys()) == sorted(
-        ["exports/crm_20260115.csv.gz", "exports/crm_20260115.csv.gz.manifest.json", "exports/crm_20260115.diff.csv.gz", "exports/crm_20260115.diff.csv.gz.manifest.json"]
+        [
+            "exports/crm_20260115.csv.gz",
+            "exports/crm_20260115.csv.gz.manifest.json",
+            "exports/crm_20260115.diff.csv.gz",
+            "exports/crm_20260115.diff.csv.gz.manifest.json",
+        ]
     )
     assert gzip.decompress(s3_bucket.get("exports/crm_20260115.csv.gz")) == gzip.decompress(run.read(local.profile_file.remote_path))
     assert outcome.diff_counts == {"added": 3, "changed": 0, "removed": 0}

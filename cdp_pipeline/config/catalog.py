@@ -8,13 +8,14 @@ Declared in ``store.yaml`` next to the connections.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from pydantic import Field, field_validator, model_validator
 
 from cdp_pipeline.config.csv_options import ColumnType, StrictModel
 
 # Identifiers become DuckDB column and table names: keep them plain so they never need quoting
-# tricks and cannot collide case-insensitively (reliability S9).
+# tricks and cannot collide case-insensitively (DuckDB matches names without regard to case).
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RESERVED_PROFILE_COLUMNS = {"profile_id", "created_at", "updated_at", "last_delivery_id", "last_run_id"}
 
@@ -147,3 +148,22 @@ class Catalog(StrictModel):
     @property
     def unique_properties(self) -> list[str]:
         return [name for name, prop in self.profile_properties.items() if prop.unique]
+
+
+def consent_property_problem(profile_properties: Mapping[str, PropertyDefinition], consent_property: str) -> str | None:
+    """Why ``store.consent_property`` cannot hold consent, or None when it can.
+
+    A connection with objectives imports and exports only profiles whose consent property (a
+    list of objective names) names one of them; any other property type cannot be tested for
+    that. Loading checks it for every connection with objectives, so the engine trusts it; this
+    is the one place the rule and its message are written.
+    """
+    prop = profile_properties.get(consent_property)
+    if prop is not None and prop.type == "list":
+        return None
+    found = "not declared" if prop is None else f"declared as {prop.type}"
+    return (
+        f"store.consent_property {consent_property!r} must be a list profile property for a connection with objectives, "
+        f"but the consent property {consent_property!r} is not a list property in store.yaml ({found}); declare it in "
+        "store.yaml catalog.profile_properties (type: list) or set store.consent_property"
+    )

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.config.catalog import Catalog, consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.csv_options import StrictModel
 from cdp_pipeline.errors import ConfigError
@@ -47,7 +47,7 @@ class StoreSettings(StrictModel):
     #: keep property_changes (value history and provenance); costs one row per changed value.
     history: bool = True
     #: rows of customer data shown as a preview on each import in the Dagster UI; 0 shows none
-    #: (the run's event log then holds counts only, no values: security S15).
+    #: (the run's event log then holds counts only: no customer values reach it unless the user opts in).
     ui_preview_rows: int = Field(default=10, ge=0, le=100)
 
 
@@ -179,13 +179,8 @@ def _check_references(connection: Connection, catalog: Catalog, where: str, stor
     """Cross-checks that need both the connection and the catalog."""
     problems: list[str] = []
     props = catalog.profile_properties
-    if connection.objectives and store is not None:
-        consent = props.get(store.consent_property)
-        if consent is None or consent.type != "list":
-            problems.append(
-                f"objectives: the consent property {store.consent_property!r} (store.consent_property) must be a list "
-                "profile property declared in store.yaml"
-            )
+    if connection.objectives and store is not None and (problem := consent_property_problem(props, store.consent_property)):
+        problems.append(f"objectives: {problem}")
     for index, goal in enumerate(connection.goals):
         at = f"goals.{index} ({goal.name})"
         if isinstance(goal, ProfileImportGoal):

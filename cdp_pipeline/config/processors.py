@@ -1,7 +1,8 @@
 """Data processors declared per goal: transformations applied, in order, to the rows of a file
 before identifiers are linked and columns mapped ("Process CSV data" in the seeds).
 
-Each kind is implemented as a Polars expression in ``cdp_pipeline.tables.processors``.
+Each kind is registered once in ``cdp_pipeline.tables.processors.PROCESSOR_KINDS`` with its Polars
+form (imports) and its DuckDB SQL form (exports); a new kind needs a model here and an entry there.
 
 Every processor of an import goal may name the goal's files it runs on (``files: [orders,
 order_lines]``, logical names from ``files.root`` / ``files.linked``); without ``files`` it runs on
@@ -119,6 +120,18 @@ class CustomProcessor(_FileScoped):
 
 
 Processor = Annotated[
-    NormalizeEmail | Trim | Lowercase | Uppercase | FilterRows | DropEmpty | FixedValue | Concatenate | MapValues | CurrentDate | RemoveNullStrings | Pseudonymize | CustomProcessor,
+    NormalizeEmail
+    | Trim
+    | Lowercase
+    | Uppercase
+    | FilterRows
+    | DropEmpty
+    | FixedValue
+    | Concatenate
+    | MapValues
+    | CurrentDate
+    | RemoveNullStrings
+    | Pseudonymize
+    | CustomProcessor,
     Field(discriminator="type"),
 ]

@@ -47,13 +47,10 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
-from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
+from cdp_pipeline.config.catalog import Catalog, PropertyDefinition, consent_property_problem
 from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
-from cdp_pipeline.tables.staged import StagedImport
-
-KEY_INDEX = "_key_index"
-ROWS = "_rows"
+from cdp_pipeline.tables.staged import KEY_INDEX, ROWS, StagedImport
 
 
 @dataclass
@@ -305,12 +302,8 @@ def _merge_records(
 
     consent = "TRUE"
     if objectives and staged.target == "profiles":
-        prop = properties.get(consent_property)
-        if prop is None or prop.type != "list":
-            raise ConfigError(
-                f"the connection has objectives {list(objectives)} but the consent property {consent_property!r} is not a list "
-                "profile property; declare it in store.yaml (catalog.profile_properties) or set store.consent_property"
-            )
+        if problem := consent_property_problem(properties, consent_property):  # a configuration built without load_project
+            raise ConfigError(problem)
         # The consent a row is judged by: what the profile would hold after this delivery (the
         # incoming value under its merge rule), else the stored value; nothing means no consent.
         value = new_value(consent_property) if consent_property in rules else f"t.{quote(consent_property)}"

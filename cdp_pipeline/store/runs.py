@@ -24,7 +24,8 @@ def record_run(
     error: str | None,
 ) -> None:
     conn.execute(
-        "INSERT INTO runs VALUES ($run, $connection, $kind, $goal, $partition, $started, $ended, $status, $counts, $last, $error)",
+        "INSERT INTO runs (run_id, connection, kind, goal, partition_key, started_at, ended_at, status, counts, last_profiles, error) "
+        "VALUES ($run, $connection, $kind, $goal, $partition, $started, $ended, $status, $counts, $last, $error)",
         {
             "run": run_id,
             "connection": connection,

@@ -90,12 +90,12 @@ def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: 
                 )
             if joining:
                 conn.execute(
-                    f"INSERT INTO segment_members SELECT $segment, profile_id, $now FROM {changes} WHERE member",
+                    f"INSERT INTO segment_members (segment, profile_id, member_since) SELECT $segment, profile_id, $now FROM {changes} WHERE member",
                     {"segment": name, "now": now},
                 )
             [(size,)] = conn.execute("SELECT count(*) FROM segment_members WHERE segment = $segment", {"segment": name}).fetchall()
             sizes[name] = size
-            conn.execute("INSERT INTO segment_sizes VALUES ($segment, $now, $size)", {"segment": name, "now": now, "size": size})
+            conn.execute("INSERT INTO segment_sizes (segment, measured_at, size) VALUES ($segment, $now, $size)", {"segment": name, "now": now, "size": size})
         for index, (name, lifecycle) in enumerate(catalog.lifecycles.items()):
             stages = f"stage_changes_{index}"
             scratch.append(stages)
@@ -125,7 +125,8 @@ def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: 
                 )
             if joining:
                 conn.execute(
-                    f"INSERT INTO lifecycle_members SELECT $lifecycle, new_stage, profile_id, $now FROM {stages} WHERE new_stage IS NOT NULL",
+                    f"INSERT INTO lifecycle_members (lifecycle, stage, profile_id, stage_since) "
+                    f"SELECT $lifecycle, new_stage, profile_id, $now FROM {stages} WHERE new_stage IS NOT NULL",
                     {"lifecycle": name, "now": now},
                 )
         conn.execute("COMMIT")

@@ -13,7 +13,8 @@ import polars as pl
 
 from cdp_pipeline.config.csv_options import ColumnFormat
 from cdp_pipeline.errors import InputError, InputProblem
-from cdp_pipeline.tables.csv_reading import LINE_COLUMN, MAX_LISTED_PROBLEMS
+from cdp_pipeline.tables.csv_reading import MAX_LISTED_PROBLEMS
+from cdp_pipeline.tables.staged import LINE as LINE_COLUMN
 
 _TYPE_LABELS = {
     "integer": "INTEGER",

@@ -46,9 +46,8 @@ from cdp_pipeline.tables.csv_decoding import (
     raw_chunks,
 )
 from cdp_pipeline.tables.record_scan import RecordScan, RecordScanner
+from cdp_pipeline.tables.staged import LINE as LINE_COLUMN
 
-#: name of the Int64 column holding the physical 1-based line where each record starts.
-LINE_COLUMN = "_line"
 #: cell problems listed one by one before the rest are summarised.
 MAX_LISTED_PROBLEMS = 100
 

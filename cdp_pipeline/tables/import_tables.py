@@ -49,17 +49,9 @@ from cdp_pipeline.tables.column_names import normalise_column_name
 from cdp_pipeline.tables.column_typing import parse_typed
 from cdp_pipeline.tables.csv_reading import read_delimited
 from cdp_pipeline.tables.processors import apply_processors
-from cdp_pipeline.tables.staged import ProductStoreSource, StagedImport
+from cdp_pipeline.tables.staged import KEY, KEY_INDEX, LINE, ROWS, ProductStoreSource, StagedImport
 
 ImportGoal = GroupImportGoal | ProfileImportGoal
-LINE = "_line"
-KEY = "_key"
-#: which identifier (0-based, declared order) ``_key`` is a value of.
-KEY_INDEX = "_key_index"
-#: number of root rows a record was built from (consent and ignore counts are in rows).
-ROWS = "_rows"
-HASH_HI = "_row_hash_hi"
-HASH_LO = "_row_hash_lo"
 #: separates the cells of a row identity; a cell never contains it in practice, and a NUL marks an
 #: empty cell so "" and NULL differ only through this marker (both are "no value" on read anyway).
 _CELL_SEPARATOR = "\x1f"

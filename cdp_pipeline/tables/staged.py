@@ -13,8 +13,17 @@ import polars as pl
 
 from cdp_pipeline.errors import InputProblem
 
-#: columns of the reject report CSV, in this order.
-REJECT_REPORT_COLUMNS = ("file", "line", "column", "reason")
+# The hand-over columns: Polars (import_tables, csv_reading, the dialects) writes them into the
+# frames of a StagedImport and the store's merge reads them back by these names, so both sides
+# take the names from here.
+#: the identifier value a record is keyed on.
+KEY = "_key"
+#: the physical line (1-based) a row starts on; for a record, the last line of its key.
+LINE = "_line"
+#: which identifier (0-based, declared order) ``KEY`` is a value of.
+KEY_INDEX = "_key_index"
+#: number of root rows a record was built from (consent and ignore counts are in rows).
+ROWS = "_rows"
 
 
 @dataclass

@@ -1,0 +1,131 @@
+"""The columns of an export file: what each column kind (property, profile id, segments,
+lifecycles, permission level, text, viewed interactions) writes as SQL text, and the formula guard
+that keeps a spreadsheet from running a cell."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
+from cdp_pipeline.config.connection import ExportGoal
+from cdp_pipeline.store.schema import literal, quote
+
+# Cells a spreadsheet would run as a formula (the OWASP/ASVS list: = + - @ tab, plus CR, which some
+# spreadsheets also treat as a formula start); the guard prefixes them with '.
+_FORMULA_START = r"^[=+\-@\t\r]"
+# A typed number as the export writes it (-5, -0.5, 1e-05): left alone by the guard, because a
+# spreadsheet reads it as the number it is and a quote would turn it into text.
+_NUMBER = r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+
+
+@dataclass(frozen=True)
+class ExportColumn:
+    header: str
+    #: SQL giving the cell as VARCHAR; may use ``p`` (profiles) and the joins of :func:`cdp_pipeline.store.exports.rows.base_sql`.
+    expression: str
+    #: typed numbers/dates/booleans: the guard leaves well-formed numbers alone.
+    typed: bool
+    #: the profile identifier: filled in the "removed" rows of a diff file.
+    identifies: bool
+
+
+def cell_text(expression: str, sql_type: str) -> str:
+    """A stored value as the text written to the file."""
+    if sql_type == "list":
+        # An empty list is no value (as for the "at least one value" rule): an empty cell, not "".
+        return f"nullif(array_to_string({expression}, '|'), '')"
+    if sql_type == "decimal":
+        # DECIMAL(18,4) prints 19.9900; consumers expect 19.99 (and 614.0 for a whole number).
+        # Trimming the text keeps all 18 digits, where a detour through DOUBLE rounded values
+        # above ~15 significant digits.
+        return f"regexp_replace(regexp_replace(CAST({expression} AS VARCHAR), '0+$', ''), '\\.$', '.0')"
+    if sql_type == "datetime":
+        return f"strftime({expression}, '%Y-%m-%d %H:%M:%S')"
+    return f"CAST({expression} AS VARCHAR)"
+
+
+def formula_guarded(expression: str, *, typed: bool) -> str:
+    """Prefix formula-like cells with '. In a typed column (numbers, dates) a well-formed number
+    such as -5 is data, not a formula, and is left alone; anything else there (a processor may
+    have written text into it) is guarded like text."""
+    starts = f"regexp_matches({expression}, {literal(_FORMULA_START)})"
+    if typed:
+        starts += f" AND NOT regexp_matches({expression}, {literal(_NUMBER)})"
+    return f"CASE WHEN {starts} THEN '''' || {expression} ELSE {expression} END"
+
+
+def is_typed(prop: PropertyDefinition) -> bool:
+    return prop.type not in ("text", "list")
+
+
+def cell_names(count: int) -> list[str]:
+    return [f"c{i}" for i in range(1, count + 1)]
+
+
+def export_columns(catalog: Catalog, goal: ExportGoal, consent_property: str | None) -> tuple[list[ExportColumn], list[str]]:
+    """The output columns and the LEFT JOINs they need.
+
+    Segments and lifecycles come from one pivot per table: a GROUP BY profile with one flag (or
+    stage) per name, joined once, then concatenated in name order. Measured at 1M profiles this
+    is several times faster than ``string_agg(… ORDER BY …)``, which sorts within every group.
+    """
+    columns: list[ExportColumn] = []
+    segment_names = sorted(
+        {name for c in goal.columns if c.segments is not None for name in (catalog.segments if c.segments == "all" else c.segments)}
+    )
+    lifecycle_names = sorted(catalog.lifecycles)
+    joins: list[str] = []
+    if segment_names:
+        flags = ", ".join(f"bool_or(segment = {literal(name)}) AS m{i}" for i, name in enumerate(segment_names))
+        joins.append(
+            f"""
+            LEFT JOIN (SELECT profile_id, {flags} FROM segment_members
+                       WHERE segment IN ({', '.join(literal(n) for n in segment_names)}) GROUP BY profile_id) sg ON sg.profile_id = p.profile_id"""
+        )
+    if lifecycle_names and any(c.lifecycles for c in goal.columns):
+        stages = ", ".join(f"any_value(stage) FILTER (WHERE lifecycle = {literal(name)}) AS s{i}" for i, name in enumerate(lifecycle_names))
+        joins.append(
+            f"""
+            LEFT JOIN (SELECT profile_id, {stages} FROM lifecycle_members
+                       WHERE lifecycle IN ({', '.join(literal(n) for n in lifecycle_names)}) GROUP BY profile_id) lc ON lc.profile_id = p.profile_id"""
+        )
+    for column in goal.columns:
+        kind = column.kind
+        typed, identifies = False, False
+        if kind == "property" and column.property is not None:
+            prop = catalog.profile_properties[column.property]
+            expression, typed = cell_text(f"p.{quote(column.property)}", prop.type), is_typed(prop)
+        elif kind == "profile_id":
+            expression, identifies = "p.profile_id", True
+        elif kind == "segments":
+            chosen = set(catalog.segments if column.segments == "all" else column.segments or [])
+            parts = [f"CASE WHEN sg.m{i} THEN {literal(name)} END" for i, name in enumerate(segment_names) if name in chosen]
+            # concat_ws skips NULLs; no membership at all is an empty cell, not "".
+            expression = f"nullif(concat_ws('|', {', '.join(parts)}), '')" if parts else "CAST(NULL AS VARCHAR)"
+        elif kind == "lifecycles":
+            parts = [f"{literal(name + ':')} || lc.s{i}" for i, name in enumerate(lifecycle_names)]
+            expression = f"nullif(concat_ws('|', {', '.join(parts)}), '')" if parts else "CAST(NULL AS VARCHAR)"
+        elif kind == "permission_level":
+            expression = _permission_level(catalog, consent_property)
+        elif kind == "text":
+            expression = literal(column.text or "")
+        else:
+            # viewed_interactions: the store keeps no web interactions (only file imports feed it),
+            # so the column is written empty and files keep the layout a BlueConic consumer expects.
+            expression = "CAST(NULL AS VARCHAR)"
+        columns.append(ExportColumn(column.header, expression, typed, identifies))
+    return columns, joins
+
+
+def _permission_level(catalog: Catalog, consent_property: str | None) -> str:
+    """BlueConic's per-profile permission level has no source in a file-fed store. It is taken
+    from a declared profile property ``permission_level`` when there is one, else derived from
+    consent: ``personal`` when the profile consented to at least one objective of store.yaml,
+    ``anonymous`` otherwise; empty when neither a consent property nor objectives are declared."""
+    if "permission_level" in catalog.profile_properties:
+        return cell_text("p.permission_level", catalog.profile_properties["permission_level"].type)
+    prop = catalog.profile_properties.get(consent_property or "")
+    if consent_property is None or prop is None or prop.type != "list" or not catalog.objectives:
+        return "CAST(NULL AS VARCHAR)"
+    objectives = ", ".join(literal(o) for o in catalog.objectives)
+    return f"CASE WHEN coalesce(list_has_any(p.{quote(consent_property)}, [{objectives}]), FALSE) THEN 'personal' ELSE 'anonymous' END"
