@@ -16,6 +16,7 @@ from cdp_pipeline import exporting, importing
 from cdp_pipeline.config.connection import Connection, ExportGoal, LocalLocation, S3Location, SftpLocation
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport_key
+from cdp_pipeline.deliveries import partition_set_name, split_partition_key
 from cdp_pipeline.disk_space import DiskSpaceError
 from cdp_pipeline.errors import CdpError, InputError, TransientError
 from cdp_pipeline.store.database import open_writer
@@ -27,11 +28,14 @@ NETWORK_RETRY = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPON
 
 
 def deliveries_partitions(connection: str) -> dg.DynamicPartitionsDefinition:
-    return dg.DynamicPartitionsDefinition(name=f"{connection}__deliveries")
+    return dg.DynamicPartitionsDefinition(name=partition_set_name(connection))
+
+
+_KINDS: dict[type, str] = {LocalLocation: "file", SftpLocation: "sftp", S3Location: "s3"}
 
 
 def source_kind(connection: Connection) -> str:
-    return {LocalLocation: "file", SftpLocation: "sftp", S3Location: "s3"}[type(connection.source)]
+    return _KINDS[type(connection.source)]
 
 
 def markdown_preview(frame: pl.DataFrame, rows: int = 10) -> str:
@@ -76,7 +80,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
     pgp_resource_key = pgp_key(name)
 
     def goal_of(context: dg.AssetExecutionContext):
-        return importing.goal_for(project, connection, context.partition_key.partition(":")[0])
+        return importing.goal_for(project, connection, split_partition_key(context.partition_key)[0])
 
     @dg.asset(
         key=[name, "fetched_files"],
@@ -193,7 +197,9 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         key=[name, "profile_store"],
         deps=[import_tables],
         freshness_policy=(
-            dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=connection.freshness_hours), warn_window=timedelta(hours=connection.freshness_hours * 0.75))
+            dg.FreshnessPolicy.time_window(
+                fail_window=timedelta(hours=connection.freshness_hours), warn_window=timedelta(hours=connection.freshness_hours * 0.75)
+            )
             if connection.freshness_hours
             else None
         ),
@@ -262,7 +268,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
 def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGoal, upstream, common: dict) -> dg.AssetsDefinition:
     name = connection.name
     target_key = export_transport_key(name, goal.name) if goal.target.location else transport_key(name)
-    target_kind = source_kind(connection) if goal.target.location is None else {LocalLocation: "file", SftpLocation: "sftp", S3Location: "s3"}[type(goal.target.location)]
+    target_kind = source_kind(connection) if goal.target.location is None else _KINDS[type(goal.target.location)]
     segment_key = dg.AssetKey([name, f"{goal.name}_segment_export"])
     timeline_key = dg.AssetKey([name, f"{goal.name}_timeline_export"])
     specs = [

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
@@ -56,10 +58,13 @@ from cdp_pipeline.config.connection import (
 from cdp_pipeline.config.csv_options import ColumnFormat, CsvOptions, StrictModel
 from cdp_pipeline.config.processors import CustomProcessor
 from cdp_pipeline.config.schedules import Schedule
+from cdp_pipeline.deliveries.grouping import DeliveryScan, goal_claims, scan_deliveries
+from cdp_pipeline.deliveries.sources import MergeContext, MergeSteps, StagedDelivery, StagingInput
 from cdp_pipeline.errors import InputError, InputProblem
 from cdp_pipeline.tables.csv_reading import normalise_column_name
 from cdp_pipeline.tables.import_tables import build_import_tables
 from cdp_pipeline.tables.staged import StagedImport
+from cdp_pipeline.transports.base import RemoteFile
 
 PUSH = "push"
 PROFILE = "profile"
@@ -114,6 +119,11 @@ class NetmeraSettings(StrictModel):
         if value is not None:
             _check_name_part(value, "appkey")
         return value
+
+    @property
+    def goal_names(self) -> tuple[str, ...]:
+        """The goals generated per file: partitions and ledger rows carry these names."""
+        return (self.profile_goal_name, self.push_goal_name)
 
     def property_for(self, attribute: str) -> str:
         if attribute in self.attribute_properties:
@@ -420,6 +430,60 @@ def check_file_name_unused(conn, *, connection: str, goal: str, root_file: str, 
             f"a file with this name was already imported on {row[1]:%Y-%m-%d %H:%M} UTC (delivery {row[0]}) with other content",
             "Give every file a unique name, e.g. with the current date and time (profile_20260101_1530.txt)",
         )
+
+
+# --------------------------------------------------------------------------- the delivery source
+
+
+@dataclass(frozen=True)
+class NetmeraSource:
+    """One kind of Netmera file (push files or profile attribute files) as a ``DeliverySource``:
+    listed with its listing goal, each file staged with a goal built for that file, and a file
+    name merged before with other content refused inside the merge's writer connection."""
+
+    settings: NetmeraSettings
+    kind: Literal["push", "profile"]
+
+    @property
+    def goal_name(self) -> str:
+        return self.settings.push_goal_name if self.kind == PUSH else self.settings.profile_goal_name
+
+    @property
+    def listing_goal(self) -> ProfileImportGoal:
+        return netmera_listing_goal(self.settings, self.kind)
+
+    @property
+    def generates_goal(self) -> bool:
+        return True
+
+    def claims(self, name: str) -> bool:
+        return goal_claims(self.listing_goal, name)
+
+    def scan(self, connection: str, listing: list[RemoteFile], is_ready: Callable[[RemoteFile], bool], now: float | None) -> DeliveryScan:
+        return scan_deliveries(connection, self.listing_goal, listing, is_ready)
+
+    def stage(self, inputs: StagingInput) -> StagedDelivery:
+        local = inputs.files[PUSH if self.kind == PUSH else PROFILE]
+        delivered_at = datetime.fromtimestamp(local.remote_mtime, tz=UTC).replace(tzinfo=None)
+        goal, staged = stage_netmera_file(
+            self.kind, local.path, display_name=local.remote_path, delivered_at=delivered_at,
+            catalog=inputs.catalog, settings=self.settings, run_time=inputs.run_time,
+        )
+        return StagedDelivery(goal=goal, staged=staged)
+
+    def around_merge(self, context: MergeContext) -> MergeSteps:
+        def refuse_reused_name(conn, staged: StagedImport) -> StagedImport:
+            check_file_name_unused(
+                conn, connection=context.connection, goal=context.goal, root_file=context.root_file, content_sha256=context.content_sha256
+            )
+            return staged
+
+        return MergeSteps(prepare=refuse_reused_name)
+
+
+def netmera_sources(settings: NetmeraSettings) -> list[NetmeraSource]:
+    """Profile attribute files first: a push for an external id finds the profile a same-run file created."""
+    return [NetmeraSource(settings, PROFILE), NetmeraSource(settings, PUSH)]
 
 
 # --------------------------------------------------------------------------- nightly reports

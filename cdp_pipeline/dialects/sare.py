@@ -99,7 +99,8 @@ from cdp_pipeline.config.connection import (
 )
 from cdp_pipeline.config.csv_options import CsvOptions, StrictModel
 from cdp_pipeline.config.processors import CustomProcessor, Lowercase, Processor, Trim
-from cdp_pipeline.deliveries import Delivery, DeliveryScan
+from cdp_pipeline.deliveries.grouping import Delivery, DeliveryScan
+from cdp_pipeline.deliveries.sources import MergeContext, MergeSteps, StagedDelivery, StagingInput
 from cdp_pipeline.errors import InputError, InputProblem
 from cdp_pipeline.store.schema import event_table, item_table, literal, quote
 from cdp_pipeline.tables.csv_reading import normalise_column_name
@@ -206,6 +207,11 @@ class SareSettings(StrictModel):
     @classmethod
     def _goal_name(cls, value: str) -> str:
         return check_identifier(value, "goal name")
+
+    @property
+    def goal_names(self) -> tuple[str, ...]:
+        """The goal generated per pair: partitions and ledger rows carry this name."""
+        return (self.goal_name,)
 
     def property_for(self, sare_name: str) -> str:
         """The catalog property of a SARE property name (``cecha7`` → ``cecha7``, ``email`` → email_property)."""
@@ -1242,3 +1248,91 @@ def apply_store_actions(
             _leave_group(conn, actions, clear.group, "TRUE", now)
     finally:
         conn.unregister("sare_delivery_keys")
+
+
+# --------------------------------------------------------------------------- the delivery source
+
+
+def sare_listing_goal(settings: SareSettings) -> ProfileImportGoal:
+    """A goal that says where the pairs are and what happens to them after the import (or on
+    failure), before the pair's own goal is generated from its sidecar."""
+    return ProfileImportGoal(
+        type="import_profiles",
+        name=settings.goal_name,
+        files=Files(
+            directory=settings.directory,
+            root=FileSelection(name=DATA, pattern="*.csv"),
+            readiness=Readiness(mode="stable", stable_seconds=settings.stable_seconds),
+            after_import=AfterImport(action="move_to_done", done_directory=settings.done_directory, quarantine_directory=settings.quarantine_directory),
+        ),
+        identifiers=[Identifier(column="email", property=settings.email_property)],
+    )
+
+
+def _not_imported(actions: SareActions) -> StagedImport:
+    """The staged tables of a pair whose sidecar says "import": false: no rows, the reason as a warning."""
+    return StagedImport(
+        target="profiles",
+        identifier_property=actions.identifier_property,
+        allow_create=False,
+        rules={},
+        records=pl.DataFrame(schema={"_key": pl.String, "_line": pl.Int64}),
+        warnings=[actions.skip_reason or "the sidecar says import: false"],
+    )
+
+
+@dataclass(frozen=True)
+class SareSource:
+    """SARE pairs as a ``DeliverySource``: ``name.csv`` + ``name.import`` listed as one delivery,
+    staged with the goal the sidecar describes, and the sidecar's store actions (group clears,
+    history, blocked addresses, withdrawn consents) run inside the merge's transaction."""
+
+    settings: SareSettings
+
+    @property
+    def goal_name(self) -> str:
+        return self.settings.goal_name
+
+    @property
+    def listing_goal(self) -> ProfileImportGoal:
+        return sare_listing_goal(self.settings)
+
+    @property
+    def generates_goal(self) -> bool:
+        return True
+
+    def claims(self, name: str) -> bool:
+        return not is_temporary_upload(name) and _split_name(name) is not None
+
+    def scan(self, connection: str, listing: list[RemoteFile], is_ready: Callable[[RemoteFile], bool], now: float | None) -> DeliveryScan:
+        return scan_sare_deliveries(connection, listing, self.settings, is_ready, now)
+
+    def stage(self, inputs: StagingInput) -> StagedDelivery:
+        data, sidecar = inputs.files[DATA], inputs.files[SIDECAR]
+        staging = stage_sare_pair(
+            sidecar.path, data.path, sidecar_display=sidecar.remote_path, data_display=data.remote_path,
+            catalog=inputs.catalog, settings=self.settings, run_time=inputs.run_time, data_was_encrypted=inputs.root_was_encrypted,
+        )
+        if staging.staged is None:
+            return StagedDelivery(goal=staging.goal, staged=_not_imported(staging.actions), skip_reason=staging.actions.skip_reason)
+        return StagedDelivery(goal=staging.goal, staged=staging.staged)
+
+    def around_merge(self, context: MergeContext) -> MergeSteps:
+        data, sidecar_file = context.files[DATA], context.files[SIDECAR]
+        sidecar = parse_sidecar(sidecar_file.path, sidecar_file.remote_path)
+        header = read_header(data.path, sidecar, data.remote_path)
+        _, actions = sare_goal(sidecar, header, self.settings, context.catalog, data_name=data.remote_path, sidecar_name=sidecar_file.remote_path)
+        if not actions.import_rows:
+            return MergeSteps()
+        catalog, now = context.catalog, context.now
+
+        def resolve(conn, staged: StagedImport) -> StagedImport:
+            return resolve_duplicates(conn, staged, actions, data.remote_path)
+
+        def before(conn, staged: StagedImport) -> None:
+            apply_store_actions(conn, catalog, actions, staged, phase="before", now=now)
+
+        def after(conn, staged: StagedImport) -> None:
+            apply_store_actions(conn, catalog, actions, staged, phase="after", now=now)
+
+        return MergeSteps(prepare=resolve, before=before, after=after)
