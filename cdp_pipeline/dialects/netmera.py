@@ -97,7 +97,7 @@ class NetmeraSettings(StrictModel):
     external_id_property: str = "external_id"
     email_property: str = "email"
     #: a list property collects every device token (add); a text property keeps the last (set); null ignores the field.
-    device_token_property: str | None = "netmera_device_tokens"
+    device_token_property: str | None = "netmera_device_tokens"  # noqa: S105 - a property name, not a token
     #: Netmera attribute name → catalog property; unlisted names map to their normalised form.
     attribute_properties: dict[str, str] = Field(default_factory=dict)
     #: strptime formats of date / datetime attributes; ISO 8601 when omitted.
@@ -269,7 +269,7 @@ def parse_pattern_line(pattern_line: str, display_name: str) -> list[str]:
     fields = line.split("~")
 
     def named_fixed(values: list[str]) -> bool:
-        return len(values) >= 3 and all(_spelling(v) in spellings for v, spellings in zip(values[:3], _FIXED_SPELLINGS))
+        return len(values) >= 3 and all(_spelling(v) in spellings for v, spellings in zip(values[:3], _FIXED_SPELLINGS, strict=True))
 
     if len(fields) >= 3 and fields[:3] == ["", "", ""]:
         attributes = fields[3:]
@@ -289,9 +289,18 @@ def parse_pattern_line(pattern_line: str, display_name: str) -> list[str]:
     for position, attribute in enumerate(attributes, start=4):
         name = attribute.strip()
         if not name:
-            problems.append(InputProblem(file=display_name, line=1, column=None, reason=f"field {position} of the pattern line is empty", fix="Separate the attribute names by a single ~"))
+            problems.append(
+                InputProblem(
+                    file=display_name, line=1, column=None, reason=f"field {position} of the pattern line is empty",
+                    fix="Separate the attribute names by a single ~",
+                )
+            )
         elif name in seen:
-            problems.append(InputProblem(file=display_name, line=1, column=name, reason=f"attribute {name!r} appears twice in the pattern line", fix="Name each attribute once"))
+            problems.append(
+                InputProblem(
+                    file=display_name, line=1, column=name, reason=f"attribute {name!r} appears twice in the pattern line", fix="Name each attribute once"
+                )
+            )
         seen.add(name)
     if problems:
         raise InputError(problems)
@@ -330,6 +339,7 @@ def netmera_profile_goal(
     problems: list[InputProblem] = []
     properties = catalog.profile_properties
     targets: list[str] = []
+    fixed_targets = (settings.external_id_property, settings.email_property, settings.device_token_property)
     for position, attribute in enumerate(attributes, start=4):
         try:
             prop = settings.property_for(attribute)
@@ -343,17 +353,27 @@ def netmera_profile_goal(
                     fix=f"Declare {prop!r} under catalog.profile_properties, map the attribute in dialect.attribute_properties, or remove it from the file",
                 )
             )
-        elif prop in FIXED_PROFILE_COLUMNS or prop in targets or prop in (settings.external_id_property, settings.email_property, settings.device_token_property):
+        elif prop in FIXED_PROFILE_COLUMNS or prop in targets or prop in fixed_targets:
             problems.append(
                 InputProblem(file=file_name, line=1, column=attribute, reason=f"attribute {attribute!r} maps to {prop!r}, which another field already writes",
                              fix="Remove the attribute or map it to another property in dialect.attribute_properties")
             )
         targets.append(prop)
     if settings.email_property not in properties:
-        problems.append(InputProblem(file=file_name, line=1, column="email", reason=f"email property {settings.email_property!r} is not declared in store.yaml", fix="Declare it, or set dialect.email_property"))
+        problems.append(
+            InputProblem(
+                file=file_name, line=1, column="email", reason=f"email property {settings.email_property!r} is not declared in store.yaml",
+                fix="Declare it, or set dialect.email_property",
+            )
+        )
     token = settings.device_token_property
     if token is not None and token not in properties:
-        problems.append(InputProblem(file=file_name, line=1, column="device token", reason=f"device token property {token!r} is not declared in store.yaml", fix="Declare it (type list), or set dialect.device_token_property: null"))
+        problems.append(
+            InputProblem(
+                file=file_name, line=1, column="device token", reason=f"device token property {token!r} is not declared in store.yaml",
+                fix="Declare it (type list), or set dialect.device_token_property: null",
+            )
+        )
     if problems:
         raise InputError(problems)
 
