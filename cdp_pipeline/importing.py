@@ -40,6 +40,8 @@ from cdp_pipeline.disk_space import HEADROOM, DiskSpaceError, disk_full_error, i
 from cdp_pipeline.errors import CdpError, FileVanishedError, InputError, InputProblem
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
+from cdp_pipeline.store.publish import publish_copy
+from cdp_pipeline.store.runs import record_run
 from cdp_pipeline.store.segments import refresh_memberships
 from cdp_pipeline.tables.staged import StagedImport, write_reject_report
 from cdp_pipeline.transports.base import Transport
@@ -432,6 +434,42 @@ def finish_remote_files(transport: Transport, goal: ImportGoal, work_dir: Path) 
             continue
         done.append(item.remote_path)
     return done
+
+
+def finish_delivery(transport: Transport, goal: ImportGoal, work_dir: Path) -> list[str]:
+    """After the merge (or its skip): finish the remote files, then remove the customer data.
+
+    A skipped delivery is finished too: it is either the same bytes delivered again or the retry
+    of a run that committed its merge and died before this step; either way its content is in the
+    store and its files must not stay to be offered again. Returns the remote paths finished."""
+    finished = finish_remote_files(transport, goal, work_dir)
+    clean_plaintext(work_dir)
+    return finished
+
+
+def record_import(
+    project: ProjectConfig, outcome: MergeOutcome, *, run_id: str, connection: str, goal: str, partition_key: str, started_at: datetime
+) -> None:
+    """The import's row in the run ledger and, in the same writer session, the analysts' copy of
+    the store refreshed (so what they query includes this delivery)."""
+    with open_writer(project.store_path, project.catalog) as conn:
+        record_run(
+            conn, run_id=run_id, connection=connection, kind="import", goal=goal, partition_key=partition_key,
+            started_at=started_at, ended_at=datetime.now(UTC).replace(tzinfo=None),
+            status="SUCCESS" if outcome.status == "merged" else "SKIPPED",
+            counts=outcome.counts.as_metadata(), last_profiles=outcome.counts.last_profiles, error=None,
+        )
+        if project.published_store_path is not None:
+            publish_copy(conn, project.published_store_path)
+
+
+def quarantine_delivery(transport: Transport, goal: ImportGoal, work_dir: Path) -> list[str]:
+    """A delivery that cannot be imported is moved aside (when its goal has a quarantine folder),
+    so it is not retried blindly and the other deliveries keep flowing. Returns the paths moved."""
+    if not goal.files.after_import.quarantine_directory or not (work_dir / "fetched.json").exists():
+        return []
+    files, _ = read_manifest(work_dir / "fetched.json")
+    return quarantine_remote_files(transport, goal, [f.remote_path for f in files])
 
 
 def quarantine_remote_files(transport: Transport, goal: ImportGoal, remote_paths: list[str]) -> list[str]:

@@ -56,18 +56,16 @@ def _fail(error: Exception, what: str) -> dg.Failure:
 
 
 def _quarantine(context: dg.AssetExecutionContext, transport_resource_key: str, goal, work_dir) -> list[str]:
-    """A delivery that cannot be imported is moved aside (when the goal has a quarantine folder), so
-    it is not retried blindly and the other deliveries keep flowing."""
-    if not goal.files.after_import.quarantine_directory or not (work_dir / "fetched.json").exists():
-        return []
-    files, _ = importing.read_manifest(work_dir / "fetched.json")
+    """``importing.quarantine_delivery`` with its outcome in the run's log; a failure to move the
+    files aside is logged, never hides the delivery's own error."""
     try:
         with getattr(context.resources, transport_resource_key).open() as transport:
-            moved = importing.quarantine_remote_files(transport, goal, [f.remote_path for f in files])
+            moved = importing.quarantine_delivery(transport, goal, work_dir)
     except CdpError as error:
-        context.log.error(f"could not quarantine {[f.remote_path for f in files]}: {error}")
+        context.log.error(f"could not quarantine the files of {work_dir.name}: {error}")
         return []
-    context.log.warning(f"quarantined {moved} into {goal.files.after_import.quarantine_directory}/")
+    if moved:
+        context.log.warning(f"quarantined {moved} into {goal.files.after_import.quarantine_directory}/")
     return moved
 
 
@@ -228,22 +226,12 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
             raise dg.RetryRequested(max_retries=3, seconds_to_wait=60) from error
         except CdpError as error:
             raise _fail(error, f"{goal.name}: merge") from error
-        # A skipped delivery is finished too: it is either the same bytes delivered again or the
-        # retry of a run that committed its merge and died before this step (reliability #57);
-        # either way its content is in the store and its files must not stay to be offered again.
         with getattr(context.resources, transport_resource_key).open() as transport:
-            finished = importing.finish_remote_files(transport, goal, work_dir)
-        importing.clean_plaintext(work_dir)
+            finished = importing.finish_delivery(transport, goal, work_dir)
+        importing.record_import(
+            project, outcome, run_id=context.run.run_id, connection=name, goal=goal.name, partition_key=context.partition_key, started_at=started
+        )
         counts = outcome.counts
-        with open_writer(project.store_path, project.catalog) as conn:
-            record_run(
-                conn, run_id=context.run.run_id, connection=name, kind="import", goal=goal.name, partition_key=context.partition_key,
-                started_at=started, ended_at=_now(), status="SUCCESS" if outcome.status == "merged" else "SKIPPED",
-                counts=counts.as_metadata(), last_profiles=counts.last_profiles, error=None,
-            )
-            published = project.published_store_path
-            if published is not None:
-                publish_copy(conn, published)
         if outcome.status == "skipped":
             context.log.info(f"{context.partition_key}: same content and configuration already merged as {outcome.duplicate_of}; skipped")
         return dg.MaterializeResult(

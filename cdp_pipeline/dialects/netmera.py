@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import polars as pl
 from pydantic import Field, field_validator
@@ -66,8 +66,8 @@ from cdp_pipeline.tables.import_tables import build_import_tables
 from cdp_pipeline.tables.staged import StagedImport
 from cdp_pipeline.transports.base import RemoteFile
 
-PUSH = "push"
-PROFILE = "profile"
+PUSH: Final = "push"
+PROFILE: Final = "profile"
 #: the columns of a push file, in the seed's order ``ExternalID;Text;Deeplink``.
 PUSH_COLUMNS = ("external_id", "text", "deeplink")
 #: the fixed leading fields of a profile attribute file, as column names.

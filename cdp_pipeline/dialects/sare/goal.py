@@ -293,7 +293,7 @@ def sare_goal(
         text = getattr(sidecar.sarescript, phase)
         if not text:
             continue
-        record = parse_sarescript(text, phase)  # type: ignore[arg-type]
+        record = parse_sarescript(text, phase)
         actions.scripts.append(record)
         if sidecar.overwrite == 0:
             # "Do not import" writes nothing at all, so no sarescript action is performed either.
