@@ -317,7 +317,10 @@ def _local_files(files: list[FetchedFile]) -> dict[str, LocalFile]:
 
 
 def _root_was_encrypted(work_dir: Path, goal: ImportGoal) -> bool:
-    """Whether the delivery's root file arrived PGP-encrypted (a SARE sidecar must agree)."""
+    """Whether the delivery's root file arrived PGP-encrypted (a SARE sidecar must agree); False
+    when the downloads are gone (a staging step re-run from the decrypted files alone)."""
+    if not (work_dir / "fetched.json").exists():
+        return False
     fetched, _ = read_manifest(work_dir / "fetched.json")
     return any(
         looks_encrypted(Path(f.local_path)) for f in fetched if f.name == goal.files.root.name and Path(f.local_path).exists()
