@@ -290,7 +290,9 @@ def snapshot_code(rev: str, target: Path) -> str:
     commit = subprocess.run(["git", "rev-parse", rev], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
     target.mkdir(parents=True)
     # pyproject.toml: Dagster's load_from_defs_folder looks for the project file above the package.
-    archive = subprocess.run(["git", "archive", commit, "cdp_pipeline", "dagster.yaml", "pyproject.toml"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", commit, "cdp_pipeline", "dagster.yaml", "pyproject.toml"], cwd=REPO_ROOT, capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     return commit
 
@@ -368,10 +370,11 @@ def phase_engine(home: Path, args: argparse.Namespace) -> dict:
         tracer.stage = "-"
         return value
 
-    # What the Dagster assets do beyond the engine calls above, mirrored so that the Dagster figure
-    # minus this figure is orchestration only: the run-ledger row and the analysts' published copy of
-    # the store after each merge and export (profile_store / export assets), and the store's asset
-    # checks after each import. Optional: older checkouts have neither.
+    # What the Dagster assets do beyond the engine calls above, so that the Dagster figure minus this
+    # figure is orchestration only: the run-ledger row and the analysts' published copy of the store
+    # after each merge (importing.record_import, as the profile_store asset) and export (the export
+    # asset's record_run + publish_copy), and the store's asset checks after each import. Optional:
+    # older checkouts have neither.
     from cdp_pipeline.store.database import open_writer
     from cdp_pipeline.store.runs import record_run
 
@@ -406,9 +409,12 @@ def phase_engine(home: Path, args: argparse.Namespace) -> dict:
 
     merges = {}
     total_started = time.perf_counter()
-    if hasattr(importing, "scan_connection"):  # current code: one listing pass over every goal
+    if hasattr(importing, "discover_deliveries"):  # current code: the sensor's discover(), everything listed is ready
+        found = importing.discover_deliveries(project, connection, transport)
+        scans = [(item.source.listing_goal, item.scan.deliveries, item.scan.waiting + item.scan.problems) for item in found.scans]
+    elif hasattr(importing, "scan_connection"):  # older checkouts (--rev): one listing pass over every goal
         scans = [(goal, scan.deliveries, scan.waiting + scan.problems) for goal, scan in importing.scan_connection(project, connection, transport)]
-    else:  # older checkouts (--rev): list_ready_deliveries(transport, connection, goal)
+    else:  # older still: list_ready_deliveries(transport, connection, goal)
         scans = [(goal, *importing.list_ready_deliveries(transport, connection, goal)) for goal in connection.import_goals]
     for goal, deliveries, waiting in scans:
         if waiting or len(deliveries) != 1:
@@ -418,26 +424,42 @@ def phase_engine(home: Path, args: argparse.Namespace) -> dict:
         nbytes = sum(remote.size for remote in delivery.files.values())
         work_dir = importing.delivery_work_dir(project, CONNECTION, delivery.partition_key)
         now = datetime.now(UTC).replace(tzinfo=None)
-        timed("fetch", goal.name, lambda: importing.fetch_delivery(transport, delivery, work_dir), rows, nbytes)
-        _, encrypted = timed("decrypt", goal.name, lambda: importing.decrypt_delivery(work_dir, keyring_factory), rows, nbytes)
+        # Each step binds this delivery's values: timed() calls it at once, the binding keeps it so.
+        timed("fetch", goal.name, lambda delivery=delivery, work_dir=work_dir: importing.fetch_delivery(transport, delivery, work_dir), rows, nbytes)
+        _, encrypted = timed("decrypt", goal.name, lambda work_dir=work_dir: importing.decrypt_delivery(work_dir, keyring_factory), rows, nbytes)
         stages[-1]["encrypted_files"] = encrypted
-        staged = timed("tables", goal.name, lambda: importing.stage_delivery(project, connection, goal, work_dir, now), rows)
+        staged = timed(
+            "tables", goal.name, lambda goal=goal, work_dir=work_dir, now=now: importing.stage_delivery(project, connection, goal, work_dir, now), rows
+        )
         stages[-1]["detail"] = {"rows_read": staged.rows_read, "records": staged.records.height,
                                 "events": sum(f.height for f in staged.events.values()), "items": sum(f.height for f in staged.items.values()),
                                 "rejects": len(staged.rejects)}
         del staged
-        outcome = timed("merge", goal.name, lambda: importing.merge_staged(project, connection, goal, work_dir, run_id, now), rows)
+        outcome = timed(
+            "merge", goal.name, lambda goal=goal, work_dir=work_dir, now=now: importing.merge_staged(project, connection, goal, work_dir, run_id, now), rows
+        )
         if outcome.status != "merged":
             raise SystemExit(f"{goal.name}: merge status {outcome.status}")
         merges[goal.name] = {**outcome.counts.as_metadata(), "segment_sizes": outcome.segment_sizes}
         stages[-1]["detail"] = {k: v for k, v in merges[goal.name].items() if isinstance(v, int) and v}
 
         def finish(goal=goal, work_dir=work_dir):
-            importing.finish_remote_files(transport, goal, work_dir)
-            importing.clean_plaintext(work_dir)
+            if hasattr(importing, "finish_delivery"):  # the step the profile_store asset runs
+                importing.finish_delivery(transport, goal, work_dir)
+            else:  # older checkouts (--rev)
+                importing.finish_remote_files(transport, goal, work_dir)
+                importing.clean_plaintext(work_dir)
+
+        def publish_import(goal=goal, delivery=delivery, outcome=outcome, now=now):
+            if hasattr(importing, "record_import"):  # the step the profile_store asset runs
+                importing.record_import(
+                    project, outcome, run_id=run_id, connection=CONNECTION, goal=goal.name, partition_key=delivery.partition_key, started_at=now
+                )
+            else:  # older checkouts (--rev)
+                publish("import", goal.name, delivery.partition_key, outcome.counts.as_metadata(), now)
 
         timed("finish", goal.name, finish, rows)
-        timed("publish", goal.name, lambda: publish("import", goal.name, delivery.partition_key, outcome.counts.as_metadata(), now), rows)
+        timed("publish", goal.name, publish_import, rows)
         if store_checks is not None:
             timed("checks", goal.name, run_checks, rows)
 
@@ -555,14 +577,16 @@ def phase_baseline(home: Path, args: argparse.Namespace) -> dict:
             pl.col("total").cast(pl.Decimal(18, 2)),
         )
         lines = frames["order_lines"].with_columns(pl.col("unit_price").cast(pl.Decimal(18, 2)))
-        profiles = frames["profiles"].with_columns(
+        profiles = frames["profiles"].with_columns(  # noqa: F841 - read by DuckDB's replacement scan
             pl.col("email").str.strip_chars().str.to_lowercase(), pl.col("interests").str.split("|")
         ).unique("customer_id", keep="last", maintain_order=True)
-        per_customer = orders.group_by("customer_id").agg(
+        per_customer = orders.group_by("customer_id").agg(  # noqa: F841 - read by DuckDB's replacement scan
             pl.col("total").sum().alias("lifetime_value"), pl.len().alias("order_count"),
             pl.col("order_date").max().alias("last_order_at"), pl.col("channel").unique().alias("channels"),
         )
-        orders_keyed = orders.join(lines.group_by("order_id").agg(pl.len().alias("n_lines")), on="order_id", how="left")
+        orders_keyed = orders.join(  # noqa: F841 - read by DuckDB's replacement scan
+            lines.group_by("order_id").agg(pl.len().alias("n_lines")), on="order_id", how="left"
+        )
     with stage("merge (DuckDB, one transaction)"):
         conn = duckdb.connect(str(work / "baseline.duckdb"))
         conn.execute("BEGIN")
@@ -582,7 +606,9 @@ def phase_baseline(home: Path, args: argparse.Namespace) -> dict:
             "CREATE TABLE timeline_order AS SELECT o.order_id AS event_id, md5('customer_number:' || o.customer_id) AS profile_id, "
             "o.order_date AS event_time, o.total, o.currency, o.channel FROM orders_keyed o"
         )
-        conn.execute("CREATE TABLE timeline_order__order_line AS SELECT order_id AS event_id, line_number AS item_index, * EXCLUDE (order_id, line_number) FROM lines")
+        conn.execute(
+            "CREATE TABLE timeline_order__order_line AS SELECT order_id AS event_id, line_number AS item_index, * EXCLUDE (order_id, line_number) FROM lines"
+        )
         conn.execute("COMMIT")
         conn.execute("CHECKPOINT")
     with stage("export (DuckDB COPY)"):
@@ -680,7 +706,8 @@ def print_dagster(result: dict, engine_total: float | None, label: str = "engine
           f"{result['run_connection_seconds'] - in_runs:.2f} s")
     line = f"  run_connection {result['run_connection_seconds']:.2f} s (+ {result['import_seconds']:.2f} s importing dagster)"
     if engine_total:
-        line += f"; {label} {engine_total:.2f} s → overhead {result['run_connection_seconds'] - engine_total:+.2f} s ({result['run_connection_seconds'] / engine_total:.2f}×)"
+        overhead = result["run_connection_seconds"] - engine_total
+        line += f"; {label} {engine_total:.2f} s → overhead {overhead:+.2f} s ({result['run_connection_seconds'] / engine_total:.2f}×)"
     print(line)
     rss = result["peak_rss"]
     print(f"  success={result['success']}  peak RSS {rss['self_mb']:,.0f} MB (children {rss['children_mb']:,.0f} MB)")
@@ -710,7 +737,7 @@ def machine() -> dict:
 
         versions["dagster"] = version("dagster")
         versions["numpy"] = version("numpy")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001, S110 - the versions of optional packages are extras in the report
         pass
     def git(*command: str) -> str:
         try:
@@ -807,7 +834,8 @@ def main(argv: list[str] | None = None) -> int:
 
         m = report["machine"]
         print(f"machine: {m['nproc']} cores, {m['mem_gib']} GiB, {m['cpu']}; load average {m['loadavg'][0]:.1f}; "
-              + (f"code {code}" if args.rev else f"working tree at {m['versions'].get('git_head')} (dirty engine files: {m['versions'].get('git_dirty_engine_files') or 'none'})"))
+              + (f"code {code}" if args.rev
+                 else f"working tree at {m['versions'].get('git_head')} (dirty engine files: {m['versions'].get('git_dirty_engine_files') or 'none'})"))
         engine = _child("engine", engine_home, {}, engine_args)
         report["engine"] = engine
         if engine.get("failed"):

@@ -37,18 +37,21 @@ def run_connection(connection_name: str, *, full_export: bool = False, echo=prin
     from cdp_pipeline.defs.connections import export_job_name, import_job_name
     from cdp_pipeline.defs.project import project_config
     from cdp_pipeline.defs.resources import transport_resource
+    from cdp_pipeline.deliveries import partition_set_name
 
     project = project_config()
     connection = project.connections[connection_name]
     definitions = load_defs()
     instance = dg.DagsterInstance.get()
     summary: dict = {"imports": [], "exports": []}
-    partitions_name = f"{connection_name}__deliveries"
+    partitions_name = partition_set_name(connection_name)
     # Outside a run, EnvVar fields resolve only through process_config_and_initialize.
     with transport_resource(connection.source, project.home).process_config_and_initialize().open() as transport:
-        deliveries, waiting = importing.list_ready_deliveries(project, transport, connection)
-        for reason in waiting:
+        # "Run now": the operator says the deliveries are complete; the ledger still skips merged content.
+        found = importing.discover_deliveries(project, connection, transport)
+        for reason in found.reasons:
             echo(f"  waiting: {reason}")
+    deliveries = [request.delivery for request in found.requests]
     if deliveries:
         instance.add_dynamic_partitions(partitions_name, [d.partition_key for d in deliveries])
     import_job = definitions.resolve_job_def(import_job_name(connection_name))
@@ -94,9 +97,10 @@ def reprocess_delivery(connection_name: str, partition_key: str, echo=print) -> 
 
     from cdp_pipeline.definitions import defs as load_defs
     from cdp_pipeline.defs.connections import import_job_name
+    from cdp_pipeline.deliveries import partition_set_name
 
     instance = dg.DagsterInstance.get()
-    instance.add_dynamic_partitions(f"{connection_name}__deliveries", [partition_key])
+    instance.add_dynamic_partitions(partition_set_name(connection_name), [partition_key])
     job = load_defs().resolve_job_def(import_job_name(connection_name))
     result = job.execute_in_process(instance=instance, partition_key=partition_key, tags={"cdp/reprocess": "true"}, raise_on_error=False)
     echo(f"  reprocessed {partition_key}: {'SUCCESS' if result.success else 'FAILED'} (run {result.run_id})")

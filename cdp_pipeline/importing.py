@@ -21,17 +21,38 @@ from pathlib import Path
 from cdp_pipeline.config.connection import Connection, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.config.property_writers import shared_property_warnings
-from cdp_pipeline.deliveries import Delivery, DeliveryScan, scan_deliveries
+from cdp_pipeline.crypto.sniffing import looks_encrypted
+from cdp_pipeline.deliveries import (
+    Delivery,
+    DeliverySource,
+    Discovery,
+    GoalSource,
+    LocalFile,
+    MergeContext,
+    MergedFiles,
+    ReadinessPolicy,
+    StagingInput,
+    discover,
+    split_partition_key,
+)
+from cdp_pipeline.dialects import dialect_sources
 from cdp_pipeline.disk_space import HEADROOM, DiskSpaceError, disk_full_error, is_disk_full, require_free_space
 from cdp_pipeline.errors import CdpError, FileVanishedError, InputError, InputProblem
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
+from cdp_pipeline.store.publish import publish_copy
+from cdp_pipeline.store.runs import record_run
 from cdp_pipeline.store.segments import refresh_memberships
-from cdp_pipeline.tables.import_tables import build_import_tables
 from cdp_pipeline.tables.staged import StagedImport, write_reject_report
 from cdp_pipeline.transports.base import Transport
 
 ImportGoal = GroupImportGoal | ProfileImportGoal
+#: in a delivery's work directory: the goal a dialect generated for it at staging (for the merge's
+#: ledger row and for finishing the remote files) ...
+GOAL_FILE = "goal.json"
+#: ... and why it is deliberately not imported (a SARE sidecar with "import": false: nothing is
+#: merged, the files stay where they are).
+SKIP_FILE = "skip.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _HASH_CHUNK = 8 * 1024 * 1024
 
@@ -63,48 +84,66 @@ def import_goal(connection: Connection, goal_name: str) -> ImportGoal:
     return goal
 
 
+def connection_sources(project: ProjectConfig, connection: Connection) -> list[DeliverySource]:
+    """Where the connection's deliveries come from, in import order: its import goals in
+    BlueConic's goal order (groups, then profiles), then its dialect's (SARE pairs, Netmera files)."""
+    sources: list[DeliverySource] = [GoalSource(goal) for goal in connection.import_goals]
+    settings = project.dialects.get(connection.name)
+    if settings is not None:
+        sources += dialect_sources(settings)
+    return sources
+
+
+def source_for(project: ProjectConfig, connection: Connection, goal_name: str) -> DeliverySource:
+    """The source a partition's goal name stands for; not an import goal is an error."""
+    for source in connection_sources(project, connection):
+        if source.goal_name == goal_name:
+            return source
+    return GoalSource(import_goal(connection, goal_name))
+
+
 def goal_for(project: ProjectConfig, connection: Connection, goal_name: str) -> ImportGoal:
     """The goal a partition's goal name stands for; a dialect's goal is its listing goal (where the
     files are, what happens to them) until the delivery's own goal is generated at staging."""
-    kind = project.dialect_goals(connection.name).get(goal_name)
-    if kind is not None:
-        from cdp_pipeline.dialects.flow import listing_goal
-
-        return listing_goal(project.dialects[connection.name], kind)
-    return import_goal(connection, goal_name)
+    return source_for(project, connection, goal_name).listing_goal
 
 
-def scan_connection(
-    project: ProjectConfig, connection: Connection, transport: Transport, is_ready=lambda _f: True, now: float | None = None
-) -> list[tuple[ImportGoal, DeliveryScan]]:
-    """Every import goal's deliveries in one listing pass, in BlueConic's goal order (groups, then
-    profiles), then the dialect's (SARE pairs, Netmera push and profile files)."""
-    scans: list[tuple[ImportGoal, DeliveryScan]] = []
-    for goal in connection.import_goals:
-        listing = transport.list_files(goal.files.directory)
-        scans.append((goal, scan_deliveries(connection.name, goal, listing, is_ready)))
+def _source_of(project: ProjectConfig, connection: Connection, goal: ImportGoal) -> DeliverySource:
+    """The source staging and merging ``goal``: a dialect's when it generates goals of this name,
+    else the goal as given."""
     settings = project.dialects.get(connection.name)
     if settings is not None:
-        from cdp_pipeline.dialects.flow import scan
+        for source in dialect_sources(settings):
+            if source.goal_name == goal.name:
+                return source
+    return GoalSource(goal)
 
-        scans += scan(connection.name, settings, transport, is_ready, now)
-    return scans
+
+def discover_deliveries(
+    project: ProjectConfig,
+    connection: Connection,
+    transport: Transport,
+    policy: ReadinessPolicy | None = None,
+    *,
+    merged: MergedFiles | None = None,
+    max_requests: int | None = None,
+) -> Discovery:
+    """``deliveries.discover`` over every source of the connection (see there)."""
+    return discover(connection.name, connection_sources(project, connection), transport, policy, merged=merged, max_requests=max_requests)
 
 
 def find_delivery(transport: Transport, project: ProjectConfig, connection: Connection, partition_key: str) -> Delivery:
     """The current files of the delivery a partition stands for (goal:root file name)."""
-    goal_name, _, root_name = partition_key.partition(":")
-    goal = goal_for(project, connection, goal_name)
-    reasons: list[str] = []
-    for scanned_goal, scan in scan_connection(project, connection, transport):
-        if scanned_goal.name != goal_name:
-            continue
-        for delivery in scan.deliveries:
+    goal_name, root_name = split_partition_key(partition_key)
+    source = source_for(project, connection, goal_name)
+    found = discover(connection.name, [source], transport)
+    for item in found.scans:
+        for delivery in item.scan.deliveries:
             if delivery.root.name == root_name:
                 return delivery
-        reasons += [r for r in scan.waiting + scan.problems if root_name in r]
+    reasons = [reason for reason in found.reasons if root_name in reason]
     raise FileVanishedError(
-        f"{transport.uri}/{goal.files.directory}: delivery {partition_key!r} is not complete or no longer there"
+        f"{transport.uri}/{source.listing_goal.files.directory}: delivery {partition_key!r} is not complete or no longer there"
         + (f" ({'; '.join(reasons)})" if reasons else "")
     )
 
@@ -174,7 +213,10 @@ def fetch_delivery(transport: Transport, delivery: Delivery, work_dir: Path, max
     for name, remote in delivery.files.items():
         local = target / f"{name}.bin"
         fetched.append(
-            FetchedFile(name=name, remote_path=remote.path, size=remote.size, mtime=remote.mtime, etag=remote.etag, sha256=sha256_file(local), local_path=str(local))
+            FetchedFile(
+                name=name, remote_path=remote.path, size=remote.size, mtime=remote.mtime, etag=remote.etag,
+                sha256=sha256_file(local), local_path=str(local),
+            )
         )
     _write_manifest(work_dir / "fetched.json", fetched, transport=transport.uri, partition_key=delivery.partition_key)
     return fetched
@@ -190,8 +232,6 @@ def decrypt_delivery(work_dir: Path, keyring_factory=None, max_file_bytes: int |
     """Decrypt the encrypted files (decided by content, not name) into 0600 files; plain files
     pass through. Returns the files and how many were encrypted. gpg stops a file whose plaintext
     grows past ``max_file_bytes`` (a compressed PGP message can expand a thousandfold)."""
-    from cdp_pipeline.crypto.sniffing import looks_encrypted
-
     fetched, extra = read_manifest(work_dir / "fetched.json")
     target = work_dir / "decrypted"
     shutil.rmtree(target, ignore_errors=True)
@@ -242,30 +282,57 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
     ``staged.reject_report`` holds its path. Warnings about properties another connection also
     fills are added to ``staged.warnings``."""
     files, _ = read_manifest(work_dir / "decrypted.json")
-    paths = {f.name: Path(f.local_path) for f in files}
-    display = {f.name: f.remote_path for f in files}
     report = work_dir / REJECT_REPORT
-    kind = project.dialect_goals(connection.name).get(goal.name)
+    source = _source_of(project, connection, goal)
+    inputs = StagingInput(
+        catalog=project.catalog,
+        files=_local_files(files),
+        run_time=run_time,
+        root_was_encrypted=_root_was_encrypted(work_dir, goal),
+        max_file_bytes=connection.max_file_bytes,
+    )
+    (work_dir / SKIP_FILE).unlink(missing_ok=True)
     try:
-        if kind is not None:
-            from cdp_pipeline.crypto.sniffing import looks_encrypted
-            from cdp_pipeline.dialects.flow import stage
-
-            fetched, _ = read_manifest(work_dir / "fetched.json")
-            encrypted = any(looks_encrypted(Path(f.local_path)) for f in fetched if Path(f.local_path).exists() and f.name == goal.files.root.name)
-            located = {f.name: (Path(f.local_path), f.remote_path, f.mtime) for f in files}
-            goal, staged = stage(kind, project.dialects[connection.name], project.catalog, located, work_dir, run_time, encrypted)
-        else:
-            staged = build_import_tables(goal, project.catalog, paths, display, run_time, max_file_bytes=connection.max_file_bytes)
+        result = source.stage(inputs)
     except InputError as error:
         write_reject_report(error.problems, report)
         raise
+    staged = result.staged
+    if source.generates_goal:
+        (work_dir / GOAL_FILE).write_text(result.goal.model_dump_json())
+    if result.skip_reason is not None:
+        (work_dir / SKIP_FILE).write_text(json.dumps({"reason": result.skip_reason}))
     write_reject_report(staged, report)
     staged.reject_report = str(report)
-    if kind is None:  # a dialect's goal is generated per delivery; it is not in the connection's goals
+    if not source.generates_goal:  # a generated goal is not in the connection's goals
         staged.warnings.extend(shared_property_warnings(project, connection.name, goal.name))
     staged.save(work_dir / "tables")
     return staged
+
+
+def _local_files(files: list[FetchedFile]) -> dict[str, LocalFile]:
+    return {f.name: LocalFile(path=Path(f.local_path), remote_path=f.remote_path, remote_mtime=f.mtime) for f in files}
+
+
+def _root_was_encrypted(work_dir: Path, goal: ImportGoal) -> bool:
+    """Whether the delivery's root file arrived PGP-encrypted (a SARE sidecar must agree); False
+    when the downloads are gone (a staging step re-run from the decrypted files alone)."""
+    if not (work_dir / "fetched.json").exists():
+        return False
+    fetched, _ = read_manifest(work_dir / "fetched.json")
+    return any(
+        looks_encrypted(Path(f.local_path)) for f in fetched if f.name == goal.files.root.name and Path(f.local_path).exists()
+    )
+
+
+def _saved_goal(work_dir: Path) -> ProfileImportGoal | None:
+    path = work_dir / GOAL_FILE
+    return ProfileImportGoal.model_validate_json(path.read_text()) if path.exists() else None
+
+
+def _skip_reason(work_dir: Path) -> str | None:
+    path = work_dir / SKIP_FILE
+    return json.loads(path.read_text())["reason"] if path.exists() else None
 
 
 #: file name of the reject report inside a delivery's work directory.
@@ -294,11 +361,9 @@ def merge_staged(
     is not yet in ``delivery_rows``, so the delivery's earlier contribution is never counted twice."""
     files, extra = read_manifest(work_dir / "decrypted.json")
     staged = StagedImport.load(work_dir / "tables")
-    kind = project.dialect_goals(connection.name).get(goal.name)
-    if kind is not None:
-        from cdp_pipeline.dialects.flow import saved_goal
-
-        goal = saved_goal(work_dir) or goal
+    source = _source_of(project, connection, goal)
+    if source.generates_goal:
+        goal = _saved_goal(work_dir) or goal
     sha = content_sha256(files)
     config_hash = project.goal_config_hash(connection.name, goal.name)
     delivery_id = hashlib.sha256(f"{connection.name}\0{goal.name}\0{sha}\0{config_hash}".encode()).hexdigest()[:24]
@@ -321,20 +386,17 @@ def merge_staged(
         if already and not reprocess:
             # Same bytes, same configuration: nothing would change (sums skip counted rows anyway).
             return MergeOutcome(status="skipped", delivery_id=already, counts=MergeCounts(rows_read=staged.rows_read), segment_sizes={}, duplicate_of=already)
-        hooks = None
-        if kind is not None:
-            from cdp_pipeline.dialects.flow import merge_hooks
-
-            located = {f.name: (Path(f.local_path), f.remote_path, f.mtime) for f in files}
-            hooks = merge_hooks(
-                kind, project.dialects[connection.name], project.catalog, work_dir, located,
-                connection=connection.name, goal=goal.name, root_file=root.remote_path, content_sha256=sha, now=now,
+        steps = source.around_merge(
+            MergeContext(
+                catalog=project.catalog, files=_local_files(files), connection=connection.name, goal=goal.name,
+                root_file=root.remote_path, content_sha256=sha, now=now,
             )
-            if hooks.prepare is not None:
-                staged = hooks.prepare(conn, staged)
+        )
+        if steps.prepare is not None:
+            staged = steps.prepare(conn, staged)
         counts = merge_delivery(
             conn, project.catalog, staged, record, run_id, now,
-            before=hooks.before if hooks else None, after=hooks.after if hooks else None,
+            before=steps.before, after=steps.after,
             objectives=connection.objectives, consent_property=project.store.consent_property,
             record_history=project.store.history,
             status="reprocessed" if already else "merged",
@@ -346,11 +408,9 @@ def merge_staged(
 def finish_remote_files(transport: Transport, goal: ImportGoal, work_dir: Path) -> list[str]:
     """After a successful merge: leave, mark ``.done``, move to ``done/`` or delete the delivery's
     remote files (per goal). Idempotent, so a retry after a crash is harmless (#57)."""
-    from cdp_pipeline.dialects.flow import saved_goal, skipped
-
-    if skipped(work_dir):
+    if _skip_reason(work_dir):
         return []  # a SARE pair with "import": false stays where it is
-    goal = saved_goal(work_dir) or goal
+    goal = _saved_goal(work_dir) or goal
     files, _ = read_manifest(work_dir / "fetched.json")
     action = goal.files.after_import
     done = []
@@ -366,6 +426,42 @@ def finish_remote_files(transport: Transport, goal: ImportGoal, work_dir: Path) 
             continue
         done.append(item.remote_path)
     return done
+
+
+def finish_delivery(transport: Transport, goal: ImportGoal, work_dir: Path) -> list[str]:
+    """After the merge (or its skip): finish the remote files, then remove the customer data.
+
+    A skipped delivery is finished too: it is either the same bytes delivered again or the retry
+    of a run that committed its merge and died before this step; either way its content is in the
+    store and its files must not stay to be offered again. Returns the remote paths finished."""
+    finished = finish_remote_files(transport, goal, work_dir)
+    clean_plaintext(work_dir)
+    return finished
+
+
+def record_import(
+    project: ProjectConfig, outcome: MergeOutcome, *, run_id: str, connection: str, goal: str, partition_key: str, started_at: datetime
+) -> None:
+    """The import's row in the run ledger and, in the same writer session, the analysts' copy of
+    the store refreshed (so what they query includes this delivery)."""
+    with open_writer(project.store_path, project.catalog) as conn:
+        record_run(
+            conn, run_id=run_id, connection=connection, kind="import", goal=goal, partition_key=partition_key,
+            started_at=started_at, ended_at=datetime.now(UTC).replace(tzinfo=None),
+            status="SUCCESS" if outcome.status == "merged" else "SKIPPED",
+            counts=outcome.counts.as_metadata(), last_profiles=outcome.counts.last_profiles, error=None,
+        )
+        if project.published_store_path is not None:
+            publish_copy(conn, project.published_store_path)
+
+
+def quarantine_delivery(transport: Transport, goal: ImportGoal, work_dir: Path) -> list[str]:
+    """A delivery that cannot be imported is moved aside (when its goal has a quarantine folder),
+    so it is not retried blindly and the other deliveries keep flowing. Returns the paths moved."""
+    if not goal.files.after_import.quarantine_directory or not (work_dir / "fetched.json").exists():
+        return []
+    files, _ = read_manifest(work_dir / "fetched.json")
+    return quarantine_remote_files(transport, goal, [f.remote_path for f in files])
 
 
 def quarantine_remote_files(transport: Transport, goal: ImportGoal, remote_paths: list[str]) -> list[str]:
@@ -410,13 +506,3 @@ def sweep_stale_work(project: ProjectConfig, connection: str, older_than_hours: 
             clean_plaintext(work_dir)
             cleaned.append(work_dir)
     return cleaned
-
-
-def list_ready_deliveries(project: ProjectConfig, transport: Transport, connection: Connection, is_ready=lambda _f: True) -> tuple[list[Delivery], list[str]]:
-    """Complete deliveries of every import goal (goal order kept) and why the others wait."""
-    deliveries: list[Delivery] = []
-    waiting: list[str] = []
-    for _goal, scan in scan_connection(project, connection, transport, is_ready):
-        deliveries += scan.deliveries
-        waiting += scan.waiting + scan.problems
-    return deliveries, waiting

@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
@@ -26,6 +26,10 @@ from cdp_pipeline.config.catalog import Catalog, consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.csv_options import StrictModel
 from cdp_pipeline.errors import ConfigError
+
+if TYPE_CHECKING:  # the dialects import the configuration models; only their types are needed here
+    from cdp_pipeline.dialects.netmera import NetmeraSettings
+    from cdp_pipeline.dialects.sare import SareSettings
 
 BUNDLED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "demo" / "config"
 
@@ -67,16 +71,7 @@ class ProjectConfig:
     connections: dict[str, Connection] = field(default_factory=dict)
     connection_files: dict[str, Path] = field(default_factory=dict)
     #: connection name → its ``dialect:`` settings (SARE sidecars, Netmera files), when it has one.
-    dialects: dict[str, Any] = field(default_factory=dict)
-
-    def dialect_goals(self, connection: str) -> dict[str, str]:
-        """Goal names a connection's dialect generates per delivery → the kind of file they import."""
-        settings = self.dialects.get(connection)
-        if settings is None:
-            return {}
-        if settings.type == "sare":
-            return {settings.goal_name: "sare"}
-        return {settings.push_goal_name: "push", settings.profile_goal_name: "profile"}
+    dialects: dict[str, SareSettings | NetmeraSettings] = field(default_factory=dict)
 
     @property
     def store_path(self) -> Path:
@@ -103,7 +98,7 @@ class ProjectConfig:
         dialect = self.dialects.get(connection)
         # A dialect's goal is generated per delivery from its settings (and, for SARE, the sidecar,
         # whose bytes are part of the content identity already): hash the settings.
-        shaped_by = dialect if goal in self.dialect_goals(connection) else conn.goal(goal)
+        shaped_by = dialect if dialect is not None and goal in dialect.goal_names else conn.goal(goal)
         payload = {
             "goal": shaped_by.model_dump(mode="json"),
             "source": conn.source.model_dump(mode="json"),

@@ -16,6 +16,7 @@ from cdp_pipeline import exporting, importing
 from cdp_pipeline.config.connection import Connection, ExportGoal, LocalLocation, S3Location, SftpLocation
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport_key
+from cdp_pipeline.deliveries import partition_set_name, split_partition_key
 from cdp_pipeline.disk_space import DiskSpaceError
 from cdp_pipeline.errors import CdpError, InputError, TransientError
 from cdp_pipeline.store.database import open_writer
@@ -27,11 +28,14 @@ NETWORK_RETRY = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPON
 
 
 def deliveries_partitions(connection: str) -> dg.DynamicPartitionsDefinition:
-    return dg.DynamicPartitionsDefinition(name=f"{connection}__deliveries")
+    return dg.DynamicPartitionsDefinition(name=partition_set_name(connection))
+
+
+_KINDS: dict[type, str] = {LocalLocation: "file", SftpLocation: "sftp", S3Location: "s3"}
 
 
 def source_kind(connection: Connection) -> str:
-    return {LocalLocation: "file", SftpLocation: "sftp", S3Location: "s3"}[type(connection.source)]
+    return _KINDS[type(connection.source)]
 
 
 def markdown_preview(frame: pl.DataFrame, rows: int = 10) -> str:
@@ -52,18 +56,16 @@ def _fail(error: Exception, what: str) -> dg.Failure:
 
 
 def _quarantine(context: dg.AssetExecutionContext, transport_resource_key: str, goal, work_dir) -> list[str]:
-    """A delivery that cannot be imported is moved aside (when the goal has a quarantine folder), so
-    it is not retried blindly and the other deliveries keep flowing."""
-    if not goal.files.after_import.quarantine_directory or not (work_dir / "fetched.json").exists():
-        return []
-    files, _ = importing.read_manifest(work_dir / "fetched.json")
+    """``importing.quarantine_delivery`` with its outcome in the run's log; a failure to move the
+    files aside is logged, never hides the delivery's own error."""
     try:
         with getattr(context.resources, transport_resource_key).open() as transport:
-            moved = importing.quarantine_remote_files(transport, goal, [f.remote_path for f in files])
+            moved = importing.quarantine_delivery(transport, goal, work_dir)
     except CdpError as error:
-        context.log.error(f"could not quarantine {[f.remote_path for f in files]}: {error}")
+        context.log.error(f"could not quarantine the files of {work_dir.name}: {error}")
         return []
-    context.log.warning(f"quarantined {moved} into {goal.files.after_import.quarantine_directory}/")
+    if moved:
+        context.log.warning(f"quarantined {moved} into {goal.files.after_import.quarantine_directory}/")
     return moved
 
 
@@ -76,7 +78,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
     pgp_resource_key = pgp_key(name)
 
     def goal_of(context: dg.AssetExecutionContext):
-        return importing.goal_for(project, connection, context.partition_key.partition(":")[0])
+        return importing.goal_for(project, connection, split_partition_key(context.partition_key)[0])
 
     @dg.asset(
         key=[name, "fetched_files"],
@@ -193,7 +195,9 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         key=[name, "profile_store"],
         deps=[import_tables],
         freshness_policy=(
-            dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=connection.freshness_hours), warn_window=timedelta(hours=connection.freshness_hours * 0.75))
+            dg.FreshnessPolicy.time_window(
+                fail_window=timedelta(hours=connection.freshness_hours), warn_window=timedelta(hours=connection.freshness_hours * 0.75)
+            )
             if connection.freshness_hours
             else None
         ),
@@ -222,22 +226,12 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
             raise dg.RetryRequested(max_retries=3, seconds_to_wait=60) from error
         except CdpError as error:
             raise _fail(error, f"{goal.name}: merge") from error
-        # A skipped delivery is finished too: it is either the same bytes delivered again or the
-        # retry of a run that committed its merge and died before this step (reliability #57);
-        # either way its content is in the store and its files must not stay to be offered again.
         with getattr(context.resources, transport_resource_key).open() as transport:
-            finished = importing.finish_remote_files(transport, goal, work_dir)
-        importing.clean_plaintext(work_dir)
+            finished = importing.finish_delivery(transport, goal, work_dir)
+        importing.record_import(
+            project, outcome, run_id=context.run.run_id, connection=name, goal=goal.name, partition_key=context.partition_key, started_at=started
+        )
         counts = outcome.counts
-        with open_writer(project.store_path, project.catalog) as conn:
-            record_run(
-                conn, run_id=context.run.run_id, connection=name, kind="import", goal=goal.name, partition_key=context.partition_key,
-                started_at=started, ended_at=_now(), status="SUCCESS" if outcome.status == "merged" else "SKIPPED",
-                counts=counts.as_metadata(), last_profiles=counts.last_profiles, error=None,
-            )
-            published = project.published_store_path
-            if published is not None:
-                publish_copy(conn, published)
         if outcome.status == "skipped":
             context.log.info(f"{context.partition_key}: same content and configuration already merged as {outcome.duplicate_of}; skipped")
         return dg.MaterializeResult(
@@ -262,7 +256,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
 def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGoal, upstream, common: dict) -> dg.AssetsDefinition:
     name = connection.name
     target_key = export_transport_key(name, goal.name) if goal.target.location else transport_key(name)
-    target_kind = source_kind(connection) if goal.target.location is None else {LocalLocation: "file", SftpLocation: "sftp", S3Location: "s3"}[type(goal.target.location)]
+    target_kind = source_kind(connection) if goal.target.location is None else _KINDS[type(goal.target.location)]
     segment_key = dg.AssetKey([name, f"{goal.name}_segment_export"])
     timeline_key = dg.AssetKey([name, f"{goal.name}_timeline_export"])
     specs = [

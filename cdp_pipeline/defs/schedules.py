@@ -9,8 +9,6 @@ twice) and its export goals through ``<connection>_schedule_N``.
 
 from __future__ import annotations
 
-import time
-
 import dagster as dg
 
 from cdp_pipeline import importing
@@ -18,17 +16,21 @@ from cdp_pipeline.config.connection import Connection
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.config.schedules import Schedule
 from cdp_pipeline.defs.resources import transport_key
+from cdp_pipeline.deliveries import TwoListingsInTick, partition_set_name
 from cdp_pipeline.errors import TransientError
 from cdp_pipeline.scheduling import cron_specs, describe
 
 # The second listing of a scheduled import comes this long after the first (at most): long enough
 # for an upload in progress to change size, short enough for Dagster's schedule evaluation timeout.
+# A server clock running behind makes a file being uploaded look old, so the mtime alone never decides.
 SECOND_LISTING_AFTER_SECONDS = 10.0
 
 
 def _import_schedule(project: ProjectConfig, connection: Connection, schedule: Schedule, index: int, import_job, cron, status) -> dg.ScheduleDefinition:
     import_goals = set(schedule.goals) if schedule.goals is not None else None
     resource_key = transport_key(connection.name)
+    sources = importing.connection_sources(project, connection)
+    window = max((source.listing_goal.files.readiness.stable_seconds for source in sources), default=30)
 
     @dg.schedule(
         name=f"{connection.name}_schedule_{index}_imports",
@@ -41,42 +43,25 @@ def _import_schedule(project: ProjectConfig, connection: Connection, schedule: S
         tags={"cdp/connection": connection.name},
     )
     def import_schedule(context: dg.ScheduleEvaluationContext):
-        # A schedule keeps no state between ticks, so "complete" is judged within the tick: a
-        # marker file, or a file whose size and mtime did not change between two listings a few
-        # seconds apart AND whose mtime is older than the stability window. The mtime alone would
-        # compare the server's clock with ours (reliability #69: a server clock running behind
-        # makes a file being uploaded look old); an upload in progress changes between listings.
-        window = max((goal.files.readiness.stable_seconds for goal in connection.import_goals), default=30)
-        first_sighting: dict[str, str] = {}
-
-        def note(remote) -> bool:
-            first_sighting[remote.path] = remote.identity
-            return False
-
+        # A schedule keeps no state between ticks, so completeness is judged within the tick
+        # (TwoListingsInTick): two listings a few seconds apart, and an mtime older than the window.
+        policy = TwoListingsInTick(window=window, pause_seconds=SECOND_LISTING_AFTER_SECONDS)
         try:
             with getattr(context.resources, resource_key).open() as transport:
-                importing.list_ready_deliveries(project, transport, connection, note)
-                time.sleep(min(window, SECOND_LISTING_AFTER_SECONDS))
-                now = time.time()
-
-                def ready(remote) -> bool:
-                    return first_sighting.get(remote.path) == remote.identity and now - remote.mtime >= window
-
-                deliveries, waiting = importing.list_ready_deliveries(project, transport, connection, ready)
+                found = importing.discover_deliveries(project, connection, transport, policy)
         except TransientError as error:
             return dg.SkipReason(f"{connection.name}: listing failed for now, retried next time: {error}")
-        deliveries = [d for d in deliveries if import_goals is None or d.goal in import_goals]
-        if not deliveries:
-            return dg.SkipReason("; ".join(waiting[:5]) or "no complete deliveries")
-        partitions = f"{connection.name}__deliveries"
-        context.instance.add_dynamic_partitions(partitions, [d.partition_key for d in deliveries])
+        requests = [request for request in found.requests if import_goals is None or request.goal in import_goals]
+        if not requests:
+            return dg.SkipReason(found.skip_reason() or "no complete deliveries")
+        context.instance.add_dynamic_partitions(partition_set_name(connection.name), [request.partition_key for request in requests])
         return [
             dg.RunRequest(
-                run_key=f"{d.partition_key}@{d.listing_identity}",
-                partition_key=d.partition_key,
-                tags={"cdp/connection": connection.name, "cdp/goal": d.goal},
+                run_key=request.run_key,
+                partition_key=request.partition_key,
+                tags={"cdp/connection": connection.name, "cdp/goal": request.goal},
             )
-            for d in deliveries
+            for request in requests
         ]
 
     return import_schedule
@@ -85,7 +70,7 @@ def _import_schedule(project: ProjectConfig, connection: Connection, schedule: S
 def build_schedules(project: ProjectConfig, connection: Connection, import_job, export_job) -> list[dg.ScheduleDefinition]:
     schedules = []
     status = dg.DefaultScheduleStatus.RUNNING if connection.enabled else dg.DefaultScheduleStatus.STOPPED
-    import_names = {goal.name for goal in connection.import_goals} | set(project.dialect_goals(connection.name))
+    import_names = {source.goal_name for source in importing.connection_sources(project, connection)}
     for index, schedule in enumerate(connection.schedules, start=1):
         specs = cron_specs(schedule)
         cron = [spec.cron for spec in specs] if len(specs) > 1 else specs[0].cron
@@ -97,7 +82,12 @@ def build_schedules(project: ProjectConfig, connection: Connection, import_job, 
             continue
         job = export_job
         if named is not None:
-            keys = [dg.AssetKey([connection.name, f"{goal.name}_{kind}"]) for goal in chosen for kind in ("segment_export", "timeline_export") if kind == "segment_export" or goal.timeline]
+            keys = [
+                dg.AssetKey([connection.name, f"{goal.name}_{kind}"])
+                for goal in chosen
+                for kind in ("segment_export", "timeline_export")
+                if kind == "segment_export" or goal.timeline
+            ]
             job = dg.define_asset_job(
                 f"{connection.name}_schedule_{index}_exports",
                 selection=dg.AssetSelection.assets(*keys),

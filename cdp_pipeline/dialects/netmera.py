@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import polars as pl
 from pydantic import Field, field_validator
@@ -56,13 +58,16 @@ from cdp_pipeline.config.connection import (
 from cdp_pipeline.config.csv_options import ColumnFormat, CsvOptions, StrictModel
 from cdp_pipeline.config.processors import CustomProcessor
 from cdp_pipeline.config.schedules import Schedule
+from cdp_pipeline.deliveries.grouping import DeliveryScan, goal_claims, scan_deliveries
+from cdp_pipeline.deliveries.sources import MergeContext, MergeSteps, StagedDelivery, StagingInput
 from cdp_pipeline.errors import InputError, InputProblem
 from cdp_pipeline.tables.column_names import normalise_column_name
 from cdp_pipeline.tables.import_tables import build_import_tables
-from cdp_pipeline.tables.staged import StagedImport
+from cdp_pipeline.tables.staged import LINE, StagedImport
+from cdp_pipeline.transports.base import RemoteFile
 
-PUSH = "push"
-PROFILE = "profile"
+PUSH: Final = "push"
+PROFILE: Final = "profile"
 #: the columns of a push file, in the seed's order ``ExternalID;Text;Deeplink``.
 PUSH_COLUMNS = ("external_id", "text", "deeplink")
 #: the fixed leading fields of a profile attribute file, as column names.
@@ -92,7 +97,7 @@ class NetmeraSettings(StrictModel):
     external_id_property: str = "external_id"
     email_property: str = "email"
     #: a list property collects every device token (add); a text property keeps the last (set); null ignores the field.
-    device_token_property: str | None = "netmera_device_tokens"
+    device_token_property: str | None = "netmera_device_tokens"  # noqa: S105 - a property name, not a token
     #: Netmera attribute name → catalog property; unlisted names map to their normalised form.
     attribute_properties: dict[str, str] = Field(default_factory=dict)
     #: strptime formats of date / datetime attributes; ISO 8601 when omitted.
@@ -114,6 +119,11 @@ class NetmeraSettings(StrictModel):
         if value is not None:
             _check_name_part(value, "appkey")
         return value
+
+    @property
+    def goal_names(self) -> tuple[str, ...]:
+        """The goals generated per file: partitions and ledger rows carry these names."""
+        return (self.profile_goal_name, self.push_goal_name)
 
     def property_for(self, attribute: str) -> str:
         if attribute in self.attribute_properties:
@@ -228,16 +238,16 @@ def push_columns(lf: pl.LazyFrame, file_name: str, delivered_at: str) -> pl.Lazy
     (``<file>:<line>``), event time and source columns."""
     moment = datetime.fromisoformat(delivered_at)
     header_row = (
-        (pl.col("_line") == 1)
+        (pl.col(LINE) == 1)
         & (pl.col("external_id").str.strip_chars().str.to_lowercase() == "externalid")
         & (pl.col("text").str.strip_chars().str.to_lowercase() == "text")
     ).fill_null(False)
     return lf.filter(~header_row).with_columns(
         pl.col("text").str.replace_all("\\n", "\n", literal=True),
-        pl.concat_str(pl.lit(f"{file_name}:"), pl.col("_line").cast(pl.String)).alias("event_id"),
+        pl.concat_str(pl.lit(f"{file_name}:"), pl.col(LINE).cast(pl.String)).alias("event_id"),
         pl.lit(moment, dtype=pl.Datetime("us")).alias("event_time"),
         pl.lit(file_name, dtype=pl.String).alias("source_file"),
-        pl.col("_line").alias("source_line"),
+        pl.col(LINE).alias("source_line"),
     )
 
 
@@ -259,7 +269,7 @@ def parse_pattern_line(pattern_line: str, display_name: str) -> list[str]:
     fields = line.split("~")
 
     def named_fixed(values: list[str]) -> bool:
-        return len(values) >= 3 and all(_spelling(v) in spellings for v, spellings in zip(values[:3], _FIXED_SPELLINGS))
+        return len(values) >= 3 and all(_spelling(v) in spellings for v, spellings in zip(values[:3], _FIXED_SPELLINGS, strict=True))
 
     if len(fields) >= 3 and fields[:3] == ["", "", ""]:
         attributes = fields[3:]
@@ -279,9 +289,18 @@ def parse_pattern_line(pattern_line: str, display_name: str) -> list[str]:
     for position, attribute in enumerate(attributes, start=4):
         name = attribute.strip()
         if not name:
-            problems.append(InputProblem(file=display_name, line=1, column=None, reason=f"field {position} of the pattern line is empty", fix="Separate the attribute names by a single ~"))
+            problems.append(
+                InputProblem(
+                    file=display_name, line=1, column=None, reason=f"field {position} of the pattern line is empty",
+                    fix="Separate the attribute names by a single ~",
+                )
+            )
         elif name in seen:
-            problems.append(InputProblem(file=display_name, line=1, column=name, reason=f"attribute {name!r} appears twice in the pattern line", fix="Name each attribute once"))
+            problems.append(
+                InputProblem(
+                    file=display_name, line=1, column=name, reason=f"attribute {name!r} appears twice in the pattern line", fix="Name each attribute once"
+                )
+            )
         seen.add(name)
     if problems:
         raise InputError(problems)
@@ -320,6 +339,7 @@ def netmera_profile_goal(
     problems: list[InputProblem] = []
     properties = catalog.profile_properties
     targets: list[str] = []
+    fixed_targets = (settings.external_id_property, settings.email_property, settings.device_token_property)
     for position, attribute in enumerate(attributes, start=4):
         try:
             prop = settings.property_for(attribute)
@@ -333,17 +353,27 @@ def netmera_profile_goal(
                     fix=f"Declare {prop!r} under catalog.profile_properties, map the attribute in dialect.attribute_properties, or remove it from the file",
                 )
             )
-        elif prop in FIXED_PROFILE_COLUMNS or prop in targets or prop in (settings.external_id_property, settings.email_property, settings.device_token_property):
+        elif prop in FIXED_PROFILE_COLUMNS or prop in targets or prop in fixed_targets:
             problems.append(
                 InputProblem(file=file_name, line=1, column=attribute, reason=f"attribute {attribute!r} maps to {prop!r}, which another field already writes",
                              fix="Remove the attribute or map it to another property in dialect.attribute_properties")
             )
         targets.append(prop)
     if settings.email_property not in properties:
-        problems.append(InputProblem(file=file_name, line=1, column="email", reason=f"email property {settings.email_property!r} is not declared in store.yaml", fix="Declare it, or set dialect.email_property"))
+        problems.append(
+            InputProblem(
+                file=file_name, line=1, column="email", reason=f"email property {settings.email_property!r} is not declared in store.yaml",
+                fix="Declare it, or set dialect.email_property",
+            )
+        )
     token = settings.device_token_property
     if token is not None and token not in properties:
-        problems.append(InputProblem(file=file_name, line=1, column="device token", reason=f"device token property {token!r} is not declared in store.yaml", fix="Declare it (type list), or set dialect.device_token_property: null"))
+        problems.append(
+            InputProblem(
+                file=file_name, line=1, column="device token", reason=f"device token property {token!r} is not declared in store.yaml",
+                fix="Declare it (type list), or set dialect.device_token_property: null",
+            )
+        )
     if problems:
         raise InputError(problems)
 
@@ -420,6 +450,60 @@ def check_file_name_unused(conn, *, connection: str, goal: str, root_file: str, 
             f"a file with this name was already imported on {row[1]:%Y-%m-%d %H:%M} UTC (delivery {row[0]}) with other content",
             "Give every file a unique name, e.g. with the current date and time (profile_20260101_1530.txt)",
         )
+
+
+# --------------------------------------------------------------------------- the delivery source
+
+
+@dataclass(frozen=True)
+class NetmeraSource:
+    """One kind of Netmera file (push files or profile attribute files) as a ``DeliverySource``:
+    listed with its listing goal, each file staged with a goal built for that file, and a file
+    name merged before with other content refused inside the merge's writer connection."""
+
+    settings: NetmeraSettings
+    kind: Literal["push", "profile"]
+
+    @property
+    def goal_name(self) -> str:
+        return self.settings.push_goal_name if self.kind == PUSH else self.settings.profile_goal_name
+
+    @property
+    def listing_goal(self) -> ProfileImportGoal:
+        return netmera_listing_goal(self.settings, self.kind)
+
+    @property
+    def generates_goal(self) -> bool:
+        return True
+
+    def claims(self, name: str) -> bool:
+        return goal_claims(self.listing_goal, name)
+
+    def scan(self, connection: str, listing: list[RemoteFile], is_ready: Callable[[RemoteFile], bool], now: float | None) -> DeliveryScan:
+        return scan_deliveries(connection, self.listing_goal, listing, is_ready)
+
+    def stage(self, inputs: StagingInput) -> StagedDelivery:
+        local = inputs.files[PUSH if self.kind == PUSH else PROFILE]
+        delivered_at = datetime.fromtimestamp(local.remote_mtime, tz=UTC).replace(tzinfo=None)
+        goal, staged = stage_netmera_file(
+            self.kind, local.path, display_name=local.remote_path, delivered_at=delivered_at,
+            catalog=inputs.catalog, settings=self.settings, run_time=inputs.run_time,
+        )
+        return StagedDelivery(goal=goal, staged=staged)
+
+    def around_merge(self, context: MergeContext) -> MergeSteps:
+        def refuse_reused_name(conn, staged: StagedImport) -> StagedImport:
+            check_file_name_unused(
+                conn, connection=context.connection, goal=context.goal, root_file=context.root_file, content_sha256=context.content_sha256
+            )
+            return staged
+
+        return MergeSteps(prepare=refuse_reused_name)
+
+
+def netmera_sources(settings: NetmeraSettings) -> list[NetmeraSource]:
+    """Profile attribute files first: a push for an external id finds the profile a same-run file created."""
+    return [NetmeraSource(settings, PROFILE), NetmeraSource(settings, PUSH)]
 
 
 # --------------------------------------------------------------------------- nightly reports

@@ -20,12 +20,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cdp_pipeline.config.connection import FileSelection, GroupImportGoal, ProfileImportGoal
+from cdp_pipeline.deliveries.keys import partition_key
 from cdp_pipeline.transports.base import RemoteFile, is_temporary_upload
 
 ImportGoal = GroupImportGoal | ProfileImportGoal
@@ -48,7 +48,7 @@ class Delivery:
     def partition_key(self) -> str:
         """One Dagster partition per root file of a goal; a new version of the same file is a new
         run of the same partition, so its history stays together in the UI."""
-        return f"{self.goal}:{self.root.name}"
+        return partition_key(self.goal, self.root.name)
 
     @property
     def listing_identity(self) -> str:
@@ -179,7 +179,3 @@ def scan_deliveries(
         scan.deliveries.append(Delivery(connection=connection, goal=goal.name, files=files, root_name=goal.files.root.name))
     scan.deliveries.sort(key=lambda d: (d.newest_mtime, d.root.path))
     return scan
-
-
-def remote_directory(goal: ImportGoal) -> str:
-    return posixpath.normpath(goal.files.directory)

@@ -1,0 +1,1 @@
+"""Tests of cdp_pipeline.deliveries: grouping, the sensor cursor, readiness and discover(), without Dagster."""
