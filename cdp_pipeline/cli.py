@@ -173,7 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="load and check the YAML configuration")
     validate.set_defaults(handler=_validate)
     args = parser.parse_args(argv)
-    return args.handler(args)
+    from cdp_pipeline.errors import ConfigError
+
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        # A configuration error names the file, key and what is allowed: that line is the answer,
+        # a traceback around it only hides it.
+        print(error, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
