@@ -46,9 +46,10 @@ class StoreSettings(StrictModel):
     consent_property: str = "consents"
     #: keep property_changes (value history and provenance); costs one row per changed value.
     history: bool = True
-    #: rows of customer data shown as a preview on each import in the Dagster UI; 0 shows none
-    #: (the run's event log then holds counts only, no values: security S15).
-    ui_preview_rows: int = Field(default=10, ge=0, le=100)
+    #: rows of customer data shown as a preview on each import in the Dagster UI. 0 (the default)
+    #: shows none: Dagster's event log keeps run metadata as long as run history, in files the
+    #: store's permissions do not cover, so customer values go there only when asked for.
+    ui_preview_rows: int = Field(default=0, ge=0, le=100)
 
 
 class StoreFile(StrictModel):

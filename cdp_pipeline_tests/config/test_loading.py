@@ -167,3 +167,36 @@ def test_yaml_1_1_words_stay_strings(tmp_path):
     assert goal.name == "no"
     assert goal.allow_new_profiles is True
     assert project.connection_files["off"].name == "acme.yaml"
+
+
+@pytest.mark.parametrize(
+    "source,secret,expected",
+    [
+        (
+            "{type: s3, bucket: b, access_key_id_env: AKIAIOSFODNN7EXAMPLE, secret_access_key_env: S3_SECRET}",
+            "AKIAIOSFODNN7EXAMPLE",
+            "source.s3.access_key_id_env: Value error, this looks like an AWS access key id, not the name of an environment variable",
+        ),
+        (
+            "{type: s3, bucket: b, access_key_id_env: S3_KEY, session_token_env: ASIAY34FZKBOKMUTVV7A}",
+            "ASIAY34FZKBOKMUTVV7A",
+            "source.s3.session_token_env: Value error, this looks like an AWS access key id",
+        ),
+        (
+            "{type: s3, bucket: b, endpoint_url: 'https://minio:s3cr3tpass@127.0.0.1:9000'}",
+            "s3cr3tpass",
+            "source.s3.endpoint_url: Value error, endpoint_url must not carry credentials (user:password@)",
+        ),
+    ],
+)
+def test_secrets_pasted_into_names_and_urls_are_refused_without_repeating_them(tmp_path, source, secret, expected):
+    with pytest.raises(ConfigError) as error:
+        load_project(_config(tmp_path, GOOD.replace("{type: local, path: drop}", source)), tmp_path)
+    assert expected in str(error.value)
+    assert secret not in str(error.value)
+
+
+def test_a_plain_endpoint_url_and_variable_names_load(tmp_path):
+    source = "{type: s3, bucket: b, endpoint_url: 'http://127.0.0.1:9000', access_key_id_env: AKIA_KEY_FOR_ACME, secret_access_key_env: S3_SECRET}"
+    project = load_project(_config(tmp_path, GOOD.replace("{type: local, path: drop}", source)), tmp_path)
+    assert project.connections["acme"].source.endpoint_url == "http://127.0.0.1:9000"

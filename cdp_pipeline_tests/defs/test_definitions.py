@@ -107,3 +107,7 @@ def test_instance_settings_queue_store_writers_and_rerun_crashed_runs(tmp_path, 
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert instance.run_retries_retry_on_asset_or_op_failure is False
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        # Slots of ended runs (a worker killed with kill -9 is marked failed by the code server)
+        # are freed by the daemon, so a dead run cannot block the pool for good.
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 30
