@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -227,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         # answer, a traceback around it only hides it.
         print(error, file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        # Ctrl-C, or SIGTERM outside a run (inside one, the runs end first and are recorded).
+        print(f"stopped before finishing ({stop or 'interrupted'})", file=sys.stderr)
+        return 143 if str(stop) == f"signal {signal.SIGTERM.value}" else 130
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def ends_on_sigterm(instance: dg.DagsterInstance, echo: Callable[[str], None] = 
     finally:
         done.set()
         signal.set_wakeup_fd(previous_fd)
-        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
         watcher.join(timeout=2)
         reader.close()
         writer.close()

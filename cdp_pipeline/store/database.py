@@ -36,7 +36,7 @@ def lock_holder(message: str) -> str:
 
 
 def _connect(path: Path, *, read_only: bool, threads: int | None, lock_wait_seconds: float) -> duckdb.DuckDBPyConnection:
-    config = {"threads": threads} if threads else {}
+    config: dict[str, str | bool | int | float | list[str]] = {"threads": threads} if threads else {}
     deadline = time.monotonic() + lock_wait_seconds
     delay = 0.2
     while True:
