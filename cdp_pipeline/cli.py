@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -18,10 +20,30 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+class UnusableFolder(Exception):
+    """CDP_HOME or DAGSTER_HOME cannot be written; the message names the folder and the fix."""
+
+
+def _writable_folder(folder: Path, variable: str, holds: str) -> None:
+    """Create the folder (0700 when new: it holds customer data or run history) and prove it can
+    be written, so a read-only folder is one clear line instead of a traceback from SQLite."""
+    try:
+        if not folder.exists():
+            folder.mkdir(parents=True, mode=0o700)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UnusableFolder(
+            f"{variable} {folder} cannot be written ({exc.strerror or exc}); it holds {holds}. Make it writable for this "
+            f"user (chmod u+w {folder}) or point {variable} (or --home) at a folder that is."
+        ) from None
+
+
 def _prepare_environment(home: Path) -> Path:
     os.environ["CDP_HOME"] = str(home)
+    _writable_folder(home, "CDP_HOME", "the store and the work folders")
     dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster_home")))
-    dagster_home.mkdir(parents=True, exist_ok=True)
+    _writable_folder(dagster_home, "DAGSTER_HOME", "Dagster's run history and the sensors' cursors")
     instance_yaml = dagster_home / "dagster.yaml"
     if not instance_yaml.exists() and (REPO_ROOT / "dagster.yaml").exists():
         shutil.copyfile(REPO_ROOT / "dagster.yaml", instance_yaml)
@@ -32,17 +54,29 @@ def run_connection(connection_name: str, *, full_export: bool = False, echo=prin
     """Import every complete delivery now, then run the export goals ("Run now")."""
     import dagster as dg
 
-    from cdp_pipeline import importing
     from cdp_pipeline.definitions import defs as load_defs
-    from cdp_pipeline.defs.connections import export_job_name, import_job_name
+    from cdp_pipeline.defs.pool_claims import ends_on_sigterm, process_tags, release_dead_claims
     from cdp_pipeline.defs.project import project_config
-    from cdp_pipeline.defs.resources import transport_resource
-    from cdp_pipeline.deliveries import partition_set_name
 
     project = project_config()
     connection = project.connections[connection_name]
     definitions = load_defs()
     instance = dg.DagsterInstance.get()
+    for line in release_dead_claims(instance):
+        echo(f"  {line}")
+    with ends_on_sigterm(instance, echo) as stopping:
+        return _run_jobs(project, connection, definitions, instance, full_export=full_export, echo=echo, tags=process_tags(), stopping=stopping)
+
+
+def _run_jobs(project, connection, definitions, instance, *, full_export: bool, echo, tags: dict[str, str], stopping) -> dict:
+    import dagster as dg
+
+    from cdp_pipeline import importing
+    from cdp_pipeline.defs.connections import export_job_name, import_job_name
+    from cdp_pipeline.defs.resources import transport_resource
+    from cdp_pipeline.deliveries import partition_set_name
+
+    connection_name = connection.name
     summary: dict = {"imports": [], "exports": []}
     partitions_name = partition_set_name(connection_name)
     # Outside a run, EnvVar fields resolve only through process_config_and_initialize.
@@ -56,7 +90,13 @@ def run_connection(connection_name: str, *, full_export: bool = False, echo=prin
         instance.add_dynamic_partitions(partitions_name, [d.partition_key for d in deliveries])
     import_job = definitions.resolve_job_def(import_job_name(connection_name))
     for delivery in deliveries:
-        result = import_job.execute_in_process(instance=instance, partition_key=delivery.partition_key, raise_on_error=False, run_config=QUIET)
+        if stopping.is_set():
+            summary["imports"].append({"delivery": delivery.partition_key, "success": False})
+            echo(f"  not started after a stop signal: {delivery.partition_key}")
+            continue
+        result = import_job.execute_in_process(
+            instance=instance, partition_key=delivery.partition_key, raise_on_error=False, run_config=QUIET, tags=tags
+        )
         step = dg.AssetKey([connection_name, "profile_store"])
         metadata = {}
         for event in result.get_asset_materialization_events():
@@ -74,10 +114,10 @@ def run_connection(connection_name: str, *, full_export: bool = False, echo=prin
                 f"rejected={metadata.get('rows_rejected')} created={metadata.get('profiles_created')} "
                 f"updated={metadata.get('profiles_updated')} groups={metadata.get('groups_created')} events={metadata.get('events_created')}"
             )
-    if connection.export_goals:
+    if connection.export_goals and not stopping.is_set():
         export_job = definitions.resolve_job_def(export_job_name(connection_name))
-        tags = {"cdp/full_export": "true"} if full_export else {}
-        result = export_job.execute_in_process(instance=instance, tags=tags, raise_on_error=False, run_config=QUIET)
+        export_tags = {**tags, "cdp/full_export": "true"} if full_export else tags
+        result = export_job.execute_in_process(instance=instance, tags=export_tags, raise_on_error=False, run_config=QUIET)
         for event in result.get_asset_materialization_events():
             metadata = {k: v.value for k, v in event.materialization.metadata.items()}
             summary["exports"].append({"asset": event.asset_key.to_user_string(), **metadata})
@@ -97,12 +137,18 @@ def reprocess_delivery(connection_name: str, partition_key: str, echo=print) -> 
 
     from cdp_pipeline.definitions import defs as load_defs
     from cdp_pipeline.defs.connections import import_job_name
+    from cdp_pipeline.defs.pool_claims import ends_on_sigterm, process_tags, release_dead_claims
     from cdp_pipeline.deliveries import partition_set_name
 
     instance = dg.DagsterInstance.get()
+    for line in release_dead_claims(instance):
+        echo(f"  {line}")
     instance.add_dynamic_partitions(partition_set_name(connection_name), [partition_key])
     job = load_defs().resolve_job_def(import_job_name(connection_name))
-    result = job.execute_in_process(instance=instance, partition_key=partition_key, tags={"cdp/reprocess": "true"}, raise_on_error=False)
+    with ends_on_sigterm(instance, echo):
+        result = job.execute_in_process(
+            instance=instance, partition_key=partition_key, tags={**process_tags(), "cdp/reprocess": "true"}, raise_on_error=False
+        )
     echo(f"  reprocessed {partition_key}: {'SUCCESS' if result.success else 'FAILED'} (run {result.run_id})")
     return result.success
 
@@ -177,7 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     validate = commands.add_parser("validate", help="load and check the YAML configuration")
     validate.set_defaults(handler=_validate)
     args = parser.parse_args(argv)
-    return args.handler(args)
+    from cdp_pipeline.errors import ConfigError
+
+    try:
+        return args.handler(args)
+    except (ConfigError, UnusableFolder) as error:
+        # The message names the file and key, or the folder, and the fix: that line is the
+        # answer, a traceback around it only hides it.
+        print(error, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as stop:
+        # Ctrl-C, or SIGTERM outside a run (inside one, the runs end first and are recorded).
+        print(f"stopped before finishing ({stop or 'interrupted'})", file=sys.stderr)
+        return 143 if str(stop) == f"signal {signal.SIGTERM.value}" else 130
 
 
 if __name__ == "__main__":

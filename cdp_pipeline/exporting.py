@@ -40,6 +40,7 @@ from cdp_pipeline.config.catalog import consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, ExportCollisionError, TransportError
+from cdp_pipeline.private_files import private_directory
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.exports import (
     build_export_rows,
@@ -238,8 +239,8 @@ def run_export(
     consent_property = consent_property or project.store.consent_property
     work = project.work_dir / connection.name / f"export-{goal.name}-{run_id[:12]}"
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    os.chmod(work, 0o700)
+    private_directory(work)
+    os.chmod(project.work_dir, 0o700)
     try:
         file_name = render_name(goal.target.file_name, goal=goal.name, segment=goal.segment, run_id=run_id, now=now)
         if goal.target.gzip and not file_name.endswith(".gz"):

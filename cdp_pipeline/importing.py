@@ -38,6 +38,7 @@ from cdp_pipeline.deliveries import (
 from cdp_pipeline.dialects import dialect_sources
 from cdp_pipeline.disk_space import HEADROOM, DiskSpaceError, disk_full_error, is_disk_full, require_free_space
 from cdp_pipeline.errors import CdpError, FileVanishedError, InputError, InputProblem
+from cdp_pipeline.private_files import private_directory
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
 from cdp_pipeline.store.publish import publish_copy
@@ -62,9 +63,8 @@ def delivery_work_dir(project: ProjectConfig, connection: str, partition_key: st
     a sanitised name plus a hash of the original keeps them unique and inside the work dir."""
     safe = _UNSAFE.sub("_", partition_key)[:80]
     digest = hashlib.sha256(partition_key.encode()).hexdigest()[:10]
-    path = project.work_dir / connection / f"{safe}-{digest}"
-    path.mkdir(parents=True, exist_ok=True)
-    for folder in (project.work_dir, project.work_dir / connection, path):
+    path = private_directory(project.work_dir / connection / f"{safe}-{digest}")
+    for folder in (project.work_dir, project.work_dir / connection):
         os.chmod(folder, 0o700)
     return path
 

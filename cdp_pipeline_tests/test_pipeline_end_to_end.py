@@ -108,11 +108,13 @@ def test_import_chain_with_dg_materialize(demo_home: Path):
     assert metadata["status"].value == "merged"
     tables = result.asset_materializations_for_node("demo_local__import_tables")[0].metadata
     assert tables["rows_read"].value == 302 and tables["records"].value == 300
-    assert "|" in tables["preview"].value  # a markdown table of the rows merged
+    assert "preview" not in tables  # no customer values in the event log unless store.ui_preview_rows opts in
 
 
-def test_preview_of_customer_rows_can_be_turned_off(tmp_path, monkeypatch):
-    """store.ui_preview_rows: 0 keeps customer values out of Dagster's event log (S15)."""
+@pytest.mark.parametrize("rows", [0, 5])
+def test_preview_of_customer_rows_can_be_turned_off(tmp_path, monkeypatch, rows):
+    """store.ui_preview_rows: 0 (the default) keeps customer values out of Dagster's event log;
+    a number opts in to a markdown preview of that many rows."""
     import shutil
 
     from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR
@@ -120,7 +122,7 @@ def test_preview_of_customer_rows_can_be_turned_off(tmp_path, monkeypatch):
     config = tmp_path / "config"
     shutil.copytree(BUNDLED_CONFIG_DIR, config)
     store_yaml = config / "store.yaml"
-    store_yaml.write_text(store_yaml.read_text().replace("store:\n", "store:\n  ui_preview_rows: 0\n", 1))
+    store_yaml.write_text(store_yaml.read_text().replace("store:\n", f"store:\n  ui_preview_rows: {rows}\n", 1))
     prepare_demo_home(tmp_path / "home", monkeypatch, profiles=20)
     monkeypatch.setenv("CDP_CONFIG_DIR", str(config))
     project_config.cache_clear()
@@ -136,6 +138,9 @@ def test_preview_of_customer_rows_can_be_turned_off(tmp_path, monkeypatch):
         assert result.success
         metadata = result.asset_materializations_for_node("demo_local__import_tables")[0].metadata
         assert metadata["records"].value == 20
-        assert "preview" not in metadata
+        if rows:
+            assert "|" in metadata["preview"].value  # a markdown table of the rows merged
+        else:
+            assert "preview" not in metadata
     finally:
         project_config.cache_clear()

@@ -58,7 +58,7 @@ class GroupType(StrictModel):
 
 
 class Segment(StrictModel):
-    """A set of profiles: a SQL condition over the columns of ``profiles``, optionally inside other segments."""
+    """A set of profiles: a condition (one SQL expression) over the columns of ``profiles``, optionally inside other segments."""
 
     description: str = ""
     condition: str = "TRUE"
@@ -123,6 +123,14 @@ class Catalog(StrictModel):
                 if base not in self.segments:
                     raise ValueError(f"segments.{name}.based_on: unknown segment {base!r}")
         self.segment_order()  # raises on cycles
+        # Conditions become SQL: each must be one allowed expression over known columns. The store
+        # package renders and checks them, and imports this module, hence the late import.
+        from cdp_pipeline.store.conditions import ConditionError, compile_conditions
+
+        try:
+            compile_conditions(self)
+        except ConditionError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     def segment_order(self) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -22,7 +23,18 @@ MergeRule = Literal["set", "set_if_empty", "set_or_clear", "add", "sum"]
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+# AWS access key ids (long-term AKIA..., temporary ASIA...) are upper case letters and digits, so
+# one pasted into a *_env key would pass as a variable name, sit in the YAML and the run config
+# in clear, and fail later as "variable not set". The value is never repeated in the message.
+_AWS_ACCESS_KEY_ID = re.compile(r"^(?:AKIA|ASIA)[A-Z0-9]{16}$")
+
+
 def _env_name(value: str | None) -> str | None:
+    if value is not None and _AWS_ACCESS_KEY_ID.match(value):
+        raise ValueError(
+            "this looks like an AWS access key id, not the name of an environment variable: put the key in an "
+            "environment variable and write the variable's name here (and rotate the key, it was in a file)"
+        )
     if value is not None and not _ENV_NAME.match(value):
         raise ValueError(f"{value!r} is not an environment variable name; the YAML names the variable, not the secret")
     return value
@@ -101,6 +113,22 @@ class S3Location(StrictModel):
     session_token_env: str | None = None
 
     _names = field_validator("access_key_id_env", "secret_access_key_env", "session_token_env")(_env_name)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("endpoint_url must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            # Credentials in the URL would be logged and shown with the connection; the value is not repeated here.
+            raise ValueError(
+                "endpoint_url must not carry credentials (user:password@); name them with access_key_id_env and "
+                "secret_access_key_env, and rotate the ones that were in the file"
+            )
+        return value
 
 
 Location = Annotated[LocalLocation | SftpLocation | S3Location, Field(discriminator="type")]

@@ -50,9 +50,10 @@ class StoreSettings(StrictModel):
     consent_property: str = "consents"
     #: keep property_changes (value history and provenance); costs one row per changed value.
     history: bool = True
-    #: rows of customer data shown as a preview on each import in the Dagster UI; 0 shows none
-    #: (the run's event log then holds counts only: no customer values reach it unless the user opts in).
-    ui_preview_rows: int = Field(default=10, ge=0, le=100)
+    #: rows of customer data shown as a preview on each import in the Dagster UI. 0 (the default)
+    #: shows none: Dagster's event log keeps run metadata as long as run history, in files the
+    #: store's permissions do not cover, so customer values go there only when asked for.
+    ui_preview_rows: int = Field(default=0, ge=0, le=100)
 
 
 class StoreFile(StrictModel):
@@ -153,12 +154,114 @@ def _parse(model: type[BaseModel], data: Any, where: str) -> Any:
         raise ConfigError(_format_validation(exc, where)) from None
 
 
+#: Nodes a YAML document may hold once its aliases are expanded. A hand-written store.yaml with
+#: hundreds of properties has a few thousand; a 2 KB "billion laughs" file (aliases of aliases)
+#: expands to billions and hangs every walk of the tree, so the bound is checked on the composed
+#: node graph, before anything walks or constructs it.
+MAX_YAML_NODES = 100_000
+#: Bytes a configuration file may have; the largest real ones are tens of kilobytes.
+MAX_YAML_BYTES = 5_000_000
+
+_BOOL = "tag:yaml.org,2002:bool"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's plain scalars.
+
+    Under YAML 1.1 (PyYAML's default) a connection named ``off`` or ``no`` loads as the boolean
+    False, ``10:30`` as the number 630 and ``2026-01-15`` as a date, each far from what was
+    written. Here only true/false are booleans, numbers are decimal (or 0o/0x), and everything
+    else stays the string it is; boolean keys still accept yes/no, as pydantic reads those."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _check_expanded_size(node)
+        return node
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = str(self.construct_scalar(node))
+        sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
+        if digits.startswith("0o"):
+            return sign * int(digits[2:], 8)
+        if digits.startswith("0x"):
+            return sign * int(digits[2:], 16)
+        return sign * int(digits, 10)
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_BOOL, _INT, _FLOAT, _TIMESTAMP)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_ConfigLoader.add_implicit_resolver(_INT, re.compile(r"^(?:[-+]?[0-9]+|[-+]?0o[0-7]+|[-+]?0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+_ConfigLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+.0123456789"),
+)
+_ConfigLoader.add_constructor(_INT, _ConfigLoader.construct_yaml_int)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count the nodes the document would have with every alias expanded, without expanding it:
+    an alias shares its anchor's node object, so each distinct node is sized once (memoised)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        if children_done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[key] > MAX_YAML_NODES:
+                raise _TooLarge(f"its aliases expand to more than {MAX_YAML_NODES:,} values")
+            continue
+        if key in open_nodes:
+            raise _TooLarge("an alias refers to a node that contains it (a recursive anchor)")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+
+
+class _TooLarge(Exception):
+    """A YAML document refused before construction; the message says why."""
+
+
 def _load_yaml_documents(path: Path) -> list[Any]:
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a configuration file may have at most {MAX_YAML_BYTES:,}")
+    documents: list[Any] = []
     try:
         with path.open(encoding="utf-8") as handle:
-            return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+            loader = _ConfigLoader(handle)
+            try:
+                while loader.check_data():
+                    documents.append(loader.get_data())
+            finally:
+                loader.dispose()
+    except _TooLarge as exc:
+        raise ConfigError(
+            f"{path}: refused before reading it: {exc}. Anchors and aliases (&name, *name, <<: *name) are allowed for "
+            "sharing a few blocks; write the values out instead"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a configuration (hundreds of levels of lists or mappings)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save the file as UTF-8") from None
+    return [doc for doc in documents if doc is not None]
 
 
 def _rule_problem(at: str, mapping, properties: dict) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import duckdb
 from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full, says_disk_full
 from cdp_pipeline.errors import TransientError
+from cdp_pipeline.private_files import private_directory, private_umask
 from cdp_pipeline.store.schema import ensure_schema
 
 
@@ -19,21 +21,42 @@ def _is_lock_conflict(exc: Exception) -> bool:
     return "Could not set lock" in str(exc) or "Conflicting lock" in str(exc)
 
 
+def lock_holder(message: str) -> str:
+    """The process DuckDB names as holding the file lock, with its command line when this host
+    can read it: "process 4242 (cdp-pipeline run acme)" tells an operator what to close."""
+    match = re.search(r"\(PID (\d+)\)", message)
+    if match is None:
+        return "another process"
+    pid = match.group(1)
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        command = ""
+    return f"process {pid} ({command[:200]})" if command else f"process {pid}"
+
+
 def _connect(path: Path, *, read_only: bool, threads: int | None, lock_wait_seconds: float) -> duckdb.DuckDBPyConnection:
-    config = {"threads": threads} if threads else {}
+    config: dict[str, str | bool | int | float | list[str]] = {"threads": threads} if threads else {}
     deadline = time.monotonic() + lock_wait_seconds
     delay = 0.2
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only, config=config)
+            if read_only:
+                return duckdb.connect(str(path), read_only=True, config=config)
+            # A store DuckDB creates is 0600 from its first byte, and an existing one is narrowed
+            # before anything is written: a writer killed mid-merge leaves no readable customer data.
+            with private_umask():
+                conn = duckdb.connect(str(path), read_only=False, config=config)
+            path.chmod(0o600)
+            return conn
         except duckdb.IOException as exc:
             # Another process holds the file (an analyst's session, an overlapping run outside the
             # pool). Wait a bounded time, then fail with DuckDB's own text naming the holder (#58).
             if not _is_lock_conflict(exc) or time.monotonic() > deadline:
                 if _is_lock_conflict(exc):
                     raise TransientError(
-                        f"the store {path} is locked by another process: {exc}. Close that session (analysts: "
-                        "query the published copy instead) and the run retries."
+                        f"the store {path} is locked by {lock_holder(str(exc))}; waited {lock_wait_seconds:.0f} s for it. Close that "
+                        f"session (analysts: query the published copy instead) and the run retries. DuckDB: {str(exc).splitlines()[0]}"
                     ) from None
                 raise
             time.sleep(delay)
@@ -44,7 +67,8 @@ def _connect(path: Path, *, read_only: bool, threads: int | None, lock_wait_seco
 def open_writer(path: Path, catalog: Catalog, *, threads: int | None = None, lock_wait_seconds: float = 120) -> Iterator[duckdb.DuckDBPyConnection]:
     """The writing connection, schema brought up to date; always closed, even when the body raises,
     so a failed step never keeps the lock (dagster-anchors §3.2)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.exists():
+        private_directory(path.parent)
     conn = _connect(path, read_only=False, threads=threads, lock_wait_seconds=lock_wait_seconds)
     # A full disk under the store fails DuckDB's commit or checkpoint with its own message, which
     # reads like a database fault; the transaction is rolled back either way (nothing half merged).
@@ -56,7 +80,6 @@ def open_writer(path: Path, catalog: Catalog, *, threads: int | None = None, loc
             yield conn
         finally:
             conn.close()
-    path.chmod(0o600)
 
 
 @contextlib.contextmanager

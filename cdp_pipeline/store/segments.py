@@ -17,24 +17,20 @@ import duckdb
 
 from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.errors import ConfigError
+from cdp_pipeline.store.conditions import ConditionError, ConditionSql, compile_conditions
 from cdp_pipeline.store.schema import literal
 
 
-def check_conditions(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str]:
-    """SQL conditions that do not bind against ``profiles``, as messages naming the segment."""
-    problems = []
-    for name, segment in catalog.segments.items():
-        try:
-            conn.execute(f"EXPLAIN SELECT profile_id FROM profiles WHERE ({segment.condition})")
-        except duckdb.Error as exc:
-            problems.append(f"segments.{name}.condition {segment.condition!r}: {str(exc).splitlines()[0]}")
-    for name, lifecycle in catalog.lifecycles.items():
-        for stage in lifecycle.stages:
-            try:
-                conn.execute(f"EXPLAIN SELECT profile_id FROM profiles WHERE ({stage.condition})")
-            except duckdb.Error as exc:
-                problems.append(f"lifecycles.{name}.{stage.name} condition {stage.condition!r}: {str(exc).splitlines()[0]}")
-    return problems
+def check_conditions(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> ConditionSql:
+    """The catalog's conditions as checked SQL, bound against the store's tables.
+
+    Checked again here, not only when store.yaml is loaded: a catalog built or copied in code
+    skips pydantic's validation, and a condition must never reach the store as free SQL."""
+    try:
+        return compile_conditions(catalog, conn)
+    except ConditionError as exc:
+        # A ConfigError (terminal, shown to the user as is), naming each condition and the fix.
+        raise ConfigError(f"store.yaml has conditions that cannot run on the profiles table:\n{exc}") from None
 
 
 def _declared(column: str, names: Iterable[str]) -> str:
@@ -45,13 +41,7 @@ def _declared(column: str, names: Iterable[str]) -> str:
 
 def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime) -> dict[str, int]:
     """Recompute every segment (bases first) and lifecycle; returns segment sizes."""
-    problems = check_conditions(conn, catalog)
-    if problems:
-        # A ConfigError (terminal, shown to the user as is), naming each segment and the fix.
-        raise ConfigError(
-            "store.yaml has conditions that do not work on the profiles table (fix them to use declared "
-            "profile properties):\n" + "\n".join(problems)
-        )
+    conditions = check_conditions(conn, catalog)
     sizes: dict[str, int] = {}
     conn.execute("BEGIN TRANSACTION")
     try:
@@ -76,7 +66,7 @@ def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: 
                 f"""
                 CREATE TEMP TABLE {changes} AS
                 SELECT coalesce(c.profile_id, m.profile_id) AS profile_id, c.profile_id IS NOT NULL AS member
-                FROM (SELECT profile_id FROM profiles WHERE ({segment.condition}){bases}) c
+                FROM (SELECT profile_id FROM profiles WHERE {conditions.segments[name]}{bases}) c
                 FULL OUTER JOIN (SELECT profile_id FROM segment_members WHERE segment = $segment) m ON m.profile_id = c.profile_id
                 WHERE c.profile_id IS NULL OR m.profile_id IS NULL
                 """,
@@ -100,7 +90,9 @@ def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: 
             stages = f"stage_changes_{index}"
             scratch.append(stages)
             # CASE picks the first stage whose condition holds (stages are ordered); NULL: none.
-            stage_case = " ".join(f"WHEN ({stage.condition}) THEN {literal(stage.name)}" for stage in lifecycle.stages)
+            stage_case = " ".join(
+                f"WHEN {sql} THEN {literal(stage.name)}" for sql, stage in zip(conditions.stages[name], lifecycle.stages, strict=True)
+            )
             conn.execute(
                 f"""
                 CREATE TEMP TABLE {stages} AS

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +54,10 @@ def test_good_configuration_loads(tmp_path):
         (("    identifiers: [{column: email, property: email}]\n", ""), "goals.0.import_profiles.identifiers: required key is missing"),
         (("property: spend", "property: spent"), "property 'spent' is not declared in store.yaml"),
         (("rule: sum", "rule: add"), "rule add needs a list property"),
-        (("{type: local, path: drop}", "{type: sftp, host: h, username: u, auth: {method: password, password_env: P}}"), "known_hosts_line or host_key_fingerprint"),
+        (
+            ("{type: local, path: drop}", "{type: sftp, host: h, username: u, auth: {method: password, password_env: P}}"),
+            "known_hosts_line or host_key_fingerprint",
+        ),
     ],
 )
 def test_errors_name_file_key_path_and_what_is_allowed(tmp_path, change, expected):
@@ -62,7 +69,9 @@ def test_errors_name_file_key_path_and_what_is_allowed(tmp_path, change, expecte
 
 
 def test_literal_secrets_are_refused(tmp_path):
-    sftp = GOOD.replace("{type: local, path: drop}", "{type: sftp, host: h, username: u, host_key_fingerprint: 'SHA256:x', auth: {method: password, password: hunter2}}")
+    sftp = GOOD.replace(
+        "{type: local, path: drop}", "{type: sftp, host: h, username: u, host_key_fingerprint: 'SHA256:x', auth: {method: password, password: hunter2}}"
+    )
     with pytest.raises(ConfigError) as error:
         load_project(_config(tmp_path, sftp), tmp_path)
     assert "source.auth.password: secrets are not written in YAML" in str(error.value)
@@ -103,3 +112,91 @@ def test_objectives_need_a_list_consent_property(tmp_path):
     store = STORE + "  objectives:\n    marketing: {}\n"
     with pytest.raises(ConfigError, match="consent property 'consents'"):
         load_project(_config(tmp_path, GOOD.replace("name: acme\n", "name: acme\nobjectives: [marketing]\n", 1), store=store), tmp_path)
+
+
+# ---------------------------------------------------------------- hostile and surprising YAML
+
+BILLION_LAUGHS = "\n".join(
+    [f'l0: &l0 [{", ".join(["lol"] * 9)}]']
+    + [f"l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * 9)}]" for level in range(1, 9)]
+) + "\n"
+
+
+def test_an_alias_bomb_is_refused_by_validate_within_seconds(tmp_path):
+    config = _config(tmp_path, GOOD)
+    (config / "connections" / "bomb.yaml").write_text(BILLION_LAUGHS)
+    assert len(BILLION_LAUGHS) < 2500  # the probe's 2.3 KB file: 9**9 values once expanded
+    env = {**os.environ, "CDP_CONFIG_DIR": str(config)}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "cdp_pipeline.cli", "--home", str(tmp_path / "home"), "validate"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert time.monotonic() - started < 60
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "connections/bomb.yaml: refused before reading it: its aliases expand to more than 100,000 values" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_recursive_anchor_and_absurd_nesting_are_named(tmp_path):
+    config = _config(tmp_path, GOOD)
+    (config / "store.yaml").write_text(STORE + "store: &s {history: *s}\n")
+    with pytest.raises(ConfigError, match="store.yaml: refused before reading it: an alias refers to a node that contains it"):
+        load_project(config, tmp_path)
+    (config / "store.yaml").write_text("catalog: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="store.yaml: nested too deeply"):
+        load_project(config, tmp_path)
+
+
+def test_a_few_shared_blocks_still_load(tmp_path):
+    shared = GOOD.replace(
+        "    mappings: [{column: spend, property: spend, rule: sum}]\n",
+        "    mappings: &m [{column: spend, property: spend, rule: sum}]\n"
+        "  - name: people_again\n    type: import_profiles\n    files: {root: {name: people, pattern: \"again_*.csv\"}}\n"
+        "    identifiers: [{column: email, property: email}]\n    mappings: *m\n",
+    )
+    project = load_project(_config(tmp_path, shared), tmp_path)
+    assert [goal.mappings[0].property for goal in project.connections["acme"].goals] == ["spend", "spend"]
+
+
+def test_yaml_1_1_words_stay_strings(tmp_path):
+    """`off`, `no`, `yes`, `on` are names, not booleans; boolean keys still read yes/no."""
+    text = GOOD.replace("name: acme", "name: off").replace("name: people\n", "name: no\n").replace("allow_new_profiles: true", "allow_new_profiles: yes")
+    project = load_project(_config(tmp_path, text), tmp_path)
+    assert list(project.connections) == ["off"]
+    goal = project.connections["off"].goals[0]
+    assert goal.name == "no"
+    assert goal.allow_new_profiles is True
+    assert project.connection_files["off"].name == "acme.yaml"
+
+
+@pytest.mark.parametrize(
+    "source,secret,expected",
+    [
+        (
+            "{type: s3, bucket: b, access_key_id_env: AKIAIOSFODNN7EXAMPLE, secret_access_key_env: S3_SECRET}",
+            "AKIAIOSFODNN7EXAMPLE",
+            "source.s3.access_key_id_env: Value error, this looks like an AWS access key id, not the name of an environment variable",
+        ),
+        (
+            "{type: s3, bucket: b, access_key_id_env: S3_KEY, session_token_env: ASIAY34FZKBOKMUTVV7A}",
+            "ASIAY34FZKBOKMUTVV7A",
+            "source.s3.session_token_env: Value error, this looks like an AWS access key id",
+        ),
+        (
+            "{type: s3, bucket: b, endpoint_url: 'https://minio:s3cr3tpass@127.0.0.1:9000'}",
+            "s3cr3tpass",
+            "source.s3.endpoint_url: Value error, endpoint_url must not carry credentials (user:password@)",
+        ),
+    ],
+)
+def test_secrets_pasted_into_names_and_urls_are_refused_without_repeating_them(tmp_path, source, secret, expected):
+    with pytest.raises(ConfigError) as error:
+        load_project(_config(tmp_path, GOOD.replace("{type: local, path: drop}", source)), tmp_path)
+    assert expected in str(error.value)
+    assert secret not in str(error.value)
+
+
+def test_a_plain_endpoint_url_and_variable_names_load(tmp_path):
+    source = "{type: s3, bucket: b, endpoint_url: 'http://127.0.0.1:9000', access_key_id_env: AKIA_KEY_FOR_ACME, secret_access_key_env: S3_SECRET}"
+    project = load_project(_config(tmp_path, GOOD.replace("{type: local, path: drop}", source)), tmp_path)
+    assert project.connections["acme"].source.endpoint_url == "http://127.0.0.1:9000"

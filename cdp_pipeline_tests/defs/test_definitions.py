@@ -45,7 +45,7 @@ def test_each_connection_has_its_chain_sensor_schedule_and_jobs(cdp_env):
     definitions = defs()
     graph = definitions.resolve_asset_graph()
     chain = ["fetched_files", "decrypted_files", "import_tables", "profile_store"]
-    for upstream, downstream in zip(chain, chain[1:]):
+    for upstream, downstream in zip(chain, chain[1:], strict=False):
         parents = graph.get(dg.AssetKey(["demo_local", downstream])).parent_keys
         assert dg.AssetKey(["demo_local", upstream]) in parents
     export = graph.get(dg.AssetKey(["demo_local", "high_value_export_segment_export"]))
@@ -87,7 +87,8 @@ def test_webserver_serves_the_demo_assets_over_graphql(cdp_env):
             time.sleep(1)
         assert payload is not None, "the webserver did not answer"
         keys = {tuple(node["assetKey"]["path"]) for node in payload["data"]["assetNodes"]}
-        for step in ("fetched_files", "decrypted_files", "import_tables", "profile_store", "high_value_export_segment_export", "high_value_export_timeline_export"):
+        steps = ("fetched_files", "decrypted_files", "import_tables", "profile_store", "high_value_export_segment_export", "high_value_export_timeline_export")
+        for step in steps:
             assert ("demo_local", step) in keys
         assert {node["groupName"] for node in payload["data"]["assetNodes"]} == {"demo_local"}
     finally:
@@ -107,3 +108,7 @@ def test_instance_settings_queue_store_writers_and_rerun_crashed_runs(tmp_path, 
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert instance.run_retries_retry_on_asset_or_op_failure is False
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        # Slots of ended runs (a worker killed with kill -9 is marked failed by the code server)
+        # are freed by the daemon, so a dead run cannot block the pool for good.
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 30
