@@ -154,8 +154,9 @@ def parse_mlsx_facts(facts_text: str) -> dict[str, str]:
 
 def mlsx_entry(name: str, facts: dict[str, str]) -> ListedEntry:
     raw_type = facts.get("type", "").lower()
-    # "OS.unix=slink:<target>" and friends mark links even when type says file.
-    if raw_type == "file" and not facts.get("unix.mode", "").startswith("l"):
+    # ProFTPD reports links as "type=OS.unix=slink:<target>"; servers that follow links (vsftpd,
+    # pyftpdlib) report the file linked to, which is then what a download reads.
+    if raw_type == "file":
         kind = "file"
     elif raw_type in ("dir", "cdir", "pdir"):
         kind = "dir"
