@@ -114,6 +114,9 @@ class FtpTransport(Transport):
     def resolve(self, remote_path: str) -> str:
         """The path sent to the server: relative paths are joined to ``home_directory``."""
         path = remote_path or "."
+        if "\r" in path or "\n" in path:
+            # FTP commands are lines: a line break in a name would end the command and start another.
+            raise TransportError(f"{self.uri}: {path!r} contains a line break; FTP cannot address such a name")
         home = self.location.home_directory
         if home and not path.startswith("/"):
             path = posixpath.join(home, path)

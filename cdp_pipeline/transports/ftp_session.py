@@ -163,7 +163,10 @@ def mlsx_entry(name: str, facts: dict[str, str]) -> ListedEntry:
     else:
         kind = "other"
     size = int(facts["size"]) if facts.get("size", "").isdigit() else None
-    mtime = parse_ftp_time(facts["modify"]) if facts.get("modify") else None
+    try:
+        mtime = parse_ftp_time(facts["modify"]) if facts.get("modify") else None
+    except ValueError:
+        mtime = None  # an unreadable time: the file is then judged complete by its size alone
     return ListedEntry(name=posixpath.basename(name.rstrip("/")) or name, kind=kind, size=size, mtime=mtime)
 
 

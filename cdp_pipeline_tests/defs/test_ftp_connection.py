@@ -46,7 +46,7 @@ def test_sensor_fails_visibly_on_a_wrong_password_and_skips_when_the_server_is_d
     with dg.instance_for_test() as instance:
         result = _tick(_definitions(), None, instance)
         skip = result.skip_reason if isinstance(result, dg.SensorResult) else result
-        assert "retried next tick" in str(skip.skip_message if hasattr(skip, "skip_message") else skip)
+        assert "retried next tick" in str(getattr(skip, "skip_message", skip))
 
 
 def test_plain_ftp_is_warned_in_the_runs_log(tmp_path, ftp_account: FtpAccount):

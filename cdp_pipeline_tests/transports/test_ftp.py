@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -55,7 +56,8 @@ def test_list_download_upload_rename_delete_round_trip_over_ftps(ftp_account: Ft
     second = put(ftp_account, "push/b.csv", b"ExternalID;Text;Deeplink\n1;hi;https://x\n")
     os.utime(second, (1_767_225_600, 1_767_225_600))  # 2026-01-01T00:00:00Z
     (ftp_account.root / "push" / "sub").mkdir()
-    with transport_for(ftp_account, port=port, tls=tls) as transport:
+    transport = transport_for(ftp_account, port=port, tls=tls)
+    with transport:
         listed = transport.list_files("push")
         # Regular files only (no directory), with the server's own size and mtime.
         expected = [
@@ -90,7 +92,8 @@ def test_list_download_upload_rename_delete_round_trip_over_ftps(ftp_account: Ft
 def test_rename_refuses_to_replace_and_names_a_vanished_source(ftp_account: FtpAccount) -> None:
     put(ftp_account, "in/a.csv", b"new")
     put(ftp_account, "in/done/a.csv", b"old")
-    with transport_for(ftp_account) as transport:
+    transport = transport_for(ftp_account)
+    with transport:
         with pytest.raises(TransportError, match="target already exists"):
             transport.rename("in/a.csv", "in/done/a.csv")
         with pytest.raises(FileVanishedError, match="gone"):
@@ -100,12 +103,21 @@ def test_rename_refuses_to_replace_and_names_a_vanished_source(ftp_account: FtpA
 
 def test_home_directory_resolves_relative_paths(ftp_account: FtpAccount) -> None:
     put(ftp_account, "netmera/Profile/p.txt", b"extID~email\n1~a@b.c\n")
-    with transport_for(ftp_account, home_directory="/netmera") as transport:
+    transport = transport_for(ftp_account, home_directory="/netmera")
+    with transport:
         assert [f.path for f in transport.list_files("Profile")] == ["/netmera/Profile/p.txt"]
 
 
+def test_a_name_with_a_line_break_is_refused_before_it_reaches_the_server(ftp_account: FtpAccount) -> None:
+    transport = transport_for(ftp_account)
+    with transport, pytest.raises(TransportError, match="line break"):
+        transport.delete("in/a.csv\r\nDELE important.csv")
+    assert transport.connection_attempts == 0
+
+
 def test_listing_a_missing_directory_names_it(ftp_account: FtpAccount) -> None:
-    with transport_for(ftp_account) as transport, pytest.raises(TransportError) as caught:
+    transport = transport_for(ftp_account)
+    with transport, pytest.raises(TransportError) as caught:
         transport.list_files("nowhere")
     assert "nowhere" in str(caught.value) and "127.0.0.1" in str(caught.value)
 
@@ -167,7 +179,8 @@ def test_wrong_password_is_a_clear_terminal_error(ftp_account: FtpAccount, caplo
 
 def test_password_never_reaches_logs_or_reprs(ftp_account: FtpAccount, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     put(ftp_account, "in/a.csv", b"x" * 10)
-    with caplog.at_level(logging.DEBUG), transport_for(ftp_account) as transport:
+    transport = transport_for(ftp_account)
+    with caplog.at_level(logging.DEBUG), transport:
         transport.download(transport.list_files("in")[0], tmp_path / "a.csv")
         assert ftp_account.password not in repr(transport.secrets) + str(transport.secrets) + transport.uri
     assert "<set>" in repr(transport.secrets)
@@ -187,7 +200,8 @@ def test_permission_denied_names_host_path_and_fix(ftp_account: FtpAccount, tmp_
         local = tmp_path / "r.csv"
         local.write_bytes(b"1\n")
         location = ftp_account.location(username="cdp_readonly")
-        with FtpTransport(location, FtpSecrets(password="readonly-pass-1"), backoff_seconds=0.01) as transport:
+        transport = FtpTransport(location, FtpSecrets(password="readonly-pass-1"), backoff_seconds=0.01)
+        with transport:
             with pytest.raises(TransportError) as caught:
                 transport.upload(local, "out/r.csv")
             assert transport.connection_attempts == 1
@@ -204,7 +218,8 @@ def test_permission_denied_names_host_path_and_fix(ftp_account: FtpAccount, tmp_
 def test_a_download_cut_off_mid_transfer_is_retried_to_the_whole_file(ftp_account: FtpAccount, tmp_path: Path) -> None:
     source = put(ftp_account, "in/big.csv", payload(2_000_000))
     ftp_account.faults.drop_downloads(after_bytes=600_000, times=1)
-    with transport_for(ftp_account) as transport:
+    transport = transport_for(ftp_account)
+    with transport:
         remote = transport.list_files("in")[0]
         assert transport.download(remote, tmp_path / "big.csv") == 2_000_000
         assert transport.connection_attempts == 2  # the drop happened and a new connection finished it
@@ -218,7 +233,8 @@ def test_a_download_that_keeps_failing_leaves_no_partial_file(ftp_account: FtpAc
     ftp_account.faults.drop_downloads(after_bytes=300_000, times=10)
     landing = tmp_path / "landing"
     landing.mkdir()
-    with transport_for(ftp_account, retries=2) as transport:
+    transport = transport_for(ftp_account, retries=2)
+    with transport:
         remote = transport.list_files("in")[0]
         with pytest.raises(TransientTransportError) as caught:
             transport.download(remote, landing / "big.csv")
@@ -230,7 +246,8 @@ def test_a_download_that_keeps_failing_leaves_no_partial_file(ftp_account: FtpAc
 @pytest.mark.parametrize("reply", ["421 Service not available, closing control connection.", "450 File busy, try later."])
 def test_4xx_replies_are_retried(ftp_account: FtpAccount, tmp_path: Path, reply: str) -> None:
     put(ftp_account, "in/a.csv", b"abc")
-    with transport_for(ftp_account) as transport:
+    transport = transport_for(ftp_account)
+    with transport:
         remote = transport.list_files("in")[0]
         ftp_account.faults.answer("RETR", reply, times=1)
         assert transport.download(remote, tmp_path / "a.csv") == 3
@@ -240,7 +257,8 @@ def test_4xx_replies_are_retried(ftp_account: FtpAccount, tmp_path: Path, reply:
 
 def test_5xx_replies_are_not_retried(ftp_account: FtpAccount, tmp_path: Path) -> None:
     put(ftp_account, "in/a.csv", b"abc")
-    with transport_for(ftp_account) as transport:
+    transport = transport_for(ftp_account)
+    with transport:
         remote = transport.list_files("in")[0]
         ftp_account.faults.answer("RETR", "550 Permission denied.", times=5)
         with pytest.raises(TransportError) as caught:
@@ -252,7 +270,8 @@ def test_5xx_replies_are_not_retried(ftp_account: FtpAccount, tmp_path: Path) ->
 
 def test_a_file_that_changed_since_the_listing_is_not_downloaded(ftp_account: FtpAccount, tmp_path: Path) -> None:
     path = put(ftp_account, "in/a.csv", b"12345")
-    with transport_for(ftp_account) as transport:
+    transport = transport_for(ftp_account)
+    with transport:
         remote = transport.list_files("in")[0]
         path.write_bytes(b"1234567890")
         with pytest.raises(FileVanishedError, match="changed since it was listed"):
@@ -266,7 +285,8 @@ def test_a_file_that_changed_since_the_listing_is_not_downloaded(ftp_account: Ft
 def test_an_upload_is_never_visible_under_its_final_name_before_it_is_complete(ftp_account: FtpAccount, tmp_path: Path) -> None:
     local = tmp_path / "export.csv"
     local.write_bytes(payload(3_000_000))
-    with transport_for(ftp_account) as transport:
+    transport = transport_for(ftp_account)
+    with transport:
         transport.upload(local, "reports/export.csv")
     observations = [o for o in ftp_account.faults.upload_observations if o[0] == "export.csv"]
     assert len(observations) > 5  # the server received the file in many writes ...
@@ -277,7 +297,8 @@ def test_an_upload_is_never_visible_under_its_final_name_before_it_is_complete(f
     ftp_account.faults.upload_observations.clear()
     old_size = (ftp_account.root / "reports/export.csv").stat().st_size
     local.write_bytes(payload(2_500_000)[::-1])
-    with transport_for(ftp_account) as transport:
+    transport = transport_for(ftp_account)
+    with transport:
         transport.upload(local, "reports/export.csv")
     observations = [o for o in ftp_account.faults.upload_observations if o[0] == "export.csv"]
     assert observations and all(existed and size == old_size for _, existed, size in observations)
@@ -289,7 +310,8 @@ def test_an_upload_cut_off_mid_transfer_is_retried_and_leaves_no_part_file(ftp_a
     local = tmp_path / "export.csv"
     local.write_bytes(payload(2_000_000))
     ftp_account.faults.drop_uploads(after_bytes=500_000, times=1)
-    with transport_for(ftp_account) as transport:
+    transport = transport_for(ftp_account)
+    with transport:
         assert transport.upload(local, "reports/export.csv") == 2_000_000
         assert transport.connection_attempts == 2
     assert (ftp_account.root / "reports/export.csv").read_bytes() == local.read_bytes()
@@ -311,8 +333,7 @@ def test_location_defaults_are_the_safe_ones() -> None:
 def test_plain_ftp_in_a_connection_file_warns_at_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = tmp_path / "config"
     (config / "connections").mkdir(parents=True)
-    (config / "store.yaml").write_text("catalog:\n  profile_properties:\n    email: {type: text}\n")
-    connection = {
+    connection: dict[str, Any] = {
         "name": "legacy_ftp",
         "source": {"type": "ftp", "host": "ftp.example.com", "username": "u", "password_env": "LEGACY_FTP_PASSWORD", "tls": "none"},
         "goals": [{"name": "all", "type": "export_profiles", "segment": "everyone", "columns": [{"header": "id", "profile_id": True}]}],
@@ -331,14 +352,15 @@ def test_plain_ftp_in_a_connection_file_warns_at_load(tmp_path: Path, caplog: py
 
 
 def test_connection_model_accepts_ftp_as_export_target() -> None:
-    connection = Connection.model_validate({
+    raw: dict[str, Any] = {
         "name": "c",
         "source": {"type": "local", "path": "in"},
         "goals": [{
             "name": "out", "type": "export_profiles", "segment": "s", "columns": [{"header": "id", "profile_id": True}],
             "target": {"location": {"type": "ftp", "host": "h", "username": "u", "password_env": "P", "ca_file": "/etc/ca.pem"}},
         }],
-    })
+    }
+    connection = Connection.model_validate(raw)
     assert isinstance(connection.export_goals[0].target.location, FtpLocation)
 
 
