@@ -141,6 +141,14 @@ def test_implicit_tls_checks_the_certificate_too(ftp_account: FtpAccount) -> Non
         transport.list_files(".")
 
 
+def test_implicit_tls_against_a_plain_text_port_names_the_mode(ftp_account: FtpAccount) -> None:
+    transport = transport_for(ftp_account, tls="implicit")  # the explicit listener greets in plain text
+    with pytest.raises(TransportError) as caught:
+        transport.list_files(".")
+    assert "TLS handshake failed" in str(caught.value) and "tls: implicit" in str(caught.value)
+    assert not isinstance(caught.value, TransientError) and transport.connection_attempts == 1
+
+
 def test_plain_ftp_server_is_refused_unless_the_yaml_says_tls_none(ftp_account: FtpAccount, caplog: pytest.LogCaptureFixture) -> None:
     put(ftp_account, "in/a.csv", b"1")
     plain_port = ftp_account.server.plain_port
