@@ -424,7 +424,9 @@ class FtpTransport(Transport):
                 raise TransportError(f"FTP {self._who()}: {action} failed: the server answered {str(exc).strip()!r}") from None
             except _CONNECTION_FAILURES as exc:
                 failure = exc
-            self.close()
+            with self._lock:
+                # No QUIT: on a stalled connection it would wait another timeout_seconds for a reply.
+                self._drop_connection()
             if attempt == attempts:
                 raise TransientTransportError(
                     f"FTP {self._who()}: {action} failed after {attempts} attempt(s): {_describe(failure)}"

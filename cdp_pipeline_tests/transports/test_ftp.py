@@ -251,6 +251,19 @@ def test_a_download_that_keeps_failing_leaves_no_partial_file(ftp_account: FtpAc
     assert os.listdir(landing) == []  # neither the final name nor a temporary file
 
 
+def test_a_server_that_stalls_mid_download_times_out_and_is_retried(ftp_account: FtpAccount, tmp_path: Path) -> None:
+    source = put(ftp_account, "in/big.csv", payload(1_000_000))
+    # Stalls longer than the timeout; the retry's connection is answered once the server wakes.
+    ftp_account.faults.stall_downloads(after_bytes=200_000, seconds=1.6, times=1)
+    transport = transport_for(ftp_account, timeout_seconds=1, retries=3)
+    with transport:
+        remote = transport.list_files("in")[0]
+        assert transport.download(remote, tmp_path / "big.csv") == 1_000_000
+        assert transport.connection_attempts >= 2
+    assert ftp_account.faults.download_stalls_left == 0
+    assert (tmp_path / "big.csv").read_bytes() == source.read_bytes() and leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("reply", ["421 Service not available, closing control connection.", "450 File busy, try later."])
 def test_4xx_replies_are_retried(ftp_account: FtpAccount, tmp_path: Path, reply: str) -> None:
     put(ftp_account, "in/a.csv", b"abc")
