@@ -4,8 +4,10 @@ the server. Expectations come from the server's own disk (os.stat, bytes), not f
 
 from __future__ import annotations
 
+import ftplib
 import logging
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,28 @@ def test_list_download_upload_rename_delete_round_trip_over_ftps(ftp_account: Ft
         transport.delete("push/a file.csv")  # already gone: not an error
         assert transport.connection_attempts == 1
     assert server_files(ftp_account) == ["push/done/b.csv", "reports/2026/APPKEY_PUSH_REPORTS_20260302.csv"]
+
+
+def test_data_connections_resume_the_control_session_as_vsftpd_requires(ftp_account: FtpAccount, tmp_path: Path) -> None:
+    port = ftp_account.server.reuse_required_port
+    source = put(ftp_account, "in/a.csv", payload(50_000))
+    # The server really refuses a fresh TLS session on the data connection: ftplib's own FTP_TLS fails.
+    context = ssl.create_default_context(cafile=str(ftp_account.server.ca_file))
+    plain_ftplib = ftplib.FTP_TLS(context=context, timeout=10)  # noqa: S321 - TLS, the point of the test
+    plain_ftplib.connect("127.0.0.1", port)
+    plain_ftplib.login(ftp_account.username, ftp_account.password)
+    plain_ftplib.prot_p()
+    with pytest.raises(ftplib.error_perm) as refused:
+        plain_ftplib.retrbinary("RETR in/a.csv", lambda _: None)
+    assert "session reuse required" in str(refused.value)
+    plain_ftplib.close()
+    transport = transport_for(ftp_account, port=port)
+    with transport:
+        remote = transport.list_files("in")[0]
+        assert transport.download(remote, tmp_path / "a.csv") == 50_000
+        transport.upload(tmp_path / "a.csv", "out/a.csv")
+        assert transport.connection_attempts == 1
+    assert (ftp_account.root / "out/a.csv").read_bytes() == source.read_bytes()
 
 
 def test_rename_refuses_to_replace_and_names_a_vanished_source(ftp_account: FtpAccount) -> None:
