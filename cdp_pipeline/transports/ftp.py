@@ -19,7 +19,6 @@ import logging
 import os
 import posixpath
 import random
-import ssl
 import tempfile
 import threading
 import time
@@ -35,8 +34,8 @@ from cdp_pipeline.transports.ftp_session import (
     FtpSecrets,
     ListedEntry,
     UnreadableListing,
+    log_in,
     mlsx_entry,
-    open_control_connection,
     parse_ftp_time,
     parse_list_line,
     parse_mlst_reply,
@@ -452,79 +451,13 @@ class FtpTransport(Transport):
         return self._ftp
 
     def _connect(self) -> ftplib.FTP:
-        location = self.location
         self.connection_attempts += 1
-        if location.tls == "none":
-            logger.warning(PLAIN_FTP_WARNING, location.host, location.effective_port)
-        try:
-            ftp = open_control_connection(location)
-        except ssl.SSLCertVerificationError as exc:
-            raise self._certificate_error(exc) from None
-        except ssl.SSLError as exc:
-            if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
-                raise  # the server dropped the handshake: network trouble, retried
-            raise TransportError(
-                f"FTPS {self._who()}: the TLS handshake failed ({exc.reason or exc}); with tls: implicit the server "
-                f"must speak TLS from the first byte (usually port 990), with tls: explicit it starts in plain text (port 21)"
-            ) from None
-        try:
-            if isinstance(ftp, ftplib.FTP_TLS) and location.tls == "explicit":
-                try:
-                    ftp.auth()
-                except ftplib.error_perm as exc:
-                    raise TransportError(
-                        f"FTPS {self._who()}: the server refuses TLS (AUTH TLS answered {str(exc).strip()!r}), so nothing "
-                        f"was sent: plain FTP would send the password in clear text. Ask the operator to enable FTPS "
-                        f"(explicit TLS), or set tls: none only on a private link"
-                    ) from None
-            try:
-                ftp.login(location.username, self.secrets.password or "")
-            except ftplib.error_perm as exc:
-                raise TransportError(
-                    f"FTP authentication failed for user {location.username!r} on {location.host}:{location.effective_port}: "
-                    f"the server answered {str(exc).strip()!r}. Check the user name and the password in the environment "
-                    f"variable {location.password_env}; not retried, so the account is not locked out"
-                ) from None
-            if isinstance(ftp, ftplib.FTP_TLS):
-                try:
-                    ftp.prot_p()  # the files are customer data: the data connections are encrypted too
-                except ftplib.error_perm as exc:
-                    raise TransportError(
-                        f"FTPS {self._who()}: the server refuses an encrypted data channel (PROT P answered "
-                        f"{str(exc).strip()!r}); ask the operator to allow it"
-                    ) from None
-            ftp.set_pasv(location.passive)
-            self._features = _features(ftp)
-            if "MLST" in self._features:
-                try:
-                    ftp.sendcmd("OPTS MLST type;size;modify;UNIX.mode;")
-                except ftplib.error_perm:
-                    pass  # the server's default facts include type, size and modify on every server seen
-            self._login_directory = ftp.pwd() or "/"
-        except ssl.SSLCertVerificationError as exc:
-            ftp.close()
-            raise self._certificate_error(exc) from None
-        except BaseException:
-            ftp.close()
-            raise
+        if self.location.tls == "none":
+            logger.warning(PLAIN_FTP_WARNING, self.location.host, self.location.effective_port)
+        session = log_in(self.location, self.secrets)
+        self._features, self._login_directory = session.features, session.login_directory
         logger.info("FTP connected to %s", self.uri)
-        return ftp
-
-    def _certificate_error(self, exc: ssl.SSLCertVerificationError) -> TransportError:
-        return TransportError(
-            f"FTPS {self._who()}: the server's certificate is not trusted ({exc.verify_message or exc.reason}); nothing "
-            f"was sent, not even the user name. If the server uses a private CA or a self-signed certificate, set ca_file "
-            f"to that CA's PEM file (verify_certificate: false would let anyone on the path read the password)"
-        )
-
-
-def _features(ftp: ftplib.FTP) -> frozenset[str]:
-    """The FEAT keywords (MLST, SIZE, MDTM ...); empty when the server does not answer FEAT."""
-    try:
-        reply = ftp.sendcmd("FEAT")
-    except ftplib.error_perm:
-        return frozenset()
-    return frozenset(line.split()[0].upper() for line in reply.splitlines()[1:] if line.startswith(" ") and line.strip())
+        return session.ftp
 
 
 def _describe(exc: BaseException) -> str:

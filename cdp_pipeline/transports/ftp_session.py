@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cdp_pipeline.config.connection import FtpLocation
-from cdp_pipeline.errors import ConfigError
+from cdp_pipeline.errors import ConfigError, TransportError
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,92 @@ def open_control_connection(location: FtpLocation) -> ftplib.FTP:
         ftp = ReusingFtpTls(context=tls_context(location), timeout=timeout)
     ftp.connect(location.host, location.effective_port, timeout=timeout)
     return ftp
+
+
+@dataclass
+class LoggedInSession:
+    """A control connection after login, with what the server said it can do."""
+
+    ftp: ftplib.FTP
+    #: FEAT keywords (MLST, SIZE, MDTM ...); empty when the server does not answer FEAT.
+    features: frozenset[str]
+    #: where the server started the session; relative paths are relative to it.
+    login_directory: str
+
+
+def log_in(location: FtpLocation, secrets: FtpSecrets) -> LoggedInSession:
+    """Connect, secure the control connection (unless ``tls: none``), log in, secure the data
+    channel. Certificate, TLS and login failures are terminal TransportErrors that name the fix;
+    network failures propagate as they are, for the caller's retries."""
+    who = f"{location.username}@{location.host}:{location.effective_port}"
+    try:
+        ftp = open_control_connection(location)
+    except ssl.SSLCertVerificationError as exc:
+        raise _certificate_error(who, exc) from None
+    except ssl.SSLError as exc:
+        if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            raise  # the server dropped the handshake: network trouble, retried
+        raise TransportError(
+            f"FTPS {who}: the TLS handshake failed ({exc.reason or exc}); with tls: implicit the server "
+            f"must speak TLS from the first byte (usually port 990), with tls: explicit it starts in plain text (port 21)"
+        ) from None
+    try:
+        if isinstance(ftp, ftplib.FTP_TLS) and location.tls == "explicit":
+            try:
+                ftp.auth()
+            except ftplib.error_perm as exc:
+                raise TransportError(
+                    f"FTPS {who}: the server refuses TLS (AUTH TLS answered {str(exc).strip()!r}), so nothing "
+                    f"was sent: plain FTP would send the password in clear text. Ask the operator to enable FTPS "
+                    f"(explicit TLS), or set tls: none only on a private link"
+                ) from None
+        try:
+            ftp.login(location.username, secrets.password or "")
+        except ftplib.error_perm as exc:
+            raise TransportError(
+                f"FTP authentication failed for user {location.username!r} on {location.host}:{location.effective_port}: "
+                f"the server answered {str(exc).strip()!r}. Check the user name and the password in the environment "
+                f"variable {location.password_env}; not retried, so the account is not locked out"
+            ) from None
+        if isinstance(ftp, ftplib.FTP_TLS):
+            try:
+                ftp.prot_p()  # the files are customer data: the data connections are encrypted too
+            except ftplib.error_perm as exc:
+                raise TransportError(
+                    f"FTPS {who}: the server refuses an encrypted data channel (PROT P answered "
+                    f"{str(exc).strip()!r}); ask the operator to allow it"
+                ) from None
+        ftp.set_pasv(location.passive)
+        features = _features(ftp)
+        if "MLST" in features:
+            try:
+                ftp.sendcmd("OPTS MLST type;size;modify;UNIX.mode;")
+            except ftplib.error_perm:
+                pass  # the server's default facts include type, size and modify on every server seen
+        login_directory = ftp.pwd() or "/"
+    except ssl.SSLCertVerificationError as exc:
+        ftp.close()
+        raise _certificate_error(who, exc) from None
+    except BaseException:
+        ftp.close()
+        raise
+    return LoggedInSession(ftp=ftp, features=features, login_directory=login_directory)
+
+
+def _certificate_error(who: str, exc: ssl.SSLCertVerificationError) -> TransportError:
+    return TransportError(
+        f"FTPS {who}: the server's certificate is not trusted ({exc.verify_message or exc.reason}); nothing "
+        f"was sent, not even the user name. If the server uses a private CA or a self-signed certificate, set ca_file "
+        f"to that CA's PEM file (verify_certificate: false would let anyone on the path read the password)"
+    )
+
+
+def _features(ftp: ftplib.FTP) -> frozenset[str]:
+    try:
+        reply = ftp.sendcmd("FEAT")
+    except ftplib.error_perm:
+        return frozenset()
+    return frozenset(line.split()[0].upper() for line in reply.splitlines()[1:] if line.startswith(" ") and line.strip())
 
 
 # ---------------------------------------------------------------- listings
