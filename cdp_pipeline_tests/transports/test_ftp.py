@@ -113,6 +113,16 @@ def test_data_connections_resume_the_control_session_as_vsftpd_requires(ftp_acco
     assert (ftp_account.root / "out/a.csv").read_bytes() == source.read_bytes()
 
 
+def test_active_mode_transfers_over_ftps(ftp_account: FtpAccount, tmp_path: Path) -> None:
+    source = put(ftp_account, "in/a.csv", payload(120_000))
+    transport = transport_for(ftp_account, passive=False)
+    with transport:
+        remote = transport.list_files("in")[0]
+        assert transport.download(remote, tmp_path / "a.csv") == 120_000
+        transport.upload(tmp_path / "a.csv", "out/a.csv")
+    assert (ftp_account.root / "out/a.csv").read_bytes() == source.read_bytes()
+
+
 def test_rename_refuses_to_replace_and_names_a_vanished_source(ftp_account: FtpAccount) -> None:
     put(ftp_account, "in/a.csv", b"new")
     put(ftp_account, "in/done/a.csv", b"old")
