@@ -8,6 +8,7 @@ Secrets never appear here: every secret field is the *name* of an environment va
 from __future__ import annotations
 
 import builtins
+import logging
 import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -131,7 +132,64 @@ class S3Location(StrictModel):
         return value
 
 
-Location = Annotated[LocalLocation | SftpLocation | S3Location, Field(discriminator="type")]
+_logger = logging.getLogger(__name__)
+
+
+class FtpLocation(StrictModel):
+    """An FTP account, with TLS (FTPS) unless the YAML explicitly says ``tls: none``.
+
+    Netmera's file integration is FTP ("secure FTP"); FTPS is what keeps its password and the
+    customer data off the wire in clear text.
+    """
+
+    type: Literal["ftp"]
+    host: str
+    #: 21 for explicit TLS and plain FTP, 990 for implicit TLS when omitted.
+    port: int | None = Field(default=None, ge=1, le=65535)
+    username: str
+    password_env: str
+    #: explicit: AUTH TLS on the plain port (RFC 4217); implicit: TLS from the first byte (port 990);
+    #: none: plain FTP, password and data readable by anyone on the path (warned at load and per run).
+    tls: Literal["explicit", "implicit", "none"] = "explicit"
+    #: the server's certificate must chain to a trusted CA and name ``host``.
+    verify_certificate: bool = True
+    #: PEM file of the CA (or the self-signed certificate) that signed a private server's certificate.
+    ca_file: str | None = None
+    #: passive mode: the client opens the data connections (works through NAT and firewalls).
+    passive: bool = True
+    #: the user's home directory on the server; relative directories of goals are resolved against it.
+    home_directory: str | None = None
+    timeout_seconds: float = Field(default=45, gt=0)
+    retries: int = Field(default=4, ge=0, le=10)
+
+    _names = field_validator("password_env")(_env_name)
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 990 if self.tls == "implicit" else 21
+
+    @model_validator(mode="after")
+    def _plain_ftp_warning(self) -> FtpLocation:
+        if self.tls == "none":
+            _logger.warning(PLAIN_FTP_WARNING, self.host, self.effective_port)
+        elif not self.verify_certificate:
+            _logger.warning(UNVERIFIED_FTPS_WARNING, self.host, self.effective_port)
+        return self
+
+
+PLAIN_FTP_WARNING = (
+    "FTP %s:%s uses plain FTP (tls: none): the password and every file cross the network unencrypted; "
+    "use tls: explicit or implicit unless the link itself is private"
+)
+UNVERIFIED_FTPS_WARNING = (
+    "FTPS %s:%s has verify_certificate: false: the connection is encrypted but anyone on the path can "
+    "impersonate the server and read the password; set ca_file to the server's CA instead"
+)
+
+
+Location = Annotated[LocalLocation | SftpLocation | S3Location | FtpLocation, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- PGP

@@ -13,7 +13,7 @@ import dagster as dg
 import polars as pl
 
 from cdp_pipeline import exporting, importing
-from cdp_pipeline.config.connection import Connection, ExportGoal, LocalLocation, S3Location, SftpLocation
+from cdp_pipeline.config.connection import Connection, ExportGoal, FtpLocation, LocalLocation, S3Location, SftpLocation
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport_key
 from cdp_pipeline.deliveries import partition_set_name, split_partition_key
@@ -31,11 +31,11 @@ def deliveries_partitions(connection: str) -> dg.DynamicPartitionsDefinition:
     return dg.DynamicPartitionsDefinition(name=partition_set_name(connection))
 
 
-_KINDS: dict[type, str] = {LocalLocation: "file", SftpLocation: "sftp", S3Location: "s3"}
+_LOCATION_KINDS: dict[type, str] = {LocalLocation: "file", SftpLocation: "sftp", S3Location: "s3", FtpLocation: "ftp"}
 
 
 def source_kind(connection: Connection) -> str:
-    return _KINDS[type(connection.source)]
+    return _LOCATION_KINDS[type(connection.source)]
 
 
 def markdown_preview(frame: pl.DataFrame, rows: int = 10) -> str:
@@ -256,7 +256,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
 def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGoal, upstream, common: dict) -> dg.AssetsDefinition:
     name = connection.name
     target_key = export_transport_key(name, goal.name) if goal.target.location else transport_key(name)
-    target_kind = source_kind(connection) if goal.target.location is None else _KINDS[type(goal.target.location)]
+    target_kind = source_kind(connection) if goal.target.location is None else _LOCATION_KINDS[type(goal.target.location)]
     segment_key = dg.AssetKey([name, f"{goal.name}_segment_export"])
     timeline_key = dg.AssetKey([name, f"{goal.name}_timeline_export"])
     specs = [

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field, TypeAdapter
 
-from cdp_pipeline.config.connection import Connection, LocalLocation, Location, S3Location, SftpLocation
+from cdp_pipeline.config.connection import Connection, FtpLocation, LocalLocation, Location, S3Location, SftpLocation
 from cdp_pipeline.config.loading import ProjectConfig, load_project
 from cdp_pipeline.transports.base import Transport
 
@@ -31,7 +31,7 @@ class CdpProjectResource(dg.ConfigurableResource):
 
 
 class TransportResource(dg.ConfigurableResource):
-    """One connection's remote folder: local, SFTP (paramiko) or S3 (dagster-aws S3Resource)."""
+    """One connection's remote folder: local, SFTP (paramiko), S3 (dagster-aws S3Resource) or FTP/FTPS (ftplib)."""
 
     location_json: str
     home: str
@@ -71,6 +71,14 @@ class TransportResource(dg.ConfigurableResource):
                 aws_session_token=self.aws_session_token,
             ).get_client()
             return S3Transport(client, location)
+        if isinstance(location, FtpLocation):
+            from cdp_pipeline.config.connection import PLAIN_FTP_WARNING
+            from cdp_pipeline.transports.ftp import FtpSecrets, FtpTransport
+
+            if location.tls == "none":
+                # The run's own log, so whoever reads the run sees that it went out in clear text.
+                dg.get_dagster_logger().warning(PLAIN_FTP_WARNING % (location.host, location.effective_port))
+            return FtpTransport(location, FtpSecrets(password=self.password))
         raise TypeError(f"unsupported location {location!r}")
 
 
@@ -116,6 +124,8 @@ def transport_resource(location: Location, home: Path) -> TransportResource:
             "private_key": _env(location.auth.private_key_env),
             "passphrase": _env(location.auth.passphrase_env),
         }
+    elif isinstance(location, FtpLocation):
+        secrets = {"password": _env(location.password_env)}
     elif isinstance(location, S3Location):
         secrets = {
             "aws_access_key_id": _env(location.access_key_id_env),
