@@ -329,7 +329,8 @@ def _folder_checks(transport: Transport, connection: Connection, goal: ImportGoa
     except Exception as exc:  # noqa: BLE001
         fix = "create the folder or fix files.directory, and give the account permission to list it"
         return [
-            CheckResult(f"list {goal.name}", False, f"{where}: {_error_text(exc)}", fix),
+            # The transports' messages name the folder already.
+            CheckResult(f"list {goal.name}", False, _error_text(exc), fix),
             CheckResult(f"read {goal.name}", False, "not checked: the folder cannot be listed", "fix the list check first"),
         ]
     claimed = _claimed(goal, listing)
@@ -355,7 +356,7 @@ def _folder_checks(transport: Transport, connection: Connection, goal: ImportGoa
         return results
     ok, detail = _attempt(lambda: _read(transport, smallest))
     results.append(CheckResult(
-        f"read {goal.name}", ok, f"{where}: {detail}",
+        f"read {goal.name}", ok, f"{where}: {detail}" if ok else detail,
         "" if ok else "give the account permission to read (download) the files in the folder",
     ))
     return results
