@@ -303,8 +303,8 @@ def _not_checked(target: _Target, why: str) -> list[CheckResult]:
     for goal in target.list_goals:
         results.append(CheckResult(f"list {goal.name}", False, f"not checked: {why}", "fix the connect check first"))
         results.append(CheckResult(f"read {goal.name}", False, f"not checked: {why}", "fix the connect check first"))
-    for (directory, _), reasons in target.writes.items():
-        results.append(CheckResult(_write_name(target.label, directory, reasons), False, f"not checked: {why}", "fix the connect check first"))
+    for (directory, rename_to) in target.writes:
+        results.append(CheckResult(_write_name(target.label, directory, rename_to), False, f"not checked: {why}", "fix the connect check first"))
     return results
 
 
@@ -381,9 +381,10 @@ def _probe_name() -> str:
     return f"{PROBE_PREFIX}{secrets.token_hex(8)}{PROBE_SUFFIX}"
 
 
-def _write_name(label: str, directory: str, reasons: list[str]) -> str:
+def _write_name(label: str, directory: str, rename_to: str) -> str:
+    moved = "" if rename_to == directory else f" -> {rename_to}"
     where = "" if label == "source" else f" ({label})"
-    return f"write {directory}{where}"
+    return f"write {directory}{moved}{where}"
 
 
 @contextmanager
@@ -397,7 +398,7 @@ def _probe_file() -> Iterator[Path]:
 def _write_probe(transport: Transport, label: str, directory: str, rename_to: str, reasons: list[str]) -> CheckResult:
     """Write a probe file, rename it (into ``rename_to`` when file handling moves files there),
     delete it, and make sure nothing is left behind whatever step fails."""
-    name = _write_name(label, directory, reasons)
+    name = _write_name(label, directory, rename_to)
     why = "; ".join(reasons)
     token = secrets.token_hex(8)
     first = posixpath.join(directory, f"{PROBE_PREFIX}{token}{PROBE_SUFFIX}")
