@@ -294,8 +294,12 @@ def _connect(transport: Transport, location: Location) -> str:
         return f"{transport.uri}: host key matches the pin, logged in with {location.auth.method}"
     files = transport.list_files("")
     if isinstance(location, S3Location):
-        return f"{transport.uri}: credentials, region and endpoint accepted (listing the prefix: {len(files)} objects)"
-    return f"{transport.uri}: the folder exists ({len(files)} files)"
+        return f"{transport.uri}: credentials, region and endpoint accepted (the prefix lists {_count(len(files), 'object')})"
+    return f"{transport.uri}: the folder exists ({_count(len(files), 'file')})"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _not_checked(target: _Target, why: str) -> list[CheckResult]:
@@ -337,7 +341,7 @@ def _folder_checks(transport: Transport, connection: Connection, goal: ImportGoa
     patterns = ", ".join(repr(s.pattern) for s in (goal.files.root, *goal.files.linked))
     results = [CheckResult(
         f"list {goal.name}", True,
-        f"{where}: {len(listing)} files, {len(claimed)} match the goal's patterns ({patterns})",
+        f"{where}: {_count(len(listing), 'file')}, {len(claimed)} match the goal's patterns ({patterns})",
     )]
     data_files = sorted((f for f in claimed if not _is_marker(goal, f)), key=lambda f: (f.size, f.path))
     if not data_files:
@@ -409,7 +413,10 @@ def _write_probe(transport: Transport, label: str, directory: str, rename_to: st
     try:
         # Delete first a name that was never written: S3 answers it with 403 when s3:DeleteObject
         # is missing, and then the probe is not written at all, since nothing could remove it again.
-        transport.delete(never_written)
+        try:
+            transport.delete(never_written)
+        except Exception as exc:  # noqa: BLE001
+            raise _DeleteRefused(_error_text(exc)) from exc
         with _probe_file() as local:
             transport.upload(local, first)
         steps.append("write")
@@ -417,6 +424,8 @@ def _write_probe(transport: Transport, label: str, directory: str, rename_to: st
         steps.append("rename" if rename_to == directory else f"rename into {rename_to}")
         transport.delete(second)
         steps.append("delete")
+    except _DeleteRefused as refused:
+        failure = f"{refused}; so no probe was written (it could not have been removed again)"
     except Exception as exc:  # noqa: BLE001
         failure = _error_text(exc)
     leftovers = _clean_up(transport, [first, second])
@@ -425,10 +434,15 @@ def _write_probe(transport: Transport, label: str, directory: str, rename_to: st
         return CheckResult(name, True, f"{where}: {' + '.join(steps)} of a probe file ({why})")
     done = f"; succeeded: {', '.join(steps)}" if steps else ""
     left = f"; LEFT BEHIND: {', '.join(leftovers)} (remove by hand)" if leftovers else "; nothing was left behind"
-    return CheckResult(
-        name, False, f"{where}: {failure or 'the probe file could not be removed'}{done}{left} ({why})",
-        "give the account permission to create, rename and delete files in this folder",
-    )
+    fix = "give the account permission to create, rename and delete files in this folder"
+    if all(reason.endswith(": export") for reason in reasons):
+        fix = ("give the account permission to create files in this folder; the check also deletes its probe, so an "
+               "account that may write but not delete fails here although exports would work")
+    return CheckResult(name, False, f"{where}: {failure or 'the probe file could not be removed'}{done}{left} ({why})", fix)
+
+
+class _DeleteRefused(Exception):
+    """The delete before the probe was refused: the probe is not written."""
 
 
 def _clean_up(transport: Transport, paths: list[str]) -> list[str]:

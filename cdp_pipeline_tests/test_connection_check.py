@@ -226,7 +226,7 @@ def test_empty_folder_reads_nothing_and_says_so(tmp_path, sshd_server, sftp_conn
 
     assert results["read customers"].passed
     assert "no matching file present" in results["read customers"].detail
-    assert "1 files, 0 match" in results["list customers"].detail
+    assert "1 file, 0 match" in results["list customers"].detail
 
 
 # ---------------------------------------------------------------- local
@@ -294,7 +294,8 @@ def test_s3_without_delete_permission_writes_no_probe_it_could_not_remove(tmp_pa
 
     for name in ("write in", "write out"):
         assert not results[name].passed
-        assert "s3:DeleteObject" in results[name].detail and "nothing was left behind" in results[name].detail
+        detail = results[name].detail
+        assert "s3:DeleteObject" in detail and "no probe was written" in detail and "nothing was left behind" in detail
     assert s3_bucket.keys() == []
 
 
