@@ -147,7 +147,11 @@ def _named_variables(connection: Connection) -> list[tuple[str, str]]:
         named += [(n, f"PGP {what}") for n, what in (
             (pgp.passphrase_env, "passphrase"), (pgp.public_key_env, "recipient's public key"), (pgp.signer_public_key_env, "signer's public key")
         ) if n]
-    return list(dict.fromkeys(named))
+    # One check per variable, however many settings name it (an export target often shares the source's keys).
+    purposes: dict[str, list[str]] = {}
+    for name, purpose in named:
+        purposes.setdefault(name, []).append(purpose)
+    return [(name, "; ".join(dict.fromkeys(found))) for name, found in purposes.items()]
 
 
 def _environment_checks(connection: Connection, env: Mapping[str, str]) -> list[CheckResult]:

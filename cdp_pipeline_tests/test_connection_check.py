@@ -273,6 +273,32 @@ def test_s3_connection_passes_every_check_and_leaves_no_probe(tmp_path, s3_bucke
     assert sorted(s3_bucket.keys()) == ["in/customers_20260101.csv", "in/other.txt"]
 
 
+def test_export_target_of_its_own_is_connected_and_probed(tmp_path, s3_bucket):
+    (tmp_path / "home" / "drop").mkdir(parents=True)
+    location = s3_bucket.location.model_dump(mode="json", exclude_none=True)
+    connection = {
+        "name": "local_to_s3",
+        "source": {"type": "local", "path": "drop"},
+        "goals": [_import_goal("."), _export_goal("exports", location=location)],
+    }
+    results = _run(tmp_path, connection)
+    assert _failed(results) == set(), "\n".join(result_lines(list(results.values())))
+    assert results["env CDP_TEST_S3_ACCESS_KEY_ID"].detail == "set (goal vip target: S3 access key id)"
+    assert results["connect goal vip target"].detail.startswith(f"s3://{s3_bucket.name}: credentials")
+    assert "write + rename + delete" in results["write exports (goal vip target)"].detail
+    assert s3_bucket.keys() == []
+
+
+def test_a_variable_named_twice_is_one_check(tmp_path, s3_bucket):
+    location = s3_bucket.location.model_dump(mode="json", exclude_none=True)
+    connection = _s3_connection(s3_bucket)
+    connection["goals"][1]["target"]["location"] = location
+    results = _run(tmp_path, connection)
+    assert results["env CDP_TEST_S3_SECRET_ACCESS_KEY"].detail == (
+        "set (source: S3 secret access key; goal vip target: S3 secret access key)"
+    )
+
+
 def test_s3_missing_bucket_fails_the_connect_check(tmp_path, s3_bucket):
     results = _run(tmp_path, _s3_connection(s3_bucket, bucket="cdp-test-no-such-bucket"))
 
