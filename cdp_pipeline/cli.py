@@ -203,6 +203,32 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """Exit 0 when every check passed, 1 when one failed, 2 when there is nothing to check."""
+    import difflib
+
+    os.environ.setdefault("CDP_HOME", str(Path(args.home).expanduser().resolve()))
+    from cdp_pipeline.config.loading import load_project
+    from cdp_pipeline.connection_check import all_passed, check_connection, result_lines
+    from cdp_pipeline.errors import ConfigError
+
+    try:
+        project = load_project()
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    connection = project.connections.get(args.connection)
+    if connection is None:
+        close = difflib.get_close_matches(args.connection, list(project.connections), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; connections: {', '.join(sorted(project.connections)) or 'none'}"
+        print(f"cdp-pipeline check: no connection named {args.connection!r}{hint}", file=sys.stderr)
+        return 2
+    results = check_connection(project, connection)
+    for line in result_lines(results):
+        print(line)
+    return 0 if all_passed(results) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cdp-pipeline", description=__doc__)
     parser.add_argument("--home", default=os.environ.get("CDP_HOME", ".cdp_home"), help="CDP_HOME: store, work dir, demo folders")
@@ -222,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     reprocess.set_defaults(handler=_reprocess)
     validate = commands.add_parser("validate", help="load and check the YAML configuration")
     validate.set_defaults(handler=_validate)
+    check = commands.add_parser("check", help="test a connection before any data moves: secrets, login, folders, permissions, PGP keys")
+    check.add_argument("connection")
+    check.set_defaults(handler=_check)
     args = parser.parse_args(argv)
     from cdp_pipeline.errors import ConfigError
 
