@@ -31,6 +31,7 @@ from pathlib import Path
 from cdp_pipeline.config.connection import (
     Connection,
     ExportGoal,
+    FtpLocation,
     GroupImportGoal,
     LocalLocation,
     Location,
@@ -234,6 +235,10 @@ def _open_transport(project: ProjectConfig, location: Location) -> Transport:
         from cdp_pipeline.transports.s3 import S3Transport
 
         return S3Transport.from_environment(location)
+    if isinstance(location, FtpLocation):
+        from cdp_pipeline.transports.ftp import FtpTransport
+
+        return FtpTransport(location.model_copy(update={"retries": 0}))
     raise TypeError(f"unsupported location {location!r}")
 
 
@@ -241,6 +246,9 @@ def _describe_location(location: Location) -> str:
     if isinstance(location, SftpLocation):
         pin = location.host_key_fingerprint or "the known_hosts_line"
         return f"sftp://{location.username}@{location.host}:{location.port} (host key pinned to {pin}, auth {location.auth.method})"
+    if isinstance(location, FtpLocation):
+        tls = {"explicit": "FTPS, explicit TLS", "implicit": "FTPS, implicit TLS", "none": "plain FTP, no TLS"}[location.tls]
+        return f"ftp://{location.username}@{location.host}:{location.effective_port} ({tls})"
     if isinstance(location, S3Location):
         where = location.endpoint_url or f"AWS region {location.region or '(default)'}"
         return f"s3://{location.bucket}/{location.prefix} at {where}"
@@ -252,6 +260,8 @@ _CONNECT_FIX = {
     "new one with the server's operator and update host_key_fingerprint (ssh-keyscan -p PORT HOST | ssh-keygen -lf -)",
     "s3": "check bucket, region, endpoint_url and the access key the env variables hold; the detail names the S3 error",
     "local": "create the folder or fix source.path (relative paths are under CDP_HOME)",
+    "ftp": "check host, port, tls, username and the password the env variable holds; a certificate error means the "
+    "server's certificate does not chain to a trusted CA or does not name the host (set ca_file for a private CA)",
 }
 
 
@@ -297,6 +307,8 @@ def _connect(transport: Transport, location: Location) -> str:
         transport.exists(_probe_name())
         return f"{transport.uri}: host key matches the pin, logged in with {location.auth.method}"
     files = transport.list_files("")
+    if isinstance(location, FtpLocation):
+        return f"{transport.uri}: logged in ({'certificate verified' if location.tls != 'none' and location.verify_certificate else 'no certificate check'})"
     if isinstance(location, S3Location):
         return f"{transport.uri}: credentials, region and endpoint accepted (the prefix lists {_count(len(files), 'object')})"
     return f"{transport.uri}: the folder exists ({_count(len(files), 'file')})"

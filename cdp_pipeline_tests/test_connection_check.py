@@ -474,3 +474,41 @@ def test_results_are_all_passed_only_when_there_are_results():
     assert not all_passed([])
     assert all_passed([CheckResult("x", True, "fine")])
     assert not all_passed([CheckResult("x", True, "fine"), CheckResult("y", False, "broken", "fix it")])
+
+
+# ---------------------------------------------------------------- FTPS
+
+
+def _ftp_connection(ftp_account, **location) -> dict:
+    return {
+        "name": "netmera_ftps",
+        "source": {**ftp_account.location().model_dump(mode="json", exclude_none=True), **location},
+        "goals": [_import_goal("in", {"action": "delete"}), _export_goal("out")],
+    }
+
+
+def test_ftps_connection_passes_every_check_and_leaves_no_probe(tmp_path, ftp_account):
+    (ftp_account.root / "in").mkdir()
+    (ftp_account.root / "out").mkdir()
+    (ftp_account.root / "in" / "customers_20260101.csv").write_bytes(DELIVERY)
+
+    results = _run(tmp_path, _ftp_connection(ftp_account))
+
+    assert _failed(results) == set(), "\n".join(result_lines(list(results.values())))
+    assert "certificate verified" in results["connect source"].detail
+    assert "1 file, 1 match" in results["list customers"].detail
+    assert "write + rename + delete" in results["write out"].detail
+    assert _probes_on_disk(ftp_account.root) == []
+    assert (ftp_account.root / "in" / "customers_20260101.csv").read_bytes() == DELIVERY
+
+
+def test_ftps_untrusted_certificate_and_wrong_password_fail_the_connect_check(tmp_path, monkeypatch, ftp_account):
+    (ftp_account.root / "in").mkdir()
+    untrusted = _run(tmp_path / "a", _ftp_connection(ftp_account, ca_file=None))
+    assert "connect source" in _failed(untrusted)
+    assert "certificate" in untrusted["connect source"].fix
+    assert untrusted["list customers"].detail.startswith("not checked")
+
+    monkeypatch.setenv("CDP_TEST_FTP_PASSWORD", "not-the-password")
+    wrong = _run(tmp_path / "b", _ftp_connection(ftp_account))
+    assert "connect source" in _failed(wrong) and "not-the-password" not in "\n".join(result_lines(list(wrong.values())))
