@@ -56,7 +56,7 @@ def is_disk_full(exc: BaseException | None) -> bool:
 def says_disk_full(text: str | None) -> bool:
     """True when a tool's message reports ENOSPC in words (gpg's stderr under LC_ALL=C, DuckDB's
     errors), where no errno reaches us."""
-    return bool(text) and "No space left on device" in text
+    return text is not None and "No space left on device" in text
 
 
 def disk_full_error(directory: Path, purpose: str) -> DiskSpaceError:

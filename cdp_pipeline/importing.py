@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cdp_pipeline.config.connection import Connection, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.loading import ProjectConfig
@@ -242,7 +243,7 @@ def decrypt_delivery(work_dir: Path, keyring_factory=None, max_file_bytes: int |
     if encrypted:
         require_free_space(target, int(sum(f.size for f in encrypted) * HEADROOM), purpose)
     out: list[FetchedFile] = []
-    keyring = None
+    keyring: Any = None  # whatever keyring_factory gives: a context manager with decrypt_file
     try:
         if encrypted:
             if keyring_factory is None:

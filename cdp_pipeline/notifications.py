@@ -194,7 +194,7 @@ def _counts_table(counts: Mapping[str, Mapping[str, int]]) -> list[str]:
 
     def line(cells: list[str]) -> str:
         first = cells[0].ljust(widths[0])
-        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:]))
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
         return "  ".join([first, *rest]).rstrip()
 
     return [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]

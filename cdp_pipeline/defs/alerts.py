@@ -10,14 +10,14 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from cdp_pipeline.config.connection import Connection
-from cdp_pipeline.notifications import RunSummary, SmtpSettings, compose_message, send, should_notify
+from cdp_pipeline.notifications import RunStatus, RunSummary, SmtpSettings, compose_message, send, should_notify
 
 
 def _utc(timestamp: float | None) -> datetime | None:
     return datetime.fromtimestamp(timestamp, tz=UTC) if timestamp else None
 
 
-def run_summary(instance: dg.DagsterInstance, run: dg.DagsterRun, connection: str, status: str, error: str | None) -> RunSummary:
+def run_summary(instance: dg.DagsterInstance, run: dg.DagsterRun, connection: str, status: RunStatus, error: str | None) -> RunSummary:
     """Per-goal counts and the last changed profiles, from the run's materializations."""
     counts: dict[str, dict[str, int]] = {}
     last_profiles: list[str] = []
@@ -53,7 +53,7 @@ def step_errors(instance: dg.DagsterInstance, run_id: str) -> str | None:
     for record in instance.get_records_for_run(run_id=run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
         event = record.event_log_entry.dagster_event
         data = event.step_failure_data if event else None
-        if data is None:
+        if event is None or data is None:
             continue
         text = (data.user_failure_data.description if data.user_failure_data and data.user_failure_data.description else None) or (
             data.error.message if data.error else ""
@@ -68,7 +68,7 @@ def build_notification_sensors(connection: Connection, jobs: list) -> list[dg.Se
         return []
     status = dg.DefaultSensorStatus.RUNNING if connection.enabled else dg.DefaultSensorStatus.STOPPED
 
-    def notify(context, run_status: str, error: str | None) -> None:
+    def notify(context, run_status: RunStatus, error: str | None) -> None:
         if not should_notify(settings.when, run_status):
             return
         smtp = SmtpSettings.from_env()

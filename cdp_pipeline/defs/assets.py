@@ -8,6 +8,7 @@ turn its results into metadata the UI plots.
 
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -73,7 +74,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
     name = connection.name
     partitions = deliveries_partitions(name)
     kind = source_kind(connection)
-    common = {"group_name": name, "owners": connection.owners or None, "tags": {label: "" for label in connection.labels}}
+    common: dict[str, Any] = {"group_name": name, "owners": connection.owners or None, "tags": {label: "" for label in connection.labels}}
     transport_resource_key = transport_key(name)
     pgp_resource_key = pgp_key(name)
 

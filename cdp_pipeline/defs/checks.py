@@ -15,7 +15,11 @@ STORE_CHECKS = {
         dg.AssetCheckSeverity.ERROR,
         lambda conn, project, _: checks.events_have_profiles(conn, project.catalog),
     ),
-    "ledger_matches_store": ("Every profile's last delivery is a merged delivery in the ledger.", dg.AssetCheckSeverity.ERROR, lambda conn, project, _: checks.ledger_matches_store(conn)),
+    "ledger_matches_store": (
+        "Every profile's last delivery is a merged delivery in the ledger.",
+        dg.AssetCheckSeverity.ERROR,
+        lambda conn, project, _: checks.ledger_matches_store(conn),
+    ),
     "rejects_within_bounds": (
         "The latest delivery rejected at most 5% of its rows.",
         dg.AssetCheckSeverity.WARN,

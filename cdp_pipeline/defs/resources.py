@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import Field, TypeAdapter
@@ -16,8 +17,9 @@ from cdp_pipeline.config.connection import Connection, FtpLocation, LocalLocatio
 from cdp_pipeline.config.loading import ProjectConfig, load_project
 from cdp_pipeline.transports.base import Transport
 
-_SECRET = {"json_schema_extra": {"dagster__is_secret": True}}
-_LOCATION = TypeAdapter(Location)
+# Dagster masks fields marked secret in the UI and in the run config it stores.
+_SECRET: dict[str, Any] = {"dagster__is_secret": True}
+_LOCATION: TypeAdapter[Location] = TypeAdapter(Location)
 
 
 class CdpProjectResource(dg.ConfigurableResource):
@@ -35,12 +37,12 @@ class TransportResource(dg.ConfigurableResource):
 
     location_json: str
     home: str
-    password: str | None = Field(default=None, **_SECRET)
-    private_key: str | None = Field(default=None, **_SECRET)
-    passphrase: str | None = Field(default=None, **_SECRET)
-    aws_access_key_id: str | None = Field(default=None, **_SECRET)
-    aws_secret_access_key: str | None = Field(default=None, **_SECRET)
-    aws_session_token: str | None = Field(default=None, **_SECRET)
+    password: str | None = Field(default=None, json_schema_extra=_SECRET)
+    private_key: str | None = Field(default=None, json_schema_extra=_SECRET)
+    passphrase: str | None = Field(default=None, json_schema_extra=_SECRET)
+    aws_access_key_id: str | None = Field(default=None, json_schema_extra=_SECRET)
+    aws_secret_access_key: str | None = Field(default=None, json_schema_extra=_SECRET)
+    aws_session_token: str | None = Field(default=None, json_schema_extra=_SECRET)
 
     def location(self) -> Location:
         return _LOCATION.validate_python(json.loads(self.location_json))
@@ -85,10 +87,10 @@ class TransportResource(dg.ConfigurableResource):
 class PgpResource(dg.ConfigurableResource):
     """A connection's PGP keys. Up to three private keys decrypt (rotation); the public key encrypts exports."""
 
-    private_key: str | None = Field(default=None, **_SECRET)
-    previous_private_key: str | None = Field(default=None, **_SECRET)
-    older_private_key: str | None = Field(default=None, **_SECRET)
-    passphrase: str | None = Field(default=None, **_SECRET)
+    private_key: str | None = Field(default=None, json_schema_extra=_SECRET)
+    previous_private_key: str | None = Field(default=None, json_schema_extra=_SECRET)
+    older_private_key: str | None = Field(default=None, json_schema_extra=_SECRET)
+    passphrase: str | None = Field(default=None, json_schema_extra=_SECRET)
     public_key: str | None = None
     public_key_fingerprint: str | None = None
     signer_public_key: str | None = None

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -103,3 +104,12 @@ def open_reader(path: Path, *, lock_wait_seconds: float = 120) -> Iterator[duckd
         yield conn
     finally:
         conn.close()
+
+
+def fetch_row(conn: duckdb.DuckDBPyConnection, sql: str, parameters: list[Any] | dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """The one row an aggregate query returns. DuckDB types ``fetchone`` as optional; an aggregate
+    without GROUP BY always yields a row, so a missing one is a broken query, not an empty table."""
+    row = conn.execute(sql, parameters or []).fetchone()
+    if row is None:
+        raise RuntimeError(f"the store query returned no row: {sql.strip()[:120]}")
+    return row

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import duckdb
 
+from cdp_pipeline.store.database import fetch_row
+
 
 def publish_copy(conn: duckdb.DuckDBPyConnection, target: Path) -> int:
     """Copy the whole store into ``target`` atomically; returns the copy's size in bytes.
@@ -26,7 +28,7 @@ def publish_copy(conn: duckdb.DuckDBPyConnection, target: Path) -> int:
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     temporary.unlink(missing_ok=True)
-    (source_path,) = conn.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    (source_path,) = fetch_row(conn, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
     conn.execute("FORCE CHECKPOINT")
     try:
         shutil.copyfile(source_path, temporary)

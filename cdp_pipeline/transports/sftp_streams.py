@@ -19,6 +19,7 @@ paramiko dependency is pinned to a major version.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -226,7 +227,6 @@ def _close_quietly(remote: paramiko.SFTPFile, *, raise_errors: bool) -> None:
     if raise_errors:
         remote.close()
         return
-    try:
+    # The transfer's own error is the one to report; a failing close adds nothing to it.
+    with contextlib.suppress(Exception):
         remote._close(async_=True)  # noqa: SLF001
-    except Exception:  # noqa: BLE001 - the transfer's own error is the one to report
-        pass
