@@ -46,7 +46,7 @@ from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
 from cdp_pipeline.store.segments import refresh_memberships
 from cdp_pipeline.tables.staged import StagedImport, write_reject_report
-from cdp_pipeline.transports.base import Transport
+from cdp_pipeline.transports.base import ParallelDownloads, Transport
 
 ImportGoal = GroupImportGoal | ProfileImportGoal
 #: in a delivery's work directory: the goal a dialect generated for it at staging (for the merge's
@@ -198,11 +198,10 @@ def fetch_delivery(transport: Transport, delivery: Delivery, work_dir: Path, max
     planned = [(remote, target / f"{name}.bin") for name, remote in delivery.files.items()]
     purpose = f"download delivery {delivery.partition_key}"
     require_free_space(target, int(sum(remote.size for remote, _ in planned) * HEADROOM), purpose)
-    parallel = getattr(getattr(transport, "location", None), "parallel_downloads", 1)
     try:
-        if len(planned) > 1 and parallel > 1 and hasattr(transport, "download_many"):
+        if len(planned) > 1 and isinstance(transport, ParallelDownloads) and transport.parallel_downloads > 1:
             # Several SSH streams side by side: over a long link one stream is bound by its window.
-            transport.download_many(planned, parallel=min(parallel, len(planned)))
+            transport.download_many(planned, parallel=min(transport.parallel_downloads, len(planned)))
         else:
             for remote, local in planned:
                 transport.download(remote, local)

@@ -22,22 +22,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from cdp_pipeline.deliveries.cursor import SensorCursor, Sighting
 from cdp_pipeline.deliveries.grouping import Delivery
-from cdp_pipeline.transports.base import RemoteFile, Transport
+from cdp_pipeline.transports.base import RemoteFile, SlicedListing, Transport
 
 #: decides whether a file name is wanted in a folder (some source of the folder claims it).
 Claims = Callable[[str], bool]
-
-
-@runtime_checkable
-class SlicedListing(Protocol):
-    """A transport that can list a large folder a bounded slice at a time (S3 lists 1,000 keys per
-    request: a prefix of 100,000 objects would otherwise cost 100 requests on every tick)."""
-
-    def list_files_after(self, directory: str, start_after: str | None, max_keys: int) -> tuple[list[RemoteFile], str | None]: ...
 
 
 @dataclass(frozen=True)
