@@ -46,7 +46,7 @@ from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
 from cdp_pipeline.store.segments import refresh_memberships
 from cdp_pipeline.tables.staged import StagedImport, write_reject_report
-from cdp_pipeline.transports.base import ParallelDownloads, Transport
+from cdp_pipeline.transports.base import EtagPinnedFinishing, ParallelDownloads, RemoteFile, Transport
 
 ImportGoal = GroupImportGoal | ProfileImportGoal
 #: in a delivery's work directory: the goal a dialect generated for it at staging (for the merge's
@@ -405,35 +405,78 @@ def merge_staged(
     return MergeOutcome(status="merged", delivery_id=delivery_id, counts=counts, segment_sizes=sizes, reprocessed=already is not None)
 
 
-def finish_remote_files(transport: Transport, goal: ImportGoal, work_dir: Path) -> list[str]:
+@dataclass(frozen=True)
+class FinishedFiles:
+    """What finishing did to a delivery's remote files."""
+
+    #: remote paths marked done, moved to done/ or deleted, per the goal's after_import.
+    finished: list[str]
+    #: remote paths left where they are because a new version was uploaded under the same name
+    #: after the fetch: that version was not imported, so it stays for the next listing.
+    left_changed: list[str]
+
+
+def _changed_since_fetch(transport: Transport, files: list[FetchedFile]) -> set[str]:
+    """Paths whose file now differs (size, mtime, ETag) from the version that was fetched.
+
+    A partner may upload the next version under the same name while this one is merged; marking
+    or deleting it then would finish a delivery nobody imported. A file that is gone counts as
+    unchanged: a retry of this step after a crash finds its own earlier rename done."""
+    changed = set()
+    for directory in sorted({posixpath.dirname(item.remote_path) for item in files}):
+        listed = {remote.path: remote for remote in transport.list_files(directory)}
+        for item in files:
+            remote = listed.get(item.remote_path)
+            if posixpath.dirname(item.remote_path) != directory or remote is None:
+                continue
+            fetched = RemoteFile(path=item.remote_path, size=item.size, mtime=item.mtime, etag=item.etag)
+            if remote.identity != fetched.identity:
+                changed.add(item.remote_path)
+    return changed
+
+
+def finish_remote_files(transport: Transport, goal: ImportGoal, work_dir: Path) -> FinishedFiles:
     """After a successful merge: leave, mark ``.done``, move to ``done/`` or delete the delivery's
-    remote files (per goal). Idempotent, so a retry after a crash is harmless (#57)."""
+    remote files (per goal). Idempotent, so a retry after a crash is harmless."""
     if _skip_reason(work_dir):
-        return []  # a SARE pair with "import": false stays where it is
+        return FinishedFiles([], [])  # a SARE pair with "import": false stays where it is
     goal = _saved_goal(work_dir) or goal
     files, _ = read_manifest(work_dir / "fetched.json")
     action = goal.files.after_import
+    if action.action == "leave":
+        return FinishedFiles([], [])
+    changed = _changed_since_fetch(transport, files)
+    # S3 can also refuse the move itself when the object changed between this check and the call.
+    pinned = transport if isinstance(transport, EtagPinnedFinishing) else None
     done = []
     for item in files:
-        if action.action == "done_suffix":
-            transport.rename(item.remote_path, item.remote_path + action.done_suffix)
-        elif action.action == "move_to_done":
-            directory, name = posixpath.split(item.remote_path)
-            transport.rename(item.remote_path, posixpath.join(directory, action.done_directory, name))
-        elif action.action == "delete":
-            transport.delete(item.remote_path)
-        else:
+        if item.remote_path in changed:
             continue
+        if action.action == "delete":
+            if pinned is not None and item.etag:
+                pinned.delete_if_unchanged(item.remote_path, item.etag)
+            else:
+                transport.delete(item.remote_path)
+        else:
+            if action.action == "done_suffix":
+                target = item.remote_path + action.done_suffix
+            else:
+                directory, name = posixpath.split(item.remote_path)
+                target = posixpath.join(directory, action.done_directory, name)
+            if pinned is not None and item.etag:
+                pinned.rename_if_unchanged(item.remote_path, target, item.etag)
+            else:
+                transport.rename(item.remote_path, target)
         done.append(item.remote_path)
-    return done
+    return FinishedFiles(done, sorted(changed))
 
 
-def finish_delivery(transport: Transport, goal: ImportGoal, work_dir: Path) -> list[str]:
+def finish_delivery(transport: Transport, goal: ImportGoal, work_dir: Path) -> FinishedFiles:
     """After the merge (or its skip): finish the remote files, then remove the customer data.
 
     A skipped delivery is finished too: it is either the same bytes delivered again or the retry
     of a run that committed its merge and died before this step; either way its content is in the
-    store and its files must not stay to be offered again. Returns the remote paths finished."""
+    store and its files must not stay to be offered again."""
     finished = finish_remote_files(transport, goal, work_dir)
     clean_plaintext(work_dir)
     return finished

@@ -229,6 +229,8 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
             raise _fail(error, f"{goal.name}: merge") from error
         with getattr(context.resources, transport_resource_key).open() as transport:
             finished = importing.finish_delivery(transport, goal, work_dir)
+        for path in finished.left_changed:
+            context.log.warning(f"{path}: a new version was uploaded after this delivery was fetched; it was left in place for the next listing")
         importing.record_import(
             project, outcome, run_id=context.run.run_id, connection=name, goal=goal.name, partition_key=context.partition_key, started_at=started
         )
@@ -240,7 +242,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
                 **counts.as_metadata(),
                 "status": outcome.status,
                 "delivery_id": outcome.delivery_id,
-                "remote_files_finished": len(finished),
+                "remote_files_finished": len(finished.finished),
                 "last_profiles": dg.MetadataValue.json(counts.last_profiles),
                 "dagster/table_name": "profiles",
                 "seconds": round((_now() - started).total_seconds(), 3),

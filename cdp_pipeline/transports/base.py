@@ -124,3 +124,14 @@ class ParallelDownloads(Protocol):
         """Download ``(remote, local_path)`` pairs over up to ``parallel`` connections; the byte
         counts in input order. The first failure stops the remaining work and is raised."""
         ...
+
+
+@runtime_checkable
+class EtagPinnedFinishing(Protocol):
+    """A transport that can refuse to move or delete an object whose ETag is no longer the one
+    that was fetched (S3): the check and the change are one request, so a new version uploaded in
+    between is never finished unimported."""
+
+    def rename_if_unchanged(self, remote_path: str, new_path: str, etag: str) -> None: ...
+
+    def delete_if_unchanged(self, remote_path: str, etag: str) -> None: ...

@@ -76,3 +76,9 @@ class S3Transport(Transport):
 
     def delete(self, remote_path: str, *, if_match: str | None = None) -> None:
         s3_finishing.delete(self.root, remote_path, if_match=if_match)
+
+    def rename_if_unchanged(self, remote_path: str, new_path: str, etag: str) -> None:
+        s3_finishing.rename(self.root, remote_path, new_path, if_match=etag)
+
+    def delete_if_unchanged(self, remote_path: str, etag: str) -> None:
+        s3_finishing.delete(self.root, remote_path, if_match=etag)
