@@ -61,7 +61,9 @@ def _config_dir(home: Path, args: argparse.Namespace) -> Path:
     if args.processors:
         processors += [{"type": "normalize_email", "columns": ["email"]}, {"type": "pseudonymize", "columns": ["customer_number"]}]
     if args.custom:
-        processors.append({"type": "custom", "function": "cdp_pipeline_tests.tables.custom_processor_example:add_score", "options": {"column": "source", "points": 7}})
+        processors.append(
+            {"type": "custom", "function": "cdp_pipeline_tests.tables.custom_processor_example:add_score", "options": {"column": "source", "points": 7}}
+        )
     goal["processors"] = processors
     if not args.events:
         goal.pop("timeline", None)
@@ -235,11 +237,12 @@ if limit:
     def connect(database=":memory:", read_only=False, config=None, **kwargs):
         return _connect(database, read_only=read_only, config={**(config or {}), "memory_limit": limit}, **kwargs)
     duckdb.connect = connect
-sys.argv = ["export.py", "--measure", sys.argv[1], sys.argv[2]] + (["--diff"] if "diff: true" in Path(sys.argv[2], "connections", "demo_local.yaml").read_text() else [])
-sys.path.insert(0, %r)
+diff_mode = "diff: true" in Path(sys.argv[2], "connections", "demo_local.yaml").read_text()
+sys.argv = ["export.py", "--measure", sys.argv[1], sys.argv[2]] + (["--diff"] if diff_mode else [])
+sys.path.insert(0, BENCH_DIRECTORY)
 import export
 export.main()
-""" % str(Path(__file__).resolve().parent)
+""".replace("BENCH_DIRECTORY", repr(str(Path(__file__).resolve().parent)))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ REPETITIVE_CSV = "customer_id,email\n" + "1,a@example.com\n" * 500_000
 
 
 def test_default_and_validation() -> None:
-    base = {"name": "acme", "source": {"type": "local", "path": "in"}, "goals": [{"name": "out", "type": "export_profiles", "segment": "all", "target": {"file_name": "x.csv"}, "columns": [{"header": "id", "property": "email"}]}]}
+    export = {"name": "out", "type": "export_profiles", "segment": "all", "target": {"file_name": "x.csv"}, "columns": [{"header": "id", "property": "email"}]}
+    base = {"name": "acme", "source": {"type": "local", "path": "in"}, "goals": [export]}
     assert Connection.model_validate(base).max_file_bytes == 20_000_000_000
     assert Connection.model_validate({**base, "max_file_gb": 0.5}).max_file_bytes == 500_000_000
     with pytest.raises(ValueError, match="max_file_gb"):

@@ -244,10 +244,9 @@ def test_ui_shows_the_connection_graph_partitions_and_successful_runs(tmp_path, 
             page.screenshot(path=ARTIFACTS / "ui-run.png")
         except BaseException:
             if page is not None:
-                try:
+                # The page may be gone; the original failure is the one to report.
+                with contextlib.suppress(Exception):
                     page.screenshot(path=ARTIFACTS / "ui-failure.png")
-                except Exception:  # the page may be gone; the original failure matters
-                    pass
             raise
         finally:
             browser.close()

@@ -128,7 +128,7 @@ def test_sensor_walks_a_large_s3_prefix_in_bounded_slices(tmp_path, monkeypatch,
     requested: set[str] = set()
     cursor = None
     with dg.instance_for_test() as instance:
-        for tick in range(40):
+        for tick in range(40):  # noqa: B007 - the number of ticks taken is asserted below
             result = _tick(definitions, cursor, instance, EXPECTED)
             requested |= {r.partition_key for r in result.run_requests}
             cursor = _aged(result.cursor, 10)

@@ -166,7 +166,10 @@ def test_unknown_overwrite_names_key_line_and_allowed_values(tmp_path):
         ({"import": True, "csv": {"delimiter": ";;"}}, "csv.delimiter must be one ASCII character"),
         ({"import": True, "autodelete": True}, "autodelete must be a whole number"),
         ({"import": True, "consent": {"import": True, "status": 2}}, "key consent.name: required key is missing"),
-        ({"import": True, "consent": {"import": True, "name": "newsletter", "status": 4}}, "unknown consent.status 4; allowed: 1 (no information), 2 (yes), 3 (no)"),
+        (
+            {"import": True, "consent": {"import": True, "name": "newsletter", "status": 4}},
+            "unknown consent.status 4; allowed: 1 (no information), 2 (yes), 3 (no)",
+        ),
     ],
 )
 def test_bad_values_are_named(tmp_path, data, expected):

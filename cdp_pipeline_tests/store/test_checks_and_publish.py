@@ -85,7 +85,11 @@ def test_analyst_session_on_published_copy_survives_a_merge(tmp_path):
         analyst.wait()
     # A new session sees the new copy.
     fresh = subprocess.run(
-        [sys.executable, "-c", f"import duckdb; print(duckdb.connect({str(published)!r}, read_only=True).execute('SELECT count(*) FROM profiles').fetchone()[0])"],
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb; print(duckdb.connect({str(published)!r}, read_only=True).execute('SELECT count(*) FROM profiles').fetchone()[0])",
+        ],
         capture_output=True, text=True, check=True,
     )
     assert fresh.stdout.strip() == "3"

@@ -132,7 +132,11 @@ def test_concatenate_skips_nulls() -> None:
 
 @pytest.mark.parametrize(
     ("unmapped", "default", "expected"),
-    [("keep", None, ["female", "male", "X", None]), ("empty", None, ["female", "male", None, None]), ("default", "unknown", ["female", "male", "unknown", None])],
+    [
+        ("keep", None, ["female", "male", "X", None]),
+        ("empty", None, ["female", "male", None, None]),
+        ("default", "unknown", ["female", "male", "unknown", None]),
+    ],
 )
 def test_map_values(unmapped: str, default: str | None, expected: list[str | None]) -> None:
     processor = {"type": "map_values", "column": "gender", "mapping": {"F": "female", "M": "male"}, "unmapped": unmapped}
