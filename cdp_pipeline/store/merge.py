@@ -48,12 +48,14 @@ import duckdb
 import polars as pl
 
 from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
-from cdp_pipeline.errors import ConfigError
+from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
 from cdp_pipeline.tables.staged import StagedImport
 
 KEY_INDEX = "_key_index"
 ROWS = "_rows"
+#: sum rows whose identity is a key remembered across files (see ``_apply_sum_delta``).
+SUM_KEYED = "_keyed"
 
 
 @dataclass
@@ -87,6 +89,12 @@ class MergeCounts:
     #: sum source rows added now, and rows left out because their identity was already counted.
     sum_rows_counted: int = 0
     sum_rows_already_counted: int = 0
+    #: keyed sum rows delivered again with another value: the difference was added.
+    sum_rows_corrected: int = 0
+    #: events delivered again with the same values.
+    events_unchanged: int = 0
+    #: cells that did not parse for their property and were not imported (the row's other values were).
+    values_not_imported: int = 0
     last_profiles: list[str] = field(default_factory=list)
 
     def as_metadata(self) -> dict[str, int]:
@@ -115,8 +123,39 @@ def rule_sql(rule: str, stored: str, incoming: str, prop: PropertyDefinition) ->
             f"list_concat(coalesce({t}, []::VARCHAR[]), list_filter({s}, lambda x: NOT list_contains(coalesce({t}, []::VARCHAR[]), x))) END"
         )
     if rule == "sum":
-        return f"CASE WHEN {s_empty} THEN {t} ELSE coalesce({t}, 0) + {s} END"
+        # Added in a type wider than the stored one, so a total beyond the stored type is caught by
+        # ``_check_sum_range`` with its key and line instead of wrapping or failing as a bare cast.
+        wide = SUM_WIDE_TYPES[prop.type]
+        return f"CASE WHEN {incoming} IS NULL THEN {t} ELSE coalesce(CAST({t} AS {wide}), 0) + CAST({incoming} AS {wide}) END"
     raise ValueError(f"unknown merge rule {rule!r}")
+
+
+#: the type a sum is added in, and the range the stored type holds.
+SUM_WIDE_TYPES = {"integer": "HUGEINT", "decimal": "DECIMAL(38,4)"}
+SUM_LIMITS = {"integer": (str(-(2**63)), str(2**63 - 1)), "decimal": ("-99999999999999.9999", "99999999999999.9999")}
+
+
+def _check_sum_range(conn: duckdb.DuckDBPyConnection, staged: StagedImport, rules: dict[str, str], properties: dict[str, PropertyDefinition], delivery: DeliveryRecord) -> None:
+    """A sum whose new total does not fit the stored type fails the delivery naming the property,
+    the key, the file and line, and the total: a wrapped or truncated total would look like data."""
+    for prop, rule in rules.items():
+        if rule != "sum" or properties[prop].type not in SUM_LIMITS:
+            continue
+        low, high = SUM_LIMITS[properties[prop].type]
+        rows = conn.execute(
+            f"SELECT _key, _line, CAST({quote(prop)} AS VARCHAR) FROM merged WHERE {quote(prop)} < {low} OR {quote(prop)} > {high} ORDER BY _line LIMIT 5"
+        ).fetchall()
+        if rows:
+            raise InputError(
+                [
+                    InputProblem(
+                        file=delivery.root_file, line=line, column=prop,
+                        reason=f"the sum {prop!r} of key {key!r} would become {total}, beyond what a {properties[prop].type} property holds ({low} .. {high})",
+                        fix="check the file's values (a unit or decimal separator mix-up?), or store the total in a property of a wider type",
+                    )
+                    for key, line, total in rows
+                ]
+            )
 
 
 def _properties_for(staged: StagedImport, catalog: Catalog) -> dict[str, PropertyDefinition]:
@@ -151,15 +190,21 @@ def _apply_sum_delta(
     delivery: DeliveryRecord,
     counts: MergeCounts,
 ) -> tuple[list[tuple[str, str]], str]:
-    """Replace each sum column of the records by the sum of the rows NOT counted before for this
-    root file (or for earlier deliveries of the same content), see ``delivery_rows``. Returns the
-    temp tables holding each property's new rows (``sum_new_<n>``), recorded once the keys resolve,
-    and the name of the relation holding the records to merge.
+    """Replace each sum column of the records by what this delivery adds, see ``delivery_rows``:
 
-    Set-based: one anti join per sum property against the file's counted identities."""
+    * keyed rows (a timeline event's id, a nested row's key within its event, the mapping's
+      ``identity`` columns) are compared with the value remembered for their key in this goal,
+      whatever file it came from: an unknown key adds its value, a known key with the same value
+      adds nothing, a known key with another value adds the difference (a correction);
+    * rows without a key keep the per-file rule: a row adds once per root file (or per content,
+      when the same bytes arrive under another name) and a changed row counts as a new row.
+
+    Returns the temp tables holding each property's rows to remember (``sum_new_<n>``), recorded
+    once the keys resolve, and the name of the relation holding the records to merge. Set-based:
+    one join per sum property against the remembered identities."""
     scope = """
         SELECT property, row_hash FROM delivery_rows
-        WHERE connection = $connection AND goal = $goal AND property IN (SELECT unnest($properties))
+        WHERE connection = $connection AND goal = $goal AND property IN (SELECT unnest($properties)) AND NOT coalesce(keyed, false)
           AND (root_file = $root_file OR delivery_id IN (
                SELECT delivery_id FROM deliveries WHERE connection = $connection AND goal = $goal AND content_sha256 = $sha))
     """
@@ -167,37 +212,49 @@ def _apply_sum_delta(
         f"CREATE OR REPLACE TEMP TABLE counted_rows AS {scope}",
         {"connection": delivery.connection, "goal": delivery.goal, "properties": sorted(staged.sum_rows), "root_file": delivery.root_file, "sha": delivery.content_sha256},
     )
-    (counted_before,) = conn.execute("SELECT count(*) FROM counted_rows").fetchall()[0]
     new_tables, replaced, joins = [], [], []
     for index, (prop, frame) in enumerate(sorted(staged.sum_rows.items())):
-        sql_type = SQL_TYPES[properties[prop].type]
-        conn.register("incoming_sum_rows", frame if KEY_INDEX in frame.columns else frame.with_columns(pl.lit(0, dtype=pl.Int32).alias(KEY_INDEX)))
+        if KEY_INDEX not in frame.columns:
+            frame = frame.with_columns(pl.lit(0, dtype=pl.Int32).alias(KEY_INDEX))
+        if SUM_KEYED not in frame.columns:
+            frame = frame.with_columns(pl.lit(False).alias(SUM_KEYED))
+        conn.register("incoming_sum_rows", frame)
+        # Values in DECIMAL(38,4): wide enough for every BIGINT and DECIMAL(18,4) value and their
+        # differences; the overflow check on the stored type comes with the merge.
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE sum_new_{index} AS
-            SELECT s._key, s._key_index, s.row_hash, s.value FROM (
-                SELECT _key, _key_index, (CAST(_row_hash_hi AS UHUGEINT) << 64) | CAST(_row_hash_lo AS UHUGEINT) AS row_hash,
-                       CAST(value AS {sql_type}) AS value
+            WITH s AS (
+                SELECT _key, _key_index, {SUM_KEYED} AS keyed,
+                       (CAST(_row_hash_hi AS UHUGEINT) << 64) | CAST(_row_hash_lo AS UHUGEINT) AS row_hash,
+                       CAST(value AS DECIMAL(38,4)) AS full_value
                 FROM incoming_sum_rows WHERE value IS NOT NULL
-            ) s ANTI JOIN (SELECT row_hash FROM counted_rows WHERE property = $prop) c ON c.row_hash = s.row_hash
+            ),
+            known AS (
+                SELECT row_hash, value FROM delivery_rows
+                WHERE connection = $connection AND goal = $goal AND property = $prop AND keyed
+            )
+            SELECT s._key, s._key_index, s.row_hash, s.keyed, s.full_value, k.row_hash IS NOT NULL AS known,
+                   s.full_value - coalesce(k.value, 0) AS value
+            FROM s LEFT JOIN known k ON s.keyed AND k.row_hash = s.row_hash
+            WHERE (s.keyed AND k.value IS DISTINCT FROM s.full_value)
+               OR (NOT s.keyed AND s.row_hash NOT IN (SELECT row_hash FROM counted_rows WHERE property = $prop))
             """,
-            {"prop": prop},
+            {"prop": prop, "connection": delivery.connection, "goal": delivery.goal},
         )
         conn.unregister("incoming_sum_rows")
-        (new_rows,) = conn.execute(f"SELECT count(*) FROM sum_new_{index}").fetchall()[0]
+        new_rows, corrected = conn.execute(f"SELECT count(*), count(*) FILTER (WHERE known) FROM sum_new_{index}").fetchall()[0]
         total = frame.filter(pl.col("value").is_not_null()).height
         counts.sum_rows_already_counted += total - new_rows
+        counts.sum_rows_corrected += corrected
         new_tables.append((prop, f"sum_new_{index}"))
         replaced.append(prop)
         joins.append(
             f"LEFT JOIN (SELECT _key, _key_index, sum(value) AS v FROM sum_new_{index} GROUP BY ALL) d{index} "
             f"ON d{index}._key = r._key AND d{index}._key_index = r._key_index"
         )
+    # Always through SQL: the delta is summed in DECIMAL(38,4), never in Polars' wrapping integers.
     present = [p for p in replaced if p in staged.records.columns]
-    if not counted_before and len(present) == len(replaced):
-        # Nothing of this file was counted before (the usual first import): every row is new, so
-        # the sums aggregated in Polars are the delta already; copying the records is not needed.
-        return new_tables, "incoming_records"
     exclude = f" EXCLUDE ({', '.join(quote(p) for p in present)})" if present else ""
     sums = "".join(f", d{i}.v AS {quote(p)}" for i, p in enumerate(replaced))
     conn.execute(f"CREATE OR REPLACE TEMP TABLE incoming_delta AS SELECT r.*{exclude}{sums} FROM incoming_records r {' '.join(joins)}")
@@ -327,6 +384,7 @@ def _merge_records(
         WHERE r._id IS NOT NULL
         """
     )
+    _check_sum_range(conn, staged, rules, properties, delivery)
     profile_extra = staged.target == "profiles"
     params = {"now": now, "delivery": delivery.delivery_id, **({"run": run_id} if profile_extra else {})}
     if rules and record_history:
@@ -427,8 +485,9 @@ def _record_property_changes(
 def _record_counted_rows(
     conn: duckdb.DuckDBPyConnection, sum_tables: list[tuple[str, str]], every_key_accepted: bool, delivery: DeliveryRecord, counts: MergeCounts
 ) -> None:
-    """The new sum rows of keys that reached the store are counted now; rows of ignored or
-    consent-skipped keys are not, so they still count once their profile is imported."""
+    """The new sum rows of keys that reached the store are remembered now; rows of ignored or
+    consent-skipped keys are not, so they still count once their profile is imported. A keyed
+    row's remembered value is replaced by the value it contributes now."""
     accepted = "" if every_key_accepted else "SEMI JOIN accepted_keys a ON a._key = s._key AND a._key_index = s._key_index"
     for prop, table in sum_tables:
         # Never an empty INSERT ... SELECT before a large one into the same table within a
@@ -436,12 +495,23 @@ def _record_counted_rows(
         (pending,) = conn.execute(f"SELECT count(*) FROM {table} s {accepted}").fetchall()[0]
         if not pending:
             continue
+        params = {"connection": delivery.connection, "goal": delivery.goal, "root_file": delivery.root_file, "prop": prop, "delivery": delivery.delivery_id}
+        (known,) = conn.execute(f"SELECT count(*) FROM {table} s {accepted} WHERE s.known").fetchall()[0]
+        if known:
+            conn.execute(
+                f"""
+                DELETE FROM delivery_rows
+                WHERE connection = $connection AND goal = $goal AND property = $prop AND keyed
+                  AND row_hash IN (SELECT s.row_hash FROM {table} s {accepted} WHERE s.known)
+                """,
+                {k: v for k, v in params.items() if k in ("connection", "goal", "prop")},
+            )
         (inserted,) = conn.execute(
             f"""
-            INSERT INTO delivery_rows (connection, goal, root_file, property, row_hash, delivery_id)
-            SELECT $connection, $goal, $root_file, $prop, s.row_hash, $delivery FROM {table} s {accepted}
+            INSERT INTO delivery_rows (connection, goal, root_file, property, row_hash, delivery_id, value, keyed)
+            SELECT $connection, $goal, $root_file, $prop, s.row_hash, $delivery, s.full_value, s.keyed FROM {table} s {accepted}
             """,
-            {"connection": delivery.connection, "goal": delivery.goal, "root_file": delivery.root_file, "prop": prop, "delivery": delivery.delivery_id},
+            params,
         ).fetchall()[0]
         counts.sum_rows_counted += inserted
 
@@ -449,6 +519,11 @@ def _record_counted_rows(
 def _merge_events(
     conn: duckdb.DuckDBPyConnection, catalog: Catalog, staged: StagedImport, delivery: DeliveryRecord, now: datetime, counts: MergeCounts
 ) -> None:
+    """Events merge by id: a new id is created, a known id gets the delivered fields (the others
+    keep theirs), an identical re-delivery is left as it was. Nested rows merge by their key within
+    the event: new keys are added after the event's stored rows, known keys updated, stored rows
+    the file does not carry are kept (a partner often sends only an order's new lines), unless
+    the goal says ``nested: replace``."""
     for event_type, frame in staged.events.items():
         definition = catalog.event_types[event_type]
         table = event_table(event_type)
@@ -467,72 +542,136 @@ def _merge_events(
         )
         (ignored,) = conn.execute("SELECT count(*) FROM event_rows WHERE profile_id IS NULL").fetchall()[0]
         conn.execute("DELETE FROM event_rows WHERE profile_id IS NULL")
-        (replaced,) = conn.execute(f"SELECT count(*) FROM {quote(table)} WHERE event_id IN (SELECT event_id FROM event_rows)").fetchall()[0]
-        (total,) = conn.execute("SELECT count(*) FROM event_rows").fetchall()[0]
-        conn.execute(f"DELETE FROM {quote(table)} WHERE event_id IN (SELECT event_id FROM event_rows)")
-        cols = ", ".join(["event_id", "profile_id", "event_time", *(quote(p) for p in present), "delivery_id", "imported_at"])
-        vals = ", ".join(["event_id", "profile_id", "event_time", *(quote(p) for p in present), "$delivery", "$now"])
-        conn.execute(f"INSERT INTO {quote(table)} ({cols}) SELECT {vals} FROM event_rows", {"delivery": delivery.delivery_id, "now": now})
-        counts.events_created += total - replaced
-        counts.events_updated += replaced
+        fields = ["profile_id", "event_time", *(quote(p) for p in present)]
+        differs = " OR ".join(f"t.{f} IS DISTINCT FROM e.{f}" for f in fields)
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE event_state AS
+            SELECT e.event_id, t.event_id IS NULL AS is_new, coalesce({differs}, TRUE) AS is_changed
+            FROM event_rows e LEFT JOIN {quote(table)} t USING (event_id)
+            """
+        )
+        created, updated, unchanged = conn.execute(
+            "SELECT count(*) FILTER (WHERE is_new), count(*) FILTER (WHERE is_changed AND NOT is_new), count(*) FILTER (WHERE NOT is_changed) FROM event_state"
+        ).fetchall()[0]
+        if updated:
+            assignments = ", ".join(f"{f} = e.{f}" for f in fields)
+            conn.execute(
+                f"""
+                UPDATE {quote(table)} t SET {assignments}, delivery_id = $delivery, imported_at = $now
+                FROM event_rows e WHERE t.event_id = e.event_id
+                  AND e.event_id IN (SELECT event_id FROM event_state WHERE is_changed AND NOT is_new)
+                """,
+                {"delivery": delivery.delivery_id, "now": now},
+            )
+        if created:
+            cols = ", ".join(["event_id", *fields, "delivery_id", "imported_at"])
+            vals = ", ".join(["e.event_id", *(f"e.{f}" for f in fields), "$delivery", "$now"])
+            conn.execute(
+                f"INSERT INTO {quote(table)} ({cols}) SELECT {vals} FROM event_rows e SEMI JOIN (SELECT event_id FROM event_state WHERE is_new) n USING (event_id)",
+                {"delivery": delivery.delivery_id, "now": now},
+            )
+        counts.events_created += created
+        counts.events_updated += updated
+        counts.events_unchanged += unchanged
         counts.events_ignored += ignored
 
         for nested_type, nested in definition.nested.items():
-            key = f"{event_type}/{nested_type}"
-            items_table = item_table(event_type, nested_type)
-            sources = [s for s in staged.product_store if s.event_type == event_type and s.nested_type == nested_type]
-            for source in sources:
-                # What the replaced events' items once added to the product store is taken back
-                # below, so importing an order again (or reprocessing a delivery) never counts
-                # its products twice.
-                quantity = f"sum(CAST(i.{quote(source.quantity_property)} AS DECIMAL(18,4)))" if source.quantity_property else "NULL"
-                conn.execute(
-                    f"""
-                    CREATE OR REPLACE TEMP TABLE replaced_products AS
-                    SELECT CAST(i.{quote(source.product_id_property)} AS VARCHAR) AS product_id, count(*) AS n, {quantity} AS q
-                    FROM {quote(items_table)} i
-                    WHERE i.event_id IN (SELECT event_id FROM event_rows) AND i.{quote(source.product_id_property)} IS NOT NULL
-                    GROUP BY 1
-                    """
-                )
-            # Replacing an event replaces its items too, so a re-imported order never keeps stale lines.
-            conn.execute(f"DELETE FROM {quote(items_table)} WHERE event_id IN (SELECT event_id FROM event_rows)")
-            if key in staged.items:
-                item_frame = staged.items[key]
-                conn.register("incoming_items", item_frame)
-                item_props = [p for p in nested.properties if p in item_frame.columns]
-                item_casts = ", ".join(f"CAST(i.{quote(p)} AS {SQL_TYPES[nested.properties[p].type]})" for p in item_props)
-                conn.execute(
-                    f"""
-                    INSERT INTO {quote(items_table)} (event_id, item_index{''.join(', ' + quote(p) for p in item_props)})
-                    SELECT i.event_id, i.item_index{', ' + item_casts if item_casts else ''}
-                    FROM incoming_items i WHERE i.event_id IN (SELECT event_id FROM event_rows)
-                    """
-                )
-            for source in sources:
-                quantity = f"sum(CAST(i.{quote(source.quantity_property)} AS DECIMAL(18,4)))" if source.quantity_property else "NULL"
-                conn.execute(
-                    f"""
-                    MERGE INTO product_store t
-                    USING (
-                        SELECT coalesce(b.product_id, r.product_id) AS product_id,
-                               coalesce(b.n, 0) - coalesce(r.n, 0) AS dn,
-                               CASE WHEN b.q IS NULL AND r.q IS NULL THEN NULL ELSE coalesce(b.q, 0) - coalesce(r.q, 0) END AS dq,
-                               b.first_at, b.last_at
-                        FROM (
-                            SELECT CAST(i.{quote(source.product_id_property)} AS VARCHAR) AS product_id, count(*) AS n,
-                                   {quantity} AS q, min(e.event_time) AS first_at, max(e.event_time) AS last_at
-                            FROM {quote(items_table)} i JOIN event_rows e USING (event_id)
-                            WHERE i.{quote(source.product_id_property)} IS NOT NULL GROUP BY 1
-                        ) b FULL OUTER JOIN replaced_products r USING (product_id)
-                    ) s ON t.product_id = s.product_id
-                    WHEN MATCHED THEN UPDATE SET times_bought = t.times_bought + s.dn,
-                        quantity_bought = CASE WHEN s.dq IS NULL THEN t.quantity_bought ELSE coalesce(t.quantity_bought, 0) + s.dq END,
-                        first_bought_at = least(t.first_bought_at, s.first_at),
-                        last_bought_at = greatest(t.last_bought_at, s.last_at)
-                    WHEN NOT MATCHED AND s.dn > 0 THEN INSERT VALUES (s.product_id, s.dn, s.dq, s.first_at, s.last_at)
-                    """
-                )
+            _merge_nested(conn, staged, event_type, nested_type, list(nested.properties), {p: SQL_TYPES[d.type] for p, d in nested.properties.items()})
+
+
+def _merge_nested(
+    conn: duckdb.DuckDBPyConnection, staged: StagedImport, event_type: str, nested_type: str, nested_props: list[str], sql_types: dict[str, str]
+) -> None:
+    """One nested type of the events in ``event_rows``: merge (default) or replace, and the product
+    store moved by exactly what changed."""
+    key = f"{event_type}/{nested_type}"
+    items_table = quote(item_table(event_type, nested_type))
+    sources = [s for s in staged.product_store if s.event_type == event_type and s.nested_type == nested_type]
+    item_frame = staged.items.get(key)
+    if item_frame is None and not staged.replace_nested:
+        return  # no rows of this type delivered: the stored ones stay
+    if item_frame is not None and "item_key" not in item_frame.columns:
+        item_frame = item_frame.with_columns(pl.col("item_index").cast(pl.String).alias("item_key"))
+    item_props = [p for p in nested_props if item_frame is not None and p in item_frame.columns]
+    if item_frame is not None:
+        conn.register("incoming_items", item_frame)
+        casts = "".join(f", CAST(i.{quote(p)} AS {sql_types[p]}) AS {quote(p)}" for p in item_props)
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE item_rows AS
+            SELECT i.event_id, i.item_index, i.item_key{casts} FROM incoming_items i SEMI JOIN event_rows e USING (event_id)
+            """
+        )
+    else:
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE item_rows AS SELECT event_id, item_index, item_key FROM {items_table} LIMIT 0")
+    # The stored rows this delivery overwrites or removes: under replace every row of the delivered
+    # events; under merge the rows whose key comes again, and rows stored before items had keys
+    # (they cannot be matched, so a delivered event's key-less rows are replaced once).
+    if staged.replace_nested:
+        outgoing = f"SELECT i.* FROM {items_table} i SEMI JOIN event_rows e USING (event_id)"
+    else:
+        outgoing = (
+            f"SELECT i.* FROM {items_table} i SEMI JOIN item_rows r ON r.event_id = i.event_id AND r.item_key = i.item_key "
+            f"UNION ALL SELECT i.* FROM {items_table} i SEMI JOIN event_rows e USING (event_id) WHERE i.item_key IS NULL"
+        )
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE outgoing_items AS {outgoing}")
+    for index, source in enumerate(sources):
+        quantity = f"sum(CAST(i.{quote(source.quantity_property)} AS DECIMAL(18,4)))" if source.quantity_property else "NULL"
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE replaced_products_{index} AS
+            SELECT CAST(i.{quote(source.product_id_property)} AS VARCHAR) AS product_id, count(*) AS n, {quantity} AS q
+            FROM outgoing_items i WHERE i.{quote(source.product_id_property)} IS NOT NULL GROUP BY 1
+            """
+        )
+    # Positions: under replace the file's order; under merge a known key keeps its place and new
+    # keys follow the event's stored rows in file order.
+    if staged.replace_nested:
+        conn.execute("CREATE OR REPLACE TEMP TABLE written_items AS SELECT * FROM item_rows")
+    else:
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE written_items AS
+            SELECT r.* REPLACE (coalesce(o.item_index, coalesce(m.top, 0) + row_number() OVER (
+                       PARTITION BY r.event_id, o.item_index IS NULL ORDER BY r.item_index)) AS item_index)
+            FROM item_rows r
+            LEFT JOIN outgoing_items o ON o.event_id = r.event_id AND o.item_key = r.item_key
+            LEFT JOIN (SELECT event_id, max(item_index) AS top FROM {items_table} SEMI JOIN event_rows USING (event_id) GROUP BY 1) m
+                   ON m.event_id = r.event_id
+            """
+        )
+    conn.execute(
+        f"DELETE FROM {items_table} WHERE (event_id, item_index) IN (SELECT (event_id, item_index) FROM outgoing_items)"
+    )
+    (pending,) = conn.execute("SELECT count(*) FROM written_items").fetchall()[0]
+    if pending:
+        cols = "".join(", " + quote(p) for p in item_props)
+        conn.execute(f"INSERT INTO {items_table} (event_id, item_index, item_key{cols}) SELECT event_id, item_index, item_key{cols} FROM written_items")
+    for index, source in enumerate(sources):
+        quantity = f"sum(CAST(i.{quote(source.quantity_property)} AS DECIMAL(18,4)))" if source.quantity_property else "NULL"
+        conn.execute(
+            f"""
+            MERGE INTO product_store t
+            USING (
+                SELECT coalesce(b.product_id, r.product_id) AS product_id,
+                       coalesce(b.n, 0) - coalesce(r.n, 0) AS dn,
+                       CASE WHEN b.q IS NULL AND r.q IS NULL THEN NULL ELSE coalesce(b.q, 0) - coalesce(r.q, 0) END AS dq,
+                       b.first_at, b.last_at
+                FROM (
+                    SELECT CAST(i.{quote(source.product_id_property)} AS VARCHAR) AS product_id, count(*) AS n,
+                           {quantity} AS q, min(e.event_time) AS first_at, max(e.event_time) AS last_at
+                    FROM written_items i JOIN event_rows e USING (event_id)
+                    WHERE i.{quote(source.product_id_property)} IS NOT NULL GROUP BY 1
+                ) b FULL OUTER JOIN replaced_products_{index} r USING (product_id)
+            ) s ON t.product_id = s.product_id
+            WHEN MATCHED THEN UPDATE SET times_bought = t.times_bought + s.dn,
+                quantity_bought = CASE WHEN s.dq IS NULL THEN t.quantity_bought ELSE coalesce(t.quantity_bought, 0) + s.dq END,
+                first_bought_at = least(t.first_bought_at, s.first_at),
+                last_bought_at = greatest(t.last_bought_at, s.last_at)
+            WHEN NOT MATCHED AND s.dn > 0 THEN INSERT VALUES (s.product_id, s.dn, s.dq, s.first_at, s.last_at)
+            """
+        )
 
 
 def delivery_is_merged(conn: duckdb.DuckDBPyConnection, content_sha256: str, config_hash: str, connection: str, goal: str) -> str | None:
@@ -569,7 +708,8 @@ def merge_delivery(
     ``objectives``: the connection's objectives; profiles that consented to none of them (in
     ``consent_property``) are skipped. ``status``: the ledger status, ``reprocessed`` when an
     operator merges a delivery the ledger already has (sums still count each row once)."""
-    counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=len({(p.file, p.line) for p in staged.rejects if p.line}))
+    rejected = staged.rows_rejected if staged.rows_rejected is not None else len({(p.file, p.line) for p in staged.rejects if p.line})
+    counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=rejected, values_not_imported=staged.values_not_imported)
     conn.execute("BEGIN TRANSACTION")
     try:
         # Dialect hooks (SARE's group clears, consent withdrawals ...) share the transaction, so a
@@ -605,8 +745,12 @@ def merge_delivery(
             after(conn, staged)
         conn.execute(
             """
-            INSERT INTO deliveries VALUES ($delivery_id, $connection, $goal, $partition_key, $root_file, $files, $sha, $cfg,
-                $status, $rows_read, $rows_rejected, $pc, $pu, $pn, $pi, $cs, $gc, $gu, $ec, $eu, $run, $now)
+            INSERT INTO deliveries (delivery_id, connection, goal, partition_key, root_file, files, content_sha256, config_hash,
+                status, rows_read, rows_rejected, profiles_created, profiles_updated, profiles_unchanged, profiles_ignored,
+                consent_skipped, groups_created, groups_updated, events_created, events_updated, run_id, merged_at,
+                events_unchanged, values_not_imported)
+            VALUES ($delivery_id, $connection, $goal, $partition_key, $root_file, $files, $sha, $cfg,
+                $status, $rows_read, $rows_rejected, $pc, $pu, $pn, $pi, $cs, $gc, $gu, $ec, $eu, $run, $now, $en, $vn)
             """,
             {
                 "delivery_id": delivery.delivery_id,
@@ -629,6 +773,8 @@ def merge_delivery(
                 "gu": counts.groups_updated,
                 "ec": counts.events_created,
                 "eu": counts.events_updated,
+                "en": counts.events_unchanged,
+                "vn": counts.values_not_imported,
                 "run": run_id,
                 "now": now,
             },
@@ -638,7 +784,7 @@ def merge_delivery(
         conn.execute("ROLLBACK")
         raise
     finally:
-        for view in ("incoming_records", "incoming_events", "incoming_items", "incoming_rejects", "incoming_sum_rows"):
+        for view in ("incoming_records", "incoming_events", "incoming_items", "incoming_rejects", "incoming_sum_rows"):  # noqa: B007
             try:
                 conn.unregister(view)
             except Exception:  # noqa: BLE001 - a view that was never registered

@@ -70,6 +70,8 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("events_updated", "BIGINT", "Timeline events imported again (same event id) and replaced."),
             ("run_id", "VARCHAR", "Dagster run that merged it."),
             ("merged_at", "TIMESTAMP", "When the delivery's transaction ran (UTC, taken once the store's write lock was held)."),
+            ("events_unchanged", "BIGINT", "Timeline events delivered again with the same values (left as they were)."),
+            ("values_not_imported", "BIGINT", "Cells that did not parse for their property and were not imported (the rest of the row was); see rejects."),
         ],
     ),
     "delivery_rows": (
@@ -83,6 +85,9 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("property", "VARCHAR", "Sum property (profile or group property) the row was added to."),
             ("row_hash", "UHUGEINT", "md5 of the row's raw identifier or link cells, event ids and the sum's source cell, plus its occurrence among identical rows."),
             ("delivery_id", "VARCHAR", "Delivery that added the row (see deliveries)."),
+            ("value", "DECIMAL(38,4)", "Keyed rows: the value the row contributes to the sum now (a corrected value adds the difference)."),
+            ("keyed", "BOOLEAN", "true: row_hash is the row's key (event id, nested key or the mapping's identity columns), "
+             "remembered for the goal whatever the file is called; false: the per-file identity, scoped by root_file."),
         ],
     ),
     "rejects": (
@@ -246,7 +251,8 @@ def catalog_tables(catalog: Catalog) -> dict[str, tuple[str, list[tuple[str, str
                 nested.description or f"Nested {nested_name} items of {name} events.",
                 [
                     ("event_id", "VARCHAR", f"The {name} event the item belongs to."),
-                    ("item_index", "BIGINT", "Position of the item within the event (file order, from 1)."),
+                    ("item_index", "BIGINT", "Position of the item within the event (file order, from 1; later additions follow)."),
+                    ("item_key", "VARCHAR", "The item's key within its event: the nested mapping's key columns, else its content and occurrence."),
                     *_property_columns(nested.properties),
                 ],
             )

@@ -67,6 +67,10 @@ def _profiles_goal(**overrides) -> ProfileImportGoal:
         "mappings": [{"column": "first_name", "property": "first_name"}],
     }
     spec.update(overrides)
+    if overrides.get("on_error") == "skip_rows":
+        # These small files reject rows on purpose, far above the default share guard (5 %); the
+        # guard itself is tested in scenarios/.
+        spec.setdefault("max_reject_share", 1)
     return ProfileImportGoal.model_validate(spec)
 
 
@@ -380,7 +384,9 @@ def test_padded_link_values_link_and_keep_their_text(tmp_path):
     staged = _build(goal, paths)
     items = staged.items["order/order_line"]
     assert items["product_id"].to_list() == ["A", "B"] and items["item_index"].to_list() == [1, 2]
-    assert items["event_id"].to_list() == ["O1 ", "O1 "]  # the event's own id, as delivered
+    # The event id is a key like the links (issue H): trimmed, so "O1 " today and "O1" tomorrow are
+    # one event whose sums count once (this asserted the padded "O1 " before).
+    assert items["event_id"].to_list() == ["O1", "O1"]
     assert [(p.line, p.column) for p in staged.rejects] == [(4, "order_id")]
 
 
