@@ -636,9 +636,10 @@ def build_import_tables(
         unkeyed = per_file.join(hashes.select(LINE), on=LINE, how="anti")
         sum_rows[mapping.property] = pl.concat([keyed_rows.select(per_file.columns), unkeyed], how="vertical").drop(LINE)
 
+    # The guard first: its summary names the most common reason and the setting, also for on_error: fail.
+    _check_reject_share(goal, tally, {display_names[name]: files.raw[name].height for name in paths}, timeline, display_names, problems)
     if problems and goal.on_error == "fail":
         raise InputError(problems)
-    _check_reject_share(goal, tally, {display_names[name]: files.raw[name].height for name in paths}, timeline, display_names, problems)
     return StagedImport(
         target="profiles" if is_profiles else "groups",
         identifier_property=identifiers[0][1],

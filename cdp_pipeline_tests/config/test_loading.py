@@ -103,3 +103,22 @@ def test_objectives_need_a_list_consent_property(tmp_path):
     store = STORE + "  objectives:\n    marketing: {}\n"
     with pytest.raises(ConfigError, match="consent property 'consents'"):
         load_project(_config(tmp_path, GOOD.replace("name: acme\n", "name: acme\nobjectives: [marketing]\n", 1), store=store), tmp_path)
+
+
+def test_goal_hash_covers_what_the_goal_uses_not_a_new_segment(tmp_path):
+    """Adding a segment (or a property no goal maps) must not re-import every file still in the
+    folders; changing a property the goal fills must."""
+    base = load_project(_config(tmp_path / "a", GOOD), tmp_path).goal_config_hash("acme", "people")
+    segment = STORE + "  segments:\n    big: {condition: 'spend > 100'}\n"
+    unused = STORE + "    city: {type: text}\n"
+    used = STORE.replace("spend: {type: decimal}", "spend: {type: integer}")
+    assert load_project(_config(tmp_path / "b", GOOD, segment), tmp_path).goal_config_hash("acme", "people") == base
+    assert load_project(_config(tmp_path / "c", GOOD, unused), tmp_path).goal_config_hash("acme", "people") == base
+    assert load_project(_config(tmp_path / "d", GOOD, used), tmp_path).goal_config_hash("acme", "people") != base
+    assert load_project(_config(tmp_path / "e", GOOD.replace("rule: sum", "rule: sum, identity: [email]")), tmp_path).goal_config_hash("acme", "people") != base
+
+
+def test_a_property_named_like_an_internal_column_is_refused(tmp_path):
+    store = STORE + "    _key: {type: text}\n"
+    with pytest.raises(ConfigError, match=r"catalog.profile_properties._key: names starting with '_' are reserved"):
+        load_project(_config(tmp_path, GOOD, store), tmp_path)
