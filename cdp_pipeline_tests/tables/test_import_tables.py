@@ -371,6 +371,70 @@ def test_link_columns_stay_text_so_leading_zeros_link_exactly(tmp_path):
     assert records["C1"]["tags"] == ["A"] and records["C2"]["tags"] is None
 
 
+CUSTOMER_FILES = {
+    "root": {"name": "customers", "pattern": "customers_*.csv"},
+    "linked": [{"name": "orders", "pattern": "orders_*.csv", "parent": "customers", "link": {"customer_id": "customer_id"}}],
+}
+
+
+def _customers_and_orders(tmp_path: Path, customers: str, orders: str) -> dict[str, Path]:
+    return {"customers": _write(tmp_path / "customers_1.csv", customers), "orders": _write(tmp_path / "orders_1.csv", orders)}
+
+
+def test_a_link_column_mapped_to_an_integer_property_links_as_written(tmp_path):
+    """The link compares "007" with "007"; only the stored property is typed (007 → 7). Typing
+    the column first turned every order into an orphan of customer 7."""
+    paths = _customers_and_orders(
+        tmp_path, "customer_id,first_name\n007,Ann\n 008 ,Bob\n", "order_id,customer_id,total\nA,007,5\nB,008,2\nC,8,1\n"
+    )
+    files = {**CUSTOMER_FILES, "linked": [{**CUSTOMER_FILES["linked"][0], "orphans": "reject"}]}
+    goal = _profiles_goal(
+        files=files, on_error="skip_rows",
+        mappings=[{"column": "customer_id", "property": "score"}, {"column": "total", "property": "spend", "rule": "sum", "file": "orders"}],
+    )
+    staged = _build(goal, paths)
+    records = _by_key(staged)
+    assert sorted(records) == ["007", "008"]
+    assert (records["007"]["score"], records["007"]["spend"]) == (7, Decimal("5"))
+    assert (records["008"]["score"], records["008"]["spend"]) == (8, Decimal("2"))
+    # "8" is not "008": an orphan, rejected with its line.
+    assert [(p.file, p.line, p.column) for p in staged.rejects] == [("orders_1.csv", 4, "customer_id")]
+
+
+def test_a_link_column_mapped_to_a_list_property_links_and_fills_the_list(tmp_path):
+    """A column used as link and as list property (rule add): the link stays text, the property
+    gets the list (this crashed with Polars' "cannot cast List type")."""
+    paths = _customers_and_orders(tmp_path, "customer_id,first_name\n007,Ann\n", "order_id,customer_id,total\nA,007,5\nB,007,2\n")
+    goal = _profiles_goal(
+        files=CUSTOMER_FILES,
+        mappings=[{"column": "customer_id", "property": "tags", "rule": "add"}, {"column": "order_id", "property": "notes", "rule": "add", "file": "orders"}],
+    )
+    records = _by_key(_build(goal, paths))
+    assert records["007"]["tags"] == ["007"] and records["007"]["notes"] == ["A", "B"]
+
+
+def test_an_event_id_also_mapped_to_an_integer_event_property_stays_the_id_as_written(tmp_path):
+    catalog = Catalog.model_validate(
+        {**CATALOG.model_dump(), "event_types": {"order": {"properties": {"number": {"type": "integer"}}, "nested": {}}}}
+    )
+    path = _write(tmp_path / "orders_1.csv", "order_id,customer_id,order_date\n0042,C1,2026-01-01T10:00:00\n")
+    goal = _profiles_goal(
+        files={"root": {"name": "orders", "pattern": "orders_*.csv"}}, mappings=[],
+        timeline=[{"event_type": "order", "file": "orders", "event_id": "order_id", "event_time": "order_date", "properties": {"number": "order_id"}}],
+    )
+    staged = build_import_tables(goal, catalog, {"orders": path}, {"orders": path.name}, RUN_TIME)
+    assert staged.events["order"].select("event_id", "number").rows() == [("0042", 42)]
+
+
+def test_identifiers_and_links_match_in_unicode_nfc(tmp_path):
+    """"é" as one code point and as "e" + combining accent are one key."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    paths = _customers_and_orders(tmp_path, f"customer_id,first_name\n{composed},Ann\n", f"order_id,customer_id,total\nA,{decomposed},5\n")
+    goal = _profiles_goal(files=CUSTOMER_FILES, mappings=[{"column": "total", "property": "spend", "rule": "sum", "file": "orders"}])
+    records = _by_key(_build(goal, paths))
+    assert list(records) == [composed] and records[composed]["spend"] == Decimal("5")
+
+
 def test_padded_link_values_link_and_keep_their_text(tmp_path):
     """Reliability #48: identifiers are trimmed, so link values are compared trimmed too; a value
     that is only blanks links nothing."""
