@@ -56,6 +56,8 @@ KEY_INDEX = "_key_index"
 ROWS = "_rows"
 #: sum rows whose identity is a key remembered across files (see ``_apply_sum_delta``).
 SUM_KEYED = "_keyed"
+#: event and nested rows: the properties whose delivered cell did not parse (kept as stored).
+NOT_IMPORTED = "_not_imported"
 
 
 @dataclass
@@ -533,17 +535,23 @@ def _merge_events(
         props = list(definition.properties)
         present = [p for p in props if p in frame.columns]
         casts = ", ".join(f"CAST(e.{quote(p)} AS {SQL_TYPES[definition.properties[p].type]}) AS {quote(p)}" for p in present)
+        not_imported = f"e.{NOT_IMPORTED}" if NOT_IMPORTED in frame.columns else "[]::VARCHAR[]"
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE event_rows AS
-            SELECT e.event_id, a._id AS profile_id, CAST(e.event_time AS TIMESTAMP) AS event_time{', ' + casts if casts else ''}
+            SELECT e.event_id, a._id AS profile_id, CAST(e.event_time AS TIMESTAMP) AS event_time{', ' + casts if casts else ''},
+                   coalesce({not_imported}, []::VARCHAR[]) AS {NOT_IMPORTED}
             FROM incoming_events e LEFT JOIN accepted_keys a ON a._key = e._key AND a._key_index = e._key_index
             """
         )
         (ignored,) = conn.execute("SELECT count(*) FROM event_rows WHERE profile_id IS NULL").fetchall()[0]
         conn.execute("DELETE FROM event_rows WHERE profile_id IS NULL")
         fields = ["profile_id", "event_time", *(quote(p) for p in present)]
-        differs = " OR ".join(f"t.{f} IS DISTINCT FROM e.{f}" for f in fields)
+        # A delivered value that did not parse is not imported: the stored one stays.
+        incoming_value = {f: f"e.{f}" for f in fields} | {
+            quote(p): f"CASE WHEN list_contains(e.{NOT_IMPORTED}, {literal(p)}) THEN t.{quote(p)} ELSE e.{quote(p)} END" for p in present
+        }
+        differs = " OR ".join(f"t.{f} IS DISTINCT FROM {incoming_value[f]}" for f in fields)
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE event_state AS
@@ -555,10 +563,10 @@ def _merge_events(
             "SELECT count(*) FILTER (WHERE is_new), count(*) FILTER (WHERE is_changed AND NOT is_new), count(*) FILTER (WHERE NOT is_changed) FROM event_state"
         ).fetchall()[0]
         if updated:
-            assignments = ", ".join(f"{f} = e.{f}" for f in fields)
+            assignments = ", ".join(f"{f} = {incoming_value[f]}" for f in fields)
             conn.execute(
                 f"""
-                UPDATE {quote(table)} t SET {assignments}, delivery_id = $delivery, imported_at = $now
+                UPDATE {quote(table)} AS t SET {assignments}, delivery_id = $delivery, imported_at = $now
                 FROM event_rows e WHERE t.event_id = e.event_id
                   AND e.event_id IN (SELECT event_id FROM event_state WHERE is_changed AND NOT is_new)
                 """,
@@ -593,6 +601,8 @@ def _merge_nested(
         return  # no rows of this type delivered: the stored ones stay
     if item_frame is not None and "item_key" not in item_frame.columns:
         item_frame = item_frame.with_columns(pl.col("item_index").cast(pl.String).alias("item_key"))
+    if item_frame is not None and NOT_IMPORTED not in item_frame.columns:
+        item_frame = item_frame.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias(NOT_IMPORTED))
     item_props = [p for p in nested_props if item_frame is not None and p in item_frame.columns]
     if item_frame is not None:
         conn.register("incoming_items", item_frame)
@@ -600,11 +610,14 @@ def _merge_nested(
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE item_rows AS
-            SELECT i.event_id, i.item_index, i.item_key{casts} FROM incoming_items i SEMI JOIN event_rows e USING (event_id)
+            SELECT i.event_id, i.item_index, i.item_key{casts}, coalesce(i.{NOT_IMPORTED}, []::VARCHAR[]) AS {NOT_IMPORTED}
+            FROM incoming_items i SEMI JOIN event_rows e USING (event_id)
             """
         )
     else:
-        conn.execute(f"CREATE OR REPLACE TEMP TABLE item_rows AS SELECT event_id, item_index, item_key FROM {items_table} LIMIT 0")
+        conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE item_rows AS SELECT event_id, item_index, item_key, []::VARCHAR[] AS {NOT_IMPORTED} FROM {items_table} LIMIT 0"
+        )
     # The stored rows this delivery overwrites or removes: under replace every row of the delivered
     # events; under merge the rows whose key comes again, and rows stored before items had keys
     # (they cannot be matched, so a delivered event's key-less rows are replaced once).
@@ -627,14 +640,25 @@ def _merge_nested(
         )
     # Positions: under replace the file's order; under merge a known key keeps its place and new
     # keys follow the event's stored rows in file order.
+    # A delivered value that did not parse is not imported: a known row keeps its stored value.
+    kept = "".join(
+        f", CASE WHEN list_contains(r.{NOT_IMPORTED}, {literal(p)}) AND o.event_id IS NOT NULL THEN o.{quote(p)} ELSE r.{quote(p)} END AS {quote(p)}"
+        for p in item_props
+    )
     if staged.replace_nested:
-        conn.execute("CREATE OR REPLACE TEMP TABLE written_items AS SELECT * FROM item_rows")
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE written_items AS
+            SELECT r.* REPLACE (r.item_index AS item_index{kept})
+            FROM item_rows r LEFT JOIN outgoing_items o ON o.event_id = r.event_id AND o.item_key = r.item_key
+            """
+        )
     else:
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE written_items AS
             SELECT r.* REPLACE (coalesce(o.item_index, coalesce(m.top, 0) + row_number() OVER (
-                       PARTITION BY r.event_id, o.item_index IS NULL ORDER BY r.item_index)) AS item_index)
+                       PARTITION BY r.event_id, o.item_index IS NULL ORDER BY r.item_index)) AS item_index{kept})
             FROM item_rows r
             LEFT JOIN outgoing_items o ON o.event_id = r.event_id AND o.item_key = r.item_key
             LEFT JOIN (SELECT event_id, max(item_index) AS top FROM {items_table} SEMI JOIN event_rows USING (event_id) GROUP BY 1) m

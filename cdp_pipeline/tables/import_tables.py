@@ -547,7 +547,9 @@ def build_import_tables(
             .unique(subset=["event_id"], keep="last", maintain_order=True)
         )
         event_type = catalog.event_types[event.event_type]
-        event_frame = _typed_properties(event_frame, {p: event_type.properties[p] for p in event.properties}, event.properties, display_names[event.file], goal, problems, tally)
+        event_frame = _typed_properties(
+            event_frame, {p: event_type.properties[p] for p in event.properties}, event.properties, display_names[event.file], goal, problems, tally, files, event.file
+        )
         events[event.event_type] = event_frame.drop(LINE)
         parent_ids = source.select(*[pl.col(c) for c in source.columns if c not in (KEY, KEY_INDEX)])
         for nested in event.nested:
@@ -579,8 +581,11 @@ def build_import_tables(
                 .unique(subset=["event_id", "item_key"], keep="last", maintain_order=True)
                 .with_columns(pl.col(LINE).rank("ordinal").over("event_id").cast(pl.Int64).alias("item_index"))
             )
-            item_frame = _typed_properties(item_frame, {p: nested_type.properties[p] for p in nested.properties}, nested.properties, display_names[nested.file], goal, problems, tally)
-            items[f"{event.event_type}/{nested.type}"] = item_frame.select("event_id", "item_index", "item_key", *nested.properties)
+            item_frame = _typed_properties(
+                item_frame, {p: nested_type.properties[p] for p in nested.properties}, nested.properties, display_names[nested.file], goal, problems, tally,
+                files, nested.file,
+            )
+            items[f"{event.event_type}/{nested.type}"] = item_frame.select("event_id", "item_index", "item_key", *nested.properties, NOT_IMPORTED)
             tag = pl.lit(f"item:{event.event_type}/{nested.type}")
             row_keys.setdefault(nested.file, joined.select(LINE, pl.concat_str([tag, pl.col("event_id"), pl.col(_ITEM_KEY)], separator=_CELL_SEPARATOR).alias(_ROW_KEY)))
             if event.add_to_product_store:
@@ -733,6 +738,8 @@ _ROW_KEY = "_row_key"
 #: column of the sum rows: the row's identity is a key (event id, nested key, ``identity``
 #: columns) whose contribution is remembered across files, not the per-file identity.
 SUM_KEYED = "_keyed"
+#: column of the event and nested frames: the properties of the row whose cell did not parse.
+NOT_IMPORTED = "_not_imported"
 
 
 def _item_keys(joined: pl.DataFrame, nested: NestedEventMapping, display: str, problems: list[InputProblem], tally: _RejectTally) -> pl.DataFrame:
@@ -756,18 +763,26 @@ def _item_keys(joined: pl.DataFrame, nested: NestedEventMapping, display: str, p
 
 def _typed_properties(
     frame: pl.DataFrame, definitions: dict[str, PropertyDefinition], columns: dict[str, str], display: str, goal: ImportGoal,
-    problems: list[InputProblem], tally: _RejectTally,
+    problems: list[InputProblem], tally: _RejectTally, files: _DeliveryFiles, name: str,
 ) -> pl.DataFrame:
     """Event and nested properties whose column stayed text because it is also a key are typed
-    here; a value that does not parse is not imported (listed and counted), the row is."""
+    here; a value that does not parse is not imported (listed and counted), the row is. Every
+    row gets ``NOT_IMPORTED``: the properties whose cell did not parse, so the merge keeps the
+    stored value of a known event or nested row instead of clearing it."""
     formats = {prop: _format_for(d) for prop, d in definitions.items() if d.type != "text" and frame.schema.get(prop) == pl.String}
-    if not formats:
-        return frame
-    typed, found = parse_typed(frame, formats, display, goal.files.root.csv.decimal_comma)
-    problems.extend(replace(problem, column=columns.get(problem.column or "", problem.column)) for problem in found)
-    for prop, fmt in formats.items():
-        tally.add(display, _failed_lines(frame, typed, prop), columns[prop], f"value does not parse as {fmt.type}", value=True)
-    return typed
+    failed = {prop: files.failed_cells(name, _n(column)) for prop, column in columns.items()}
+    if formats:
+        typed, found = parse_typed(frame, formats, display, goal.files.root.csv.decimal_comma)
+        problems.extend(replace(problem, column=columns.get(problem.column or "", problem.column)) for problem in found)
+        for prop, fmt in formats.items():
+            lines = _failed_lines(frame, typed, prop)
+            tally.add(display, lines, columns[prop], f"value does not parse as {fmt.type}", value=True)
+            failed[prop] = pl.concat([failed[prop].cast(pl.Int64), lines.cast(pl.Int64)])
+        frame = typed
+    marks = [pl.when(pl.col(LINE).is_in(lines.implode())).then(pl.lit(prop)) for prop, lines in failed.items() if lines.len()]
+    if not marks:
+        return frame.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias(NOT_IMPORTED))
+    return frame.with_columns(pl.concat_list(marks).list.drop_nulls().alias(NOT_IMPORTED))
 
 
 def key_identities(keys: pl.DataFrame) -> pl.DataFrame:

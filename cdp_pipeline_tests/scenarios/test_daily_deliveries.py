@@ -11,7 +11,8 @@ through the project's code; it states the rules directly:
 * a profile per distinct trimmed customer id; ``set``: the latest non-empty value; ``add``: the
   distinct values in order of first delivery;
 * an event per order id with the fields of its latest row; a nested row per (order id, line id)
-  with the values of its latest row; nothing disappears because a later file left it out;
+  with the values of its latest row, a price that is not a number not imported (the latest
+  numeric one stays); nothing disappears because a later file left it out;
 * the sum of item prices per customer counts each (order id, line id) once, with its latest
   numeric price, whatever the files are called.
 """
@@ -216,7 +217,8 @@ class Shop:
         return """
         SELECT trim(order_id) AS event_id, trim(line_id) AS item_key,
                arg_max(nullif(trim(product_id), ''), seq * 1000000 + line) AS product_id,
-               arg_max(TRY_CAST(trim(price) AS DECIMAL(18,4)), seq * 1000000 + line) AS price,
+               arg_max(TRY_CAST(trim(price) AS DECIMAL(18,4)), seq * 1000000 + line)
+                   FILTER (WHERE TRY_CAST(trim(price) AS DECIMAL(18,4)) IS NOT NULL) AS price,
                arg_max(TRY_CAST(trim(quantity) AS BIGINT), seq * 1000000 + line) AS quantity
         FROM d_items GROUP BY ALL
         """
@@ -336,17 +338,18 @@ def test_a_fortnight_of_deliveries_matches_plain_sql_after_every_step(tmp_path):
     assert shop.store("SELECT file, line, column_name FROM rejects") == [("in/customers_20260107.csv", 27, "customer_id")]
     shop.assert_store_matches("8 a row with an empty id")
 
-    # 9. The partner's full daily snapshot of every order and line, plus O13 whose second line's
-    # price is "n/a": that value is not imported (recorded), the rest of the row is.
+    # 9. The partner's full daily snapshot of every order and line, plus a new O13, where O5's first
+    # line has the price "n/a": that value is not imported (recorded; the stored price and what the
+    # line added to the sum stay), the rest of the row is.
     current_lines = {1: [1, 2], 2: [1, 2, 3], 3: [1, 4], 4: [1, 2], 5: [1, 2, 3], 6: [1], 7: [1, 2], 8: [1, 2, 3], 9: [1], 10: [1, 2], 11: [1, 2, 3], 12: [1]}
     d9_orders = [order(i, 25 if i == 11 else owner[i], status="shipped" if i == 1 else "paid", day=1 if i <= 8 else 2 if i <= 11 else 3) for i in range(1, 13)]
     d9_orders.append(order(13, 4, day=8))
-    d9_items = [item(i, line, "12.50" if (i, line) == (2, 1) else None) for i in range(1, 13) for line in current_lines[i]]
-    d9_items += [item(13, 1), item(13, 2, "n/a"), item(13, 3)]
+    d9_items = [item(i, line, {(2, 1): "12.50", (5, 1): "n/a"}.get((i, line))) for i in range(1, 13) for line in current_lines[i]]
+    d9_items += [item(13, 1), item(13, 2), item(13, 3)]
     d9_customers = [customer(i) for i in range(1, 26) if i != 7] + [customer(7, email="new007@example.com")]
     work9, ninth = shop.shop_day("20260108", d9_customers, d9_orders, d9_items)
     assert ninth.counts.values_not_imported == 1
-    assert ninth.counts.sum_rows_counted == 2  # O13's lines 1 and 3; everything else was counted before
+    assert ninth.counts.sum_rows_counted == 3  # O13's lines; everything else was counted before
     assert ("in/order_items_20260108.csv", "price") in shop.store("SELECT file, column_name FROM rejects")
     shop.assert_store_matches("9 a non-numeric sum cell")
 
