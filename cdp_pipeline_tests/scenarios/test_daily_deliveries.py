@@ -454,3 +454,18 @@ def test_a_sum_fed_by_rows_without_a_key_counts_each_row_once_per_file(tmp_path)
     # A row identical to one of day 1, in another file: another visit, counted (per-file rule).
     visit_day("in/visits_3.csv", "in/visits_3.csv", [("001", "5")])
     assert shop.store("SELECT customer_number, visit_points FROM profiles ORDER BY 1") == [("001", 15), ("002", 7), ("003", 7)]
+
+
+def test_a_sum_beyond_its_type_fails_the_delivery_naming_key_line_and_property(tmp_path):
+    """9,223,372,036,854,775,807 is the largest integer the store holds: one more point must
+    not wrap to a negative total or surface as a bare DuckDB error, and nothing is merged."""
+    shop = Shop(tmp_path, [VISITS_GOAL])
+    header = ("customer_id", "points")
+    shop.deliver("visits", {"visits": ("in/visits_1.csv", csv_text(header, [("001", str(2**63 - 2)), ("002", "1")]).encode())})
+    with pytest.raises(InputError) as failed:
+        shop.deliver("visits", {"visits": ("in/visits_2.csv", csv_text(header, [("002", "5"), ("001", "3")]).encode())})
+    message = str(failed.value)
+    assert "in/visits_2.csv line 3, column 'visit_points'" in message
+    assert "the sum 'visit_points' of key '001' would become 9223372036854775809" in message
+    assert shop.store("SELECT customer_number, visit_points FROM profiles ORDER BY 1") == [("001", 2**63 - 2), ("002", 1)]
+    assert shop.store("SELECT count(*) FROM deliveries") == [(1,)]
