@@ -38,7 +38,9 @@ def test_validate_command_names_the_file_and_key_of_a_bad_config(tmp_path):
         "     identifiers: [{column: email, property: email}], mappings: [{column: e, property: email, rule: overwrite}]}\n"
     )
     env = {**os.environ, "CDP_CONFIG_DIR": str(config)}
-    result = subprocess.run([sys.executable, "-m", "cdp_pipeline.cli", "--home", str(tmp_path), "validate"], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "cdp_pipeline.cli", "--home", str(tmp_path), "validate"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     assert "connections/acme.yaml (connection 'acme'): goals.0.import_profiles.mappings.0.rule" in result.stderr
     assert "'set_if_empty'" in result.stderr

@@ -137,7 +137,9 @@ SUM_WIDE_TYPES = {"integer": "HUGEINT", "decimal": "DECIMAL(38,4)"}
 SUM_LIMITS = {"integer": (str(-(2**63)), str(2**63 - 1)), "decimal": ("-99999999999999.9999", "99999999999999.9999")}
 
 
-def _check_sum_range(conn: duckdb.DuckDBPyConnection, staged: StagedImport, rules: dict[str, str], properties: dict[str, PropertyDefinition], delivery: DeliveryRecord) -> None:
+def _check_sum_range(
+    conn: duckdb.DuckDBPyConnection, rules: dict[str, str], properties: dict[str, PropertyDefinition], delivery: DeliveryRecord
+) -> None:
     """A sum whose new total does not fit the stored type fails the delivery naming the property,
     the key, the file and line, and the total: a wrapped or truncated total would look like data."""
     for prop, rule in rules.items():
@@ -162,7 +164,8 @@ def _check_sum_range(conn: duckdb.DuckDBPyConnection, staged: StagedImport, rule
 
 def _properties_for(staged: StagedImport, catalog: Catalog) -> dict[str, PropertyDefinition]:
     if staged.target == "groups":
-        assert staged.group_type is not None
+        if staged.group_type is None:
+            raise ValueError("a group import without a group type")
         return catalog.group_types[staged.group_type].properties
     return catalog.profile_properties
 
@@ -212,7 +215,10 @@ def _apply_sum_delta(
     """
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE counted_rows AS {scope}",
-        {"connection": delivery.connection, "goal": delivery.goal, "properties": sorted(staged.sum_rows), "root_file": delivery.root_file, "sha": delivery.content_sha256},
+        {
+            "connection": delivery.connection, "goal": delivery.goal, "properties": sorted(staged.sum_rows),
+            "root_file": delivery.root_file, "sha": delivery.content_sha256,
+        },
     )
     new_tables, replaced, joins = [], [], []
     for index, (prop, frame) in enumerate(sorted(staged.sum_rows.items())):
@@ -320,7 +326,8 @@ def _merge_records(
                 rules[ident] = "set_if_empty"
                 incoming[ident] = f"r.{quote(_ident(index))}"
     else:
-        assert staged.group_type is not None
+        if staged.group_type is None:
+            raise ValueError("a group import without a group type")
         table, id_column = group_table(staged.group_type), "group_id"
     conn.register("incoming_records", records)
     sum_tables: list[tuple[str, str]] = []
@@ -386,7 +393,7 @@ def _merge_records(
         WHERE r._id IS NOT NULL
         """
     )
-    _check_sum_range(conn, staged, rules, properties, delivery)
+    _check_sum_range(conn, rules, properties, delivery)
     profile_extra = staged.target == "profiles"
     params = {"now": now, "delivery": delivery.delivery_id, **({"run": run_id} if profile_extra else {})}
     if rules and record_history:
@@ -576,7 +583,8 @@ def _merge_events(
             cols = ", ".join(["event_id", *fields, "delivery_id", "imported_at"])
             vals = ", ".join(["e.event_id", *(f"e.{f}" for f in fields), "$delivery", "$now"])
             conn.execute(
-                f"INSERT INTO {quote(table)} ({cols}) SELECT {vals} FROM event_rows e SEMI JOIN (SELECT event_id FROM event_state WHERE is_new) n USING (event_id)",
+                f"INSERT INTO {quote(table)} ({cols}) SELECT {vals} FROM event_rows e "
+                "SEMI JOIN (SELECT event_id FROM event_state WHERE is_new) n USING (event_id)",
                 {"delivery": delivery.delivery_id, "now": now},
             )
         counts.events_created += created
@@ -808,9 +816,9 @@ def merge_delivery(
         conn.execute("ROLLBACK")
         raise
     finally:
-        for view in ("incoming_records", "incoming_events", "incoming_items", "incoming_rejects", "incoming_sum_rows"):  # noqa: B007
+        for view in ("incoming_records", "incoming_events", "incoming_items", "incoming_rejects", "incoming_sum_rows"):
             try:
                 conn.unregister(view)
-            except Exception:  # noqa: BLE001 - a view that was never registered
+            except Exception:  # noqa: BLE001, S110 - a view that was never registered
                 pass
     return counts

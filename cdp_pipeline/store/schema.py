@@ -56,7 +56,8 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("files", "JSON", "Every file of the delivery: logical name, remote path, size, mtime, etag, sha256."),
             ("content_sha256", "VARCHAR", "sha256 over the files' sha256 values: the content identity."),
             ("config_hash", "VARCHAR", "Hash of the goal's configuration when it was imported."),
-            ("status", "VARCHAR", "merged, or reprocessed (merged again on an operator's request). Skipped and failed deliveries are in Dagster's run history."),
+            ("status", "VARCHAR", "merged, or reprocessed (merged again on an operator's request). "
+             "Skipped and failed deliveries are in Dagster's run history."),
             ("rows_read", "BIGINT", "Data rows read from the root file."),
             ("rows_rejected", "BIGINT", "Rows left out, with reasons in rejects."),
             ("profiles_created", "BIGINT", "Profiles this delivery created."),
@@ -83,7 +84,8 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("goal", "VARCHAR", "Import goal."),
             ("root_file", "VARCHAR", "Remote path of the delivery's root file: the scope of the identities."),
             ("property", "VARCHAR", "Sum property (profile or group property) the row was added to."),
-            ("row_hash", "UHUGEINT", "md5 of the row's raw identifier or link cells, event ids and the sum's source cell, plus its occurrence among identical rows."),
+            ("row_hash", "UHUGEINT", "Keyed rows: md5 of the key. Other rows: md5 of the row's raw identifier or link cells, "
+             "event ids and the sum's source cell, plus its occurrence among identical rows."),
             ("delivery_id", "VARCHAR", "Delivery that added the row (see deliveries)."),
             ("value", "DECIMAL(38,4)", "Keyed rows: the value the row contributes to the sum now (a corrected value adds the difference)."),
             ("keyed", "BOOLEAN", "true: row_hash is the row's key (event id, nested key or the mapping's identity columns), "

@@ -211,7 +211,7 @@ def _key_text(expression: pl.Expr) -> pl.Expr:
 def _link_values(columns: list[str], keys: list[str]) -> list[pl.Expr]:
     """Link values as they are compared (see ``_key_text``): a padded "O1 " in one file finds "O1"
     in the other; the columns themselves keep their values."""
-    return [_key_text(pl.col(column)).alias(key) for column, key in zip(columns, keys)]
+    return [_key_text(pl.col(column)).alias(key) for column, key in zip(columns, keys, strict=True)]
 
 
 def _failed_lines(before: pl.DataFrame, after: pl.DataFrame, column: str) -> pl.Series:
@@ -253,7 +253,9 @@ def _aggregate(frame: pl.DataFrame, rules: dict[str, str], identifier_count: int
     return frame.sort(LINE).group_by(KEY, KEY_INDEX, maintain_order=True).agg(expressions)
 
 
-def _mappings(goal: ImportGoal, root: str, frame_columns: list[str], properties: dict[str, PropertyDefinition], reserved: set[str], warnings: list[str]) -> list[_Mapped]:
+def _mappings(
+    goal: ImportGoal, root: str, frame_columns: list[str], properties: dict[str, PropertyDefinition], reserved: set[str], warnings: list[str]
+) -> list[_Mapped]:
     mappings = [_Mapped(file=m.file or root, column=_n(m.column), property=m.property, rule=m.rule) for m in goal.mappings]
     if goal.bulk_mapping is not None:
         # Bulk mapping ("add all detected fields") covers the root file's columns.
@@ -357,7 +359,10 @@ def build_import_tables(
     missing_files = sorted({root, *(f.name for f in goal.files.linked)} - set(paths))
     if missing_files:
         raise InputError(
-            InputProblem(file=display_names.get(root, root), line=None, column=None, reason=f"the delivery lacks the goal's file(s) {missing_files}", fix="deliver every linked file with the root file")
+            InputProblem(
+                file=display_names.get(root, root), line=None, column=None,
+                reason=f"the delivery lacks the goal's file(s) {missing_files}", fix="deliver every linked file with the root file",
+            )
         )
 
     # Formats derived from the catalog: a column mapped to a decimal property is parsed as decimal.
@@ -485,7 +490,10 @@ def build_import_tables(
             if linked.orphans == "error":
                 raise InputError(
                     [
-                        InputProblem(file=display_names[name], line=line, column=left_on[0], reason=reason, fix="deliver the parent rows in the same delivery, or set orphans: reject")
+                        InputProblem(
+                            file=display_names[name], line=line, column=left_on[0], reason=reason,
+                            fix="deliver the parent rows in the same delivery, or set orphans: reject",
+                        )
                         for line in orphans[LINE].to_list()
                     ]
                 )
@@ -496,7 +504,9 @@ def build_import_tables(
 
     # --- mapped values, one record per key
     root_mappings = [m for m in mappings if m.file == root]
-    root_rows = frame.select(KEY, KEY_INDEX, LINE, *(ident_column(i) for i in range(len(identifiers))), *(pl.col(m.column).alias(m.property) for m in root_mappings))
+    root_rows = frame.select(
+        KEY, KEY_INDEX, LINE, *(ident_column(i) for i in range(len(identifiers))), *(pl.col(m.column).alias(m.property) for m in root_mappings)
+    )
     root_rows = _retype(root_rows, root_mappings, properties, display_names[root], goal, problems, tally)
     records = _aggregate(root_rows, {m.property: m.rule for m in root_mappings}, len(identifiers), with_rows=True)
     value_rows: dict[str, pl.DataFrame] = {root: root_rows}
@@ -523,8 +533,11 @@ def build_import_tables(
         event_id = _n(event.event_id)
         event_time = _n(event.event_time)
         source = source.with_columns(_key_text(pl.col(event_id)).alias(_EVENT_ID))
-        source = _reject_rows(source, pl.col(_EVENT_ID).is_null(), display_names[event.file], event_id, "empty event id", "every event row needs an id", problems, tally)
-        row_keys.setdefault(event.file, source.select(LINE, pl.concat_str([pl.lit(f"event:{event.event_type}"), pl.col(_EVENT_ID)], separator=_CELL_SEPARATOR).alias(_ROW_KEY)))
+        source = _reject_rows(
+            source, pl.col(_EVENT_ID).is_null(), display_names[event.file], event_id, "empty event id", "every event row needs an id", problems, tally
+        )
+        event_key = pl.concat_str([pl.lit(f"event:{event.event_type}"), pl.col(_EVENT_ID)], separator=_CELL_SEPARATOR)
+        row_keys.setdefault(event.file, source.select(LINE, event_key.alias(_ROW_KEY)))
         # An event without a time cannot be placed on the timeline; a time that did not parse is
         # already listed as a cell problem, so only the empty ones get their own entry here.
         unparsed_times = files.failed_cells(event.file, event_time)
@@ -548,7 +561,8 @@ def build_import_tables(
         )
         event_type = catalog.event_types[event.event_type]
         event_frame = _typed_properties(
-            event_frame, {p: event_type.properties[p] for p in event.properties}, event.properties, display_names[event.file], goal, problems, tally, files, event.file
+            event_frame, {p: event_type.properties[p] for p in event.properties}, event.properties, display_names[event.file], goal, problems, tally,
+            files, event.file,
         )
         events[event.event_type] = event_frame.drop(LINE)
         parent_ids = source.select(*[pl.col(c) for c in source.columns if c not in (KEY, KEY_INDEX)])
@@ -587,7 +601,8 @@ def build_import_tables(
             )
             items[f"{event.event_type}/{nested.type}"] = item_frame.select("event_id", "item_index", "item_key", *nested.properties, NOT_IMPORTED)
             tag = pl.lit(f"item:{event.event_type}/{nested.type}")
-            row_keys.setdefault(nested.file, joined.select(LINE, pl.concat_str([tag, pl.col("event_id"), pl.col(_ITEM_KEY)], separator=_CELL_SEPARATOR).alias(_ROW_KEY)))
+            item_key = pl.concat_str([tag, pl.col("event_id"), pl.col(_ITEM_KEY)], separator=_CELL_SEPARATOR)
+            row_keys.setdefault(nested.file, joined.select(LINE, item_key.alias(_ROW_KEY)))
             if event.add_to_product_store:
                 nested_props = nested_type.properties
                 if event.product_id_property in nested_props:
@@ -604,31 +619,32 @@ def build_import_tables(
     sum_rows: dict[str, pl.DataFrame] = {}
     identity_cache: dict[tuple[str, tuple[str, ...]], pl.DataFrame] = {}
     declared_identity = {(m.file or root, _n(m.column), m.property): [_n(c) for c in m.identity] for m in goal.mappings if m.identity}
-    for mapping in mappings:
-        if mapping.rule != "sum":
+    for summed in mappings:
+        if summed.rule != "sum":
             continue
-        rows = value_rows[mapping.file].select(KEY, KEY_INDEX, LINE, pl.col(mapping.property).alias("value")).filter(pl.col("value").is_not_null())
+        rows = value_rows[summed.file].select(KEY, KEY_INDEX, LINE, pl.col(summed.property).alias("value")).filter(pl.col("value").is_not_null())
         # Per-file identity (rows without a key): the raw cells of the row's identifier or link
         # columns, event ids and the sum's column, numbered among identical rows.
-        raw = files.raw[mapping.file]
-        base = identifier_columns if mapping.file == root else [_n(c) for c in next(f for f in goal.files.linked if f.name == mapping.file).link]
-        event_ids = [_n(event.event_id) for event in timeline if event.file == mapping.file]
-        identity = [c for c in dict.fromkeys([*base, *event_ids, mapping.column]) if c in raw.columns]
-        cache_key = (mapping.file, tuple(identity))
+        raw = files.raw[summed.file]
+        base = identifier_columns if summed.file == root else [_n(c) for c in next(f for f in goal.files.linked if f.name == summed.file).link]
+        event_ids = [_n(event.event_id) for event in timeline if event.file == summed.file]
+        identity = [c for c in dict.fromkeys([*base, *event_ids, summed.column]) if c in raw.columns]
+        cache_key = (summed.file, tuple(identity))
         if cache_key not in identity_cache:
             identity_cache[cache_key] = row_identities(raw, identity)
         per_file = rows.join(identity_cache[cache_key], on=LINE, how="left").with_columns(pl.lit(False).alias(SUM_KEYED))
         # Keyed identity: the mapping's own identity columns, else the row's event or nested key.
-        columns = declared_identity.get((mapping.file, mapping.column, mapping.property))
+        columns = declared_identity.get((summed.file, summed.column, summed.property))
         if columns:
-            source = with_key(mapping.file)
-            text = pl.concat_str([pl.lit("identity"), *(pl.lit(c) for c in columns), *(_key_text(pl.col(c)).fill_null(_EMPTY_CELL) for c in columns)], separator=_CELL_SEPARATOR)
+            source = with_key(summed.file)
+            cells = [pl.lit("identity"), *(pl.lit(c) for c in columns), *(_key_text(pl.col(c)).fill_null(_EMPTY_CELL) for c in columns)]
+            text = pl.concat_str(cells, separator=_CELL_SEPARATOR)
             present = pl.any_horizontal(*(_key_text(pl.col(c)).is_not_null() for c in columns))
-            keyed_text = source.filter(present).select(LINE, text.alias(_ROW_KEY))
+            keyed_text: pl.DataFrame | None = source.filter(present).select(LINE, text.alias(_ROW_KEY))
         else:
-            keyed_text = row_keys.get(mapping.file)
+            keyed_text = row_keys.get(summed.file)
         if keyed_text is None:
-            sum_rows[mapping.property] = per_file.drop(LINE)
+            sum_rows[summed.property] = per_file.drop(LINE)
             continue
         hashes = key_identities(keyed_text)
         keyed_rows = (
@@ -639,7 +655,7 @@ def build_import_tables(
             .with_columns(pl.lit(True).alias(SUM_KEYED))
         )
         unkeyed = per_file.join(hashes.select(LINE), on=LINE, how="anti")
-        sum_rows[mapping.property] = pl.concat([keyed_rows.select(per_file.columns), unkeyed], how="vertical").drop(LINE)
+        sum_rows[summed.property] = pl.concat([keyed_rows.select(per_file.columns), unkeyed], how="vertical").drop(LINE)
 
     # The guard first: its summary names the most common reason and the setting, also for on_error: fail.
     _check_reject_share(goal, tally, {display_names[name]: files.raw[name].height for name in paths}, timeline, display_names, problems)
@@ -662,7 +678,7 @@ def build_import_tables(
         sum_rows=sum_rows,
         rows_rejected=tally.rows,
         values_not_imported=tally.values,
-        replace_nested=is_profiles and goal.nested == "replace",
+        replace_nested=isinstance(goal, ProfileImportGoal) and goal.nested == "replace",
     )
 
 
@@ -685,7 +701,10 @@ def _unify_keys(frame: pl.DataFrame, identifier_count: int) -> pl.DataFrame:
             frame.join(donors, on=column, how="left", maintain_order="left")
             .with_columns(
                 pl.when((pl.col(KEY_INDEX) == index) & pl.col("_donor_key").is_not_null()).then(pl.col("_donor_key")).otherwise(pl.col(KEY)).alias(KEY),
-                pl.when((pl.col(KEY_INDEX) == index) & pl.col("_donor_key").is_not_null()).then(pl.col("_donor_index")).otherwise(pl.col(KEY_INDEX)).alias(KEY_INDEX),
+                pl.when((pl.col(KEY_INDEX) == index) & pl.col("_donor_key").is_not_null())
+                .then(pl.col("_donor_index"))
+                .otherwise(pl.col(KEY_INDEX))
+                .alias(KEY_INDEX),
             )
             .drop("_donor_key", "_donor_index")
         )
@@ -705,7 +724,8 @@ def _drop_rows_clearing_on_failed_cells(frame: pl.DataFrame, name: str, mappings
 
 
 def _retype(
-    rows: pl.DataFrame, mappings: list[_Mapped], properties: dict[str, PropertyDefinition], display: str, goal: ImportGoal, problems: list[InputProblem], tally: _RejectTally
+    rows: pl.DataFrame, mappings: list[_Mapped], properties: dict[str, PropertyDefinition], display: str, goal: ImportGoal,
+    problems: list[InputProblem], tally: _RejectTally,
 ) -> pl.DataFrame:
     """A column a processor created (or one typed otherwise for an event of another type) is typed
     here by its target property. A cell that does not parse is a reject entry and stays empty; a

@@ -50,7 +50,10 @@ def test_good_configuration_loads(tmp_path):
         (("    identifiers: [{column: email, property: email}]\n", ""), "goals.0.import_profiles.identifiers: required key is missing"),
         (("property: spend", "property: spent"), "property 'spent' is not declared in store.yaml"),
         (("rule: sum", "rule: add"), "rule add needs a list property"),
-        (("{type: local, path: drop}", "{type: sftp, host: h, username: u, auth: {method: password, password_env: P}}"), "known_hosts_line or host_key_fingerprint"),
+        (
+            ("{type: local, path: drop}", "{type: sftp, host: h, username: u, auth: {method: password, password_env: P}}"),
+            "known_hosts_line or host_key_fingerprint",
+        ),
     ],
 )
 def test_errors_name_file_key_path_and_what_is_allowed(tmp_path, change, expected):
@@ -62,7 +65,9 @@ def test_errors_name_file_key_path_and_what_is_allowed(tmp_path, change, expecte
 
 
 def test_literal_secrets_are_refused(tmp_path):
-    sftp = GOOD.replace("{type: local, path: drop}", "{type: sftp, host: h, username: u, host_key_fingerprint: 'SHA256:x', auth: {method: password, password: hunter2}}")
+    sftp = GOOD.replace(
+        "{type: local, path: drop}", "{type: sftp, host: h, username: u, host_key_fingerprint: 'SHA256:x', auth: {method: password, password: hunter2}}"
+    )
     with pytest.raises(ConfigError) as error:
         load_project(_config(tmp_path, sftp), tmp_path)
     assert "source.auth.password: secrets are not written in YAML" in str(error.value)

@@ -190,7 +190,8 @@ class Shop:
         ),
         item_prices AS (
             SELECT trim(order_id) AS order_id, trim(line_id) AS line_id,
-                   arg_max(TRY_CAST(trim(price) AS DECIMAL(18,4)), seq * 1000000 + line) FILTER (WHERE TRY_CAST(trim(price) AS DECIMAL(18,4)) IS NOT NULL) AS price
+                   arg_max(TRY_CAST(trim(price) AS DECIMAL(18,4)), seq * 1000000 + line)
+                       FILTER (WHERE TRY_CAST(trim(price) AS DECIMAL(18,4)) IS NOT NULL) AS price
             FROM d_items GROUP BY ALL
         ),
         spent AS (SELECT o.customer_id AS id, sum(i.price) AS total FROM item_prices i JOIN o USING (order_id) GROUP BY 1)

@@ -397,7 +397,9 @@ def test_on_error_fail_writes_the_report_and_merges_nothing(tmp_path):
     h = Harness(tmp_path, [{"name": "shop", "goals": [goal]}])
     h.run("shop", "orders", _orders("o1,C1,2026-01-01T10:00:00,10,web,Oslo\n", path="in/orders_0.csv"))
     before = h.query("SELECT * FROM profiles")
-    work_dir = h.stage("shop", "orders", _orders("o2,C1,2026-01-02T10:00:00,5,web,Bergen\no3,C1,2026-01-03T10:00:00,12abc,web,Bergen\no4,,2026-01-03T10:00:00,1,web,X\n"))
+    work_dir = h.stage(
+        "shop", "orders", _orders("o2,C1,2026-01-02T10:00:00,5,web,Bergen\no3,C1,2026-01-03T10:00:00,12abc,web,Bergen\no4,,2026-01-03T10:00:00,1,web,X\n")
+    )
     conn_cfg = h.project.connections["shop"]
     with pytest.raises(InputError) as raised:
         importing.stage_delivery(h.project, conn_cfg, importing.import_goal(conn_cfg, "orders"), work_dir, NOW)
@@ -411,7 +413,9 @@ def test_on_error_fail_writes_the_report_and_merges_nothing(tmp_path):
 
 def test_on_error_skip_rows_merges_without_them_and_stores_the_rejects(tmp_path):
     h = _shop(tmp_path)
-    work_dir = h.stage("shop", "orders", _orders("o2,C1,2026-01-02T10:00:00,5,web,Bergen\no3,C1,2026-01-03T10:00:00,12abc,app,Bergen\no4,,2026-01-03T10:00:00,1,web,X\n"))
+    work_dir = h.stage(
+        "shop", "orders", _orders("o2,C1,2026-01-02T10:00:00,5,web,Bergen\no3,C1,2026-01-03T10:00:00,12abc,app,Bergen\no4,,2026-01-03T10:00:00,1,web,X\n")
+    )
     conn_cfg = h.project.connections["shop"]
     goal = importing.import_goal(conn_cfg, "orders")
     staged = importing.stage_delivery(h.project, conn_cfg, goal, work_dir, NOW)
@@ -429,7 +433,10 @@ def test_merge_failure_rolls_back_every_part(tmp_path):
     h = _shop(tmp_path)
     staged = build_import_tables(
         importing.import_goal(h.project.connections["shop"], "orders"), CATALOG,
-        {"orders": _write(tmp_path / "o.csv", ORDERS_HEADER + "o1,C1,2026-01-01T10:00:00,10,web,Oslo\n"), "order_lines": _write(tmp_path / "l.csv", LINES_HEADER + "o1,A,1\n")},
+        {
+            "orders": _write(tmp_path / "o.csv", ORDERS_HEADER + "o1,C1,2026-01-01T10:00:00,10,web,Oslo\n"),
+            "order_lines": _write(tmp_path / "l.csv", LINES_HEADER + "o1,A,1\n"),
+        },
         {"orders": "in/orders_1.csv", "order_lines": "in/order_lines_1.csv"}, NOW,
     )
     staged.events["no_such_type"] = staged.events["order"]  # fails after profiles and sums were written
@@ -452,15 +459,18 @@ def _write(path: Path, text: str) -> Path:
 def test_warning_when_another_connection_fills_the_same_property(tmp_path):
     crm = {"name": "crm", "goals": [CONSENT_GOAL]}
     shop = {"name": "shop", "goals": [ORDERS_GOAL]}
-    webshop = {"name": "webshop", "goals": [{**CONSENT_GOAL, "mappings": [{"column": "first_name", "property": "first_name"}, {"column": "spend", "property": "spend", "rule": "sum"}]}]}
+    webshop_mappings = [{"column": "first_name", "property": "first_name"}, {"column": "spend", "property": "spend", "rule": "sum"}]
+    webshop = {"name": "webshop", "goals": [{**CONSENT_GOAL, "mappings": webshop_mappings}]}
     h = Harness(tmp_path, [crm, shop, webshop])
     writers = property_writers(h.project)
     assert writers[("profiles", "spend")] == [("crm", "customers"), ("shop", "orders"), ("webshop", "customers")]
     assert writers[("profiles", "city")] == [("shop", "orders")]
     warnings = shared_property_warnings(h.project, "webshop", "customers")
     assert warnings == [
-        "profiles.first_name is also filled by crm/customers: the merge rules of both decide the value; map into another property if the two sources must not overwrite each other",
-        "profiles.spend is also filled by crm/customers, shop/orders: the merge rules of both decide the value; map into another property if the two sources must not overwrite each other",
+        "profiles.first_name is also filled by crm/customers: the merge rules of both decide the value; "
+        "map into another property if the two sources must not overwrite each other",
+        "profiles.spend is also filled by crm/customers, shop/orders: the merge rules of both decide the value; "
+        "map into another property if the two sources must not overwrite each other",
     ]
     work_dir = h.stage("webshop", "customers", {"customers": ("in/customers_1.csv", "customer_id,first_name,consent,spend\nC1,Ann,,1\n")})
     conn_cfg = h.project.connections["webshop"]
