@@ -82,10 +82,10 @@ def test_run_prints_what_each_delivery_did_and_exits_non_zero_when_one_failed(tm
     second = run()
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "events created=0 updated=1 unchanged=1" in second.stdout
-    (drop / "orders_3.csv").write_text(header + "O3,C1,03/01/2026 10:00,5\nO4,C2,03/01/2026 11:00,7\n")
+    (drop / "orders_3.csv").write_text(header + "O3,C1,2026-01-03T09:00:00,1\nO4,C1,03/01/2026 10:00,5\nO5,C2,03/01/2026 11:00,7\n")
     third = run()
     assert third.returncode == 1, third.stdout[-3000:] + third.stderr[-3000:]
     failure = third.stdout[third.stdout.index("FAILED orders:orders_3.csv"):]
-    assert "2 of 2 rows (100.0%)" in failure and "max_reject_share" in failure and "event_time_format" in failure
+    assert "2 of 3 rows (66.7%)" in failure and "max_reject_share" in failure and "event_time_format" in failure
     with duckdb.connect(str(tmp_path / "home" / "store.duckdb"), read_only=True) as conn:
         assert conn.execute("SELECT event_id, total FROM timeline_order ORDER BY 1").fetchall() == [("O1", 6), ("O2", 7)]

@@ -50,14 +50,11 @@ import polars as pl
 from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
+from cdp_pipeline.tables.import_tables import NOT_IMPORTED, SUM_KEYED
 from cdp_pipeline.tables.staged import StagedImport
 
 KEY_INDEX = "_key_index"
 ROWS = "_rows"
-#: sum rows whose identity is a key remembered across files (see ``_apply_sum_delta``).
-SUM_KEYED = "_keyed"
-#: event and nested rows: the properties whose delivered cell did not parse (kept as stored).
-NOT_IMPORTED = "_not_imported"
 
 
 @dataclass
@@ -740,7 +737,10 @@ def merge_delivery(
     ``objectives``: the connection's objectives; profiles that consented to none of them (in
     ``consent_property``) are skipped. ``status``: the ledger status, ``reprocessed`` when an
     operator merges a delivery the ledger already has (sums still count each row once)."""
-    rejected = staged.rows_rejected if staged.rows_rejected is not None else len({(p.file, p.line) for p in staged.rejects if p.line})
+    # Rows the import tables rejected, counted in full there (the listed problems are capped); a
+    # dialect hook may add rejects of its own after staging, which only the list holds.
+    listed = len({(p.file, p.line) for p in staged.rejects if p.line})
+    rejected = max(staged.rows_rejected or 0, listed)
     counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=rejected, values_not_imported=staged.values_not_imported)
     conn.execute("BEGIN TRANSACTION")
     try:

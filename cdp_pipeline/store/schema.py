@@ -68,7 +68,7 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("groups_created", "BIGINT", "Groups created."),
             ("groups_updated", "BIGINT", "Groups whose values changed."),
             ("events_created", "BIGINT", "Timeline events created."),
-            ("events_updated", "BIGINT", "Timeline events imported again (same event id) and replaced."),
+            ("events_updated", "BIGINT", "Timeline events imported again (same event id) with changed values."),
             ("run_id", "VARCHAR", "Dagster run that merged it."),
             ("merged_at", "TIMESTAMP", "When the delivery's transaction ran (UTC, taken once the store's write lock was held)."),
             ("events_unchanged", "BIGINT", "Timeline events delivered again with the same values (left as they were)."),

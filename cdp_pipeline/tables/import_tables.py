@@ -546,6 +546,17 @@ def build_import_tables(
             pl.col(event_time).is_null() & ~pl.col(LINE).is_in(unparsed_times.implode()),
             display_names[event.file], event_time, "empty event time", "every event row needs a date/time", problems, tally,
         )
+        if unparsed_times.len() and not source.filter(pl.col(event_time).is_not_null()).height:
+            # Every event of the file lost its time: whatever max_reject_share says, a run that
+            # drops all events must not pass (the times are written in a format nobody declared).
+            raise InputError(
+                InputProblem(
+                    file=display_names[event.file], line=None, column=event_time,
+                    reason=f"none of the {unparsed_times.len():,} event times parses, so every event would be dropped",
+                    fix="set event_time_format on the goal's timeline entry to the way the file writes its times "
+                    "(a strptime pattern such as '%d-%m-%Y %H:%M'; without it the times must be ISO 8601)",
+                )
+            )
         source = source.filter(pl.col(event_time).is_not_null())
         event_frame = (
             source.select(

@@ -564,3 +564,14 @@ def test_write_reject_report(tmp_path):
     assert [row[:3] for row in rows] == [("p.csv", 2, "spend"), ("p.csv", 3, "customer_id")]
     assert rows[0][3].startswith("cannot parse 'x' as DECIMAL") and rows[0][3].endswith("Correct the value or the column's format in csv.columns")
     assert rows[1][3] == "empty identifier. every row needs a value in the identifier column"
+
+
+def test_a_file_whose_every_event_time_fails_fails_whatever_the_share_allows(tmp_path):
+    paths = _orders(tmp_path, "order_id,customer_id,order_date,total\nO1,C1,03/01/2026 10:00,5\nO2,C2,03/01/2026 11:00,7\n", "order_id,product_id,quantity\n")
+    goal = _profiles_goal(files=ORDERS_FILES, timeline=ORDERS_TIMELINE, mappings=[], on_error="skip_rows", max_reject_share=1)
+    with pytest.raises(InputError, match="none of the 2 event times parses.*event_time_format"):
+        _build(goal, paths)
+    # With the format declared the same file imports.
+    timeline = [{**ORDERS_TIMELINE[0], "event_time_format": "%d/%m/%Y %H:%M"}]
+    staged = _build(_profiles_goal(files=ORDERS_FILES, timeline=timeline, mappings=[]), paths)
+    assert staged.events["order"]["event_time"].to_list() == [datetime(2026, 1, 3, 10), datetime(2026, 1, 3, 11)]
