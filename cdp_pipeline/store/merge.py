@@ -50,7 +50,7 @@ import polars as pl
 from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
-from cdp_pipeline.tables.import_tables import NOT_IMPORTED, SUM_KEYED
+from cdp_pipeline.tables.import_tables import FILE_HASH_HI, FILE_HASH_LO, NOT_IMPORTED, SUM_KEYED
 from cdp_pipeline.tables.staged import StagedImport
 
 KEY_INDEX = "_key_index"
@@ -223,6 +223,8 @@ def _apply_sum_delta(
             frame = frame.with_columns(pl.lit(0, dtype=pl.Int32).alias(KEY_INDEX))
         if SUM_KEYED not in frame.columns:
             frame = frame.with_columns(pl.lit(False).alias(SUM_KEYED))
+        if FILE_HASH_HI not in frame.columns:
+            frame = frame.with_columns(pl.col("_row_hash_hi").alias(FILE_HASH_HI), pl.col("_row_hash_lo").alias(FILE_HASH_LO))
         conn.register("incoming_sum_rows", frame)
         # Values in DECIMAL(38,4): wide enough for every BIGINT and DECIMAL(18,4) value and their
         # differences; the overflow check on the stored type comes with the merge.
@@ -232,23 +234,31 @@ def _apply_sum_delta(
             WITH s AS (
                 SELECT _key, _key_index, {SUM_KEYED} AS keyed,
                        (CAST(_row_hash_hi AS UHUGEINT) << 64) | CAST(_row_hash_lo AS UHUGEINT) AS row_hash,
+                       (CAST({FILE_HASH_HI} AS UHUGEINT) << 64) | CAST({FILE_HASH_LO} AS UHUGEINT) AS file_hash,
                        CAST(value AS DECIMAL(38,4)) AS full_value
                 FROM incoming_sum_rows WHERE value IS NOT NULL
             ),
             known AS (
                 SELECT row_hash, value FROM delivery_rows
                 WHERE connection = $connection AND goal = $goal AND property = $prop AND keyed
-            )
-            SELECT s._key, s._key_index, s.row_hash, s.keyed, s.full_value, k.row_hash IS NOT NULL AS known,
-                   s.full_value - coalesce(k.value, 0) AS value
-            FROM s LEFT JOIN known k ON s.keyed AND k.row_hash = s.row_hash
-            WHERE (s.keyed AND k.value IS DISTINCT FROM s.full_value)
-               OR (NOT s.keyed AND s.row_hash NOT IN (SELECT row_hash FROM counted_rows WHERE property = $prop))
+            ),
+            -- A keyed row this file (or the same content) already added under its per-file
+            -- identity, before its key was remembered: counted with its value, recorded by key now.
+            counted_by_file AS (SELECT row_hash FROM counted_rows WHERE property = $prop)
+            SELECT * REPLACE (full_value - coalesce(prior, CASE WHEN legacy THEN full_value END, 0) AS value) FROM (
+                SELECT s._key, s._key_index, s.row_hash, s.keyed, s.full_value, k.row_hash IS NOT NULL AS known, k.value AS prior,
+                       s.keyed AND k.row_hash IS NULL AND s.file_hash IN (SELECT row_hash FROM counted_by_file) AS legacy,
+                       NULL::DECIMAL(38,4) AS value
+                FROM s LEFT JOIN known k ON s.keyed AND k.row_hash = s.row_hash
+            ) d
+            WHERE (keyed AND NOT known)
+               OR (keyed AND prior IS DISTINCT FROM full_value)
+               OR (NOT keyed AND row_hash NOT IN (SELECT row_hash FROM counted_by_file))
             """,
             {"prop": prop, "connection": delivery.connection, "goal": delivery.goal},
         )
         conn.unregister("incoming_sum_rows")
-        new_rows, corrected = conn.execute(f"SELECT count(*), count(*) FILTER (WHERE known) FROM sum_new_{index}").fetchall()[0]
+        new_rows, corrected = conn.execute(f"SELECT count(*) FILTER (WHERE NOT legacy), count(*) FILTER (WHERE known) FROM sum_new_{index}").fetchall()[0]
         total = frame.filter(pl.col("value").is_not_null()).height
         counts.sum_rows_already_counted += total - new_rows
         counts.sum_rows_corrected += corrected

@@ -643,7 +643,9 @@ def build_import_tables(
         cache_key = (summed.file, tuple(identity))
         if cache_key not in identity_cache:
             identity_cache[cache_key] = row_identities(raw, identity)
-        per_file = rows.join(identity_cache[cache_key], on=LINE, how="left").with_columns(pl.lit(False).alias(SUM_KEYED))
+        per_file = rows.join(identity_cache[cache_key], on=LINE, how="left").with_columns(
+            pl.lit(False).alias(SUM_KEYED), pl.col(HASH_HI).alias(FILE_HASH_HI), pl.col(HASH_LO).alias(FILE_HASH_LO)
+        )
         # Keyed identity: the mapping's own identity columns, else the row's event or nested key.
         columns = declared_identity.get((summed.file, summed.column, summed.property))
         if columns:
@@ -660,6 +662,9 @@ def build_import_tables(
         hashes = key_identities(keyed_text)
         keyed_rows = (
             rows.join(hashes, on=LINE, how="inner")
+            # The row's per-file identity too: a store counted before keys existed finds the rows
+            # it already added under that identity, so an upgrade never adds them again.
+            .join(identity_cache[cache_key].rename({HASH_HI: FILE_HASH_HI, HASH_LO: FILE_HASH_LO}), on=LINE, how="left")
             .sort(LINE)
             # The same real-world row twice in one delivery counts once: the last one, as for events.
             .unique(subset=[HASH_HI, HASH_LO], keep="last", maintain_order=True)
@@ -769,6 +774,9 @@ _ROW_KEY = "_row_key"
 #: column of the sum rows: the row's identity is a key (event id, nested key, ``identity``
 #: columns) whose contribution is remembered across files, not the per-file identity.
 SUM_KEYED = "_keyed"
+#: sum rows: the per-file identity of a keyed row (see ``_apply_sum_delta``).
+FILE_HASH_HI = "_file_hash_hi"
+FILE_HASH_LO = "_file_hash_lo"
 #: column of the event and nested frames: the properties of the row whose cell did not parse.
 NOT_IMPORTED = "_not_imported"
 

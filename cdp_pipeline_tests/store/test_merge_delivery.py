@@ -491,3 +491,29 @@ def test_group_sums_use_the_row_delta_and_ignored_groups_are_not_counted(tmp_pat
     assert first.counts.sum_rows_counted == 1  # H9 matched no group: not counted
     h.run("crm", "households", {"households": ("in/households_1.csv", "household_id,people\nH1,2\nH9,5\nH1,3\n")})
     assert h.query("SELECT group_id, size FROM groups_household") == [("H1", 6)]
+
+
+def test_rows_counted_before_sums_had_keys_are_not_added_again(tmp_path):
+    """A store whose sum rows were remembered per file (before keys existed): the same file again
+    finds them by their per-file identity and remembers them by key from then on, so neither the
+    upgrade nor a later file under another name adds those orders a second time."""
+    h = _shop(tmp_path)
+    rows = "o1,C1,2026-01-01T10:00:00,10,web,Oslo\n"
+    goal = importing.import_goal(h.project.connections["shop"], "orders")
+    paths = {"orders": _write(tmp_path / "o.csv", ORDERS_HEADER + rows), "order_lines": _write(tmp_path / "l.csv", LINES_HEADER)}
+    staged = build_import_tables(goal, CATALOG, paths, {"orders": "in/orders_1.csv", "order_lines": "in/order_lines_1.csv"}, NOW)
+    # What the earlier code left: per-file identities, no key.
+    staged.sum_rows = {
+        prop: frame.drop("_row_hash_hi", "_row_hash_lo", "_keyed").rename({"_file_hash_hi": "_row_hash_hi", "_file_hash_lo": "_row_hash_lo"})
+        for prop, frame in staged.sum_rows.items()
+    }
+    record = DeliveryRecord("legacy", "shop", "orders", "orders:orders_1.csv", "in/orders_1.csv", [], "old-sha", "old-cfg")
+    with open_writer(h.project.store_path, CATALOG) as conn:
+        merge_delivery(conn, CATALOG, staged, record, "r0", NOW)
+        conn.execute("UPDATE delivery_rows SET keyed = NULL, value = NULL")  # as the earlier schema left them
+    assert _profile(h, "C1")[:2] == (Decimal("10"), 1)
+    again = h.run("shop", "orders", _orders(rows, path="in/orders_1.csv"))
+    assert (again.counts.sum_rows_already_counted, _profile(h, "C1")[:2]) == (2, (Decimal("10"), 1))
+    later = h.run("shop", "orders", _orders(rows + "o2,C1,2026-01-02T10:00:00,5,web,Oslo\n", path="in/orders_2.csv"))
+    assert later.counts.sum_rows_already_counted == 2
+    assert _profile(h, "C1")[:2] == (Decimal("15"), 2)
