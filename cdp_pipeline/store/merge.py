@@ -20,11 +20,13 @@ sum            coalesce(t,0) + s  t (kept)            t (kept)
 =============  =================  ==================  =====================================
 
 *sum* is the one rule that is not idempotent (add keeps a unique list, the set rules overwrite),
-so the rows behind a sum are remembered: ``delivery_rows`` keeps, per root file and sum property,
-the identity of every row already added (see ``cdp_pipeline.tables.import_tables``). A changed
-file at the same path, the same content under another name, or a reprocess adds only rows whose
-identity is not there yet; the set rules and add apply again as usual. The identities are written
-in the same transaction as the values they vouch for.
+so the rows behind a sum are remembered in ``delivery_rows`` (see ``_apply_sum_delta``). A row
+with a key (its timeline event's id, a nested row's key within its event, the mapping's
+``identity`` columns) is remembered per (goal, property, key) with the value it contributed: the
+same key in any file adds nothing, a changed value adds the difference. A row without a key is
+remembered per root file: a changed file at the same path, the same content under another name,
+or a reprocess adds only rows whose identity is not there yet. The set rules and add apply again
+as usual. The identities are written in the same transaction as the values they vouch for.
 
 Several identifiers: every record is matched through each identifier in declared order; the
 first one that finds a profile wins. Records of different keys that find the same profile are

@@ -23,13 +23,16 @@ the cell is not imported and the row's other values are (for ``on_error: skip_ro
 when the cell feeds a ``set_or_clear`` mapping, where an empty value would CLEAR the stored one,
 so that row is left out.
 
-Row identities for the row delta (issue D.1): for every *sum* property, each source row gets a
-128-bit identity: md5 over the raw text (as read, before processors) of the row's identifier
-columns (root file) or link columns (linked file), the event-id columns of events read from that
-file, and the sum's source column when the file has it; plus the occurrence number for identical
-rows, so a file holding the same row twice counts it twice. Extra columns appearing in a new
-version of the file, a new mapping or a processor change do not change the identity, so they
-never make the store count a row again.
+Row identities for sums: a row of a timeline event's file is identified by its event id, a row of
+a nested file by its event id and its key within the event, and a mapping with ``identity``
+columns by those columns (``_keyed``: the store remembers what each key contributed, whatever the
+file is called). Every other row keeps the per-file identity (issue D.1), a 128-bit hash: md5
+over the raw text (as read, before processors) of the row's identifier columns (root file) or
+link columns (linked file), the event-id columns of events read from that file, and the sum's
+source column when the file has it; plus the occurrence number for identical rows, so a file
+holding the same row twice counts it twice. Extra columns appearing in a new version of the file,
+a new mapping or a processor change do not change the identity, so they never make the store
+count a row again.
 """
 
 from __future__ import annotations
