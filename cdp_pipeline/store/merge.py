@@ -259,6 +259,15 @@ def _apply_sum_delta(
             """,
             {"prop": prop, "connection": delivery.connection, "goal": delivery.goal},
         )
+        # Every keyed row delivered, changed or not: a key that now resolves to another profile
+        # moves what it contributed (see ``_move_keyed_sums``).
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE sum_keyed_{index} AS
+            SELECT _key, _key_index, (CAST(_row_hash_hi AS UHUGEINT) << 64) | CAST(_row_hash_lo AS UHUGEINT) AS row_hash
+            FROM incoming_sum_rows WHERE value IS NOT NULL AND {SUM_KEYED}
+            """
+        )
         conn.unregister("incoming_sum_rows")
         new_rows, corrected = conn.execute(f"SELECT count(*) FILTER (WHERE NOT legacy), count(*) FILTER (WHERE known) FROM sum_new_{index}").fetchall()[0]
         total = frame.filter(pl.col("value").is_not_null()).height
@@ -500,13 +509,81 @@ def _record_property_changes(
     )
 
 
+def _move_keyed_sums(
+    conn: duckdb.DuckDBPyConnection, staged: StagedImport, sum_tables: list[tuple[str, str]], delivery: DeliveryRecord, run_id: str, now: datetime,
+    record_history: bool,
+) -> None:
+    """A keyed row (an order) that now belongs to another profile than the one it was counted on
+    (the partner corrected the order's customer) moves its remembered value: the old profile gives
+    it back, the new one gets it (the merge added only the difference to the new one). Runs
+    before the rows are remembered again, while ``delivery_rows`` still names the old profile."""
+    table, id_column = ("profiles", "profile_id") if staged.target == "profiles" else (group_table(staged.group_type or ""), "group_id")
+    entity = "profile" if staged.target == "profiles" else f"group:{staged.group_type}"
+    for prop, new_table in sum_tables:
+        params = {"connection": delivery.connection, "goal": delivery.goal, "prop": prop}
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE moved_sums AS
+            SELECT k.row_hash, k.entity_id AS old_id, a._id AS new_id, k.value AS prior
+            FROM {new_table.replace("sum_new_", "sum_keyed_")} s
+            JOIN (SELECT _key, _key_index, min(_id) AS _id FROM accepted_keys GROUP BY ALL) a ON a._key = s._key AND a._key_index = s._key_index
+            JOIN delivery_rows k ON k.connection = $connection AND k.goal = $goal AND k.property = $prop AND k.keyed AND k.row_hash = s.row_hash
+            WHERE k.entity_id IS DISTINCT FROM a._id
+            """,
+            params,
+        )
+        (moved,) = conn.execute("SELECT count(*) FROM moved_sums WHERE old_id IS NOT NULL").fetchall()[0]
+        if moved:
+            conn.execute(
+                """
+                CREATE OR REPLACE TEMP TABLE moved_totals AS
+                SELECT id, sum(v) AS v FROM (
+                    SELECT new_id AS id, prior AS v FROM moved_sums WHERE old_id IS NOT NULL
+                    UNION ALL SELECT old_id, -prior FROM moved_sums WHERE old_id IS NOT NULL
+                ) GROUP BY id
+                """
+            )
+            conn.execute(
+                f"""
+                UPDATE {quote(table)} AS t SET {quote(prop)} = coalesce(t.{quote(prop)}, 0) + m.v, updated_at = $now, last_delivery_id = $delivery
+                FROM moved_totals m WHERE t.{id_column} = m.id
+                """,
+                {"now": now, "delivery": delivery.delivery_id},
+            )
+            if record_history:
+                # One history row per value, as for the merge: the merge's row for these ids is replaced.
+                conn.execute(
+                    "DELETE FROM property_changes WHERE delivery_id = $delivery AND property = $prop AND entity = $entity "
+                    "AND entity_id IN (SELECT id FROM moved_totals)",
+                    {"delivery": delivery.delivery_id, "prop": prop, "entity": entity},
+                )
+                conn.execute(
+                    f"""
+                    INSERT INTO property_changes
+                    SELECT $entity, t.{id_column}, $prop, CAST(t.{quote(prop)} AS VARCHAR), $now, $connection, $goal, $delivery, $run
+                    FROM {quote(table)} t SEMI JOIN moved_totals m ON m.id = t.{id_column}
+                    """,
+                    {**params, "entity": entity, "now": now, "delivery": delivery.delivery_id, "run": run_id},
+                )
+        # The key's profile, also for keys whose value did not change (those are not written again).
+        (pending,) = conn.execute("SELECT count(*) FROM moved_sums").fetchall()[0]
+        if pending:
+            conn.execute(
+                """
+                UPDATE delivery_rows AS k SET entity_id = m.new_id FROM moved_sums m
+                WHERE k.connection = $connection AND k.goal = $goal AND k.property = $prop AND k.keyed AND k.row_hash = m.row_hash
+                """,
+                params,
+            )
+
+
 def _record_counted_rows(
     conn: duckdb.DuckDBPyConnection, sum_tables: list[tuple[str, str]], every_key_accepted: bool, delivery: DeliveryRecord, counts: MergeCounts
 ) -> None:
     """The new sum rows of keys that reached the store are remembered now; rows of ignored or
     consent-skipped keys are not, so they still count once their profile is imported. A keyed
     row's remembered value is replaced by the value it contributes now."""
-    accepted = "" if every_key_accepted else "SEMI JOIN accepted_keys a ON a._key = s._key AND a._key_index = s._key_index"
+    accepted = "JOIN (SELECT _key, _key_index, min(_id) AS _id FROM accepted_keys GROUP BY ALL) a ON a._key = s._key AND a._key_index = s._key_index"
     for prop, table in sum_tables:
         # Never an empty INSERT ... SELECT before a large one into the same table within a
         # transaction: DuckDB 2.0 then loses the large one (see store/segments.py).
@@ -526,8 +603,9 @@ def _record_counted_rows(
             )
         (inserted,) = conn.execute(
             f"""
-            INSERT INTO delivery_rows (connection, goal, root_file, property, row_hash, delivery_id, value, keyed)
-            SELECT $connection, $goal, $root_file, $prop, s.row_hash, $delivery, s.full_value, s.keyed FROM {table} s {accepted}
+            INSERT INTO delivery_rows (connection, goal, root_file, property, row_hash, delivery_id, value, keyed, entity_id)
+            SELECT $connection, $goal, $root_file, $prop, s.row_hash, $delivery, s.full_value, s.keyed, CASE WHEN s.keyed THEN a._id END
+            FROM {table} s {accepted}
             """,
             params,
         ).fetchall()[0]
@@ -764,6 +842,7 @@ def merge_delivery(
             conn, catalog, staged, delivery, run_id, now, counts,
             objectives=objectives, consent_property=consent_property, record_history=record_history,
         )
+        _move_keyed_sums(conn, staged, sum_tables, delivery, run_id, now, record_history)
         _record_counted_rows(conn, sum_tables, every_key_accepted, delivery, counts)
         if staged.target == "profiles":
             _merge_events(conn, catalog, staged, delivery, now, counts)

@@ -88,6 +88,7 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
              "event ids and the sum's source cell, plus its occurrence among identical rows."),
             ("delivery_id", "VARCHAR", "Delivery that added the row (see deliveries)."),
             ("value", "DECIMAL(38,4)", "Keyed rows: the value the row contributes to the sum now (a corrected value adds the difference)."),
+            ("entity_id", "VARCHAR", "Keyed rows: the profile or group the value is counted on (a key that moves to another one moves its value)."),
             ("keyed", "BOOLEAN", "true: row_hash is the row's key (event id, nested key or the mapping's identity columns), "
              "remembered for the goal whatever the file is called; false: the per-file identity, scoped by root_file."),
         ],

@@ -517,3 +517,19 @@ def test_rows_counted_before_sums_had_keys_are_not_added_again(tmp_path):
     later = h.run("shop", "orders", _orders(rows + "o2,C1,2026-01-02T10:00:00,5,web,Oslo\n", path="in/orders_2.csv"))
     assert later.counts.sum_rows_already_counted == 2
     assert _profile(h, "C1")[:2] == (Decimal("15"), 2)
+
+
+def test_an_order_moved_to_another_customer_moves_its_amount(tmp_path):
+    """The partner corrects an order's customer: the sum follows the order (C1 gives back what it
+    counted, C2 gets it), with or without a changed amount, and the history shows both values."""
+    h = _shop(tmp_path)
+    h.run("shop", "orders", _orders("o1,C1,2026-01-01T10:00:00,10,web,Oslo\no2,C1,2026-01-02T10:00:00,5,web,Oslo\n", path="in/orders_1.csv"))
+    h.run("shop", "orders", _orders("o1,C2,2026-01-01T10:00:00,10,web,Bergen\n", path="in/orders_2.csv"))
+    assert (_profile(h, "C1")[:2], _profile(h, "C2")[:2]) == ((Decimal("5"), 1), (Decimal("10"), 1))
+    h.run("shop", "orders", _orders("o1,C1,2026-01-01T10:00:00,12,web,Oslo\n", path="in/orders_3.csv"))
+    assert (_profile(h, "C1")[:2], _profile(h, "C2")[:2]) == ((Decimal("17"), 2), (Decimal("0"), 0))
+    assert h.query("SELECT profile_id, event_id FROM timeline_order ORDER BY 2")[0][1] == "o1"
+    spend = h.query(
+        "SELECT p.customer_number, v.value FROM property_provenance v JOIN profiles p ON p.profile_id = v.entity_id WHERE v.property = 'spend' ORDER BY 1"
+    )
+    assert spend == [("C1", "17.0000"), ("C2", "0.0000")]
