@@ -104,16 +104,9 @@ def _run_jobs(project, connection, definitions, instance, *, full_export: bool, 
                 metadata = {k: v.value for k, v in event.materialization.metadata.items()}
         summary["imports"].append({"delivery": delivery.partition_key, "success": result.success, **metadata})
         if not result.success:
-            from cdp_pipeline.defs.alerts import step_errors
-
-            details = step_errors(instance, result.run_id) or "see the run in the Dagster UI"
-            echo(f"  FAILED {delivery.partition_key}: {details}")
+            echo(f"  FAILED {delivery.partition_key}: {_failure_cause(instance, result.run_id)}")
         else:
-            echo(
-                f"  imported {delivery.partition_key}: {metadata.get('status')} rows={metadata.get('rows_read')} "
-                f"rejected={metadata.get('rows_rejected')} created={metadata.get('profiles_created')} "
-                f"updated={metadata.get('profiles_updated')} groups={metadata.get('groups_created')} events={metadata.get('events_created')}"
-            )
+            echo(f"  imported {delivery.partition_key}: {import_summary(metadata)}")
     if connection.export_goals and not stopping.is_set():
         export_job = definitions.resolve_job_def(export_job_name(connection_name))
         export_tags = {**tags, "cdp/full_export": "true"} if full_export else tags
@@ -128,6 +121,51 @@ def _run_jobs(project, connection, definitions, instance, *, full_export: bool, 
         summary["export_success"] = result.success
     summary["success"] = all(i["success"] for i in summary["imports"]) and summary.get("export_success", True)
     return summary
+
+
+def import_summary(metadata: dict) -> str:
+    """What a delivery did, in words that cannot hide a loss: events created / updated /
+    unchanged (a re-delivery that replaced 1,042 events is not "events=0"), rows rejected and
+    values not imported (see the store's rejects table)."""
+    def n(key: str) -> int:
+        return int(metadata.get(key) or 0)
+
+    parts = [
+        f"{metadata.get('status')}",
+        f"rows={n('rows_read')}",
+        f"rejected={n('rows_rejected')}",
+        f"values_not_imported={n('values_not_imported')}",
+        f"profiles created={n('profiles_created')} updated={n('profiles_updated')} unchanged={n('profiles_unchanged')}",
+    ]
+    if n("profiles_ignored") or n("consent_skipped"):
+        parts.append(f"ignored={n('profiles_ignored')} consent_skipped={n('consent_skipped')}")
+    if n("groups_created") or n("groups_updated"):
+        parts.append(f"groups created={n('groups_created')} updated={n('groups_updated')}")
+    parts.append(f"events created={n('events_created')} updated={n('events_updated')} unchanged={n('events_unchanged')}")
+    if n("events_ignored"):
+        parts.append(f"events ignored={n('events_ignored')}")
+    return " ".join(parts)
+
+
+def _failure_cause(instance, run_id: str) -> str:
+    """The failed steps' own causes: the message the step raised (a delivery the pipeline could
+    not take names its file, line and fix), not Dagster's wrapper around it."""
+    import dagster as dg
+
+    causes = []
+    for record in instance.get_records_for_run(run_id=run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
+        event = record.event_log_entry.dagster_event
+        data = event.step_failure_data if event else None
+        if data is None:
+            continue
+        if data.user_failure_data and data.user_failure_data.description:
+            causes.append(f"{event.step_key}: {data.user_failure_data.description.strip()}")
+            continue
+        error = data.error
+        while error is not None and error.cls_name and error.cls_name.startswith("Dagster") and error.cause is not None:
+            error = error.cause
+        causes.append(f"{event.step_key}: {error.message.strip() if error else 'no error recorded'}")
+    return "\n".join(causes) or "see the run in the Dagster UI"
 
 
 def reprocess_delivery(connection_name: str, partition_key: str, echo=print) -> bool:

@@ -92,3 +92,48 @@ def test_a_new_cdp_home_is_private(tmp_path):
     env.pop("CDP_CONFIG_DIR", None)
     subprocess.run([sys.executable, "-m", "cdp_pipeline.cli", "--home", str(home), "run", "no_such_connection"], env=env, capture_output=True, timeout=120)
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
+def test_run_prints_what_each_delivery_did_and_exits_non_zero_when_one_failed(tmp_path):
+    """A re-delivery that replaced events says so (not "events=0"), and a delivery the reject
+    guard stopped (times written day-first without event_time_format) makes the run fail with
+    the guard's own message, not a wrapper."""
+    config, drop = tmp_path / "config", tmp_path / "drop"
+    (config / "connections").mkdir(parents=True)
+    drop.mkdir()
+    (config / "store.yaml").write_text(
+        "store: {published_path: null}\n"
+        "catalog:\n  profile_properties:\n    customer_number: {type: text, unique: true}\n"
+        "  event_types:\n    order: {properties: {total: {type: decimal}}}\n"
+    )
+    (config / "connections" / "shop.yaml").write_text(
+        f"name: shop\nsource: {{type: local, path: {drop}}}\ngoals:\n"
+        "  - name: orders\n    type: import_profiles\n"
+        "    files: {root: {name: orders, pattern: 'orders_*.csv'}, readiness: {stable_seconds: 0}}\n"
+        "    identifiers: [{column: customer_id, property: customer_number}]\n    allow_new_profiles: true\n"
+        "    timeline: [{event_type: order, file: orders, event_id: order_id, event_time: order_date, properties: {total: total}}]\n"
+    )
+    env = {**os.environ, "CDP_CONFIG_DIR": str(config), "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cdp_pipeline.cli", "--home", str(tmp_path / "home"), "run", "shop"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        )
+
+    header = "order_id,customer_id,order_date,total\n"
+    (drop / "orders_1.csv").write_text(header + "O1,C1,2026-01-01T10:00:00,5\nO2,C2,2026-01-02T10:00:00,7\n")
+    first = run()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "events created=2 updated=0 unchanged=0" in first.stdout
+    (drop / "orders_2.csv").write_text(header + "O1,C1,2026-01-01T10:00:00,6\nO2,C2,2026-01-02T10:00:00,7\n")
+    second = run()
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "events created=0 updated=1 unchanged=1" in second.stdout
+    (drop / "orders_3.csv").write_text(header + "O3,C1,2026-01-03T09:00:00,1\nO4,C1,03/01/2026 10:00,5\nO5,C2,03/01/2026 11:00,7\n")
+    third = run()
+    assert third.returncode == 1, third.stdout[-3000:] + third.stderr[-3000:]
+    failure = third.stdout[third.stdout.index("FAILED orders:orders_3.csv"):]
+    assert "2 of 3 rows (66.7%)" in failure and "max_reject_share" in failure and "event_time_format" in failure
+    with duckdb.connect(str(tmp_path / "home" / "store.duckdb"), read_only=True) as conn:
+        assert conn.execute("SELECT event_id, total FROM timeline_order ORDER BY 1").fetchall() == [("O1", 6), ("O2", 7)]

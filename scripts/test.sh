@@ -24,4 +24,7 @@ fi
 source scripts/python_env.sh
 ensure_venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+# Lint and types first: a finding fails the run before the slower tests start.
+.venv/bin/ruff check .
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -329,6 +329,18 @@ class Mapping(StrictModel):
     #: like duplicate root rows (set rules: last row wins, add collects, sum adds). Added for
     #: issue B (mappings from nested files, "several files" in group goals).
     file: str | None = None
+    #: *sum* only: columns of the mapping's file that identify the real-world row (an order number,
+    #: a transaction id). With them the sum remembers what each row contributed, per (goal,
+    #: property, identity): the same row in any later file adds nothing, a changed value adds the
+    #: difference. Without them a row of a timeline event file is identified by its event id and a
+    #: nested row by its event id and its key; other rows fall back to the per-file rule.
+    identity: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _identity_for_sums(self) -> Mapping:
+        if self.identity and self.rule != "sum":
+            raise ValueError(f"mapping {self.column!r}: identity only applies to rule sum (got rule {self.rule})")
+        return self
 
 
 class BulkMapping(StrictModel):
@@ -344,6 +356,11 @@ class NestedEventMapping(StrictModel):
     file: str
     #: nested property -> column
     properties: dict[str, str] = Field(default_factory=dict)
+    #: columns that identify a nested row within its event (an order line number, a product id).
+    #: A re-delivered row with the same key updates the stored row instead of adding one. Without
+    #: it a nested row is identified by its content within its event, so a corrected value adds a
+    #: row (declare the key, or set the goal's ``nested: replace``).
+    key: list[str] = Field(default_factory=list)
 
 
 class EventMapping(StrictModel):
@@ -377,8 +394,14 @@ class _GoalBase(StrictModel):
 class _ImportGoal(_GoalBase):
     files: Files
     processors: list[Processor] = Field(default_factory=list)
-    #: fail: a delivery with rejected rows fails as a whole; skip_rows: it is merged without them.
-    on_error: Literal["fail", "skip_rows"] = "fail"
+    #: skip_rows (the default, as the product documents it: a value that is not a number is not
+    #: imported, a row without a usable identifier is excluded): the delivery is merged without
+    #: them, each recorded in ``rejects``. fail: any rejected row or value fails the delivery.
+    on_error: Literal["fail", "skip_rows"] = "skip_rows"
+    #: the largest share of a file's rows that may be rejected (rows left out, values not
+    #: imported, events dropped) before the delivery fails as a whole with nothing merged. Keeps a
+    #: broken file (wrong date format, shifted columns) from passing as a partial success.
+    max_reject_share: float = Field(default=0.05, ge=0, le=1)
 
     @model_validator(mode="after")
     def _file_names(self) -> _ImportGoal:
@@ -401,6 +424,9 @@ class ProfileImportGoal(_ImportGoal):
     mappings: list[Mapping] = Field(default_factory=list)
     bulk_mapping: BulkMapping | None = None
     timeline: list[EventMapping] = Field(default_factory=list)
+    #: how a re-delivered event's nested rows are merged: ``merge`` (new keys added, known keys
+    #: updated, rows not in the file kept) or ``replace`` (the event's rows become the file's).
+    nested: Literal["merge", "replace"] = "merge"
 
 
 class GroupImportGoal(_ImportGoal):

@@ -92,21 +92,43 @@ class ProjectConfig:
         return candidate if candidate.is_absolute() else self.home / candidate
 
     def goal_config_hash(self, connection: str, goal: str) -> str:
-        """Changes whenever anything that shapes the goal's result changes: the goal, the source
-        location and the catalog. A delivery is imported again when this hash changes (seed:
-        "BlueConic reimports a file if ... the connection configuration has changed")."""
+        """Changes whenever anything that shapes the goal's result changes: the goal (with its
+        processors), the source location, the objectives and the catalog entries the goal uses.
+        A delivery is imported again when this hash changes (seed: "BlueConic reimports a file
+        if ... the connection configuration has changed"), so entries the goal's result does not
+        depend on (a new segment, a lifecycle, another goal's properties) stay out: adding a
+        segment must not re-import every file still in the folders."""
         conn = self.connections[connection]
         dialect = self.dialects.get(connection)
         # A dialect's goal is generated per delivery from its settings (and, for SARE, the sidecar,
         # whose bytes are part of the content identity already): hash the settings.
-        shaped_by = dialect if dialect is not None and goal in dialect.goal_names else conn.goal(goal)
+        is_dialect = dialect is not None and goal in dialect.goal_names
+        shaped_by = dialect if is_dialect else conn.goal(goal)
         payload = {
             "goal": shaped_by.model_dump(mode="json"),
             "source": conn.source.model_dump(mode="json"),
             "objectives": conn.objectives,
-            "catalog": self.catalog.model_dump(mode="json"),
+            "consent_property": self.store.consent_property if conn.objectives else None,
+            "catalog": self._catalog_used_by(None if is_dialect else shaped_by),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _catalog_used_by(self, goal: Any) -> dict:
+        """The catalog entries an import goal's result depends on. A dialect's goal is generated
+        per delivery, so it gets every property, group and event type (never segments, lifecycles
+        or objectives' descriptions, which do not shape an import)."""
+        catalog = self.catalog.model_dump(mode="json")
+        if not isinstance(goal, (ProfileImportGoal, GroupImportGoal)):
+            return {key: catalog[key] for key in ("profile_properties", "group_types", "event_types")}
+        if isinstance(goal, GroupImportGoal):
+            return {"group_type": catalog["group_types"].get(goal.group_type)}
+        used = {m.property for m in goal.mappings} | {i.property for i in goal.identifiers}
+        if goal.bulk_mapping is not None:
+            used |= {name for name in catalog["profile_properties"] if name.startswith(goal.bulk_mapping.prefix)}
+        return {
+            "profile_properties": {name: catalog["profile_properties"][name] for name in sorted(used) if name in catalog["profile_properties"]},
+            "event_types": {e.event_type: catalog["event_types"].get(e.event_type) for e in goal.timeline},
+        }
 
 
 def default_home() -> Path:
@@ -350,6 +372,23 @@ def _check_references(connection: Connection, catalog: Catalog, where: str, stor
         raise ConfigError("\n".join(f"{where}: {p}" for p in problems))
 
 
+def _refuse_internal_names(catalog: Catalog, where: str) -> None:
+    """Property names starting with "_" are the pipeline's own: the import tables carry ``_key``,
+    ``_key_index``, ``_line``, ``_rows``, ``_ident_<n>`` ... beside the properties, and a property
+    of the same name would be silently overwritten by (or overwrite) one of them."""
+    names = [f"profile_properties.{name}" for name in catalog.profile_properties]
+    names += [f"group_types.{group}.properties.{name}" for group, definition in catalog.group_types.items() for name in definition.properties]
+    for event, definition in catalog.event_types.items():
+        names += [f"event_types.{event}.properties.{name}" for name in definition.properties]
+        names += [f"event_types.{event}.nested.{nested}.properties.{name}" for nested, items in definition.nested.items() for name in items.properties]
+    reserved = [path for path in names if path.rsplit(".", 1)[1].startswith("_")]
+    if reserved:
+        raise ConfigError(
+            f"{where}: catalog.{reserved[0]}: names starting with '_' are reserved for the pipeline's internal columns "
+            f"(_key, _line, _rows ...); rename the property ({len(reserved)} such name(s): {', '.join(reserved[:5])})"
+        )
+
+
 def load_project(config_dir: Path | None = None, home: Path | None = None) -> ProjectConfig:
     config_dir = (config_dir or default_config_dir()).resolve()
     home = (home or default_home()).resolve()
@@ -363,6 +402,7 @@ def load_project(config_dir: Path | None = None, home: Path | None = None) -> Pr
     _refuse_literal_secrets(raw_store, str(store_yaml))
     store_file: StoreFile = _parse(StoreFile, raw_store, str(store_yaml))
 
+    _refuse_internal_names(store_file.catalog, str(store_yaml))
     project = ProjectConfig(config_dir=config_dir, home=home, store=store_file.store, catalog=store_file.catalog)
     for path in sorted((config_dir / "connections").glob("*.y*ml")):
         for index, raw in enumerate(_load_yaml_documents(path)):

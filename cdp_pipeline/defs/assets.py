@@ -182,7 +182,8 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         return dg.MaterializeResult(
             metadata={
                 "rows_read": staged.rows_read,
-                "rows_rejected": len({(p.file, p.line) for p in staged.rejects}),
+                "rows_rejected": staged.rows_rejected if staged.rows_rejected is not None else len({(p.file, p.line) for p in staged.rejects}),
+                "values_not_imported": staged.values_not_imported,
                 "records": staged.records.height,
                 "events": sum(f.height for f in staged.events.values()),
                 "nested_items": sum(f.height for f in staged.items.values()),

@@ -20,11 +20,13 @@ sum            coalesce(t,0) + s  t (kept)            t (kept)
 =============  =================  ==================  =====================================
 
 *sum* is the one rule that is not idempotent (add keeps a unique list, the set rules overwrite),
-so the rows behind a sum are remembered: ``delivery_rows`` keeps, per root file and sum property,
-the identity of every row already added (see ``cdp_pipeline.tables.import_tables``). A changed
-file at the same path, the same content under another name, or a reprocess adds only rows whose
-identity is not there yet; the set rules and add apply again as usual. The identities are written
-in the same transaction as the values they vouch for.
+so the rows behind a sum are remembered in ``delivery_rows`` (see ``_apply_sum_delta``). A row
+with a key (its timeline event's id, a nested row's key within its event, the mapping's
+``identity`` columns) is remembered per (goal, property, key) with the value it contributed: the
+same key in any file adds nothing, a changed value adds the difference. A row without a key is
+remembered per root file: a changed file at the same path, the same content under another name,
+or a reprocess adds only rows whose identity is not there yet. The set rules and add apply again
+as usual. The identities are written in the same transaction as the values they vouch for.
 
 Several identifiers: every record is matched through each identifier in declared order; the
 first one that finds a profile wins. Records of different keys that find the same profile are
@@ -48,9 +50,9 @@ import duckdb
 import polars as pl
 
 from cdp_pipeline.config.catalog import Catalog, PropertyDefinition, consent_property_problem
-from cdp_pipeline.errors import ConfigError
+from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
-from cdp_pipeline.tables.staged import KEY_INDEX, ROWS, StagedImport
+from cdp_pipeline.tables.staged import FILE_HASH_HI, FILE_HASH_LO, HASH_HI, HASH_LO, KEY_INDEX, NOT_IMPORTED, ROWS, SUM_KEYED, StagedImport
 
 
 @dataclass
@@ -84,6 +86,12 @@ class MergeCounts:
     #: sum source rows added now, and rows left out because their identity was already counted.
     sum_rows_counted: int = 0
     sum_rows_already_counted: int = 0
+    #: keyed sum rows delivered again with another value: the difference was added.
+    sum_rows_corrected: int = 0
+    #: events delivered again with the same values.
+    events_unchanged: int = 0
+    #: cells that did not parse for their property and were not imported (the row's other values were).
+    values_not_imported: int = 0
     last_profiles: list[str] = field(default_factory=list)
 
     def as_metadata(self) -> dict[str, int]:
@@ -112,13 +120,47 @@ def rule_sql(rule: str, stored: str, incoming: str, prop: PropertyDefinition) ->
             f"list_concat(coalesce({t}, []::VARCHAR[]), list_filter({s}, lambda x: NOT list_contains(coalesce({t}, []::VARCHAR[]), x))) END"
         )
     if rule == "sum":
-        return f"CASE WHEN {s_empty} THEN {t} ELSE coalesce({t}, 0) + {s} END"
+        # Added in a type wider than the stored one, so a total beyond the stored type is caught by
+        # ``_check_sum_range`` with its key and line instead of wrapping or failing as a bare cast.
+        wide = SUM_WIDE_TYPES[prop.type]
+        return f"CASE WHEN {incoming} IS NULL THEN {t} ELSE coalesce(CAST({t} AS {wide}), 0) + CAST({incoming} AS {wide}) END"
     raise ValueError(f"unknown merge rule {rule!r}")
+
+
+#: the type a sum is added in, and the range the stored type holds.
+SUM_WIDE_TYPES = {"integer": "HUGEINT", "decimal": "DECIMAL(38,4)"}
+SUM_LIMITS = {"integer": (str(-(2**63)), str(2**63 - 1)), "decimal": ("-99999999999999.9999", "99999999999999.9999")}
+
+
+def _check_sum_range(
+    conn: duckdb.DuckDBPyConnection, rules: dict[str, str], properties: dict[str, PropertyDefinition], delivery: DeliveryRecord
+) -> None:
+    """A sum whose new total does not fit the stored type fails the delivery naming the property,
+    the key, the file and line, and the total: a wrapped or truncated total would look like data."""
+    for prop, rule in rules.items():
+        if rule != "sum" or properties[prop].type not in SUM_LIMITS:
+            continue
+        low, high = SUM_LIMITS[properties[prop].type]
+        rows = conn.execute(
+            f"SELECT _key, _line, CAST({quote(prop)} AS VARCHAR) FROM merged WHERE {quote(prop)} < {low} OR {quote(prop)} > {high} ORDER BY _line LIMIT 5"
+        ).fetchall()
+        if rows:
+            raise InputError(
+                [
+                    InputProblem(
+                        file=delivery.root_file, line=line, column=prop,
+                        reason=f"the sum {prop!r} of key {key!r} would become {total}, beyond what a {properties[prop].type} property holds ({low} .. {high})",
+                        fix="check the file's values (a unit or decimal separator mix-up?), or store the total in a property of a wider type",
+                    )
+                    for key, line, total in rows
+                ]
+            )
 
 
 def _properties_for(staged: StagedImport, catalog: Catalog) -> dict[str, PropertyDefinition]:
     if staged.target == "groups":
-        assert staged.group_type is not None
+        if staged.group_type is None:
+            raise ValueError("a group import without a group type")
         return catalog.group_types[staged.group_type].properties
     return catalog.profile_properties
 
@@ -148,53 +190,93 @@ def _apply_sum_delta(
     delivery: DeliveryRecord,
     counts: MergeCounts,
 ) -> tuple[list[tuple[str, str]], str]:
-    """Replace each sum column of the records by the sum of the rows NOT counted before for this
-    root file (or for earlier deliveries of the same content), see ``delivery_rows``. Returns the
-    temp tables holding each property's new rows (``sum_new_<n>``), recorded once the keys resolve,
-    and the name of the relation holding the records to merge.
+    """Replace each sum column of the records by what this delivery adds, see ``delivery_rows``:
 
-    Set-based: one anti join per sum property against the file's counted identities."""
+    * keyed rows (a timeline event's id, a nested row's key within its event, the mapping's
+      ``identity`` columns) are compared with the value remembered for their key in this goal,
+      whatever file it came from: an unknown key adds its value, a known key with the same value
+      adds nothing, a known key with another value adds the difference (a correction);
+    * rows without a key keep the per-file rule: a row adds once per root file (or per content,
+      when the same bytes arrive under another name) and a changed row counts as a new row.
+
+    Returns the temp tables holding each property's rows to remember (``sum_new_<n>``), recorded
+    once the keys resolve, and the name of the relation holding the records to merge. Set-based:
+    one join per sum property against the remembered identities."""
     scope = """
         SELECT property, row_hash FROM delivery_rows
-        WHERE connection = $connection AND goal = $goal AND property IN (SELECT unnest($properties))
+        WHERE connection = $connection AND goal = $goal AND property IN (SELECT unnest($properties)) AND NOT coalesce(keyed, false)
           AND (root_file = $root_file OR delivery_id IN (
                SELECT delivery_id FROM deliveries WHERE connection = $connection AND goal = $goal AND content_sha256 = $sha))
     """
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE counted_rows AS {scope}",
-        {"connection": delivery.connection, "goal": delivery.goal, "properties": sorted(staged.sum_rows), "root_file": delivery.root_file, "sha": delivery.content_sha256},
+        {
+            "connection": delivery.connection, "goal": delivery.goal, "properties": sorted(staged.sum_rows),
+            "root_file": delivery.root_file, "sha": delivery.content_sha256,
+        },
     )
-    (counted_before,) = conn.execute("SELECT count(*) FROM counted_rows").fetchall()[0]
     new_tables, replaced, joins = [], [], []
     for index, (prop, frame) in enumerate(sorted(staged.sum_rows.items())):
-        sql_type = SQL_TYPES[properties[prop].type]
-        conn.register("incoming_sum_rows", frame if KEY_INDEX in frame.columns else frame.with_columns(pl.lit(0, dtype=pl.Int32).alias(KEY_INDEX)))
+        if KEY_INDEX not in frame.columns:
+            frame = frame.with_columns(pl.lit(0, dtype=pl.Int32).alias(KEY_INDEX))
+        if SUM_KEYED not in frame.columns:
+            frame = frame.with_columns(pl.lit(False).alias(SUM_KEYED))
+        if FILE_HASH_HI not in frame.columns:
+            frame = frame.with_columns(pl.col(HASH_HI).alias(FILE_HASH_HI), pl.col(HASH_LO).alias(FILE_HASH_LO))
+        conn.register("incoming_sum_rows", frame)
+        # Values in DECIMAL(38,4): wide enough for every BIGINT and DECIMAL(18,4) value and their
+        # differences; the overflow check on the stored type comes with the merge.
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE sum_new_{index} AS
-            SELECT s._key, s._key_index, s.row_hash, s.value FROM (
-                SELECT _key, _key_index, (CAST(_row_hash_hi AS UHUGEINT) << 64) | CAST(_row_hash_lo AS UHUGEINT) AS row_hash,
-                       CAST(value AS {sql_type}) AS value
+            WITH s AS (
+                SELECT _key, _key_index, {SUM_KEYED} AS keyed,
+                       (CAST({HASH_HI} AS UHUGEINT) << 64) | CAST({HASH_LO} AS UHUGEINT) AS row_hash,
+                       (CAST({FILE_HASH_HI} AS UHUGEINT) << 64) | CAST({FILE_HASH_LO} AS UHUGEINT) AS file_hash,
+                       CAST(value AS DECIMAL(38,4)) AS full_value
                 FROM incoming_sum_rows WHERE value IS NOT NULL
-            ) s ANTI JOIN (SELECT row_hash FROM counted_rows WHERE property = $prop) c ON c.row_hash = s.row_hash
+            ),
+            known AS (
+                SELECT row_hash, value FROM delivery_rows
+                WHERE connection = $connection AND goal = $goal AND property = $prop AND keyed
+            ),
+            -- A keyed row this file (or the same content) already added under its per-file
+            -- identity, before its key was remembered: counted with its value, recorded by key now.
+            counted_by_file AS (SELECT row_hash FROM counted_rows WHERE property = $prop)
+            SELECT * REPLACE (full_value - coalesce(prior, CASE WHEN legacy THEN full_value END, 0) AS value) FROM (
+                SELECT s._key, s._key_index, s.row_hash, s.keyed, s.full_value, k.row_hash IS NOT NULL AS known, k.value AS prior,
+                       s.keyed AND k.row_hash IS NULL AND s.file_hash IN (SELECT row_hash FROM counted_by_file) AS legacy,
+                       NULL::DECIMAL(38,4) AS value
+                FROM s LEFT JOIN known k ON s.keyed AND k.row_hash = s.row_hash
+            ) d
+            WHERE (keyed AND NOT known)
+               OR (keyed AND prior IS DISTINCT FROM full_value)
+               OR (NOT keyed AND row_hash NOT IN (SELECT row_hash FROM counted_by_file))
             """,
-            {"prop": prop},
+            {"prop": prop, "connection": delivery.connection, "goal": delivery.goal},
+        )
+        # Every keyed row delivered, changed or not: a key that now resolves to another profile
+        # moves what it contributed (see ``_move_keyed_sums``).
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE sum_keyed_{index} AS
+            SELECT _key, _key_index, (CAST({HASH_HI} AS UHUGEINT) << 64) | CAST({HASH_LO} AS UHUGEINT) AS row_hash
+            FROM incoming_sum_rows WHERE value IS NOT NULL AND {SUM_KEYED}
+            """
         )
         conn.unregister("incoming_sum_rows")
-        (new_rows,) = conn.execute(f"SELECT count(*) FROM sum_new_{index}").fetchall()[0]
+        new_rows, corrected = conn.execute(f"SELECT count(*) FILTER (WHERE NOT legacy), count(*) FILTER (WHERE known) FROM sum_new_{index}").fetchall()[0]
         total = frame.filter(pl.col("value").is_not_null()).height
         counts.sum_rows_already_counted += total - new_rows
+        counts.sum_rows_corrected += corrected
         new_tables.append((prop, f"sum_new_{index}"))
         replaced.append(prop)
         joins.append(
             f"LEFT JOIN (SELECT _key, _key_index, sum(value) AS v FROM sum_new_{index} GROUP BY ALL) d{index} "
             f"ON d{index}._key = r._key AND d{index}._key_index = r._key_index"
         )
+    # Always through SQL: the delta is summed in DECIMAL(38,4), never in Polars' wrapping integers.
     present = [p for p in replaced if p in staged.records.columns]
-    if not counted_before and len(present) == len(replaced):
-        # Nothing of this file was counted before (the usual first import): every row is new, so
-        # the sums aggregated in Polars are the delta already; copying the records is not needed.
-        return new_tables, "incoming_records"
     exclude = f" EXCLUDE ({', '.join(quote(p) for p in present)})" if present else ""
     sums = "".join(f", d{i}.v AS {quote(p)}" for i, p in enumerate(replaced))
     conn.execute(f"CREATE OR REPLACE TEMP TABLE incoming_delta AS SELECT r.*{exclude}{sums} FROM incoming_records r {' '.join(joins)}")
@@ -258,7 +340,8 @@ def _merge_records(
                 rules[ident] = "set_if_empty"
                 incoming[ident] = f"r.{quote(_ident(index))}"
     else:
-        assert staged.group_type is not None
+        if staged.group_type is None:
+            raise ValueError("a group import without a group type")
         table, id_column = group_table(staged.group_type), "group_id"
     conn.register("incoming_records", records)
     sum_tables: list[tuple[str, str]] = []
@@ -320,6 +403,7 @@ def _merge_records(
         WHERE r._id IS NOT NULL
         """
     )
+    _check_sum_range(conn, rules, properties, delivery)
     profile_extra = staged.target == "profiles"
     params = {"now": now, "delivery": delivery.delivery_id, **({"run": run_id} if profile_extra else {})}
     if rules and record_history:
@@ -417,24 +501,105 @@ def _record_property_changes(
     )
 
 
+def _move_keyed_sums(
+    conn: duckdb.DuckDBPyConnection, staged: StagedImport, sum_tables: list[tuple[str, str]], delivery: DeliveryRecord, run_id: str, now: datetime,
+    record_history: bool,
+) -> None:
+    """A keyed row (an order) that now belongs to another profile than the one it was counted on
+    (the partner corrected the order's customer) moves its remembered value: the old profile gives
+    it back, the new one gets it (the merge added only the difference to the new one). Runs
+    before the rows are remembered again, while ``delivery_rows`` still names the old profile."""
+    table, id_column = ("profiles", "profile_id") if staged.target == "profiles" else (group_table(staged.group_type or ""), "group_id")
+    entity = "profile" if staged.target == "profiles" else f"group:{staged.group_type}"
+    for prop, new_table in sum_tables:
+        params = {"connection": delivery.connection, "goal": delivery.goal, "prop": prop}
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE moved_sums AS
+            SELECT k.row_hash, k.entity_id AS old_id, a._id AS new_id, k.value AS prior
+            FROM {new_table.replace("sum_new_", "sum_keyed_")} s
+            JOIN (SELECT _key, _key_index, min(_id) AS _id FROM accepted_keys GROUP BY ALL) a ON a._key = s._key AND a._key_index = s._key_index
+            JOIN delivery_rows k ON k.connection = $connection AND k.goal = $goal AND k.property = $prop AND k.keyed AND k.row_hash = s.row_hash
+            WHERE k.entity_id IS DISTINCT FROM a._id
+            """,
+            params,
+        )
+        (moved,) = conn.execute("SELECT count(*) FROM moved_sums WHERE old_id IS NOT NULL").fetchall()[0]
+        if moved:
+            conn.execute(
+                """
+                CREATE OR REPLACE TEMP TABLE moved_totals AS
+                SELECT id, sum(v) AS v FROM (
+                    SELECT new_id AS id, prior AS v FROM moved_sums WHERE old_id IS NOT NULL
+                    UNION ALL SELECT old_id, -prior FROM moved_sums WHERE old_id IS NOT NULL
+                ) GROUP BY id
+                """
+            )
+            conn.execute(
+                f"""
+                UPDATE {quote(table)} AS t SET {quote(prop)} = coalesce(t.{quote(prop)}, 0) + m.v, updated_at = $now, last_delivery_id = $delivery
+                FROM moved_totals m WHERE t.{id_column} = m.id
+                """,
+                {"now": now, "delivery": delivery.delivery_id},
+            )
+            if record_history:
+                # One history row per value, as for the merge: the merge's row for these ids is replaced.
+                conn.execute(
+                    "DELETE FROM property_changes WHERE delivery_id = $delivery AND property = $prop AND entity = $entity "
+                    "AND entity_id IN (SELECT id FROM moved_totals)",
+                    {"delivery": delivery.delivery_id, "prop": prop, "entity": entity},
+                )
+                conn.execute(
+                    f"""
+                    INSERT INTO property_changes
+                    SELECT $entity, t.{id_column}, $prop, CAST(t.{quote(prop)} AS VARCHAR), $now, $connection, $goal, $delivery, $run
+                    FROM {quote(table)} t SEMI JOIN moved_totals m ON m.id = t.{id_column}
+                    """,
+                    {**params, "entity": entity, "now": now, "delivery": delivery.delivery_id, "run": run_id},
+                )
+        # The key's profile, also for keys whose value did not change (those are not written again).
+        (pending,) = conn.execute("SELECT count(*) FROM moved_sums").fetchall()[0]
+        if pending:
+            conn.execute(
+                """
+                UPDATE delivery_rows AS k SET entity_id = m.new_id FROM moved_sums m
+                WHERE k.connection = $connection AND k.goal = $goal AND k.property = $prop AND k.keyed AND k.row_hash = m.row_hash
+                """,
+                params,
+            )
+
+
 def _record_counted_rows(
     conn: duckdb.DuckDBPyConnection, sum_tables: list[tuple[str, str]], every_key_accepted: bool, delivery: DeliveryRecord, counts: MergeCounts
 ) -> None:
-    """The new sum rows of keys that reached the store are counted now; rows of ignored or
-    consent-skipped keys are not, so they still count once their profile is imported."""
-    accepted = "" if every_key_accepted else "SEMI JOIN accepted_keys a ON a._key = s._key AND a._key_index = s._key_index"
+    """The new sum rows of keys that reached the store are remembered now; rows of ignored or
+    consent-skipped keys are not, so they still count once their profile is imported. A keyed
+    row's remembered value is replaced by the value it contributes now."""
+    accepted = "JOIN (SELECT _key, _key_index, min(_id) AS _id FROM accepted_keys GROUP BY ALL) a ON a._key = s._key AND a._key_index = s._key_index"
     for prop, table in sum_tables:
         # Never an empty INSERT ... SELECT before a large one into the same table within a
         # transaction: DuckDB 2.0 then loses the large one (see store/segments.py).
         (pending,) = conn.execute(f"SELECT count(*) FROM {table} s {accepted}").fetchall()[0]
         if not pending:
             continue
+        params = {"connection": delivery.connection, "goal": delivery.goal, "root_file": delivery.root_file, "prop": prop, "delivery": delivery.delivery_id}
+        (known,) = conn.execute(f"SELECT count(*) FROM {table} s {accepted} WHERE s.known").fetchall()[0]
+        if known:
+            conn.execute(
+                f"""
+                DELETE FROM delivery_rows
+                WHERE connection = $connection AND goal = $goal AND property = $prop AND keyed
+                  AND row_hash IN (SELECT s.row_hash FROM {table} s {accepted} WHERE s.known)
+                """,
+                {k: v for k, v in params.items() if k in ("connection", "goal", "prop")},
+            )
         (inserted,) = conn.execute(
             f"""
-            INSERT INTO delivery_rows (connection, goal, root_file, property, row_hash, delivery_id)
-            SELECT $connection, $goal, $root_file, $prop, s.row_hash, $delivery FROM {table} s {accepted}
+            INSERT INTO delivery_rows (connection, goal, root_file, property, row_hash, delivery_id, value, keyed, entity_id)
+            SELECT $connection, $goal, $root_file, $prop, s.row_hash, $delivery, s.full_value, s.keyed, CASE WHEN s.keyed THEN a._id END
+            FROM {table} s {accepted}
             """,
-            {"connection": delivery.connection, "goal": delivery.goal, "root_file": delivery.root_file, "prop": prop, "delivery": delivery.delivery_id},
+            params,
         ).fetchall()[0]
         counts.sum_rows_counted += inserted
 
@@ -442,6 +607,11 @@ def _record_counted_rows(
 def _merge_events(
     conn: duckdb.DuckDBPyConnection, catalog: Catalog, staged: StagedImport, delivery: DeliveryRecord, now: datetime, counts: MergeCounts
 ) -> None:
+    """Events merge by id: a new id is created, a known id gets the delivered fields (the others
+    keep theirs), an identical re-delivery is left as it was. Nested rows merge by their key within
+    the event: new keys are added after the event's stored rows, known keys updated, stored rows
+    the file does not carry are kept (a partner often sends only an order's new lines), unless
+    the goal says ``nested: replace``."""
     for event_type, frame in staged.events.items():
         definition = catalog.event_types[event_type]
         table = event_table(event_type)
@@ -451,81 +621,168 @@ def _merge_events(
         props = list(definition.properties)
         present = [p for p in props if p in frame.columns]
         casts = ", ".join(f"CAST(e.{quote(p)} AS {SQL_TYPES[definition.properties[p].type]}) AS {quote(p)}" for p in present)
+        not_imported = f"e.{NOT_IMPORTED}" if NOT_IMPORTED in frame.columns else "[]::VARCHAR[]"
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE event_rows AS
-            SELECT e.event_id, a._id AS profile_id, CAST(e.event_time AS TIMESTAMP) AS event_time{', ' + casts if casts else ''}
+            SELECT e.event_id, a._id AS profile_id, CAST(e.event_time AS TIMESTAMP) AS event_time{', ' + casts if casts else ''},
+                   coalesce({not_imported}, []::VARCHAR[]) AS {NOT_IMPORTED}
             FROM incoming_events e LEFT JOIN accepted_keys a ON a._key = e._key AND a._key_index = e._key_index
             """
         )
         (ignored,) = conn.execute("SELECT count(*) FROM event_rows WHERE profile_id IS NULL").fetchall()[0]
         conn.execute("DELETE FROM event_rows WHERE profile_id IS NULL")
-        (replaced,) = conn.execute(f"SELECT count(*) FROM {quote(table)} WHERE event_id IN (SELECT event_id FROM event_rows)").fetchall()[0]
-        (total,) = conn.execute("SELECT count(*) FROM event_rows").fetchall()[0]
-        conn.execute(f"DELETE FROM {quote(table)} WHERE event_id IN (SELECT event_id FROM event_rows)")
-        cols = ", ".join(["event_id", "profile_id", "event_time", *(quote(p) for p in present), "delivery_id", "imported_at"])
-        vals = ", ".join(["event_id", "profile_id", "event_time", *(quote(p) for p in present), "$delivery", "$now"])
-        conn.execute(f"INSERT INTO {quote(table)} ({cols}) SELECT {vals} FROM event_rows", {"delivery": delivery.delivery_id, "now": now})
-        counts.events_created += total - replaced
-        counts.events_updated += replaced
+        fields = ["profile_id", "event_time", *(quote(p) for p in present)]
+        # A delivered value that did not parse is not imported: the stored one stays.
+        incoming_value = {f: f"e.{f}" for f in fields} | {
+            quote(p): f"CASE WHEN list_contains(e.{NOT_IMPORTED}, {literal(p)}) THEN t.{quote(p)} ELSE e.{quote(p)} END" for p in present
+        }
+        differs = " OR ".join(f"t.{f} IS DISTINCT FROM {incoming_value[f]}" for f in fields)
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE event_state AS
+            SELECT e.event_id, t.event_id IS NULL AS is_new, coalesce({differs}, TRUE) AS is_changed
+            FROM event_rows e LEFT JOIN {quote(table)} t USING (event_id)
+            """
+        )
+        created, updated, unchanged = conn.execute(
+            "SELECT count(*) FILTER (WHERE is_new), count(*) FILTER (WHERE is_changed AND NOT is_new), count(*) FILTER (WHERE NOT is_changed) FROM event_state"
+        ).fetchall()[0]
+        if updated:
+            assignments = ", ".join(f"{f} = {incoming_value[f]}" for f in fields)
+            conn.execute(
+                f"""
+                UPDATE {quote(table)} AS t SET {assignments}, delivery_id = $delivery, imported_at = $now
+                FROM event_rows e WHERE t.event_id = e.event_id
+                  AND e.event_id IN (SELECT event_id FROM event_state WHERE is_changed AND NOT is_new)
+                """,
+                {"delivery": delivery.delivery_id, "now": now},
+            )
+        if created:
+            cols = ", ".join(["event_id", *fields, "delivery_id", "imported_at"])
+            vals = ", ".join(["e.event_id", *(f"e.{f}" for f in fields), "$delivery", "$now"])
+            conn.execute(
+                f"INSERT INTO {quote(table)} ({cols}) SELECT {vals} FROM event_rows e "
+                "SEMI JOIN (SELECT event_id FROM event_state WHERE is_new) n USING (event_id)",
+                {"delivery": delivery.delivery_id, "now": now},
+            )
+        counts.events_created += created
+        counts.events_updated += updated
+        counts.events_unchanged += unchanged
         counts.events_ignored += ignored
 
         for nested_type, nested in definition.nested.items():
-            key = f"{event_type}/{nested_type}"
-            items_table = item_table(event_type, nested_type)
-            sources = [s for s in staged.product_store if s.event_type == event_type and s.nested_type == nested_type]
-            for source in sources:
-                # What the replaced events' items once added to the product store is taken back
-                # below, so importing an order again (or reprocessing a delivery) never counts
-                # its products twice.
-                quantity = f"sum(CAST(i.{quote(source.quantity_property)} AS DECIMAL(18,4)))" if source.quantity_property else "NULL"
-                conn.execute(
-                    f"""
-                    CREATE OR REPLACE TEMP TABLE replaced_products AS
-                    SELECT CAST(i.{quote(source.product_id_property)} AS VARCHAR) AS product_id, count(*) AS n, {quantity} AS q
-                    FROM {quote(items_table)} i
-                    WHERE i.event_id IN (SELECT event_id FROM event_rows) AND i.{quote(source.product_id_property)} IS NOT NULL
-                    GROUP BY 1
-                    """
-                )
-            # Replacing an event replaces its items too, so a re-imported order never keeps stale lines.
-            conn.execute(f"DELETE FROM {quote(items_table)} WHERE event_id IN (SELECT event_id FROM event_rows)")
-            if key in staged.items:
-                item_frame = staged.items[key]
-                conn.register("incoming_items", item_frame)
-                item_props = [p for p in nested.properties if p in item_frame.columns]
-                item_casts = ", ".join(f"CAST(i.{quote(p)} AS {SQL_TYPES[nested.properties[p].type]})" for p in item_props)
-                conn.execute(
-                    f"""
-                    INSERT INTO {quote(items_table)} (event_id, item_index{''.join(', ' + quote(p) for p in item_props)})
-                    SELECT i.event_id, i.item_index{', ' + item_casts if item_casts else ''}
-                    FROM incoming_items i WHERE i.event_id IN (SELECT event_id FROM event_rows)
-                    """
-                )
-            for source in sources:
-                quantity = f"sum(CAST(i.{quote(source.quantity_property)} AS DECIMAL(18,4)))" if source.quantity_property else "NULL"
-                conn.execute(
-                    f"""
-                    MERGE INTO product_store t
-                    USING (
-                        SELECT coalesce(b.product_id, r.product_id) AS product_id,
-                               coalesce(b.n, 0) - coalesce(r.n, 0) AS dn,
-                               CASE WHEN b.q IS NULL AND r.q IS NULL THEN NULL ELSE coalesce(b.q, 0) - coalesce(r.q, 0) END AS dq,
-                               b.first_at, b.last_at
-                        FROM (
-                            SELECT CAST(i.{quote(source.product_id_property)} AS VARCHAR) AS product_id, count(*) AS n,
-                                   {quantity} AS q, min(e.event_time) AS first_at, max(e.event_time) AS last_at
-                            FROM {quote(items_table)} i JOIN event_rows e USING (event_id)
-                            WHERE i.{quote(source.product_id_property)} IS NOT NULL GROUP BY 1
-                        ) b FULL OUTER JOIN replaced_products r USING (product_id)
-                    ) s ON t.product_id = s.product_id
-                    WHEN MATCHED THEN UPDATE SET times_bought = t.times_bought + s.dn,
-                        quantity_bought = CASE WHEN s.dq IS NULL THEN t.quantity_bought ELSE coalesce(t.quantity_bought, 0) + s.dq END,
-                        first_bought_at = least(t.first_bought_at, s.first_at),
-                        last_bought_at = greatest(t.last_bought_at, s.last_at)
-                    WHEN NOT MATCHED AND s.dn > 0 THEN INSERT VALUES (s.product_id, s.dn, s.dq, s.first_at, s.last_at)
-                    """
-                )
+            _merge_nested(conn, staged, event_type, nested_type, list(nested.properties), {p: SQL_TYPES[d.type] for p, d in nested.properties.items()})
+
+
+def _merge_nested(
+    conn: duckdb.DuckDBPyConnection, staged: StagedImport, event_type: str, nested_type: str, nested_props: list[str], sql_types: dict[str, str]
+) -> None:
+    """One nested type of the events in ``event_rows``: merge (default) or replace, and the product
+    store moved by exactly what changed."""
+    key = f"{event_type}/{nested_type}"
+    items_table = quote(item_table(event_type, nested_type))
+    sources = [s for s in staged.product_store if s.event_type == event_type and s.nested_type == nested_type]
+    item_frame = staged.items.get(key)
+    if item_frame is None and not staged.replace_nested:
+        return  # no rows of this type delivered: the stored ones stay
+    if item_frame is not None and "item_key" not in item_frame.columns:
+        item_frame = item_frame.with_columns(pl.col("item_index").cast(pl.String).alias("item_key"))
+    if item_frame is not None and NOT_IMPORTED not in item_frame.columns:
+        item_frame = item_frame.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias(NOT_IMPORTED))
+    item_props = [p for p in nested_props if item_frame is not None and p in item_frame.columns]
+    if item_frame is not None:
+        conn.register("incoming_items", item_frame)
+        casts = "".join(f", CAST(i.{quote(p)} AS {sql_types[p]}) AS {quote(p)}" for p in item_props)
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE item_rows AS
+            SELECT i.event_id, i.item_index, i.item_key{casts}, coalesce(i.{NOT_IMPORTED}, []::VARCHAR[]) AS {NOT_IMPORTED}
+            FROM incoming_items i SEMI JOIN event_rows e USING (event_id)
+            """
+        )
+    else:
+        conn.execute(
+            f"CREATE OR REPLACE TEMP TABLE item_rows AS SELECT event_id, item_index, item_key, []::VARCHAR[] AS {NOT_IMPORTED} FROM {items_table} LIMIT 0"
+        )
+    # The stored rows this delivery overwrites or removes: under replace every row of the delivered
+    # events; under merge the rows whose key comes again, and rows stored before items had keys
+    # (they cannot be matched, so a delivered event's key-less rows are replaced once).
+    if staged.replace_nested:
+        outgoing = f"SELECT i.* FROM {items_table} i SEMI JOIN event_rows e USING (event_id)"
+    else:
+        outgoing = (
+            f"SELECT i.* FROM {items_table} i SEMI JOIN item_rows r ON r.event_id = i.event_id AND r.item_key = i.item_key "
+            f"UNION ALL SELECT i.* FROM {items_table} i SEMI JOIN event_rows e USING (event_id) WHERE i.item_key IS NULL"
+        )
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE outgoing_items AS {outgoing}")
+    for index, source in enumerate(sources):
+        quantity = f"sum(CAST(i.{quote(source.quantity_property)} AS DECIMAL(18,4)))" if source.quantity_property else "NULL"
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE replaced_products_{index} AS
+            SELECT CAST(i.{quote(source.product_id_property)} AS VARCHAR) AS product_id, count(*) AS n, {quantity} AS q
+            FROM outgoing_items i WHERE i.{quote(source.product_id_property)} IS NOT NULL GROUP BY 1
+            """
+        )
+    # Positions: under replace the file's order; under merge a known key keeps its place and new
+    # keys follow the event's stored rows in file order.
+    # A delivered value that did not parse is not imported: a known row keeps its stored value.
+    kept = "".join(
+        f", CASE WHEN list_contains(r.{NOT_IMPORTED}, {literal(p)}) AND o.event_id IS NOT NULL THEN o.{quote(p)} ELSE r.{quote(p)} END AS {quote(p)}"
+        for p in item_props
+    )
+    if staged.replace_nested:
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE written_items AS
+            SELECT r.* REPLACE (r.item_index AS item_index{kept})
+            FROM item_rows r LEFT JOIN outgoing_items o ON o.event_id = r.event_id AND o.item_key = r.item_key
+            """
+        )
+    else:
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE written_items AS
+            SELECT r.* REPLACE (coalesce(o.item_index, coalesce(m.top, 0) + row_number() OVER (
+                       PARTITION BY r.event_id, o.item_index IS NULL ORDER BY r.item_index)) AS item_index{kept})
+            FROM item_rows r
+            LEFT JOIN outgoing_items o ON o.event_id = r.event_id AND o.item_key = r.item_key
+            LEFT JOIN (SELECT event_id, max(item_index) AS top FROM {items_table} SEMI JOIN event_rows USING (event_id) GROUP BY 1) m
+                   ON m.event_id = r.event_id
+            """
+        )
+    conn.execute(
+        f"DELETE FROM {items_table} WHERE (event_id, item_index) IN (SELECT (event_id, item_index) FROM outgoing_items)"
+    )
+    (pending,) = conn.execute("SELECT count(*) FROM written_items").fetchall()[0]
+    if pending:
+        cols = "".join(", " + quote(p) for p in item_props)
+        conn.execute(f"INSERT INTO {items_table} (event_id, item_index, item_key{cols}) SELECT event_id, item_index, item_key{cols} FROM written_items")
+    for index, source in enumerate(sources):
+        quantity = f"sum(CAST(i.{quote(source.quantity_property)} AS DECIMAL(18,4)))" if source.quantity_property else "NULL"
+        conn.execute(
+            f"""
+            MERGE INTO product_store t
+            USING (
+                SELECT coalesce(b.product_id, r.product_id) AS product_id,
+                       coalesce(b.n, 0) - coalesce(r.n, 0) AS dn,
+                       CASE WHEN b.q IS NULL AND r.q IS NULL THEN NULL ELSE coalesce(b.q, 0) - coalesce(r.q, 0) END AS dq,
+                       b.first_at, b.last_at
+                FROM (
+                    SELECT CAST(i.{quote(source.product_id_property)} AS VARCHAR) AS product_id, count(*) AS n,
+                           {quantity} AS q, min(e.event_time) AS first_at, max(e.event_time) AS last_at
+                    FROM written_items i JOIN event_rows e USING (event_id)
+                    WHERE i.{quote(source.product_id_property)} IS NOT NULL GROUP BY 1
+                ) b FULL OUTER JOIN replaced_products_{index} r USING (product_id)
+            ) s ON t.product_id = s.product_id
+            WHEN MATCHED THEN UPDATE SET times_bought = t.times_bought + s.dn,
+                quantity_bought = CASE WHEN s.dq IS NULL THEN t.quantity_bought ELSE coalesce(t.quantity_bought, 0) + s.dq END,
+                first_bought_at = least(t.first_bought_at, s.first_at),
+                last_bought_at = greatest(t.last_bought_at, s.last_at)
+            WHEN NOT MATCHED AND s.dn > 0 THEN INSERT VALUES (s.product_id, s.dn, s.dq, s.first_at, s.last_at)
+            """
+        )
 
 
 def delivery_is_merged(conn: duckdb.DuckDBPyConnection, content_sha256: str, config_hash: str, connection: str, goal: str) -> str | None:
@@ -562,7 +819,11 @@ def merge_delivery(
     ``objectives``: the connection's objectives; profiles that consented to none of them (in
     ``consent_property``) are skipped. ``status``: the ledger status, ``reprocessed`` when an
     operator merges a delivery the ledger already has (sums still count each row once)."""
-    counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=len({(p.file, p.line) for p in staged.rejects if p.line}))
+    # Rows the import tables rejected, counted in full there (the listed problems are capped); a
+    # dialect hook may add rejects of its own after staging, which only the list holds.
+    listed = len({(p.file, p.line) for p in staged.rejects if p.line})
+    rejected = max(staged.rows_rejected or 0, listed)
+    counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=rejected, values_not_imported=staged.values_not_imported)
     conn.execute("BEGIN TRANSACTION")
     try:
         # Dialect hooks (SARE's group clears, consent withdrawals ...) share the transaction, so a
@@ -573,6 +834,7 @@ def merge_delivery(
             conn, catalog, staged, delivery, run_id, now, counts,
             objectives=objectives, consent_property=consent_property, record_history=record_history,
         )
+        _move_keyed_sums(conn, staged, sum_tables, delivery, run_id, now, record_history)
         _record_counted_rows(conn, sum_tables, every_key_accepted, delivery, counts)
         if staged.target == "profiles":
             _merge_events(conn, catalog, staged, delivery, now, counts)
@@ -598,8 +860,12 @@ def merge_delivery(
             after(conn, staged)
         conn.execute(
             """
-            INSERT INTO deliveries VALUES ($delivery_id, $connection, $goal, $partition_key, $root_file, $files, $sha, $cfg,
-                $status, $rows_read, $rows_rejected, $pc, $pu, $pn, $pi, $cs, $gc, $gu, $ec, $eu, $run, $now)
+            INSERT INTO deliveries (delivery_id, connection, goal, partition_key, root_file, files, content_sha256, config_hash,
+                status, rows_read, rows_rejected, profiles_created, profiles_updated, profiles_unchanged, profiles_ignored,
+                consent_skipped, groups_created, groups_updated, events_created, events_updated, run_id, merged_at,
+                events_unchanged, values_not_imported)
+            VALUES ($delivery_id, $connection, $goal, $partition_key, $root_file, $files, $sha, $cfg,
+                $status, $rows_read, $rows_rejected, $pc, $pu, $pn, $pi, $cs, $gc, $gu, $ec, $eu, $run, $now, $en, $vn)
             """,
             {
                 "delivery_id": delivery.delivery_id,
@@ -622,6 +888,8 @@ def merge_delivery(
                 "gu": counts.groups_updated,
                 "ec": counts.events_created,
                 "eu": counts.events_updated,
+                "en": counts.events_unchanged,
+                "vn": counts.values_not_imported,
                 "run": run_id,
                 "now": now,
             },
@@ -634,6 +902,6 @@ def merge_delivery(
         for view in ("incoming_records", "incoming_events", "incoming_items", "incoming_rejects", "incoming_sum_rows"):
             try:
                 conn.unregister(view)
-            except Exception:  # noqa: BLE001 - a view that was never registered
+            except Exception:  # noqa: BLE001, S110 - a view that was never registered
                 pass
     return counts

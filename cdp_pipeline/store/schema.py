@@ -56,7 +56,8 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("files", "JSON", "Every file of the delivery: logical name, remote path, size, mtime, etag, sha256."),
             ("content_sha256", "VARCHAR", "sha256 over the files' sha256 values: the content identity."),
             ("config_hash", "VARCHAR", "Hash of the goal's configuration when it was imported."),
-            ("status", "VARCHAR", "merged, or reprocessed (merged again on an operator's request). Skipped and failed deliveries are in Dagster's run history."),
+            ("status", "VARCHAR", "merged, or reprocessed (merged again on an operator's request). "
+             "Skipped and failed deliveries are in Dagster's run history."),
             ("rows_read", "BIGINT", "Data rows read from the root file."),
             ("rows_rejected", "BIGINT", "Rows left out, with reasons in rejects."),
             ("profiles_created", "BIGINT", "Profiles this delivery created."),
@@ -67,9 +68,11 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("groups_created", "BIGINT", "Groups created."),
             ("groups_updated", "BIGINT", "Groups whose values changed."),
             ("events_created", "BIGINT", "Timeline events created."),
-            ("events_updated", "BIGINT", "Timeline events imported again (same event id) and replaced."),
+            ("events_updated", "BIGINT", "Timeline events imported again (same event id) with changed values."),
             ("run_id", "VARCHAR", "Dagster run that merged it."),
             ("merged_at", "TIMESTAMP", "When the delivery's transaction ran (UTC, taken once the store's write lock was held)."),
+            ("events_unchanged", "BIGINT", "Timeline events delivered again with the same values (left as they were)."),
+            ("values_not_imported", "BIGINT", "Cells that did not parse for their property and were not imported (the rest of the row was); see rejects."),
         ],
     ),
     "delivery_rows": (
@@ -81,8 +84,13 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("goal", "VARCHAR", "Import goal."),
             ("root_file", "VARCHAR", "Remote path of the delivery's root file: the scope of the identities."),
             ("property", "VARCHAR", "Sum property (profile or group property) the row was added to."),
-            ("row_hash", "UHUGEINT", "md5 of the row's raw identifier or link cells, event ids and the sum's source cell, plus its occurrence among identical rows."),
+            ("row_hash", "UHUGEINT", "Keyed rows: md5 of the key. Other rows: md5 of the row's raw identifier or link cells, "
+             "event ids and the sum's source cell, plus its occurrence among identical rows."),
             ("delivery_id", "VARCHAR", "Delivery that added the row (see deliveries)."),
+            ("value", "DECIMAL(38,4)", "Keyed rows: the value the row contributes to the sum now (a corrected value adds the difference)."),
+            ("entity_id", "VARCHAR", "Keyed rows: the profile or group the value is counted on (a key that moves to another one moves its value)."),
+            ("keyed", "BOOLEAN", "true: row_hash is the row's key (event id, nested key or the mapping's identity columns), "
+             "remembered for the goal whatever the file is called; false: the per-file identity, scoped by root_file."),
         ],
     ),
     "rejects": (
@@ -246,7 +254,8 @@ def catalog_tables(catalog: Catalog) -> dict[str, tuple[str, list[tuple[str, str
                 nested.description or f"Nested {nested_name} items of {name} events.",
                 [
                     ("event_id", "VARCHAR", f"The {name} event the item belongs to."),
-                    ("item_index", "BIGINT", "Position of the item within the event (file order, from 1)."),
+                    ("item_index", "BIGINT", "Position of the item within the event (file order, from 1; later additions follow)."),
+                    ("item_key", "VARCHAR", "The item's key within its event: the nested mapping's key columns, else its content and occurrence."),
                     *_property_columns(nested.properties),
                 ],
             )

@@ -23,18 +23,22 @@ the cell is not imported and the row's other values are (for ``on_error: skip_ro
 when the cell feeds a ``set_or_clear`` mapping, where an empty value would CLEAR the stored one,
 so that row is left out.
 
-Row identities for the row delta (issue D.1): for every *sum* property, each source row gets a
-128-bit identity: md5 over the raw text (as read, before processors) of the row's identifier
-columns (root file) or link columns (linked file), the event-id columns of events read from that
-file, and the sum's source column when the file has it; plus the occurrence number for identical
-rows, so a file holding the same row twice counts it twice. Extra columns appearing in a new
-version of the file, a new mapping or a processor change do not change the identity, so they
-never make the store count a row again.
+Row identities for sums: a row of a timeline event's file is identified by its event id, a row of
+a nested file by its event id and its key within the event, and a mapping with ``identity``
+columns by those columns (``_keyed``: the store remembers what each key contributed, whatever the
+file is called). Every other row keeps the per-file identity (issue D.1), a 128-bit hash: md5
+over the raw text (as read, before processors) of the row's identifier columns (root file) or
+link columns (linked file), the event-id columns of events read from that file, and the sum's
+source column when the file has it; plus the occurrence number for identical rows, so a file
+holding the same row twice counts it twice. Extra columns appearing in a new version of the file,
+a new mapping or a processor change do not change the identity, so they never make the store
+count a row again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -42,14 +46,27 @@ import duckdb
 import polars as pl
 
 from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
-from cdp_pipeline.config.connection import GroupImportGoal, Mapping, ProfileImportGoal
+from cdp_pipeline.config.connection import GroupImportGoal, Mapping, NestedEventMapping, ProfileImportGoal
 from cdp_pipeline.config.csv_options import ColumnFormat
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.tables.column_names import normalise_column_name
 from cdp_pipeline.tables.column_typing import parse_typed
 from cdp_pipeline.tables.csv_reading import read_delimited
 from cdp_pipeline.tables.processors import apply_processors
-from cdp_pipeline.tables.staged import KEY, KEY_INDEX, LINE, ROWS, ProductStoreSource, StagedImport
+from cdp_pipeline.tables.staged import (
+    FILE_HASH_HI,
+    FILE_HASH_LO,
+    HASH_HI,
+    HASH_LO,
+    KEY,
+    KEY_INDEX,
+    LINE,
+    NOT_IMPORTED,
+    ROWS,
+    SUM_KEYED,
+    ProductStoreSource,
+    StagedImport,
+)
 
 ImportGoal = GroupImportGoal | ProfileImportGoal
 #: separates the cells of a row identity; a cell never contains it in practice, and a NUL marks an
@@ -81,14 +98,42 @@ class _Mapped:
     rule: str
 
 
+@dataclass
+class _RejectTally:
+    """Every rejected row and every value not imported, per file and counted in full (the listed
+    problems are capped): the share guard and the delivery's counts are computed from it."""
+
+    lines: dict[str, list[pl.Series]] = field(default_factory=dict)
+    #: (file, column, reason) → rows
+    reasons: Counter = field(default_factory=Counter)
+    values: int = 0
+
+    def add(self, display: str, lines: pl.Series, column: str | None, reason: str, *, value: bool = False) -> None:
+        if not lines.len():
+            return
+        self.lines.setdefault(display, []).append(lines.cast(pl.Int64))
+        self.reasons[(display, column, reason)] += lines.len()
+        if value:
+            self.values += lines.len()
+
+    def rejected_lines(self, display: str) -> int:
+        series = self.lines.get(display)
+        return pl.concat(series).n_unique() if series else 0
+
+    @property
+    def rows(self) -> int:
+        return sum(self.rejected_lines(display) for display in self.lines)
+
+
 class _DeliveryFiles:
     """The delivery's frames by logical file name, with the problems found while reading them.
 
     ``raw`` keeps each file as read (all text): the row identities are computed from it, and a
     cell that failed to parse is found by comparing it with the typed frame."""
 
-    def __init__(self, goal: ImportGoal, paths: dict[str, Path], display: dict[str, str], max_file_bytes: int | None):
+    def __init__(self, goal: ImportGoal, paths: dict[str, Path], display: dict[str, str], max_file_bytes: int | None, tally: _RejectTally):
         self.goal = goal
+        self.tally = tally
         self.paths = paths
         self.display = display
         self.max_file_bytes = max_file_bytes
@@ -105,6 +150,8 @@ class _DeliveryFiles:
         declared = {_n(column): fmt for column, fmt in selection.csv.columns.items()}
         formats = {column: fmt for column, fmt in {**derived, **declared}.items() if column in frame.columns}
         typed, problems = parse_typed(frame, formats, self.display[name], selection.csv.decimal_comma)
+        for column, fmt in formats.items():
+            self.tally.add(self.display[name], _failed_lines(frame, typed, column), column, f"value does not parse as {fmt.type}", value=True)
         self.raw[name] = frame
         self.typed[name] = typed
         self.frames[name] = typed
@@ -162,11 +209,19 @@ def _link_keys(count: int) -> list[str]:
     return [f"_link_{index}" for index in range(count)]
 
 
+def _key_text(expression: pl.Expr) -> pl.Expr:
+    """A key (identifier, link, event id, nested key, sum identity) as it is compared: the text as
+    written, without surrounding blanks, in Unicode NFC (an "é" typed as one code point or as "e"
+    plus an accent is one key), blank as missing. Keys are never typed: "007" stays "007" whatever
+    type a property fed by the same column has, or a customer number would lose its leading zeros
+    and every order would miss its customer."""
+    return _blank_as_null(expression.cast(pl.String).str.strip_chars().str.normalize("NFC"))
+
+
 def _link_values(columns: list[str], keys: list[str]) -> list[pl.Expr]:
-    """Link values as they are compared: text, without surrounding blanks, blank as missing. The
-    identifiers are trimmed the same way, so a padded "O1 " in one file finds "O1" in the other
-    (reliability #48); the columns themselves keep their values."""
-    return [_blank_as_null(pl.col(column).cast(pl.String).str.strip_chars()).alias(key) for column, key in zip(columns, keys)]
+    """Link values as they are compared (see ``_key_text``): a padded "O1 " in one file finds "O1"
+    in the other; the columns themselves keep their values."""
+    return [_key_text(pl.col(column)).alias(key) for column, key in zip(columns, keys, strict=True)]
 
 
 def _failed_lines(before: pl.DataFrame, after: pl.DataFrame, column: str) -> pl.Series:
@@ -177,9 +232,12 @@ def _failed_lines(before: pl.DataFrame, after: pl.DataFrame, column: str) -> pl.
     return before.filter(failed)[LINE]
 
 
-def _reject_rows(frame: pl.DataFrame, mask: pl.Expr, display: str, column: str | None, reason: str, fix: str, problems: list[InputProblem]) -> pl.DataFrame:
+def _reject_rows(
+    frame: pl.DataFrame, mask: pl.Expr, display: str, column: str | None, reason: str, fix: str, problems: list[InputProblem], tally: _RejectTally
+) -> pl.DataFrame:
     bad = frame.filter(mask)
     problems.extend(InputProblem(file=display, line=line, column=column, reason=reason, fix=fix) for line in bad[LINE].to_list())
+    tally.add(display, bad[LINE], column, reason)
     return frame.filter(~mask)
 
 
@@ -205,7 +263,9 @@ def _aggregate(frame: pl.DataFrame, rules: dict[str, str], identifier_count: int
     return frame.sort(LINE).group_by(KEY, KEY_INDEX, maintain_order=True).agg(expressions)
 
 
-def _mappings(goal: ImportGoal, root: str, frame_columns: list[str], properties: dict[str, PropertyDefinition], reserved: set[str], warnings: list[str]) -> list[_Mapped]:
+def _mappings(
+    goal: ImportGoal, root: str, frame_columns: list[str], properties: dict[str, PropertyDefinition], reserved: set[str], warnings: list[str]
+) -> list[_Mapped]:
     mappings = [_Mapped(file=m.file or root, column=_n(m.column), property=m.property, rule=m.rule) for m in goal.mappings]
     if goal.bulk_mapping is not None:
         # Bulk mapping ("add all detected fields") covers the root file's columns.
@@ -297,7 +357,8 @@ def build_import_tables(
     """Read, process, link and join one delivery. Raises InputError when the delivery cannot be
     imported (or has rejected rows and ``on_error`` is ``fail``); nothing is merged then.
     ``max_file_bytes`` bounds what a gzip-compressed file may expand to."""
-    files = _DeliveryFiles(goal, paths, display_names, max_file_bytes)
+    tally = _RejectTally()
+    files = _DeliveryFiles(goal, paths, display_names, max_file_bytes, tally)
     warnings: list[str] = []
     root = goal.files.root.name
     is_profiles = isinstance(goal, ProfileImportGoal)
@@ -308,7 +369,10 @@ def build_import_tables(
     missing_files = sorted({root, *(f.name for f in goal.files.linked)} - set(paths))
     if missing_files:
         raise InputError(
-            InputProblem(file=display_names.get(root, root), line=None, column=None, reason=f"the delivery lacks the goal's file(s) {missing_files}", fix="deliver every linked file with the root file")
+            InputProblem(
+                file=display_names.get(root, root), line=None, column=None,
+                reason=f"the delivery lacks the goal's file(s) {missing_files}", fix="deliver every linked file with the root file",
+            )
         )
 
     # Formats derived from the catalog: a column mapped to a decimal property is parsed as decimal.
@@ -329,8 +393,24 @@ def build_import_tables(
         for nested in event.nested:
             for prop, column in nested.properties.items():
                 derived[nested.file][_n(column)] = _format_for(event_type.nested[nested.type].properties[prop])
+    # Keys stay text (see ``_key_text``): identifiers, both sides of every link, event ids, nested
+    # keys and sum identities. A mapping, event or nested property fed by the same column is typed
+    # where it is used (``_retype`` / ``_typed_properties``), so the column can be both.
     for column in identifier_columns:
-        derived[root].pop(column, None)  # keys stay text: "00123" is not 123 (#48)
+        derived[root].pop(column, None)
+    for linked in goal.files.linked:
+        for column in linked.link:
+            derived[linked.name].pop(_n(column), None)
+        for column in linked.link.values():
+            derived[linked.parent].pop(_n(column), None)
+    for event in timeline:
+        derived[event.file].pop(_n(event.event_id), None)
+        for nested in event.nested:
+            for column in nested.key:
+                derived[nested.file].pop(_n(column), None)
+    for mapping in goal.mappings:
+        for column in mapping.identity:
+            derived[mapping.file or root].pop(_n(column), None)
 
     for name in paths:
         files.read(name, derived[name])
@@ -351,10 +431,12 @@ def build_import_tables(
     for event in timeline:
         used[event.file] |= {_n(event.event_id), _n(event.event_time), *(_n(c) for c in event.properties.values())}
         for nested in event.nested:
-            used[nested.file] |= {_n(c) for c in nested.properties.values()}
+            used[nested.file] |= {_n(c) for c in nested.properties.values()} | {_n(c) for c in nested.key}
     mappings = [m for m in _mappings(goal, root, files.frames[root].columns, properties, used[root], warnings) if m.property in properties]
     for mapping in mappings:
         used[mapping.file].add(mapping.column)
+    for declared in goal.mappings:
+        used[declared.file or root] |= {_n(c) for c in declared.identity}
     # Every missing column of every file in one error, before anything is linked or merged (#46).
     missing: list[InputProblem] = []
     for name in paths:
@@ -373,10 +455,7 @@ def build_import_tables(
     # --- root rows: identifiers → key
     frame = files.frames[root]
     rows_read = frame.height
-    frame = frame.with_columns(
-        _blank_as_null(pl.col(column).cast(pl.String).str.strip_chars()).alias(ident_column(index))
-        for index, column in enumerate(identifier_columns)
-    )
+    frame = frame.with_columns(_key_text(pl.col(column)).alias(ident_column(index)) for index, column in enumerate(identifier_columns))
     ident_values = [pl.col(ident_column(index)) for index in range(len(identifiers))]
     frame = frame.with_columns(
         pl.coalesce(ident_values).alias(KEY),
@@ -391,6 +470,7 @@ def build_import_tables(
         "empty identifier" if len(identifiers) == 1 else f"every identifier is empty ({columns_named})",
         "every row needs a value in the identifier column" if len(identifiers) == 1 else f"every row needs a value in at least one of {columns_named}",
         problems,
+        tally,
     )
     frame = _unify_keys(frame, len(identifiers))
     frame = _drop_rows_clearing_on_failed_cells(frame, root, mappings, files)
@@ -420,19 +500,24 @@ def build_import_tables(
             if linked.orphans == "error":
                 raise InputError(
                     [
-                        InputProblem(file=display_names[name], line=line, column=left_on[0], reason=reason, fix="deliver the parent rows in the same delivery, or set orphans: reject")
+                        InputProblem(
+                            file=display_names[name], line=line, column=left_on[0], reason=reason,
+                            fix="deliver the parent rows in the same delivery, or set orphans: reject",
+                        )
                         for line in orphans[LINE].to_list()
                     ]
                 )
-            joined = _reject_rows(joined, orphan, display_names[name], left_on[0], reason, "the row was left out (orphans: reject)", problems)
+            joined = _reject_rows(joined, orphan, display_names[name], left_on[0], reason, "the row was left out (orphans: reject)", problems, tally)
         joined = _drop_rows_clearing_on_failed_cells(joined, name, mappings, files)
         keyed[name] = joined
         return joined
 
     # --- mapped values, one record per key
     root_mappings = [m for m in mappings if m.file == root]
-    root_rows = frame.select(KEY, KEY_INDEX, LINE, *(ident_column(i) for i in range(len(identifiers))), *(pl.col(m.column).alias(m.property) for m in root_mappings))
-    root_rows = _retype(root_rows, root_mappings, properties, display_names[root], goal, problems)
+    root_rows = frame.select(
+        KEY, KEY_INDEX, LINE, *(ident_column(i) for i in range(len(identifiers))), *(pl.col(m.column).alias(m.property) for m in root_mappings)
+    )
+    root_rows = _retype(root_rows, root_mappings, properties, display_names[root], goal, problems, tally)
     records = _aggregate(root_rows, {m.property: m.rule for m in root_mappings}, len(identifiers), with_rows=True)
     value_rows: dict[str, pl.DataFrame] = {root: root_rows}
     for name in [f.name for f in goal.files.linked]:
@@ -440,49 +525,52 @@ def build_import_tables(
         if not file_mappings:
             continue
         rows = with_key(name).select(KEY, KEY_INDEX, LINE, *(pl.col(m.column).alias(m.property) for m in file_mappings))
-        rows = _retype(rows, file_mappings, properties, display_names[name], goal, problems)
+        rows = _retype(rows, file_mappings, properties, display_names[name], goal, problems, tally)
         value_rows[name] = rows
         per_key = _aggregate(rows, {m.property: m.rule for m in file_mappings}, 0, with_rows=False).drop(LINE)
         records = records.join(per_key, on=[KEY, KEY_INDEX], how="left", maintain_order="left")
-
-    # --- the sums' source rows with their identities (row delta, see the module docstring)
-    sum_rows: dict[str, pl.DataFrame] = {}
-    identity_cache: dict[tuple[str, tuple[str, ...]], pl.DataFrame] = {}
-    for mapping in mappings:
-        if mapping.rule != "sum":
-            continue
-        raw = files.raw[mapping.file]
-        base = identifier_columns if mapping.file == root else [_n(c) for c in next(f for f in goal.files.linked if f.name == mapping.file).link]
-        event_ids = [_n(event.event_id) for event in timeline if event.file == mapping.file]
-        identity = [c for c in dict.fromkeys([*base, *event_ids, mapping.column]) if c in raw.columns]
-        cache_key = (mapping.file, tuple(identity))
-        if cache_key not in identity_cache:
-            identity_cache[cache_key] = row_identities(raw, identity)
-        rows = value_rows[mapping.file].select(KEY, KEY_INDEX, LINE, pl.col(mapping.property).alias("value")).filter(pl.col("value").is_not_null())
-        sum_rows[mapping.property] = rows.join(identity_cache[cache_key], on=LINE, how="left").drop(LINE)
 
     # --- timeline events and their nested items
     events: dict[str, pl.DataFrame] = {}
     items: dict[str, pl.DataFrame] = {}
     product_store: list[ProductStoreSource] = []
+    #: file → (_line, the key text of the row): an event row's event id, a nested row's event id
+    #: and key within its event. Sums fed by these rows remember their contribution per key.
+    row_keys: dict[str, pl.DataFrame] = {}
 
     for event in timeline:
         source = with_key(event.file)
         event_id = _n(event.event_id)
         event_time = _n(event.event_time)
-        source = _reject_rows(source, pl.col(event_id).is_null(), display_names[event.file], event_id, "empty event id", "every event row needs an id", problems)
+        source = source.with_columns(_key_text(pl.col(event_id)).alias(_EVENT_ID))
+        source = _reject_rows(
+            source, pl.col(_EVENT_ID).is_null(), display_names[event.file], event_id, "empty event id", "every event row needs an id", problems, tally
+        )
+        event_key = pl.concat_str([pl.lit(f"event:{event.event_type}"), pl.col(_EVENT_ID)], separator=_CELL_SEPARATOR)
+        row_keys.setdefault(event.file, source.select(LINE, event_key.alias(_ROW_KEY)))
         # An event without a time cannot be placed on the timeline; a time that did not parse is
         # already listed as a cell problem, so only the empty ones get their own entry here.
         unparsed_times = files.failed_cells(event.file, event_time)
         source = _reject_rows(
             source,
             pl.col(event_time).is_null() & ~pl.col(LINE).is_in(unparsed_times.implode()),
-            display_names[event.file], event_time, "empty event time", "every event row needs a date/time", problems,
+            display_names[event.file], event_time, "empty event time", "every event row needs a date/time", problems, tally,
         )
+        if unparsed_times.len() and not source.filter(pl.col(event_time).is_not_null()).height:
+            # Every event of the file lost its time: whatever max_reject_share says, a run that
+            # drops all events must not pass (the times are written in a format nobody declared).
+            raise InputError(
+                InputProblem(
+                    file=display_names[event.file], line=None, column=event_time,
+                    reason=f"none of the {unparsed_times.len():,} event times parses, so every event would be dropped",
+                    fix="set event_time_format on the goal's timeline entry to the way the file writes its times "
+                    "(a strptime pattern such as '%d-%m-%Y %H:%M'; without it the times must be ISO 8601)",
+                )
+            )
         source = source.filter(pl.col(event_time).is_not_null())
         event_frame = (
             source.select(
-                pl.col(event_id).cast(pl.String).alias("event_id"),
+                pl.col(_EVENT_ID).alias("event_id"),
                 pl.col(KEY),
                 pl.col(KEY_INDEX),
                 pl.col(event_time).alias("event_time"),
@@ -491,9 +579,13 @@ def build_import_tables(
             )
             .sort(LINE)
             .unique(subset=["event_id"], keep="last", maintain_order=True)
-            .drop(LINE)
         )
-        events[event.event_type] = event_frame
+        event_type = catalog.event_types[event.event_type]
+        event_frame = _typed_properties(
+            event_frame, {p: event_type.properties[p] for p in event.properties}, event.properties, display_names[event.file], goal, problems, tally,
+            files, event.file,
+        )
+        events[event.event_type] = event_frame.drop(LINE)
         parent_ids = source.select(*[pl.col(c) for c in source.columns if c not in (KEY, KEY_INDEX)])
         for nested in event.nested:
             linked = next(f for f in goal.files.linked if f.name == nested.file)
@@ -508,17 +600,32 @@ def build_import_tables(
             left_on = [_n(c) for c in linked.link]
             right_on = [_n(c) for c in linked.link.values()]
             keys = _link_keys(len(left_on))
-            lookup = parent_ids.select(*_link_values(right_on, keys), pl.col(event_id).cast(pl.String).alias("event_id")).unique(subset=keys, keep="last")
+            lookup = parent_ids.select(*_link_values(right_on, keys), pl.col(_EVENT_ID).alias("event_id")).unique(subset=keys, keep="last")
             child = with_key(nested.file).with_columns(_link_values(left_on, keys))
-            joined = child.join(lookup, on=keys, how="inner", maintain_order="left").drop(keys)
-            item_frame = joined.sort(LINE).select(
-                pl.col("event_id"),
-                (pl.col(LINE).rank("ordinal").over("event_id")).cast(pl.Int64).alias("item_index"),
-                *(pl.col(_n(column)).alias(prop) for prop, column in nested.properties.items()),
+            joined = child.join(lookup, on=keys, how="inner", maintain_order="left").drop(keys).sort(LINE)
+            joined = _item_keys(joined, nested, display_names[nested.file], problems, tally)
+            nested_type = event_type.nested[nested.type]
+            item_frame = (
+                joined.select(
+                    pl.col("event_id"),
+                    pl.col(_ITEM_KEY).alias("item_key"),
+                    *(pl.col(_n(column)).alias(prop) for prop, column in nested.properties.items()),
+                    pl.col(LINE),
+                )
+                # One row per key within its event: the last in file order, as for events.
+                .unique(subset=["event_id", "item_key"], keep="last", maintain_order=True)
+                .with_columns(pl.col(LINE).rank("ordinal").over("event_id").cast(pl.Int64).alias("item_index"))
             )
-            items[f"{event.event_type}/{nested.type}"] = item_frame
+            item_frame = _typed_properties(
+                item_frame, {p: nested_type.properties[p] for p in nested.properties}, nested.properties, display_names[nested.file], goal, problems, tally,
+                files, nested.file,
+            )
+            items[f"{event.event_type}/{nested.type}"] = item_frame.select("event_id", "item_index", "item_key", *nested.properties, NOT_IMPORTED)
+            tag = pl.lit(f"item:{event.event_type}/{nested.type}")
+            item_key = pl.concat_str([tag, pl.col("event_id"), pl.col(_ITEM_KEY)], separator=_CELL_SEPARATOR)
+            row_keys.setdefault(nested.file, joined.select(LINE, item_key.alias(_ROW_KEY)))
             if event.add_to_product_store:
-                nested_props = catalog.event_types[event.event_type].nested[nested.type].properties
+                nested_props = nested_type.properties
                 if event.product_id_property in nested_props:
                     product_store.append(
                         ProductStoreSource(
@@ -529,6 +636,55 @@ def build_import_tables(
                         )
                     )
 
+    # --- the sums' source rows with their identities
+    sum_rows: dict[str, pl.DataFrame] = {}
+    identity_cache: dict[tuple[str, tuple[str, ...]], pl.DataFrame] = {}
+    declared_identity = {(m.file or root, _n(m.column), m.property): [_n(c) for c in m.identity] for m in goal.mappings if m.identity}
+    for summed in mappings:
+        if summed.rule != "sum":
+            continue
+        rows = value_rows[summed.file].select(KEY, KEY_INDEX, LINE, pl.col(summed.property).alias("value")).filter(pl.col("value").is_not_null())
+        # Per-file identity (rows without a key): the raw cells of the row's identifier or link
+        # columns, event ids and the sum's column, numbered among identical rows.
+        raw = files.raw[summed.file]
+        base = identifier_columns if summed.file == root else [_n(c) for c in next(f for f in goal.files.linked if f.name == summed.file).link]
+        event_ids = [_n(event.event_id) for event in timeline if event.file == summed.file]
+        identity = [c for c in dict.fromkeys([*base, *event_ids, summed.column]) if c in raw.columns]
+        cache_key = (summed.file, tuple(identity))
+        if cache_key not in identity_cache:
+            identity_cache[cache_key] = row_identities(raw, identity)
+        per_file = rows.join(identity_cache[cache_key], on=LINE, how="left").with_columns(
+            pl.lit(False).alias(SUM_KEYED), pl.col(HASH_HI).alias(FILE_HASH_HI), pl.col(HASH_LO).alias(FILE_HASH_LO)
+        )
+        # Keyed identity: the mapping's own identity columns, else the row's event or nested key.
+        columns = declared_identity.get((summed.file, summed.column, summed.property))
+        if columns:
+            source = with_key(summed.file)
+            cells = [pl.lit("identity"), *(pl.lit(c) for c in columns), *(_key_text(pl.col(c)).fill_null(_EMPTY_CELL) for c in columns)]
+            text = pl.concat_str(cells, separator=_CELL_SEPARATOR)
+            present = pl.any_horizontal(*(_key_text(pl.col(c)).is_not_null() for c in columns))
+            keyed_text: pl.DataFrame | None = source.filter(present).select(LINE, text.alias(_ROW_KEY))
+        else:
+            keyed_text = row_keys.get(summed.file)
+        if keyed_text is None:
+            sum_rows[summed.property] = per_file.drop(LINE)
+            continue
+        hashes = key_identities(keyed_text)
+        keyed_rows = (
+            rows.join(hashes, on=LINE, how="inner")
+            # The row's per-file identity too: a store counted before keys existed finds the rows
+            # it already added under that identity, so an upgrade never adds them again.
+            .join(identity_cache[cache_key].rename({HASH_HI: FILE_HASH_HI, HASH_LO: FILE_HASH_LO}), on=LINE, how="left")
+            .sort(LINE)
+            # The same real-world row twice in one delivery counts once: the last one, as for events.
+            .unique(subset=[HASH_HI, HASH_LO], keep="last", maintain_order=True)
+            .with_columns(pl.lit(True).alias(SUM_KEYED))
+        )
+        unkeyed = per_file.join(hashes.select(LINE), on=LINE, how="anti")
+        sum_rows[summed.property] = pl.concat([keyed_rows.select(per_file.columns), unkeyed], how="vertical").drop(LINE)
+
+    # The guard first: its summary names the most common reason and the setting, also for on_error: fail.
+    _check_reject_share(goal, tally, {display_names[name]: files.raw[name].height for name in paths}, timeline, display_names, problems)
     if problems and goal.on_error == "fail":
         raise InputError(problems)
     return StagedImport(
@@ -546,6 +702,9 @@ def build_import_tables(
         rows_read=rows_read,
         warnings=warnings,
         sum_rows=sum_rows,
+        rows_rejected=tally.rows,
+        values_not_imported=tally.values,
+        replace_nested=isinstance(goal, ProfileImportGoal) and goal.nested == "replace",
     )
 
 
@@ -568,7 +727,10 @@ def _unify_keys(frame: pl.DataFrame, identifier_count: int) -> pl.DataFrame:
             frame.join(donors, on=column, how="left", maintain_order="left")
             .with_columns(
                 pl.when((pl.col(KEY_INDEX) == index) & pl.col("_donor_key").is_not_null()).then(pl.col("_donor_key")).otherwise(pl.col(KEY)).alias(KEY),
-                pl.when((pl.col(KEY_INDEX) == index) & pl.col("_donor_key").is_not_null()).then(pl.col("_donor_index")).otherwise(pl.col(KEY_INDEX)).alias(KEY_INDEX),
+                pl.when((pl.col(KEY_INDEX) == index) & pl.col("_donor_key").is_not_null())
+                .then(pl.col("_donor_index"))
+                .otherwise(pl.col(KEY_INDEX))
+                .alias(KEY_INDEX),
             )
             .drop("_donor_key", "_donor_index")
         )
@@ -587,7 +749,10 @@ def _drop_rows_clearing_on_failed_cells(frame: pl.DataFrame, name: str, mappings
     return frame
 
 
-def _retype(rows: pl.DataFrame, mappings: list[_Mapped], properties: dict[str, PropertyDefinition], display: str, goal: ImportGoal, problems: list[InputProblem]) -> pl.DataFrame:
+def _retype(
+    rows: pl.DataFrame, mappings: list[_Mapped], properties: dict[str, PropertyDefinition], display: str, goal: ImportGoal,
+    problems: list[InputProblem], tally: _RejectTally,
+) -> pl.DataFrame:
     """A column a processor created (or one typed otherwise for an event of another type) is typed
     here by its target property. A cell that does not parse is a reject entry and stays empty; a
     set_or_clear row with such a cell is left out (an empty value would clear)."""
@@ -600,10 +765,109 @@ def _retype(rows: pl.DataFrame, mappings: list[_Mapped], properties: dict[str, P
         return rows
     selection = goal.files.file(mappings[0].file)
     typed, retype_problems = parse_typed(rows, retype, display, selection.csv.decimal_comma)
-    problems.extend(retype_problems)
+    columns = {m.property: m.column for m in mappings}
+    problems.extend(replace(problem, column=columns.get(problem.column or "", problem.column)) for problem in retype_problems)
+    for prop, fmt in retype.items():
+        tally.add(display, _failed_lines(rows, typed, prop), columns[prop], f"value does not parse as {fmt.type}", value=True)
     for mapping in mappings:
         if mapping.rule == "set_or_clear" and mapping.property in retype:
             failed = _failed_lines(rows, typed, mapping.property)
             if failed.len():
                 typed = typed.filter(~pl.col(LINE).is_in(failed.implode()))
     return typed
+
+
+# Internal columns of the timeline and sum frames (never a property name: those cannot start with "_").
+_EVENT_ID = "_event_id"
+_ITEM_KEY = "_item_key"
+_ROW_KEY = "_row_key"
+
+
+def _item_keys(joined: pl.DataFrame, nested: NestedEventMapping, display: str, problems: list[InputProblem], tally: _RejectTally) -> pl.DataFrame:
+    """Each nested row's key within its event (``_item_key``): the text of the declared ``key``
+    columns, else its content (the mapped cells) numbered among identical rows of the event, so two
+    identical lines of one order stay two lines. A row whose declared key is empty is left out:
+    it could never be matched again."""
+    if nested.key:
+        columns = [_n(c) for c in nested.key]
+        joined = _reject_rows(
+            joined, pl.all_horizontal(*(_key_text(pl.col(c)).is_null() for c in columns)), display, columns[0],
+            "empty nested key", f"every nested row needs a value in {', '.join(columns)}", problems, tally,
+        )
+        return joined.with_columns(pl.concat_str([_key_text(pl.col(c)).fill_null("") for c in columns], separator=_CELL_SEPARATOR).alias(_ITEM_KEY))
+    cells = [pl.col(_n(c)).cast(pl.String).fill_null(_EMPTY_CELL) for c in nested.properties.values()]
+    content = pl.concat_str(cells, separator=_CELL_SEPARATOR) if cells else pl.lit("")
+    joined = joined.with_columns(content.alias(_ITEM_KEY))
+    occurrence = (pl.int_range(1, pl.len() + 1).over(["event_id", _ITEM_KEY])).cast(pl.String)
+    return joined.with_columns(pl.concat_str([pl.lit("content"), pl.col(_ITEM_KEY), occurrence], separator="\x1e").alias(_ITEM_KEY))
+
+
+def _typed_properties(
+    frame: pl.DataFrame, definitions: dict[str, PropertyDefinition], columns: dict[str, str], display: str, goal: ImportGoal,
+    problems: list[InputProblem], tally: _RejectTally, files: _DeliveryFiles, name: str,
+) -> pl.DataFrame:
+    """Event and nested properties whose column stayed text because it is also a key are typed
+    here; a value that does not parse is not imported (listed and counted), the row is. Every
+    row gets ``NOT_IMPORTED``: the properties whose cell did not parse, so the merge keeps the
+    stored value of a known event or nested row instead of clearing it."""
+    formats = {prop: _format_for(d) for prop, d in definitions.items() if d.type != "text" and frame.schema.get(prop) == pl.String}
+    failed = {prop: files.failed_cells(name, _n(column)) for prop, column in columns.items()}
+    if formats:
+        typed, found = parse_typed(frame, formats, display, goal.files.root.csv.decimal_comma)
+        problems.extend(replace(problem, column=columns.get(problem.column or "", problem.column)) for problem in found)
+        for prop, fmt in formats.items():
+            lines = _failed_lines(frame, typed, prop)
+            tally.add(display, lines, columns[prop], f"value does not parse as {fmt.type}", value=True)
+            failed[prop] = pl.concat([failed[prop].cast(pl.Int64), lines.cast(pl.Int64)])
+        frame = typed
+    marks = [pl.when(pl.col(LINE).is_in(lines.implode())).then(pl.lit(prop)) for prop, lines in failed.items() if lines.len()]
+    if not marks:
+        return frame.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias(NOT_IMPORTED))
+    return frame.with_columns(pl.concat_list(marks).list.drop_nulls().alias(NOT_IMPORTED))
+
+
+def key_identities(keys: pl.DataFrame) -> pl.DataFrame:
+    """``_line`` → the 128-bit md5 of the row's key text (``_row_hash_hi``, ``_row_hash_lo``),
+    computed in DuckDB: the values are stored for years, Polars' own hash is not stable."""
+    connection = duckdb.connect()
+    try:
+        connection.register("row_keys", keys)
+        return connection.sql(
+            f"""
+            SELECT _line, CAST(h >> 64 AS UBIGINT) AS {HASH_HI}, CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS {HASH_LO}
+            FROM (SELECT _line, md5_number({_ROW_KEY}) AS h FROM row_keys)
+            """
+        ).pl()
+    finally:
+        connection.close()
+
+
+def _check_reject_share(
+    goal: ImportGoal, tally: _RejectTally, rows_by_file: dict[str, int], timeline: list, display_names: dict[str, str], problems: list[InputProblem]
+) -> None:
+    """A file whose share of rejected rows (left out, a value not imported, an event dropped)
+    exceeds ``max_reject_share`` fails the delivery as a whole: a wrong date format or shifted
+    columns must not pass as a partial success that silently drops most of the file."""
+    time_columns = {(display_names[e.file], _n(e.event_time)) for e in timeline}
+    for display, total in rows_by_file.items():
+        bad = tally.rejected_lines(display)
+        if not total or bad / total <= goal.max_reject_share:
+            continue
+        (_, column, reason), rows = max(((key, n) for key, n in tally.reasons.items() if key[0] == display), key=lambda item: item[1])
+        if (display, column) in time_columns:
+            fix = (
+                "set event_time_format on the goal's timeline entry to the way the file writes its times "
+                "(a strptime pattern such as '%d-%m-%Y %H:%M'; without it the times must be ISO 8601)"
+            )
+        else:
+            fix = "correct the file (or the goal's configuration); if this share of rejects is expected, raise the goal's max_reject_share"
+        summary = InputProblem(
+            file=display, line=None, column=column,
+            reason=(
+                f"{bad:,} of {total:,} rows ({bad / total:.1%}) were rejected or lost a value, more than the goal's "
+                f"max_reject_share ({goal.max_reject_share:.0%}); nothing of the delivery was merged. Most common: "
+                f"{reason} in column {column!r} ({rows:,} rows)"
+            ),
+            fix=fix,
+        )
+        raise InputError([summary, *problems])

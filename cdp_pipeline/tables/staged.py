@@ -24,6 +24,18 @@ LINE = "_line"
 KEY_INDEX = "_key_index"
 #: number of root rows a record was built from (consent and ignore counts are in rows).
 ROWS = "_rows"
+#: the row identity of a sum row, as two 64-bit halves of its hash (a file's row counted once).
+HASH_HI = "_row_hash_hi"
+HASH_LO = "_row_hash_lo"
+#: sum rows: the identity is a key (event id, nested key, ``identity`` columns) whose
+#: contribution is remembered across files, not the per-file identity.
+SUM_KEYED = "_keyed"
+#: sum rows: the per-file identity of a keyed row, so a store counted before sums had keys
+#: recognises rows it already added.
+FILE_HASH_HI = "_file_hash_hi"
+FILE_HASH_LO = "_file_hash_lo"
+#: event and nested frames: the properties of the row whose cell did not parse.
+NOT_IMPORTED = "_not_imported"
 
 
 @dataclass
@@ -52,7 +64,7 @@ class StagedImport:
     group_type: str | None = None
     #: event type → event_id, _key, event_time, properties
     events: dict[str, pl.DataFrame] = field(default_factory=dict)
-    #: "event_type/nested_type" → event_id, item_index, properties
+    #: "event_type/nested_type" → event_id, item_key (the row's key within its event), item_index, properties
     items: dict[str, pl.DataFrame] = field(default_factory=dict)
     product_store: list[ProductStoreSource] = field(default_factory=list)
     rejects: list[InputProblem] = field(default_factory=list)
@@ -69,6 +81,13 @@ class StagedImport:
     #: a key matching several stored profiles updates every one of them (SARE's duplicates_handling
     #: "default"); otherwise the smallest profile_id. Decided at merge time, so not saved.
     match_all: bool = False
+    #: rows with any problem (left out, or with a value not imported), counted over the whole
+    #: delivery (the listed problems are capped); None for tables staged without the count.
+    rows_rejected: int | None = None
+    #: cells that did not parse for their property and were not imported (the row's other values were).
+    values_not_imported: int = 0
+    #: the goal's ``nested: replace``: a re-delivered event's nested rows replace the stored ones.
+    replace_nested: bool = False
 
     @property
     def identifier_properties(self) -> list[str]:
@@ -98,6 +117,9 @@ class StagedImport:
             "rows_read": self.rows_read,
             "warnings": self.warnings,
             "reject_report": self.reject_report,
+            "rows_rejected": self.rows_rejected,
+            "values_not_imported": self.values_not_imported,
+            "replace_nested": self.replace_nested,
         }
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
@@ -120,6 +142,9 @@ class StagedImport:
             rows_read=manifest["rows_read"],
             warnings=manifest["warnings"],
             reject_report=manifest.get("reject_report"),
+            rows_rejected=manifest.get("rows_rejected"),
+            values_not_imported=manifest.get("values_not_imported", 0),
+            replace_nested=manifest.get("replace_nested", False),
         )
 
 

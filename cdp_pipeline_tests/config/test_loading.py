@@ -200,3 +200,22 @@ def test_a_plain_endpoint_url_and_variable_names_load(tmp_path):
     source = "{type: s3, bucket: b, endpoint_url: 'http://127.0.0.1:9000', access_key_id_env: AKIA_KEY_FOR_ACME, secret_access_key_env: S3_SECRET}"
     project = load_project(_config(tmp_path, GOOD.replace("{type: local, path: drop}", source)), tmp_path)
     assert project.connections["acme"].source.endpoint_url == "http://127.0.0.1:9000"
+
+
+def test_goal_hash_covers_what_the_goal_uses_not_a_new_segment(tmp_path):
+    """Adding a segment (or a property no goal maps) must not re-import every file still in the
+    folders; changing a property the goal fills must."""
+    base = load_project(_config(tmp_path / "a", GOOD), tmp_path).goal_config_hash("acme", "people")
+    segment = STORE + "  segments:\n    big: {condition: 'spend > 100'}\n"
+    unused = STORE + "    city: {type: text}\n"
+    used = STORE.replace("spend: {type: decimal}", "spend: {type: integer}")
+    assert load_project(_config(tmp_path / "b", GOOD, segment), tmp_path).goal_config_hash("acme", "people") == base
+    assert load_project(_config(tmp_path / "c", GOOD, unused), tmp_path).goal_config_hash("acme", "people") == base
+    assert load_project(_config(tmp_path / "d", GOOD, used), tmp_path).goal_config_hash("acme", "people") != base
+    assert load_project(_config(tmp_path / "e", GOOD.replace("rule: sum", "rule: sum, identity: [email]")), tmp_path).goal_config_hash("acme", "people") != base
+
+
+def test_a_property_named_like_an_internal_column_is_refused(tmp_path):
+    store = STORE + "    _key: {type: text}\n"
+    with pytest.raises(ConfigError, match=r"catalog.profile_properties._key: names starting with '_' are reserved"):
+        load_project(_config(tmp_path, GOOD, store), tmp_path)

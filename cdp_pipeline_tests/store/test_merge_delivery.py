@@ -62,6 +62,8 @@ ORDERS_GOAL = {
     "identifiers": [{"column": "customer_id", "property": "customer_number"}],
     "allow_new_profiles": True,
     "on_error": "skip_rows",
+    # These small files reject a row on purpose; the share guard is tested in scenarios/.
+    "max_reject_share": 1,
     "mappings": [
         {"column": "total", "property": "spend", "rule": "sum"},
         {"column": "order_count", "property": "orders", "rule": "sum"},
@@ -163,13 +165,15 @@ def test_row_delta_over_three_versions_of_one_file_counts_each_row_once(tmp_path
     assert (second.counts.sum_rows_counted, second.counts.sum_rows_already_counted) == (2, 4)
     assert _profile(h, "C1") == (Decimal("22"), 3, ["web", "app"], "Bergen")  # set and add apply as usual
 
-    # v3: a second customer, and o1 delivered twice (an identical row counts as a second row).
+    # v3: a second customer, and o1 delivered twice. The orders are timeline events, so their sums
+    # are keyed by the order id: o1 is one real-world order however often a file carries it (this
+    # test used to expect the second copy to be added, 32 / 4 orders: the double count of issue H).
     v3 = v1 + "o3,C1,2026-01-03T10:00:00,7,app,Bergen\no4,C2,2026-01-04T10:00:00,1,web,Oslo\no1,C1,2026-01-01T10:00:00,10,web,Oslo\n"
     third = h.run("shop", "orders", _orders(v3, "o1,A,1\n"))
-    assert (third.counts.sum_rows_counted, third.counts.sum_rows_already_counted) == (4, 6)
-    assert _profile(h, "C1")[:2] == (Decimal("32"), 4)
+    assert (third.counts.sum_rows_counted, third.counts.sum_rows_already_counted) == (2, 6)
+    assert _profile(h, "C1")[:2] == (Decimal("22"), 3)
     assert _profile(h, "C2")[:2] == (Decimal("1"), 1)
-    assert h.query("SELECT property, count(*) FROM delivery_rows GROUP BY 1 ORDER BY 1") == [("orders", 5), ("spend", 5)]
+    assert h.query("SELECT property, count(*) FROM delivery_rows GROUP BY 1 ORDER BY 1") == [("orders", 4), ("spend", 4)]
     assert h.query("SELECT count(*) FROM timeline_order") == [(4,)]  # o1 re-imported, never duplicated
 
 
@@ -221,7 +225,9 @@ def test_reprocess_applies_set_and_add_again_and_never_counts_a_sum_twice(tmp_pa
 
 
 def test_event_reimport_updates_the_event_its_items_and_the_product_store(tmp_path):
-    h = _shop(tmp_path)
+    # A corrected order that drops a line needs ``nested: replace`` since issue H: by default the
+    # nested rows merge by key, and a later file carrying only some lines removes none.
+    h = Harness(tmp_path, [{"name": "shop", "goals": [{**ORDERS_GOAL, "nested": "replace"}]}])
     first = h.run("shop", "orders", _orders("o1,C1,2026-01-01T10:00:00,10,web,Oslo\n", "o1,A,1\no1,B,3\n"))
     assert (first.counts.events_created, first.counts.events_updated) == (1, 0)
     assert h.query("SELECT product_id, times_bought, quantity_bought FROM product_store ORDER BY 1") == [("A", 1, Decimal("1")), ("B", 1, Decimal("3"))]
@@ -257,6 +263,7 @@ IDENTIFY_GOAL = {
     "identifiers": [{"column": "customer_id", "property": "customer_number"}, {"column": "email", "property": "email"}],
     "allow_new_profiles": True,
     "on_error": "skip_rows",
+    "max_reject_share": 1,
     "mappings": [{"column": "first_name", "property": "first_name"}, {"column": "spend", "property": "spend", "rule": "sum"}],
 }
 
@@ -390,7 +397,9 @@ def test_on_error_fail_writes_the_report_and_merges_nothing(tmp_path):
     h = Harness(tmp_path, [{"name": "shop", "goals": [goal]}])
     h.run("shop", "orders", _orders("o1,C1,2026-01-01T10:00:00,10,web,Oslo\n", path="in/orders_0.csv"))
     before = h.query("SELECT * FROM profiles")
-    work_dir = h.stage("shop", "orders", _orders("o2,C1,2026-01-02T10:00:00,5,web,Bergen\no3,C1,2026-01-03T10:00:00,12abc,web,Bergen\no4,,2026-01-03T10:00:00,1,web,X\n"))
+    work_dir = h.stage(
+        "shop", "orders", _orders("o2,C1,2026-01-02T10:00:00,5,web,Bergen\no3,C1,2026-01-03T10:00:00,12abc,web,Bergen\no4,,2026-01-03T10:00:00,1,web,X\n")
+    )
     conn_cfg = h.project.connections["shop"]
     with pytest.raises(InputError) as raised:
         importing.stage_delivery(h.project, conn_cfg, importing.import_goal(conn_cfg, "orders"), work_dir, NOW)
@@ -404,7 +413,9 @@ def test_on_error_fail_writes_the_report_and_merges_nothing(tmp_path):
 
 def test_on_error_skip_rows_merges_without_them_and_stores_the_rejects(tmp_path):
     h = _shop(tmp_path)
-    work_dir = h.stage("shop", "orders", _orders("o2,C1,2026-01-02T10:00:00,5,web,Bergen\no3,C1,2026-01-03T10:00:00,12abc,app,Bergen\no4,,2026-01-03T10:00:00,1,web,X\n"))
+    work_dir = h.stage(
+        "shop", "orders", _orders("o2,C1,2026-01-02T10:00:00,5,web,Bergen\no3,C1,2026-01-03T10:00:00,12abc,app,Bergen\no4,,2026-01-03T10:00:00,1,web,X\n")
+    )
     conn_cfg = h.project.connections["shop"]
     goal = importing.import_goal(conn_cfg, "orders")
     staged = importing.stage_delivery(h.project, conn_cfg, goal, work_dir, NOW)
@@ -422,7 +433,10 @@ def test_merge_failure_rolls_back_every_part(tmp_path):
     h = _shop(tmp_path)
     staged = build_import_tables(
         importing.import_goal(h.project.connections["shop"], "orders"), CATALOG,
-        {"orders": _write(tmp_path / "o.csv", ORDERS_HEADER + "o1,C1,2026-01-01T10:00:00,10,web,Oslo\n"), "order_lines": _write(tmp_path / "l.csv", LINES_HEADER + "o1,A,1\n")},
+        {
+            "orders": _write(tmp_path / "o.csv", ORDERS_HEADER + "o1,C1,2026-01-01T10:00:00,10,web,Oslo\n"),
+            "order_lines": _write(tmp_path / "l.csv", LINES_HEADER + "o1,A,1\n"),
+        },
         {"orders": "in/orders_1.csv", "order_lines": "in/order_lines_1.csv"}, NOW,
     )
     staged.events["no_such_type"] = staged.events["order"]  # fails after profiles and sums were written
@@ -445,15 +459,18 @@ def _write(path: Path, text: str) -> Path:
 def test_warning_when_another_connection_fills_the_same_property(tmp_path):
     crm = {"name": "crm", "goals": [CONSENT_GOAL]}
     shop = {"name": "shop", "goals": [ORDERS_GOAL]}
-    webshop = {"name": "webshop", "goals": [{**CONSENT_GOAL, "mappings": [{"column": "first_name", "property": "first_name"}, {"column": "spend", "property": "spend", "rule": "sum"}]}]}
+    webshop_mappings = [{"column": "first_name", "property": "first_name"}, {"column": "spend", "property": "spend", "rule": "sum"}]
+    webshop = {"name": "webshop", "goals": [{**CONSENT_GOAL, "mappings": webshop_mappings}]}
     h = Harness(tmp_path, [crm, shop, webshop])
     writers = property_writers(h.project)
     assert writers[("profiles", "spend")] == [("crm", "customers"), ("shop", "orders"), ("webshop", "customers")]
     assert writers[("profiles", "city")] == [("shop", "orders")]
     warnings = shared_property_warnings(h.project, "webshop", "customers")
     assert warnings == [
-        "profiles.first_name is also filled by crm/customers: the merge rules of both decide the value; map into another property if the two sources must not overwrite each other",
-        "profiles.spend is also filled by crm/customers, shop/orders: the merge rules of both decide the value; map into another property if the two sources must not overwrite each other",
+        "profiles.first_name is also filled by crm/customers: the merge rules of both decide the value; "
+        "map into another property if the two sources must not overwrite each other",
+        "profiles.spend is also filled by crm/customers, shop/orders: the merge rules of both decide the value; "
+        "map into another property if the two sources must not overwrite each other",
     ]
     work_dir = h.stage("webshop", "customers", {"customers": ("in/customers_1.csv", "customer_id,first_name,consent,spend\nC1,Ann,,1\n")})
     conn_cfg = h.project.connections["webshop"]
@@ -474,3 +491,45 @@ def test_group_sums_use_the_row_delta_and_ignored_groups_are_not_counted(tmp_pat
     assert first.counts.sum_rows_counted == 1  # H9 matched no group: not counted
     h.run("crm", "households", {"households": ("in/households_1.csv", "household_id,people\nH1,2\nH9,5\nH1,3\n")})
     assert h.query("SELECT group_id, size FROM groups_household") == [("H1", 6)]
+
+
+def test_rows_counted_before_sums_had_keys_are_not_added_again(tmp_path):
+    """A store whose sum rows were remembered per file (before keys existed): the same file again
+    finds them by their per-file identity and remembers them by key from then on, so neither the
+    upgrade nor a later file under another name adds those orders a second time."""
+    h = _shop(tmp_path)
+    rows = "o1,C1,2026-01-01T10:00:00,10,web,Oslo\n"
+    goal = importing.import_goal(h.project.connections["shop"], "orders")
+    paths = {"orders": _write(tmp_path / "o.csv", ORDERS_HEADER + rows), "order_lines": _write(tmp_path / "l.csv", LINES_HEADER)}
+    staged = build_import_tables(goal, CATALOG, paths, {"orders": "in/orders_1.csv", "order_lines": "in/order_lines_1.csv"}, NOW)
+    # What the earlier code left: per-file identities, no key.
+    staged.sum_rows = {
+        prop: frame.drop("_row_hash_hi", "_row_hash_lo", "_keyed").rename({"_file_hash_hi": "_row_hash_hi", "_file_hash_lo": "_row_hash_lo"})
+        for prop, frame in staged.sum_rows.items()
+    }
+    record = DeliveryRecord("legacy", "shop", "orders", "orders:orders_1.csv", "in/orders_1.csv", [], "old-sha", "old-cfg")
+    with open_writer(h.project.store_path, CATALOG) as conn:
+        merge_delivery(conn, CATALOG, staged, record, "r0", NOW)
+        conn.execute("UPDATE delivery_rows SET keyed = NULL, value = NULL")  # as the earlier schema left them
+    assert _profile(h, "C1")[:2] == (Decimal("10"), 1)
+    again = h.run("shop", "orders", _orders(rows, path="in/orders_1.csv"))
+    assert (again.counts.sum_rows_already_counted, _profile(h, "C1")[:2]) == (2, (Decimal("10"), 1))
+    later = h.run("shop", "orders", _orders(rows + "o2,C1,2026-01-02T10:00:00,5,web,Oslo\n", path="in/orders_2.csv"))
+    assert later.counts.sum_rows_already_counted == 2
+    assert _profile(h, "C1")[:2] == (Decimal("15"), 2)
+
+
+def test_an_order_moved_to_another_customer_moves_its_amount(tmp_path):
+    """The partner corrects an order's customer: the sum follows the order (C1 gives back what it
+    counted, C2 gets it), with or without a changed amount, and the history shows both values."""
+    h = _shop(tmp_path)
+    h.run("shop", "orders", _orders("o1,C1,2026-01-01T10:00:00,10,web,Oslo\no2,C1,2026-01-02T10:00:00,5,web,Oslo\n", path="in/orders_1.csv"))
+    h.run("shop", "orders", _orders("o1,C2,2026-01-01T10:00:00,10,web,Bergen\n", path="in/orders_2.csv"))
+    assert (_profile(h, "C1")[:2], _profile(h, "C2")[:2]) == ((Decimal("5"), 1), (Decimal("10"), 1))
+    h.run("shop", "orders", _orders("o1,C1,2026-01-01T10:00:00,12,web,Oslo\n", path="in/orders_3.csv"))
+    assert (_profile(h, "C1")[:2], _profile(h, "C2")[:2]) == ((Decimal("17"), 2), (Decimal("0"), 0))
+    assert h.query("SELECT profile_id, event_id FROM timeline_order ORDER BY 2")[0][1] == "o1"
+    spend = h.query(
+        "SELECT p.customer_number, v.value FROM property_provenance v JOIN profiles p ON p.profile_id = v.entity_id WHERE v.property = 'spend' ORDER BY 1"
+    )
+    assert spend == [("C1", "17.0000"), ("C2", "0.0000")]

@@ -67,6 +67,10 @@ def _profiles_goal(**overrides) -> ProfileImportGoal:
         "mappings": [{"column": "first_name", "property": "first_name"}],
     }
     spec.update(overrides)
+    if overrides.get("on_error") == "skip_rows":
+        # These small files reject rows on purpose, far above the default share guard (5 %); the
+        # guard itself is tested in scenarios/.
+        spec.setdefault("max_reject_share", 1)
     return ProfileImportGoal.model_validate(spec)
 
 
@@ -170,7 +174,8 @@ def test_several_identifiers_key_rows_by_the_first_non_empty_one(tmp_path):
     assert records[("C1", 0)]["_ident_1"] == "ann@x.com"
     assert records[("bob@x.com", 1)]["_ident_0"] is None
     rejected = [(p.line, p.column, p.reason) for p in staged.rejects]
-    assert rejected == [(5, "customer_id", "every identifier is empty (customer_id, email)"), (6, "customer_id", "every identifier is empty (customer_id, email)")]
+    empty = "every identifier is empty (customer_id, email)"
+    assert rejected == [(5, "customer_id", empty), (6, "customer_id", empty)]
 
 
 def test_empty_identifier_fails_the_delivery_by_default(tmp_path):
@@ -367,6 +372,70 @@ def test_link_columns_stay_text_so_leading_zeros_link_exactly(tmp_path):
     assert records["C1"]["tags"] == ["A"] and records["C2"]["tags"] is None
 
 
+CUSTOMER_FILES = {
+    "root": {"name": "customers", "pattern": "customers_*.csv"},
+    "linked": [{"name": "orders", "pattern": "orders_*.csv", "parent": "customers", "link": {"customer_id": "customer_id"}}],
+}
+
+
+def _customers_and_orders(tmp_path: Path, customers: str, orders: str) -> dict[str, Path]:
+    return {"customers": _write(tmp_path / "customers_1.csv", customers), "orders": _write(tmp_path / "orders_1.csv", orders)}
+
+
+def test_a_link_column_mapped_to_an_integer_property_links_as_written(tmp_path):
+    """The link compares "007" with "007"; only the stored property is typed (007 → 7). Typing
+    the column first turned every order into an orphan of customer 7."""
+    paths = _customers_and_orders(
+        tmp_path, "customer_id,first_name\n007,Ann\n 008 ,Bob\n", "order_id,customer_id,total\nA,007,5\nB,008,2\nC,8,1\n"
+    )
+    files = {**CUSTOMER_FILES, "linked": [{**CUSTOMER_FILES["linked"][0], "orphans": "reject"}]}
+    goal = _profiles_goal(
+        files=files, on_error="skip_rows",
+        mappings=[{"column": "customer_id", "property": "score"}, {"column": "total", "property": "spend", "rule": "sum", "file": "orders"}],
+    )
+    staged = _build(goal, paths)
+    records = _by_key(staged)
+    assert sorted(records) == ["007", "008"]
+    assert (records["007"]["score"], records["007"]["spend"]) == (7, Decimal("5"))
+    assert (records["008"]["score"], records["008"]["spend"]) == (8, Decimal("2"))
+    # "8" is not "008": an orphan, rejected with its line.
+    assert [(p.file, p.line, p.column) for p in staged.rejects] == [("orders_1.csv", 4, "customer_id")]
+
+
+def test_a_link_column_mapped_to_a_list_property_links_and_fills_the_list(tmp_path):
+    """A column used as link and as list property (rule add): the link stays text, the property
+    gets the list (this crashed with Polars' "cannot cast List type")."""
+    paths = _customers_and_orders(tmp_path, "customer_id,first_name\n007,Ann\n", "order_id,customer_id,total\nA,007,5\nB,007,2\n")
+    goal = _profiles_goal(
+        files=CUSTOMER_FILES,
+        mappings=[{"column": "customer_id", "property": "tags", "rule": "add"}, {"column": "order_id", "property": "notes", "rule": "add", "file": "orders"}],
+    )
+    records = _by_key(_build(goal, paths))
+    assert records["007"]["tags"] == ["007"] and records["007"]["notes"] == ["A", "B"]
+
+
+def test_an_event_id_also_mapped_to_an_integer_event_property_stays_the_id_as_written(tmp_path):
+    catalog = Catalog.model_validate(
+        {**CATALOG.model_dump(), "event_types": {"order": {"properties": {"number": {"type": "integer"}}, "nested": {}}}}
+    )
+    path = _write(tmp_path / "orders_1.csv", "order_id,customer_id,order_date\n0042,C1,2026-01-01T10:00:00\n")
+    goal = _profiles_goal(
+        files={"root": {"name": "orders", "pattern": "orders_*.csv"}}, mappings=[],
+        timeline=[{"event_type": "order", "file": "orders", "event_id": "order_id", "event_time": "order_date", "properties": {"number": "order_id"}}],
+    )
+    staged = build_import_tables(goal, catalog, {"orders": path}, {"orders": path.name}, RUN_TIME)
+    assert staged.events["order"].select("event_id", "number").rows() == [("0042", 42)]
+
+
+def test_identifiers_and_links_match_in_unicode_nfc(tmp_path):
+    """"é" as one code point and as "e" + combining accent are one key."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    paths = _customers_and_orders(tmp_path, f"customer_id,first_name\n{composed},Ann\n", f"order_id,customer_id,total\nA,{decomposed},5\n")
+    goal = _profiles_goal(files=CUSTOMER_FILES, mappings=[{"column": "total", "property": "spend", "rule": "sum", "file": "orders"}])
+    records = _by_key(_build(goal, paths))
+    assert list(records) == [composed] and records[composed]["spend"] == Decimal("5")
+
+
 def test_padded_link_values_link_and_keep_their_text(tmp_path):
     """Reliability #48: identifiers are trimmed, so link values are compared trimmed too; a value
     that is only blanks links nothing."""
@@ -380,7 +449,9 @@ def test_padded_link_values_link_and_keep_their_text(tmp_path):
     staged = _build(goal, paths)
     items = staged.items["order/order_line"]
     assert items["product_id"].to_list() == ["A", "B"] and items["item_index"].to_list() == [1, 2]
-    assert items["event_id"].to_list() == ["O1 ", "O1 "]  # the event's own id, as delivered
+    # The event id is a key like the links (issue H): trimmed, so "O1 " today and "O1" tomorrow are
+    # one event whose sums count once (this asserted the padded "O1 " before).
+    assert items["event_id"].to_list() == ["O1", "O1"]
     assert [(p.line, p.column) for p in staged.rejects] == [(4, "order_id")]
 
 
@@ -472,7 +543,7 @@ def test_row_identities_ignore_other_columns_and_count_identical_rows():
 
     def identities(frame: pl.DataFrame, hashes: pl.DataFrame) -> list[tuple]:
         joined = frame.join(hashes, on="_line").sort("_line")
-        return sorted(zip(joined["customer_id"], joined["total"], joined["_row_hash_hi"], joined["_row_hash_lo"]), key=str)
+        return sorted(zip(joined["customer_id"], joined["total"], joined["_row_hash_hi"], joined["_row_hash_lo"], strict=True), key=str)
 
     assert identities(frame, first) == identities(moved, second)
     # Two identical (C1, 5) rows get two identities; an empty cell differs from a value.
@@ -493,3 +564,14 @@ def test_write_reject_report(tmp_path):
     assert [row[:3] for row in rows] == [("p.csv", 2, "spend"), ("p.csv", 3, "customer_id")]
     assert rows[0][3].startswith("cannot parse 'x' as DECIMAL") and rows[0][3].endswith("Correct the value or the column's format in csv.columns")
     assert rows[1][3] == "empty identifier. every row needs a value in the identifier column"
+
+
+def test_a_file_whose_every_event_time_fails_fails_whatever_the_share_allows(tmp_path):
+    paths = _orders(tmp_path, "order_id,customer_id,order_date,total\nO1,C1,03/01/2026 10:00,5\nO2,C2,03/01/2026 11:00,7\n", "order_id,product_id,quantity\n")
+    goal = _profiles_goal(files=ORDERS_FILES, timeline=ORDERS_TIMELINE, mappings=[], on_error="skip_rows", max_reject_share=1)
+    with pytest.raises(InputError, match="none of the 2 event times parses.*event_time_format"):
+        _build(goal, paths)
+    # With the format declared the same file imports.
+    timeline = [{**ORDERS_TIMELINE[0], "event_time_format": "%d/%m/%Y %H:%M"}]
+    staged = _build(_profiles_goal(files=ORDERS_FILES, timeline=timeline, mappings=[]), paths)
+    assert staged.events["order"]["event_time"].to_list() == [datetime(2026, 1, 3, 10), datetime(2026, 1, 3, 11)]
