@@ -103,7 +103,7 @@ class ProjectConfig:
         # A dialect's goal is generated per delivery from its settings (and, for SARE, the sidecar,
         # whose bytes are part of the content identity already): hash the settings.
         is_dialect = dialect is not None and goal in dialect.goal_names
-        shaped_by = dialect if is_dialect else conn.goal(goal)
+        shaped_by: BaseModel = dialect if dialect is not None and is_dialect else conn.goal(goal)
         payload = {
             "goal": shaped_by.model_dump(mode="json"),
             "source": conn.source.model_dump(mode="json"),

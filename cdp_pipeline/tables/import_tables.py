@@ -362,8 +362,14 @@ def build_import_tables(
     warnings: list[str] = []
     root = goal.files.root.name
     is_profiles = isinstance(goal, ProfileImportGoal)
-    properties = catalog.profile_properties if is_profiles else catalog.group_types[goal.group_type].properties
-    identifiers = [(_n(i.column), i.property) for i in goal.identifiers] if is_profiles else [(_n(goal.group_id), "group_id")]
+    if isinstance(goal, ProfileImportGoal):
+        properties = catalog.profile_properties
+        identifiers = [(_n(i.column), i.property) for i in goal.identifiers]
+        timeline = goal.timeline
+    else:
+        properties = catalog.group_types[goal.group_type].properties
+        identifiers = [(_n(goal.group_id), "group_id")]
+        timeline = []
     identifier_columns = [column for column, _ in identifiers]
     _check_mapping_targets(goal, goal.mappings, identifiers)
     missing_files = sorted({root, *(f.name for f in goal.files.linked)} - set(paths))
@@ -384,15 +390,14 @@ def build_import_tables(
         for prop_name, prop in properties.items():
             if prop_name.startswith(goal.bulk_mapping.prefix):
                 derived[root].setdefault(_n(prop_name[len(goal.bulk_mapping.prefix):]), _format_for(prop))
-    timeline = goal.timeline if is_profiles else []
     for event in timeline:
         event_type = catalog.event_types[event.event_type]
         derived[event.file][_n(event.event_time)] = ColumnFormat(type="datetime", format=event.event_time_format)
-        for prop, column in event.properties.items():
-            derived[event.file][_n(column)] = _format_for(event_type.properties[prop])
+        for event_property, column in event.properties.items():
+            derived[event.file][_n(column)] = _format_for(event_type.properties[event_property])
         for nested in event.nested:
-            for prop, column in nested.properties.items():
-                derived[nested.file][_n(column)] = _format_for(event_type.nested[nested.type].properties[prop])
+            for nested_property, column in nested.properties.items():
+                derived[nested.file][_n(column)] = _format_for(event_type.nested[nested.type].properties[nested_property])
     # Keys stay text (see ``_key_text``): identifiers, both sides of every link, event ids, nested
     # keys and sum identities. A mapping, event or nested property fed by the same column is typed
     # where it is used (``_retype`` / ``_typed_properties``), so the column can be both.
@@ -433,8 +438,8 @@ def build_import_tables(
         for nested in event.nested:
             used[nested.file] |= {_n(c) for c in nested.properties.values()} | {_n(c) for c in nested.key}
     mappings = [m for m in _mappings(goal, root, files.frames[root].columns, properties, used[root], warnings) if m.property in properties]
-    for mapping in mappings:
-        used[mapping.file].add(mapping.column)
+    for mapped in mappings:
+        used[mapped.file].add(mapped.column)
     for declared in goal.mappings:
         used[declared.file or root] |= {_n(c) for c in declared.identity}
     # Every missing column of every file in one error, before anything is linked or merged (#46).
@@ -691,10 +696,10 @@ def build_import_tables(
         target="profiles" if is_profiles else "groups",
         identifier_property=identifiers[0][1],
         identifiers=[prop for _, prop in identifiers],
-        allow_create=goal.allow_new_profiles if is_profiles else goal.allow_new_groups,
+        allow_create=goal.allow_new_profiles if isinstance(goal, ProfileImportGoal) else goal.allow_new_groups,
         rules=rules,
         records=records,
-        group_type=None if is_profiles else goal.group_type,
+        group_type=goal.group_type if isinstance(goal, GroupImportGoal) else None,
         events=events,
         items=items,
         product_store=product_store,

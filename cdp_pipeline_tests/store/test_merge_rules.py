@@ -28,11 +28,26 @@ EMPTY = {"name": None, "tags": None, "spend": None}
 
 # (rule, property) → {(incoming, stored): expected}; incoming in value/empty/absent, stored in value/empty
 TABLE = {
-    ("set", "name"): {("value", "value"): "new", ("value", "empty"): "new", ("empty", "value"): "old", ("empty", "empty"): None, ("absent", "value"): "old", ("absent", "empty"): None},
-    ("set_if_empty", "name"): {("value", "value"): "old", ("value", "empty"): "new", ("empty", "value"): "old", ("empty", "empty"): None, ("absent", "value"): "old", ("absent", "empty"): None},
-    ("set_or_clear", "name"): {("value", "value"): "new", ("value", "empty"): "new", ("empty", "value"): None, ("empty", "empty"): None, ("absent", "value"): "old", ("absent", "empty"): None},
-    ("add", "tags"): {("value", "value"): ["a", "b", "c"], ("value", "empty"): ["b", "c"], ("empty", "value"): ["a", "b"], ("empty", "empty"): None, ("absent", "value"): ["a", "b"], ("absent", "empty"): None},
-    ("sum", "spend"): {("value", "value"): Decimal("12.75"), ("value", "empty"): Decimal("2.25"), ("empty", "value"): Decimal("10.5"), ("empty", "empty"): None, ("absent", "value"): Decimal("10.5"), ("absent", "empty"): None},
+    ("set", "name"): {
+        ("value", "value"): "new", ("value", "empty"): "new", ("empty", "value"): "old",
+        ("empty", "empty"): None, ("absent", "value"): "old", ("absent", "empty"): None,
+    },
+    ("set_if_empty", "name"): {
+        ("value", "value"): "old", ("value", "empty"): "new", ("empty", "value"): "old",
+        ("empty", "empty"): None, ("absent", "value"): "old", ("absent", "empty"): None,
+    },
+    ("set_or_clear", "name"): {
+        ("value", "value"): "new", ("value", "empty"): "new", ("empty", "value"): None,
+        ("empty", "empty"): None, ("absent", "value"): "old", ("absent", "empty"): None,
+    },
+    ("add", "tags"): {
+        ("value", "value"): ["a", "b", "c"], ("value", "empty"): ["b", "c"], ("empty", "value"): ["a", "b"],
+        ("empty", "empty"): None, ("absent", "value"): ["a", "b"], ("absent", "empty"): None,
+    },
+    ("sum", "spend"): {
+        ("value", "value"): Decimal("12.75"), ("value", "empty"): Decimal("2.25"), ("empty", "value"): Decimal("10.5"),
+        ("empty", "empty"): None, ("absent", "value"): Decimal("10.5"), ("absent", "empty"): None,
+    },
 }
 CELLS = [(rule, prop, incoming, stored, expected) for (rule, prop), cells in TABLE.items() for (incoming, stored), expected in cells.items()]
 
@@ -52,7 +67,8 @@ def test_truth_table_cell(tmp_path, rule, prop, incoming, stored, expected):
     path = tmp_path / "store.duckdb"
     with open_writer(path, CATALOG) as conn:
         # Store the starting value with set_or_clear (writes exactly what it is given).
-        merge_delivery(conn, CATALOG, _staged(prop, "set_or_clear", VALUES[prop][0] if stored == "value" else EMPTY[prop]), _record(1), "r1", datetime(2026, 1, 1))
+        starting = VALUES[prop][0] if stored == "value" else EMPTY[prop]
+        merge_delivery(conn, CATALOG, _staged(prop, "set_or_clear", starting), _record(1), "r1", datetime(2026, 1, 1))
         if incoming == "absent":
             staged = StagedImport(
                 target="profiles", identifier_property="profile_id", allow_create=True, rules={},
