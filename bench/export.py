@@ -5,7 +5,7 @@ Builds a store of N profiles (default 1,000,000) with the bundled demo catalog d
 ``high_value`` segment, then runs ``exporting.run_export`` of the demo goal ``high_value_export``
 (full export, 10 columns of every kind the store can fill) to a local folder **in a fresh
 process**, so the peak RSS printed is the export's alone. Beside it, the same process times a
-bare ``COPY (SELECT …) TO csv`` of the same profiles as the floor (speed-anchors: 0.6–0.9 s).
+bare ``COPY (SELECT …) TO csv`` of the same profiles as the floor.
 
     python bench/export.py [--profiles 1000000] [--split-rows 250000] [--gzip] [--diff]
                            [--processors] [--events 0] [--memory-limit 1GB] [--keep]

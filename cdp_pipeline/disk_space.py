@@ -2,7 +2,7 @@
 
 A delivery lands in the work directory three times over (downloaded, decrypted, staged), and a
 disk that fills half-way used to surface as a transport error blaming the server or as a gpg
-failure that reads like a wrong key. Here (reliability anchors 2.1 #22): before the download the
+failure that reads like a wrong key. So before the download the
 free space must cover the files plus 20% (Airbyte's margin); before decryption, the ciphertext
 plus 20% (compressed PGP can still expand beyond that, which the disk-full error then catches).
 On ENOSPC the partial files are deleted, the step fails with where and how much, and nothing of

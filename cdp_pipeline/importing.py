@@ -60,8 +60,9 @@ _HASH_CHUNK = 8 * 1024 * 1024
 
 
 def delivery_work_dir(project: ProjectConfig, connection: str, partition_key: str) -> Path:
-    """Private directory of one delivery. Remote names never become local paths directly (S10):
-    a sanitised name plus a hash of the original keeps them unique and inside the work dir."""
+    """Private directory of one delivery. Remote names never become local paths directly (a name
+    such as ``../../etc/x`` would escape): a sanitised name plus a hash of the original keeps them
+    unique and inside the work dir."""
     safe = _UNSAFE.sub("_", partition_key)[:80]
     digest = hashlib.sha256(partition_key.encode()).hexdigest()[:10]
     path = private_directory(project.work_dir / connection / f"{safe}-{digest}")
@@ -526,14 +527,14 @@ _CUSTOMER_DATA_FOLDERS = ("fetched", "decrypted", "tables")
 
 
 def clean_plaintext(work_dir: Path) -> None:
-    """Downloaded, decrypted and staged data never outlives the run that needed it (S7)."""
+    """Downloaded, decrypted and staged customer data never outlives the run that needed it."""
     for folder in _CUSTOMER_DATA_FOLDERS:
         shutil.rmtree(work_dir / folder, ignore_errors=True)
 
 
 def sweep_stale_work(project: ProjectConfig, connection: str, older_than_hours: float = 24, now: float | None = None) -> list[Path]:
     """Remove the customer data of deliveries whose runs failed or died more than
-    ``older_than_hours`` ago (S7: a startup sweep of stale per-run directories).
+    ``older_than_hours`` ago: a run that died cannot clean up after itself, so the next one does.
 
     A failed run leaves its files for the re-execution that usually follows; a day later they are
     only a copy of customer data nobody looks after. Returns the work directories cleaned.

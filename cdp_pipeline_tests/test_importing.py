@@ -1,5 +1,5 @@
 """What a delivery leaves in the work directory: nothing of the customers' data after a merge, and
-nothing older than a day after a failed run (security S7)."""
+nothing older than a day after a failed run."""
 
 from __future__ import annotations
 

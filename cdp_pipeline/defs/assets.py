@@ -330,7 +330,7 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
         except CdpError as error:
             # The files are delivered and the export's state is recorded. A retry of this step
             # would export only what changed since (nothing) under the same file name and
-            # overwrite the delivery the consumer has not fetched yet (reliability #67).
+            # overwrite the delivery the consumer has not fetched yet.
             delivered = ", ".join(f.remote_path for f in outcome.files)
             raise dg.Failure(
                 description=(

@@ -52,7 +52,7 @@ def _connect(path: Path, *, read_only: bool, threads: int | None, lock_wait_seco
             return conn
         except duckdb.IOException as exc:
             # Another process holds the file (an analyst's session, an overlapping run outside the
-            # pool). Wait a bounded time, then fail with DuckDB's own text naming the holder (#58).
+            # pool). Wait a bounded time, then fail with DuckDB's own text naming the holder.
             if not _is_lock_conflict(exc) or time.monotonic() > deadline:
                 if _is_lock_conflict(exc):
                     raise TransientError(
@@ -67,7 +67,7 @@ def _connect(path: Path, *, read_only: bool, threads: int | None, lock_wait_seco
 @contextlib.contextmanager
 def open_writer(path: Path, catalog: Catalog, *, threads: int | None = None, lock_wait_seconds: float = 120) -> Iterator[duckdb.DuckDBPyConnection]:
     """The writing connection, schema brought up to date; always closed, even when the body raises,
-    so a failed step never keeps the lock (dagster-anchors §3.2)."""
+    so a failed step never keeps the single-writer lock from the next run."""
     if not path.parent.exists():
         private_directory(path.parent)
     conn = _connect(path, read_only=False, threads=threads, lock_wait_seconds=lock_wait_seconds)

@@ -1,7 +1,7 @@
 """The analysts' copy of the store.
 
 DuckDB allows one writing process per file, and even a read-only session on the live file makes
-the writer fail with "Could not set lock on file" (dagster-anchors §3.2). So analysts query a
+the writer fail with "Could not set lock on file". So analysts query a
 copy that the pipeline republishes after each merge: checkpointed, copied beside the target under
 a temporary name, then moved into place with an atomic rename. A session that has the old copy open keeps
 reading the old file (its inode stays alive until it closes); the next session sees the new one.

@@ -1,7 +1,7 @@
 """The store's tables, created from the catalog: wide, typed, commented, for analysts first.
 
 No PRIMARY KEY or UNIQUE constraints on purpose: in DuckDB an ART index made a 1M-row upsert of
-list columns ten times slower (speed-anchors.md). Uniqueness is kept by the merge itself (one row
+list columns ten times slower when measured. Uniqueness is kept by the merge itself (one row
 per key, pre-aggregated in Polars) and watched by asset checks.
 """
 
@@ -266,7 +266,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
     """Create missing tables and add columns for newly declared properties; returns what changed.
 
     A property whose declared type changed is refused rather than converted silently: the fix is
-    a new property name or an explicit migration by the operator (reliability #64)."""
+    a new property name or an explicit migration by the operator."""
     changes: list[str] = []
     tables = {**FIXED_TABLES, **catalog_tables(catalog)}
     existing = {

@@ -5,7 +5,7 @@ file's data processors → check the columns → link identifiers → map column
 join nested files to their parents → one row per key (duplicates resolved) → StagedImport.
 
 Duplicate keys inside one delivery are resolved here so the store never sees two updates of one
-key in one statement (reliability #49, A9): for set, set_if_empty and set_or_clear the LAST row
+key in one statement (an UPDATE that meets a key twice applies one of them at random): for set, set_if_empty and set_or_clear the LAST row
 of the key in file order wins; add collects the distinct values of all rows in file order; sum
 adds all rows. A mapping from a linked file (``mappings[].file``) resolves the same way over the
 linked rows of the key.
@@ -168,7 +168,7 @@ class _DeliveryFiles:
         needed = columns | {_n(c) for c in selection.required_columns}
         missing = sorted(needed - set(self.frames[name].columns))
         if missing:
-            # Schema drift on a required column fails the file before anything is merged (#46).
+            # Schema drift on a required column fails the file before anything is merged.
             present = [c for c in self.frames[name].columns if c != LINE]
             raise InputError(
                 [
@@ -442,7 +442,7 @@ def build_import_tables(
         used[mapped.file].add(mapped.column)
     for declared in goal.mappings:
         used[declared.file or root] |= {_n(c) for c in declared.identity}
-    # Every missing column of every file in one error, before anything is linked or merged (#46).
+    # Every missing column of every file in one error, before anything is linked or merged.
     missing: list[InputProblem] = []
     for name in paths:
         try:

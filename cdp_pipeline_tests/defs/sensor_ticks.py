@@ -13,7 +13,7 @@ DEMO_DELIVERIES = ["households:households_20260115.csv", "customers:profiles_202
 def evaluate_tick(definitions: dg.Definitions, connection: str, cursor: str | None, instance: dg.DagsterInstance, partitions=()):
     """One tick of ``<connection>_deliveries``. The daemon applies a tick's partition additions
     before it checks the run requests; a test evaluating the tick alone adds them itself
-    (dagster-anchors §3.3), and outside the daemon Dagster checks partitioned run requests against
+    (as the daemon would), and outside the daemon Dagster checks partitioned run requests against
     the instance's partitions."""
     sensor = definitions.resolve_sensor_def(f"{connection}_deliveries")
     instance.add_dynamic_partitions(f"{connection}__deliveries", list(partitions))

@@ -1,4 +1,4 @@
-"""What happens when a run dies after its store commit (reliability #57, #67): the retry must
+"""What happens when a run dies after its store commit: the retry must
 finish the job, never undo it. The merge or export is real; only the moment of failure is chosen."""
 
 from __future__ import annotations
