@@ -227,17 +227,36 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Every finding that needs no network, in one run: each file's schema errors, the cross-checks
+    against the catalog, the segment and lifecycle conditions compiled against the tables the
+    catalog defines, and unset ``*_env`` variables. An unset variable is a warning (exit 0) unless
+    ``--strict``: the secrets are often set only where the code location runs, not on the machine
+    where a person edits the YAML."""
     os.environ.setdefault("CDP_HOME", str(Path(args.home).expanduser().resolve()))
-    from cdp_pipeline.config.loading import load_project
-    from cdp_pipeline.errors import ConfigError
+    from cdp_pipeline.config.loading import inspect_project
+    from cdp_pipeline.connection_check import unset_variables
 
-    try:
-        project = load_project()
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
+    project, problems = inspect_project()
+    warnings = [
+        f"{project.connection_files[name].relative_to(project.config_dir)} (connection {name!r}): environment variable {variable} "
+        f"is not set or empty ({purpose}); set it where the code location and the CLI run"
+        for name, connection in project.connections.items()
+        for variable, purpose in unset_variables(connection, os.environ)
+    ]
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    for line in warnings:
+        print(f"{'error' if args.strict else 'warning'}: {line}", file=sys.stderr)
     for name, path in project.connection_files.items():
-        print(f"ok  {name}  ({path})")
+        where = f"{path.relative_to(project.config_dir)} (connection {name!r})"
+        if not any(line.startswith(where) for line in problems):
+            print(f"ok  {name}  ({path})")
+    failed = len(problems) + (len(warnings) if args.strict else 0)
+    if failed:
+        print(f"cdp-pipeline validate: {failed} problem(s) in {project.config_dir}", file=sys.stderr)
+        return 2
+    if warnings:
+        print(f"{len(warnings)} warning(s); --strict makes them errors", file=sys.stderr)
     return 0
 
 
@@ -267,9 +286,20 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all_passed(results) else 1
 
 
+def _shared_options_on_every_subcommand(commands: argparse._SubParsersAction) -> None:
+    """``--home`` and ``--config-dir`` work after the subcommand too (``cdp-pipeline validate
+    --config-dir conf``), the order people type them in. SUPPRESS keeps the value given before
+    the subcommand when the option is not repeated after it. Added after every subcommand exists,
+    so a new subcommand gets them without remembering to."""
+    for subparser in commands.choices.values():
+        subparser.add_argument("--home", default=argparse.SUPPRESS, help="CDP_HOME: store, work dir, demo folders")
+        subparser.add_argument("--config-dir", default=argparse.SUPPRESS, help="configuration directory (store.yaml, connections/)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cdp-pipeline", description=__doc__)
     parser.add_argument("--home", default=os.environ.get("CDP_HOME", ".cdp_home"), help="CDP_HOME: store, work dir, demo folders")
+    parser.add_argument("--config-dir", help="configuration directory (store.yaml, connections/); default CDP_CONFIG_DIR, else the demo's")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="generate the demo delivery and run the demo connection end to end")
     demo.add_argument("--profiles", type=int, default=3000)
@@ -284,12 +314,17 @@ def main(argv: list[str] | None = None) -> int:
     reprocess.add_argument("connection")
     reprocess.add_argument("partition_key", help="goal:root file name, as shown in the UI's partitions")
     reprocess.set_defaults(handler=_reprocess)
-    validate = commands.add_parser("validate", help="load and check the YAML configuration")
+    validate = commands.add_parser("validate", help="check the YAML configuration without the network, reporting every problem at once")
+    validate.add_argument("--strict", action="store_true", help="treat unset *_env environment variables as errors")
     validate.set_defaults(handler=_validate)
     check = commands.add_parser("check", help="test a connection before any data moves: secrets, login, folders, permissions, PGP keys")
     check.add_argument("connection")
     check.set_defaults(handler=_check)
+    _shared_options_on_every_subcommand(commands)
     args = parser.parse_args(argv)
+    if args.config_dir:
+        # Through the environment, so the Dagster definitions this process loads read the same directory.
+        os.environ["CDP_CONFIG_DIR"] = str(Path(args.config_dir).expanduser().resolve())
     from cdp_pipeline.errors import ConfigError
 
     try:

@@ -155,6 +155,12 @@ def _named_variables(connection: Connection) -> list[tuple[str, str]]:
     return [(name, "; ".join(dict.fromkeys(found))) for name, found in purposes.items()]
 
 
+def unset_variables(connection: Connection, env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(variable, what it holds) for each ``*_env`` the connection names that is unset or empty;
+    ``validate`` reports them without the network, never showing a value."""
+    return [(name, purpose) for name, purpose in _named_variables(connection) if not env.get(name)]
+
+
 def _environment_checks(connection: Connection, env: Mapping[str, str]) -> list[CheckResult]:
     results = []
     for name, purpose in _named_variables(connection):
