@@ -286,6 +286,53 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all_passed(results) else 1
 
 
+def _preview(args: argparse.Namespace) -> int:
+    """Exit 0 when the delivery would import, 1 when it would fail, 2 for an unknown name."""
+    home = Path(args.home).expanduser().resolve()
+    os.environ.setdefault("CDP_HOME", str(home))
+    from cdp_pipeline.config.loading import load_project
+    from cdp_pipeline.preview import preview
+
+    project = load_project(home=home)
+    listing, result = preview(project, args.connection, args.goal, args.delivery, rows=args.rows)
+    for goal in listing:
+        print(f"goal {goal.goal}  (folder {goal.directory or '.'})")
+        for line in goal.complete:
+            print(f"  complete: {line}")
+        for line in goal.merged:
+            print(f"  complete, already merged: {line}")
+        for line in goal.waiting:
+            print(f"  waiting: {line}")
+        for line in goal.ignored:
+            print(f"  ignored: {line}")
+        if not (goal.complete or goal.merged or goal.waiting or goal.ignored):
+            print("  (no files)")
+    if result is None:
+        print("no complete delivery to preview")
+        return 0
+    print(f"\ndry run of {result.delivery} ({', '.join(result.files)}); nothing was written, no remote file was touched")
+    if result.failed is not None:
+        print(f"  the import would FAIL: {result.failed}")
+        return 1
+    print(f"  rows read: {result.rows_read}")
+    print(f"  rows rejected: {result.rows_rejected}  values not imported: {result.values_not_imported}")
+    for problem in result.rejects:
+        print(f"    - {problem}")
+    print(f"  compared with: {result.compared_with}")
+    print(f"  records: would create {result.would_create}, would match existing {result.would_match}, "
+          f"would ignore {result.would_ignore} (no match, new profiles not allowed)")
+    for event_type, (count, stored) in result.events.items():
+        print(f"  events {event_type}: {count} ({count - stored} new, {stored} already stored)")
+    for warning in result.warnings:
+        print(f"  warning: {warning}")
+    if result.first_rows.width:
+        print(f"  first {result.first_rows.height} row(s) as they would be stored:")
+        print("    " + "\t".join(result.first_rows.columns))
+        for row in result.first_rows.iter_rows():
+            print("    " + "\t".join("" if value is None else str(value) for value in row))
+    return 0
+
+
 def _shared_options_on_every_subcommand(commands: argparse._SubParsersAction) -> None:
     """``--home`` and ``--config-dir`` work after the subcommand too (``cdp-pipeline validate
     --config-dir conf``), the order people type them in. SUPPRESS keeps the value given before
@@ -320,15 +367,27 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="test a connection before any data moves: secrets, login, folders, permissions, PGP keys")
     check.add_argument("connection")
     check.set_defaults(handler=_check)
+    preview = commands.add_parser(
+        "preview", help="list the files a connection's source holds per goal and dry-run one delivery (nothing is written or moved)"
+    )
+    preview.add_argument("connection")
+    preview.add_argument("goal", nargs="?", help="only this import goal")
+    preview.add_argument("--delivery", help="goal:root file name to dry-run (default: the first complete delivery)")
+    preview.add_argument("--rows", type=int, default=5, help="rows to show as they would be stored (default 5)")
+    preview.set_defaults(handler=_preview)
     _shared_options_on_every_subcommand(commands)
     args = parser.parse_args(argv)
     if args.config_dir:
         # Through the environment, so the Dagster definitions this process loads read the same directory.
         os.environ["CDP_CONFIG_DIR"] = str(Path(args.config_dir).expanduser().resolve())
     from cdp_pipeline.errors import ConfigError
+    from cdp_pipeline.preview import UnknownName
 
     try:
         return args.handler(args)
+    except UnknownName as error:
+        print(f"cdp-pipeline {args.command}: {error}", file=sys.stderr)
+        return 2
     except (ConfigError, UnusableFolder) as error:
         # The message names the file and key, or the folder, and the fix: that line is the
         # answer, a traceback around it only hides it.

@@ -222,7 +222,7 @@ def _targets(connection: Connection) -> list[_Target]:
 # ---------------------------------------------------------------- transports
 
 
-def _open_transport(project: ProjectConfig, location: Location) -> Transport:
+def open_transport(project: ProjectConfig, location: Location) -> Transport:
     """The transport the pipeline would use, built from the same settings and secrets.
 
     The one place this module names transport classes. An SFTP check does not retry: it reports
@@ -287,7 +287,7 @@ def _remote_checks(project: ProjectConfig, connection: Connection, target: _Targ
     kind = target.location.type
     connect_name = f"connect {target.label}"
     try:
-        transport = _open_transport(project, target.location)
+        transport = open_transport(project, target.location)
     except Exception as exc:  # noqa: BLE001 - a missing secret or bad key text is a failed check
         results = [CheckResult(connect_name, False, f"{_describe_location(target.location)}: {_error_text(exc)}", _CONNECT_FIX[kind])]
         return results + _not_checked(target, "the transport could not be set up (see the connect check)")
