@@ -42,7 +42,10 @@ class UnknownName(CdpError):
 
 def unknown(kind: str, name: str, known: list[str]) -> UnknownName:
     close = difflib.get_close_matches(name, known, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; {kind}s: {', '.join(sorted(known)) or 'none'}"
+    if close:
+        hint = f"; did you mean {', '.join(close)}?"
+    else:
+        hint = f"; the known ones are {', '.join(sorted(known)[:10])}{' ...' if len(known) > 10 else ''}" if known else "; there is none yet"
     return UnknownName(f"no {kind} named {name!r}{hint}")
 
 
