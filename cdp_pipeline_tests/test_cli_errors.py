@@ -112,3 +112,18 @@ def test_version_and_help_of_every_subcommand(setup):
         assert result.returncode == 0, command
         assert f"usage: cdp-pipeline {command}" in result.stdout
         assert "--config-dir" in result.stdout and "--home" in result.stdout
+
+
+def test_runs_are_quiet_unless_verbose(setup):
+    quiet = _cli(setup, "run", "acme_crm")
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert "imported customers:people_20260115.csv: merged rows=1" in quiet.stdout
+    assert "STEP_START" not in quiet.stdout + quiet.stderr and "DEBUG" not in quiet.stdout + quiet.stderr
+    # A known delivery may be reprocessed; quiet too (it used to print every event at DEBUG).
+    again = _cli(setup, "reprocess", "acme_crm", "customers:people_20260115.csv")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "reprocessed customers:people_20260115.csv: SUCCESS" in again.stdout
+    assert "DEBUG" not in again.stdout + again.stderr
+    verbose = _cli(setup, "reprocess", "acme_crm", "customers:people_20260115.csv", "--verbose")
+    assert verbose.returncode == 0
+    assert "STEP_START" in verbose.stdout + verbose.stderr
