@@ -106,14 +106,26 @@ def goal_files(transport: Transport, project: ProjectConfig, connection: Connect
 
 
 def _keyring_factory(connection: Connection):
+    """The keyring an import would use, from the same variables: the decryption keys and, when the
+    connection pins a signer, its key, so a preview refuses what the import would refuse."""
     pgp = connection.pgp
     if pgp is None or not pgp.private_keys_env:
         return None
     keys = [os.environ[name] for name in pgp.private_keys_env if os.environ.get(name)]
     if not keys:
         return None
-    passphrase = os.environ.get(pgp.passphrase_env) if pgp.passphrase_env else None
-    return lambda: PgpKeyring(private_keys=keys, passphrase=passphrase)
+
+    def variable(name: str | None) -> str | None:
+        return os.environ.get(name) or None if name else None
+
+    return lambda: PgpKeyring(
+        private_keys=keys,
+        passphrase=variable(pgp.passphrase_env),
+        public_key=variable(pgp.public_key_env),
+        public_key_fingerprint=pgp.public_key_fingerprint,
+        signer_public_key=variable(pgp.signer_public_key_env),
+        signer_fingerprint=pgp.signer_fingerprint,
+    )
 
 
 @contextmanager

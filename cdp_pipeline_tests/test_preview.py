@@ -99,3 +99,54 @@ def test_preview_changes_nothing_and_counts_match_the_file(tmp_path):
     assert "first 2 row(s) as they would be stored:" in out
     assert "email\tcity\tspend" in out and "ann@example.com\tBerlin\t10.5" in out
     assert "_key" not in out and "_line" not in out
+
+
+def test_preview_of_an_encrypted_sftp_delivery_leaves_the_server_folder_as_it_was(tmp_path, monkeypatch, sshd_server, pgp_keys, gpg_cli, pgp_env):
+    import shutil
+
+    import yaml
+
+    from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR, load_project
+    from cdp_pipeline.demo.generate import generate_delivery
+    from cdp_pipeline.preview import preview
+
+    sftp = sshd_server.settings("password")
+    for name, value in sftp.environment.items():
+        monkeypatch.setenv(name, value)
+    directory = sshd_server.fresh_directory("password", "drop")
+    plain = generate_delivery(tmp_path / "plain", profiles=60, seed=11, date="20260201")
+    for path in plain.values():
+        encrypted = gpg_cli.encrypt(path, tmp_path / f"{path.name}.gpg", pgp_keys.recipient)
+        sshd_server.drop_file("password", f"{directory}/{path.name}", encrypted.read_bytes())
+    demo = yaml.safe_load((BUNDLED_CONFIG_DIR / "connections" / "demo_local.yaml").read_text())
+    connection = {
+        **demo, "name": "partner_sftp", "source": sftp.location.model_dump(mode="json", exclude_none=True),
+        "pgp": {k: v for k, v in pgp_env.items() if not k.startswith("signer")}, "schedules": [],
+        "goals": [{**goal, "files": {**goal["files"], "directory": directory, "after_import": {"action": "done_suffix"}}}
+                  for goal in demo["goals"] if "files" in goal],
+    }
+    config = tmp_path / "config"
+    (config / "connections").mkdir(parents=True)
+    shutil.copy(BUNDLED_CONFIG_DIR / "store.yaml", config / "store.yaml")
+    (config / "connections" / "partner.yaml").write_text(yaml.safe_dump(connection, sort_keys=False))
+    home = tmp_path / "home"
+    project = load_project(config, home)
+    folder = sshd_server.server_path("password", directory)
+    before = _listing(folder)
+
+    listing, result = preview(project, "partner_sftp", "customers")
+
+    assert _listing(folder) == before  # no .done suffix, nothing moved or deleted
+    assert not (home / "store.duckdb").exists()
+    assert not list((home / "work").glob("preview-*"))
+    assert [g.goal for g in listing] == ["customers"]
+    assert listing[0].complete == [f"customers:{plain['profiles'].name} ({plain['profiles'].name})"]
+    assert result is not None and result.failed is None
+    with plain["profiles"].open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert result.rows_read == len(rows)
+    assert result.compared_with.startswith("no store yet")
+    assert result.would_create == len({row["customer_id"].strip() for row in rows if row["customer_id"].strip()})
+    assert result.would_match == 0
+    assert result.first_rows.columns[0] == "customer_number"
+    assert result.first_rows["customer_number"][0] == rows[0]["customer_id"].strip()
