@@ -210,6 +210,7 @@ def _demo(args: argparse.Namespace) -> int:
         files = generate_delivery(inbox, profiles=args.profiles, seed=42, date=args.date)
         print(f"Generated the demo delivery in {inbox}: " + ", ".join(p.name for p in files.values()))
     (home / "demo" / "outbox").mkdir(parents=True, exist_ok=True)
+    _known_connection(home, "demo_local")  # a --config-dir without the demo connection is one clear line
     print("Running connection demo_local (imports, then exports):")
     summary = run_connection("demo_local", echo=print)
     store = home / "store.duckdb"
@@ -275,7 +276,7 @@ def _validate(args: argparse.Namespace) -> int:
     from cdp_pipeline.config.loading import inspect_project
     from cdp_pipeline.connection_check import unset_variables
 
-    project, problems = inspect_project()
+    project, problems = inspect_project(home=Path(args.home).expanduser().resolve())
     warnings = [
         f"{project.connection_files[name].relative_to(project.config_dir)} (connection {name!r}): environment variable {variable} "
         f"is not set or empty ({purpose}); set it where the code location and the CLI run"

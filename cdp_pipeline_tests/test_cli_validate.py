@@ -48,7 +48,7 @@ goals:
     files: {root: {name: people, pattern: "people_*.csv"}}
     identifiers: [{column: email, property: email}]
     allow_new_profiles: true
-    mappings: [{column: city, property: city, rule: set}]
+    mappings: [{column: city, property: city, rule: set}, {column: amount, property: spnd, rule: sum}]
   - name: out
     type: export_profiles
     segment: bigg
@@ -64,6 +64,8 @@ EXPECTED = [
     "connections/acme.yaml (connection 'acme'): goals.0.import_profiles.allow_new_profile: unknown key",
     "connections/acme.yaml (connection 'acme'): goals.0.import_profiles.mappings.0.rule: Input should be",
     "connections/beta.yaml (connection 'beta'): goals.0 (people).mappings: property 'city' is not declared",
+    "connections/beta.yaml (connection 'beta'): goals.0 (people).mappings: property 'spnd' is not declared in store.yaml "
+    "catalog.profile_properties (did you mean 'spend'?)",
     "connections/beta.yaml (connection 'beta'): goals.1 (out).segment: 'bigg' is not declared",
     "connections/beta.yaml (connection 'beta'): objectives: 'newsletter' is not declared",
     "connections/beta.yaml (connection 'beta'): environment variable CDP_TEST_UNSET_PASSWORD is not set",
@@ -106,6 +108,7 @@ def test_an_unset_variable_is_a_warning_unless_strict(tmp_path):
     (config / "store.yaml").write_text(STORE.replace("  histroy: true\n", "  history: true\n").replace(
         '    broken: {condition: "spendd > 1"}\n', "").replace('"spend + 1"', '"spend > 1"').replace("big:", "bigg:"))
     (config / "store.yaml").write_text((config / "store.yaml").read_text() + "  objectives:\n    newsletter: {}\n")
+    (config / "connections" / "beta.yaml").write_text(BETA.replace("property: spnd", "property: spend"))
     (config / "store.yaml").write_text((config / "store.yaml").read_text().replace(
         "    spend: {type: decimal}\n", "    spend: {type: decimal}\n    city: {type: text}\n    consents: {type: list}\n"))
     (config / "connections" / "acme.yaml").unlink()

@@ -11,10 +11,12 @@ Every failure names the YAML file, the key path and what is allowed, e.g.::
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -297,6 +299,12 @@ def _rule_problem(at: str, mapping, properties: dict) -> str | None:
     return None
 
 
+def _close(name: str, known: Iterable[str]) -> str:
+    """The declared names a misspelt one is closest to, as a hint for the message."""
+    close = difflib.get_close_matches(name, list(known), n=3)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def _check_references(connection: Connection, catalog: Catalog, where: str, store: StoreSettings | None = None) -> None:
     """Cross-checks that need both the connection and the catalog."""
     problems: list[str] = []
@@ -314,14 +322,19 @@ def _check_references(connection: Connection, catalog: Catalog, where: str, stor
                     )
             for mapping in goal.mappings:
                 if mapping.property not in props:
-                    problems.append(f"{at}.mappings: property {mapping.property!r} is not declared in store.yaml catalog.profile_properties")
+                    problems.append(
+                        f"{at}.mappings: property {mapping.property!r} is not declared in store.yaml catalog.profile_properties"
+                        + _close(mapping.property, props)
+                    )
                 elif problem := _rule_problem(at, mapping, props):
                     problems.append(problem)
             file_names = {goal.files.root.name, *(f.name for f in goal.files.linked)}
             for event in goal.timeline:
                 event_type = catalog.event_types.get(event.event_type)
                 if event_type is None:
-                    problems.append(f"{at}.timeline: event type {event.event_type!r} is not declared in catalog.event_types")
+                    problems.append(
+                        f"{at}.timeline: event type {event.event_type!r} is not declared in catalog.event_types" + _close(event.event_type, catalog.event_types)
+                    )
                     continue
                 if event.file not in file_names:
                     problems.append(f"{at}.timeline: file {event.file!r} is not one of the goal's files {sorted(file_names)}")
@@ -354,7 +367,7 @@ def _check_references(connection: Connection, catalog: Catalog, where: str, stor
                 problems.append(f"{at}.segment: {goal.segment!r} is not declared in catalog.segments ({sorted(catalog.segments)})")
             for column in goal.columns:
                 if column.property is not None and column.property not in props:
-                    problems.append(f"{at}.columns: property {column.property!r} is not declared")
+                    problems.append(f"{at}.columns: property {column.property!r} is not declared{_close(column.property, props)}")
                 if isinstance(column.segments, list):
                     for name in column.segments:
                         if name not in catalog.segments:
@@ -369,7 +382,7 @@ def _check_references(connection: Connection, catalog: Catalog, where: str, stor
                 problems.append(f"{at}.target.encrypt: needs pgp.public_key_env on the connection")
     for objective in connection.objectives:
         if objective not in catalog.objectives:
-            problems.append(f"objectives: {objective!r} is not declared in catalog.objectives")
+            problems.append(f"objectives: {objective!r} is not declared in catalog.objectives{_close(objective, catalog.objectives)}")
     if problems:
         raise ConfigError("\n".join(f"{where}: {p}" for p in problems))
 
