@@ -229,11 +229,11 @@ def _known_connection(home: Path, name: str):
     anything is loaded into Dagster (an invalid configuration is one clean ConfigError here, not a
     component traceback from the definitions)."""
     from cdp_pipeline.config.loading import load_project
-    from cdp_pipeline.preview import unknown
+    from cdp_pipeline.errors import UnknownName
 
     project = load_project(home=home)
     if name not in project.connections:
-        raise unknown("connection", name, list(project.connections))
+        raise UnknownName.of("connection", name, list(project.connections))
     return project, project.connections[name]
 
 
@@ -245,16 +245,16 @@ def _known_partition(home: Path, connection_name: str, key: str) -> None:
 
     from cdp_pipeline import importing
     from cdp_pipeline.deliveries import partition_set_name, split_partition_key
-    from cdp_pipeline.preview import unknown
+    from cdp_pipeline.errors import UnknownName
 
     project, connection = _known_connection(home, connection_name)
     goals = [source.goal_name for source in importing.connection_sources(project, connection)]
-    goal, _ = split_partition_key(key) if ":" in key else (key, "")
+    goal, _ = split_partition_key(key)
     if goal not in goals:
-        raise unknown("import goal", goal, goals)
+        raise UnknownName.of("import goal", goal, goals)
     known = list(dg.DagsterInstance.get().get_dynamic_partitions(partition_set_name(connection_name)))
     if key not in known:
-        error = unknown(f"delivery of {connection_name} that Dagster has run", key, known)
+        error = UnknownName.of(f"delivery of {connection_name} that Dagster has run", key, known)
         raise type(error)(f"{error}; `cdp-pipeline preview {connection_name}` lists the source's deliveries, `run` imports new ones")
 
 
@@ -305,8 +305,7 @@ def _check(args: argparse.Namespace) -> int:
     os.environ.setdefault("CDP_HOME", str(Path(args.home).expanduser().resolve()))
     from cdp_pipeline.config.loading import load_project
     from cdp_pipeline.connection_check import all_passed, check_connection, result_lines
-    from cdp_pipeline.errors import ConfigError
-    from cdp_pipeline.preview import unknown
+    from cdp_pipeline.errors import ConfigError, UnknownName
 
     try:
         project = load_project()
@@ -315,7 +314,7 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     connection = project.connections.get(args.connection)
     if connection is None:
-        print(f"cdp-pipeline check: {unknown('connection', args.connection, list(project.connections))}", file=sys.stderr)
+        print(f"cdp-pipeline check: {UnknownName.of('connection', args.connection, list(project.connections))}", file=sys.stderr)
         return 2
     results = check_connection(project, connection)
     for line in result_lines(results):
@@ -436,8 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config_dir:
         # Through the environment, so the Dagster definitions this process loads read the same directory.
         os.environ["CDP_CONFIG_DIR"] = str(Path(args.config_dir).expanduser().resolve())
-    from cdp_pipeline.errors import CdpError, ConfigError
-    from cdp_pipeline.preview import UnknownName
+    from cdp_pipeline.errors import CdpError, ConfigError, UnknownName
 
     try:
         return args.handler(args)

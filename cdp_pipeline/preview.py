@@ -9,7 +9,6 @@ or deleted), and the private work folder the delivery was read into is removed a
 
 from __future__ import annotations
 
-import difflib
 import os
 import shutil
 import tempfile
@@ -28,25 +27,11 @@ from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.connection_check import open_transport
 from cdp_pipeline.crypto.keyring import PgpKeyring
 from cdp_pipeline.deliveries import Delivery, Discovery, partition_key, split_partition_key
-from cdp_pipeline.errors import CdpError, InputError, InputProblem
+from cdp_pipeline.errors import InputError, InputProblem, UnknownName
 from cdp_pipeline.store.ledger import merged_file_identities
 from cdp_pipeline.store.schema import event_table, group_table
 from cdp_pipeline.tables.staged import KEY, KEY_INDEX, StagedImport
 from cdp_pipeline.transports.base import Transport, is_temporary_upload
-
-
-class UnknownName(CdpError):
-    """A connection, goal or delivery the configuration or the source does not have; the message
-    names the close matches."""
-
-
-def unknown(kind: str, name: str, known: list[str]) -> UnknownName:
-    close = difflib.get_close_matches(name, known, n=3)
-    if close:
-        hint = f"; did you mean {', '.join(close)}?"
-    else:
-        hint = f"; the known ones are {', '.join(sorted(known)[:10])}{' ...' if len(known) > 10 else ''}" if known else "; there is none yet"
-    return UnknownName(f"no {kind} named {name!r}{hint}")
 
 
 @dataclass
@@ -231,7 +216,7 @@ def pick_delivery(found: Discovery, goal: str | None, named: str | None) -> Deli
         for delivery in deliveries:
             if delivery.partition_key == partition_key(goal_name, root):
                 return delivery
-        raise unknown("complete delivery", named, [d.partition_key for d in deliveries])
+        raise UnknownName.of("complete delivery", named, [d.partition_key for d in deliveries])
     for delivery in deliveries:
         if goal is None or delivery.goal == goal:
             return delivery
@@ -272,10 +257,10 @@ def preview(
     """The files per goal, and the dry run of the chosen delivery (None when none is complete)."""
     connection = project.connections.get(connection_name)
     if connection is None:
-        raise unknown("connection", connection_name, list(project.connections))
+        raise UnknownName.of("connection", connection_name, list(project.connections))
     goals = [source.goal_name for source in importing.connection_sources(project, connection)]
     if goal is not None and goal not in goals:
-        raise unknown("import goal", goal, goals)
+        raise UnknownName.of("import goal", goal, goals)
     sources = [s for s in importing.connection_sources(project, connection) if goal is None or s.goal_name == goal]
     merged = merged_file_identities(project.published_store_path, connection.name)
     from cdp_pipeline.deliveries import MergedFiles, discover
