@@ -185,14 +185,17 @@ def reprocess_delivery(connection_name: str, partition_key: str, echo=print) -> 
     job = load_defs().resolve_job_def(import_job_name(connection_name))
     with ends_on_sigterm(instance, echo):
         result = job.execute_in_process(
-            instance=instance, partition_key=partition_key, tags={**process_tags(), "cdp/reprocess": "true"}, raise_on_error=False
+            instance=instance, partition_key=partition_key, tags={**process_tags(), "cdp/reprocess": "true"}, raise_on_error=False,
+            run_config=QUIET,
         )
     echo(f"  reprocessed {partition_key}: {'SUCCESS' if result.success else 'FAILED'} (run {result.run_id})")
     return result.success
 
 
 def _reprocess(args: argparse.Namespace) -> int:
-    _prepare_environment(Path(args.home).expanduser().resolve())
+    home = Path(args.home).expanduser().resolve()
+    _prepare_environment(home)
+    _known_partition(home, args.connection, args.partition_key)
     return 0 if reprocess_delivery(args.connection, args.partition_key) else 1
 
 
@@ -207,6 +210,7 @@ def _demo(args: argparse.Namespace) -> int:
         files = generate_delivery(inbox, profiles=args.profiles, seed=42, date=args.date)
         print(f"Generated the demo delivery in {inbox}: " + ", ".join(p.name for p in files.values()))
     (home / "demo" / "outbox").mkdir(parents=True, exist_ok=True)
+    _known_connection(home, "demo_local")  # a --config-dir without the demo connection is one clear line
     print("Running connection demo_local (imports, then exports):")
     summary = run_connection("demo_local", echo=print)
     store = home / "store.duckdb"
@@ -220,35 +224,88 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if summary["success"] else 1
 
 
+def _known_connection(home: Path, name: str):
+    """The project and the connection, refusing an unknown name with its close matches before
+    anything is loaded into Dagster (an invalid configuration is one clean ConfigError here, not a
+    component traceback from the definitions)."""
+    from cdp_pipeline.config.loading import load_project
+    from cdp_pipeline.errors import UnknownName
+
+    project = load_project(home=home)
+    if name not in project.connections:
+        raise UnknownName.of("connection", name, list(project.connections))
+    return project, project.connections[name]
+
+
+def _known_partition(home: Path, connection_name: str, key: str) -> None:
+    """A reprocess names a delivery Dagster has run before: an unknown connection, goal or file is
+    refused with close matches before the instance is written (adding the partition would leave a
+    permanent bogus one in the UI)."""
+    import dagster as dg
+
+    from cdp_pipeline import importing
+    from cdp_pipeline.deliveries import partition_set_name, split_partition_key
+    from cdp_pipeline.errors import UnknownName
+
+    project, connection = _known_connection(home, connection_name)
+    goals = [source.goal_name for source in importing.connection_sources(project, connection)]
+    goal, _ = split_partition_key(key)
+    if goal not in goals:
+        raise UnknownName.of("import goal", goal, goals)
+    known = list(dg.DagsterInstance.get().get_dynamic_partitions(partition_set_name(connection_name)))
+    if key not in known:
+        error = UnknownName.of(f"delivery of {connection_name} that Dagster has run", key, known)
+        raise type(error)(f"{error}; `cdp-pipeline preview {connection_name}` lists the source's deliveries, `run` imports new ones")
+
+
 def _run(args: argparse.Namespace) -> int:
-    _prepare_environment(Path(args.home).expanduser().resolve())
+    home = Path(args.home).expanduser().resolve()
+    _prepare_environment(home)
+    _known_connection(home, args.connection)
     summary = run_connection(args.connection, full_export=args.full_export)
     return 0 if summary["success"] else 1
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """Every finding that needs no network, in one run: each file's schema errors, the cross-checks
+    against the catalog, the segment and lifecycle conditions compiled against the tables the
+    catalog defines, and unset ``*_env`` variables. An unset variable is a warning (exit 0) unless
+    ``--strict``: the secrets are often set only where the code location runs, not on the machine
+    where a person edits the YAML."""
     os.environ.setdefault("CDP_HOME", str(Path(args.home).expanduser().resolve()))
-    from cdp_pipeline.config.loading import load_project
-    from cdp_pipeline.errors import ConfigError
+    from cdp_pipeline.config.loading import inspect_project
+    from cdp_pipeline.connection_check import unset_variables
 
-    try:
-        project = load_project()
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
+    project, problems = inspect_project(home=Path(args.home).expanduser().resolve())
+    warnings = [
+        f"{project.connection_files[name].relative_to(project.config_dir)} (connection {name!r}): environment variable {variable} "
+        f"is not set or empty ({purpose}); set it where the code location and the CLI run"
+        for name, connection in project.connections.items()
+        for variable, purpose in unset_variables(connection, os.environ)
+    ]
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    for line in warnings:
+        print(f"{'error' if args.strict else 'warning'}: {line}", file=sys.stderr)
     for name, path in project.connection_files.items():
-        print(f"ok  {name}  ({path})")
+        where = f"{path.relative_to(project.config_dir)} (connection {name!r})"
+        if not any(line.startswith(where) for line in problems):
+            print(f"ok  {name}  ({path})")
+    failed = len(problems) + (len(warnings) if args.strict else 0)
+    if failed:
+        print(f"cdp-pipeline validate: {failed} problem(s) in {project.config_dir}", file=sys.stderr)
+        return 2
+    if warnings:
+        print(f"{len(warnings)} warning(s); --strict makes them errors", file=sys.stderr)
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
     """Exit 0 when every check passed, 1 when one failed, 2 when there is nothing to check."""
-    import difflib
-
     os.environ.setdefault("CDP_HOME", str(Path(args.home).expanduser().resolve()))
     from cdp_pipeline.config.loading import load_project
     from cdp_pipeline.connection_check import all_passed, check_connection, result_lines
-    from cdp_pipeline.errors import ConfigError
+    from cdp_pipeline.errors import ConfigError, UnknownName
 
     try:
         project = load_project()
@@ -257,9 +314,7 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     connection = project.connections.get(args.connection)
     if connection is None:
-        close = difflib.get_close_matches(args.connection, list(project.connections), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; connections: {', '.join(sorted(project.connections)) or 'none'}"
-        print(f"cdp-pipeline check: no connection named {args.connection!r}{hint}", file=sys.stderr)
+        print(f"cdp-pipeline check: {UnknownName.of('connection', args.connection, list(project.connections))}", file=sys.stderr)
         return 2
     results = check_connection(project, connection)
     for line in result_lines(results):
@@ -267,9 +322,82 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all_passed(results) else 1
 
 
+def _preview(args: argparse.Namespace) -> int:
+    """Exit 0 when the delivery would import, 1 when it would fail, 2 for an unknown name."""
+    home = Path(args.home).expanduser().resolve()
+    os.environ.setdefault("CDP_HOME", str(home))
+    from cdp_pipeline.config.loading import load_project
+    from cdp_pipeline.preview import preview
+
+    project = load_project(home=home)
+    listing, result = preview(project, args.connection, args.goal, args.delivery, rows=args.rows)
+    for goal in listing:
+        print(f"goal {goal.goal}  (folder {goal.directory or '.'})")
+        for line in goal.complete:
+            print(f"  complete: {line}")
+        for line in goal.merged:
+            print(f"  complete, already merged: {line}")
+        for line in goal.waiting:
+            print(f"  waiting: {line}")
+        for line in goal.ignored:
+            print(f"  ignored: {line}")
+        if not (goal.complete or goal.merged or goal.waiting or goal.ignored):
+            print("  (no files)")
+    if result is None:
+        print("no complete delivery to preview")
+        return 0
+    print(f"\ndry run of {result.delivery} ({', '.join(result.files)}); nothing was written, no remote file was touched")
+    if result.failed is not None:
+        print(f"  the import would FAIL: {result.failed}")
+        return 1
+    print(f"  rows read: {result.rows_read}")
+    print(f"  rows rejected: {result.rows_rejected}  values not imported: {result.values_not_imported}")
+    for problem in result.rejects:
+        print(f"    - {problem}")
+    print(f"  compared with: {result.compared_with}")
+    print(f"  records: would create {result.would_create}, would match existing {result.would_match}, "
+          f"would ignore {result.would_ignore} (no match, new profiles not allowed)")
+    for event_type, (count, stored) in result.events.items():
+        print(f"  events {event_type}: {count} ({count - stored} new, {stored} already stored)")
+    for warning in result.warnings:
+        print(f"  warning: {warning}")
+    if result.first_rows.width:
+        print(f"  first {result.first_rows.height} row(s) as they would be stored:")
+        print("    " + "\t".join(result.first_rows.columns))
+        for row in result.first_rows.iter_rows():
+            print("    " + "\t".join("" if value is None else str(value) for value in row))
+    return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cdp_pipeline")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _shared_options_on_every_subcommand(commands: argparse._SubParsersAction) -> None:
+    """``--home`` and ``--config-dir`` work after the subcommand too (``cdp-pipeline validate
+    --config-dir conf``), the order people type them in. SUPPRESS keeps the value given before
+    the subcommand when the option is not repeated after it. Added after every subcommand exists,
+    so a new subcommand gets them without remembering to."""
+    for subparser in commands.choices.values():
+        subparser.add_argument("--home", default=argparse.SUPPRESS, help="CDP_HOME: store, work dir, demo folders")
+        subparser.add_argument("--config-dir", default=argparse.SUPPRESS, help="configuration directory (store.yaml, connections/)")
+        subparser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show Dagster's events of each run")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cdp-pipeline", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="cdp-pipeline", description=__doc__, epilog="Exit codes: 0 ok, 1 a run, delivery or check failed, "
+        "2 a usage or configuration error, 130/143 interrupted (Ctrl-C / SIGTERM). See docs/cli.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--verbose", action="store_true", help="show Dagster's events of each run (quiet by default)")
     parser.add_argument("--home", default=os.environ.get("CDP_HOME", ".cdp_home"), help="CDP_HOME: store, work dir, demo folders")
+    parser.add_argument("--config-dir", help="configuration directory (store.yaml, connections/); default CDP_CONFIG_DIR, else the demo's")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="generate the demo delivery and run the demo connection end to end")
     demo.add_argument("--profiles", type=int, default=3000)
@@ -277,28 +405,53 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--fresh", action="store_true", help="generate the demo files again")
     demo.set_defaults(handler=_demo)
     run = commands.add_parser("run", help="run a connection now: import complete deliveries, then export")
-    run.add_argument("connection")
+    run.add_argument("connection", help="connection name (name: in connections/*.yaml)")
     run.add_argument("--full-export", action="store_true", help="export all segment members, not only changed ones")
     run.set_defaults(handler=_run)
     reprocess = commands.add_parser("reprocess", help="import one delivery again although the ledger has it")
-    reprocess.add_argument("connection")
+    reprocess.add_argument("connection", help="connection name (name: in connections/*.yaml)")
     reprocess.add_argument("partition_key", help="goal:root file name, as shown in the UI's partitions")
     reprocess.set_defaults(handler=_reprocess)
-    validate = commands.add_parser("validate", help="load and check the YAML configuration")
+    validate = commands.add_parser("validate", help="check the YAML configuration without the network, reporting every problem at once")
+    validate.add_argument("--strict", action="store_true", help="treat unset *_env environment variables as errors")
     validate.set_defaults(handler=_validate)
     check = commands.add_parser("check", help="test a connection before any data moves: secrets, login, folders, permissions, PGP keys")
-    check.add_argument("connection")
+    check.add_argument("connection", help="connection name (name: in connections/*.yaml)")
     check.set_defaults(handler=_check)
+    preview = commands.add_parser(
+        "preview", help="list the files a connection's source holds per goal and dry-run one delivery (nothing is written or moved)"
+    )
+    preview.add_argument("connection", help="connection name (name: in connections/*.yaml)")
+    preview.add_argument("goal", nargs="?", help="only this import goal")
+    preview.add_argument("--delivery", help="goal:root file name to dry-run (default: the first complete delivery)")
+    preview.add_argument("--rows", type=int, default=5, help="rows to show as they would be stored (default 5)")
+    preview.set_defaults(handler=_preview)
+    _shared_options_on_every_subcommand(commands)
     args = parser.parse_args(argv)
-    from cdp_pipeline.errors import ConfigError
+    if args.verbose:
+        # Runs read this module's QUIET when they start; the whole process is one command line.
+        global QUIET
+        QUIET = {}
+    if args.config_dir:
+        # Through the environment, so the Dagster definitions this process loads read the same directory.
+        os.environ["CDP_CONFIG_DIR"] = str(Path(args.config_dir).expanduser().resolve())
+    from cdp_pipeline.errors import CdpError, ConfigError, UnknownName
 
     try:
         return args.handler(args)
+    except UnknownName as error:
+        print(f"cdp-pipeline {args.command}: {error}", file=sys.stderr)
+        return 2
     except (ConfigError, UnusableFolder) as error:
         # The message names the file and key, or the folder, and the fix: that line is the
         # answer, a traceback around it only hides it.
         print(error, file=sys.stderr)
         return 2
+    except CdpError as error:
+        # A failure the pipeline names on purpose (a folder that does not exist, a refused login,
+        # a wrong key): its message says what to fix; exit 1 like any failed run or check.
+        print(f"cdp-pipeline {args.command}: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as stop:
         # Ctrl-C, or SIGTERM outside a run (inside one, the runs end first and are recorded).
         print(f"stopped before finishing ({stop or 'interrupted'})", file=sys.stderr)

@@ -155,6 +155,12 @@ def _named_variables(connection: Connection) -> list[tuple[str, str]]:
     return [(name, "; ".join(dict.fromkeys(found))) for name, found in purposes.items()]
 
 
+def unset_variables(connection: Connection, env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(variable, what it holds) for each ``*_env`` the connection names that is unset or empty;
+    ``validate`` reports them without the network, never showing a value."""
+    return [(name, purpose) for name, purpose in _named_variables(connection) if not env.get(name)]
+
+
 def _environment_checks(connection: Connection, env: Mapping[str, str]) -> list[CheckResult]:
     results = []
     for name, purpose in _named_variables(connection):
@@ -216,7 +222,7 @@ def _targets(connection: Connection) -> list[_Target]:
 # ---------------------------------------------------------------- transports
 
 
-def _open_transport(project: ProjectConfig, location: Location) -> Transport:
+def open_transport(project: ProjectConfig, location: Location) -> Transport:
     """The transport the pipeline would use, built from the same settings and secrets.
 
     The one place this module names transport classes. An SFTP check does not retry: it reports
@@ -281,7 +287,7 @@ def _remote_checks(project: ProjectConfig, connection: Connection, target: _Targ
     kind = target.location.type
     connect_name = f"connect {target.label}"
     try:
-        transport = _open_transport(project, target.location)
+        transport = open_transport(project, target.location)
     except Exception as exc:  # noqa: BLE001 - a missing secret or bad key text is a failed check
         results = [CheckResult(connect_name, False, f"{_describe_location(target.location)}: {_error_text(exc)}", _CONNECT_FIX[kind])]
         return results + _not_checked(target, "the transport could not be set up (see the connect check)")

@@ -11,6 +11,7 @@ Two families matter to the orchestration layer:
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -24,6 +25,20 @@ class TransientError(CdpError):
 
 class ConfigError(CdpError):
     """A connection or store YAML that does not validate."""
+
+
+class UnknownName(CdpError):
+    """A connection, goal or delivery the configuration or the source does not have, named on the
+    command line; the message lists the close matches (a typo is the usual cause)."""
+
+    @classmethod
+    def of(cls, kind: str, name: str, known: list[str]) -> UnknownName:
+        close = difflib.get_close_matches(name, known, n=3)
+        if close:
+            hint = f"; did you mean {', '.join(close)}?"
+        else:
+            hint = f"; the known ones are {', '.join(sorted(known)[:10])}{' ...' if len(known) > 10 else ''}" if known else "; there is none yet"
+        return cls(f"no {kind} named {name!r}{hint}")
 
 
 class TransportError(CdpError):

@@ -11,10 +11,12 @@ Every failure names the YAML file, the key path and what is allowed, e.g.::
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,7 +150,9 @@ def _format_validation(error: ValidationError, where: str) -> str:
             message = "unknown key (misspelt?); see docs/configuration.md for the allowed keys"
         elif item["type"] == "missing":
             message = "required key is missing"
-        lines.append(f"{where}: {path}: {message}")
+        # A model check may report several findings in one message (every bad condition of the
+        # catalog): each gets its own line with the file, so none reads as part of another.
+        lines += [f"{where}: {path}: {part}" for part in str(message).splitlines() if part.strip()]
     return "\n".join(lines)
 
 
@@ -295,6 +299,12 @@ def _rule_problem(at: str, mapping, properties: dict) -> str | None:
     return None
 
 
+def _close(name: str, known: Iterable[str]) -> str:
+    """The declared names a misspelt one is closest to, as a hint for the message."""
+    close = difflib.get_close_matches(name, list(known), n=3)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
 def _check_references(connection: Connection, catalog: Catalog, where: str, store: StoreSettings | None = None) -> None:
     """Cross-checks that need both the connection and the catalog."""
     problems: list[str] = []
@@ -312,14 +322,19 @@ def _check_references(connection: Connection, catalog: Catalog, where: str, stor
                     )
             for mapping in goal.mappings:
                 if mapping.property not in props:
-                    problems.append(f"{at}.mappings: property {mapping.property!r} is not declared in store.yaml catalog.profile_properties")
+                    problems.append(
+                        f"{at}.mappings: property {mapping.property!r} is not declared in store.yaml catalog.profile_properties"
+                        + _close(mapping.property, props)
+                    )
                 elif problem := _rule_problem(at, mapping, props):
                     problems.append(problem)
             file_names = {goal.files.root.name, *(f.name for f in goal.files.linked)}
             for event in goal.timeline:
                 event_type = catalog.event_types.get(event.event_type)
                 if event_type is None:
-                    problems.append(f"{at}.timeline: event type {event.event_type!r} is not declared in catalog.event_types")
+                    problems.append(
+                        f"{at}.timeline: event type {event.event_type!r} is not declared in catalog.event_types" + _close(event.event_type, catalog.event_types)
+                    )
                     continue
                 if event.file not in file_names:
                     problems.append(f"{at}.timeline: file {event.file!r} is not one of the goal's files {sorted(file_names)}")
@@ -352,7 +367,7 @@ def _check_references(connection: Connection, catalog: Catalog, where: str, stor
                 problems.append(f"{at}.segment: {goal.segment!r} is not declared in catalog.segments ({sorted(catalog.segments)})")
             for column in goal.columns:
                 if column.property is not None and column.property not in props:
-                    problems.append(f"{at}.columns: property {column.property!r} is not declared")
+                    problems.append(f"{at}.columns: property {column.property!r} is not declared{_close(column.property, props)}")
                 if isinstance(column.segments, list):
                     for name in column.segments:
                         if name not in catalog.segments:
@@ -367,7 +382,7 @@ def _check_references(connection: Connection, catalog: Catalog, where: str, stor
                 problems.append(f"{at}.target.encrypt: needs pgp.public_key_env on the connection")
     for objective in connection.objectives:
         if objective not in catalog.objectives:
-            problems.append(f"objectives: {objective!r} is not declared in catalog.objectives")
+            problems.append(f"objectives: {objective!r} is not declared in catalog.objectives{_close(objective, catalog.objectives)}")
     if problems:
         raise ConfigError("\n".join(f"{where}: {p}" for p in problems))
 
@@ -390,39 +405,125 @@ def _refuse_internal_names(catalog: Catalog, where: str) -> None:
 
 
 def load_project(config_dir: Path | None = None, home: Path | None = None) -> ProjectConfig:
+    """The configuration, or a ConfigError listing every problem of every file (see inspect_project)."""
+    project, problems = inspect_project(config_dir, home)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return project
+
+
+def _problem_lines(error: ConfigError) -> list[str]:
+    return [line for line in str(error).splitlines() if line.strip()]
+
+
+def _lenient_catalog(raw_store: Any) -> Catalog | None:
+    """A stand-in catalog for the connections' cross-checks when store.yaml itself has problems.
+
+    Without it, one bad segment condition in store.yaml would hide every unknown property and
+    segment in the connection files until a second pass. Conditions are replaced by TRUE (their
+    own errors are already reported), so names stay checkable; if the catalog is still invalid,
+    there is nothing trustworthy to check against and the caller says so."""
+    if not isinstance(raw_store, dict) or not isinstance(raw_store.get("catalog", {}), dict):
+        return None
+    catalog = dict(raw_store.get("catalog") or {})
+    if isinstance(catalog.get("segments"), dict):
+        catalog["segments"] = {
+            name: {**segment, "condition": "TRUE"} if isinstance(segment, dict) else segment for name, segment in catalog["segments"].items()
+        }
+    if isinstance(catalog.get("lifecycles"), dict):
+        catalog["lifecycles"] = {
+            name: {**lifecycle, "stages": [{**stage, "condition": "TRUE"} if isinstance(stage, dict) else stage for stage in lifecycle.get("stages") or []]}
+            if isinstance(lifecycle, dict) else lifecycle
+            for name, lifecycle in catalog["lifecycles"].items()
+        }
+    try:
+        return Catalog.model_validate(catalog)
+    except (ValidationError, ValueError):
+        return None
+
+
+def inspect_project(config_dir: Path | None = None, home: Path | None = None) -> tuple[ProjectConfig, list[str]]:
+    """Check every file of the configuration in one pass: (what loaded, every problem found).
+
+    A person fixing a configuration should see all of its mistakes at once, not one per run, so
+    each file and each connection document is checked on its own and a problem in one never hides
+    the problems of another. The returned project holds the connections whose schema is valid
+    (their cross-checks may have failed); load_project refuses the whole configuration when the
+    list is not empty."""
     config_dir = (config_dir or default_config_dir()).resolve()
     home = (home or default_home()).resolve()
+    problems: list[str] = []
+    project = ProjectConfig(config_dir=config_dir, home=home, store=StoreSettings(), catalog=Catalog())
     store_yaml = config_dir / "store.yaml"
+    catalog_usable = True
     if not store_yaml.exists():
-        raise ConfigError(f"{store_yaml}: missing; the config directory needs store.yaml and connections/*.yaml")
-    documents = _load_yaml_documents(store_yaml)
-    if len(documents) > 1:
-        raise ConfigError(f"{store_yaml}: holds {len(documents)} documents, expected one")
-    raw_store = documents[0] if documents else {}
-    _refuse_literal_secrets(raw_store, str(store_yaml))
-    store_file: StoreFile = _parse(StoreFile, raw_store, str(store_yaml))
-
-    _refuse_internal_names(store_file.catalog, str(store_yaml))
-    project = ProjectConfig(config_dir=config_dir, home=home, store=store_file.store, catalog=store_file.catalog)
+        problems.append(f"{store_yaml}: missing; the config directory needs store.yaml and connections/*.yaml")
+        catalog_usable = False
+    else:
+        try:
+            documents = _load_yaml_documents(store_yaml)
+            if len(documents) > 1:
+                raise ConfigError(f"{store_yaml}: holds {len(documents)} documents, expected one")
+            raw_store = documents[0] if documents else {}
+            try:
+                _refuse_literal_secrets(raw_store, str(store_yaml))
+                store_file: StoreFile = _parse(StoreFile, raw_store, str(store_yaml))
+            except ConfigError as error:
+                problems += _problem_lines(error)
+                lenient = _lenient_catalog(raw_store)
+                if lenient is None:
+                    catalog_usable = False
+                else:
+                    project.catalog = lenient
+            else:
+                project.store, project.catalog = store_file.store, store_file.catalog
+                _refuse_internal_names(store_file.catalog, str(store_yaml))
+        except ConfigError as error:
+            problems += _problem_lines(error)
+            catalog_usable = False
+    if not catalog_usable:
+        problems.append(
+            f"{store_yaml}: the connections' properties, segments and event types are not checked until store.yaml loads; "
+            "run validate again after fixing it"
+        )
     for path in sorted((config_dir / "connections").glob("*.y*ml")):
-        for index, raw in enumerate(_load_yaml_documents(path)):
+        try:
+            documents = _load_yaml_documents(path)
+        except ConfigError as error:
+            problems += _problem_lines(error)
+            continue
+        for index, raw in enumerate(documents):
             name = raw.get("name", f"#{index + 1}") if isinstance(raw, dict) else f"#{index + 1}"
             where = f"{path.relative_to(config_dir)} (connection {name!r})"
-            _refuse_literal_secrets(raw, where)
+            try:
+                _refuse_literal_secrets(raw, where)
+            except ConfigError as error:
+                problems += _problem_lines(error)
             dialect_raw = raw.pop("dialect", None) if isinstance(raw, dict) else None
-            connection: Connection = _parse(Connection, raw, where)
+            try:
+                connection: Connection = _parse(Connection, raw, where)
+            except ConfigError as error:
+                problems += _problem_lines(error)
+                continue
             if connection.name in project.connections:
-                raise ConfigError(
+                problems.append(
                     f"{where}: connection name {connection.name!r} is already used in {project.connection_files[connection.name]}"
                 )
-            _check_references(connection, project.catalog, where, project.store)
+                continue
+            if catalog_usable:
+                try:
+                    _check_references(connection, project.catalog, where, project.store)
+                except ConfigError as error:
+                    problems += _problem_lines(error)
             if dialect_raw is not None:
                 from cdp_pipeline.dialects import Dialect
 
                 try:
                     project.dialects[connection.name] = TypeAdapter(Dialect).validate_python(dialect_raw)
                 except ValidationError as exc:
-                    raise ConfigError(_format_validation(exc, where).replace(f"{where}: ", f"{where}: dialect.")) from None
+                    problems += _format_validation(exc, where).replace(f"{where}: ", f"{where}: dialect.").splitlines()
+            # Registered even with problems in its references, so validate can still report its unset
+            # variables in the same pass; load_project refuses the whole project on any problem.
             project.connections[connection.name] = connection
             project.connection_files[connection.name] = path
-    return project
+    return project, problems

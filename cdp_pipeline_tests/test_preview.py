@@ -1,0 +1,152 @@
+"""``cdp-pipeline preview``: the files per goal and a dry run that writes nothing and moves nothing."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+
+STORE = """
+catalog:
+  profile_properties:
+    email: {type: text, unique: true}
+    spend: {type: decimal}
+    city: {type: text}
+"""
+CONNECTION = """
+name: acme
+source: {type: local, path: drop}
+goals:
+  - name: people
+    type: import_profiles
+    files: {root: {name: people, pattern: "people_*.csv"}}
+    identifiers: [{column: email, property: email}]
+    allow_new_profiles: true
+    on_error: skip_rows
+    max_reject_share: 0.5
+    mappings:
+      - {column: city, property: city, rule: set}
+      - {column: spend, property: spend, rule: sum}
+"""
+ROWS = [
+    ("ann@example.com", "Berlin", "10.5"),
+    ("bob@example.com", "Paris", "3"),
+    ("cid@example.com", "Rome", "not a number"),
+    ("", "Oslo", "1"),
+    ("dan@example.com", "Lyon", "7"),
+]
+STORED = ["bob@example.com", "dan@example.com", "zed@example.com"]
+
+
+def _setup(tmp_path: Path) -> tuple[Path, Path]:
+    config, home = tmp_path / "config", tmp_path / "home"
+    (config / "connections").mkdir(parents=True)
+    (config / "store.yaml").write_text(STORE)
+    (config / "connections" / "acme.yaml").write_text(CONNECTION)
+    drop = home / "drop"
+    drop.mkdir(parents=True)
+    with (drop / "people_20260115.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["email", "city", "spend"])
+        writer.writerows(ROWS)
+    (drop / "notes.txt").write_text("not a delivery")
+    # A store holding two of the file's customers, made with plain DuckDB.
+    with duckdb.connect(str(home / "store.duckdb")) as conn:
+        conn.execute("CREATE TABLE profiles (profile_id VARCHAR, email VARCHAR, city VARCHAR, spend DECIMAL(18, 4))")
+        conn.executemany("INSERT INTO profiles VALUES (?, ?, 'old', 1)", [[f"p{i}", email] for i, email in enumerate(STORED)])
+    return config, home
+
+
+def _listing(folder: Path) -> list[tuple[str, int, int]]:
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir())
+
+
+def _cli(home: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CDP_CONFIG_DIR"}
+    return subprocess.run(
+        [sys.executable, "-m", "cdp_pipeline.cli", *args, "--home", str(home), "--config-dir", str(config)],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+
+
+def test_preview_changes_nothing_and_counts_match_the_file(tmp_path):
+    config, home = _setup(tmp_path)
+    store = home / "store.duckdb"
+    before_store = hashlib.sha256(store.read_bytes()).hexdigest()
+    before_drop = _listing(home / "drop")
+
+    result = _cli(home, config, "preview", "acme", "--rows", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == before_store
+    assert _listing(home / "drop") == before_drop
+    assert not list((home / "work").glob("preview-*")), "the temporary work folder is removed"
+
+    # The independent expectation, in plain Python over the rows written above.
+    keyed = [email for email, _, _ in ROWS if email]
+    assert "complete: people:people_20260115.csv" in out
+    assert "ignored: notes.txt: matches none of the file patterns" in out
+    assert f"rows read: {len(ROWS)}" in out
+    assert "rows rejected: 2  values not imported: 1" in out  # the row without e-mail, the spend that is not a number
+    assert "line 5" in out and "line 4" in out  # the rejects name their lines (header is line 1)
+    assert f"would create {len([e for e in keyed if e not in STORED])}, would match existing {len([e for e in keyed if e in STORED])}" in out
+    assert "first 2 row(s) as they would be stored:" in out
+    assert "email\tcity\tspend" in out and "ann@example.com\tBerlin\t10.5" in out
+    assert "_key" not in out and "_line" not in out
+
+
+def test_preview_of_an_encrypted_sftp_delivery_leaves_the_server_folder_as_it_was(tmp_path, monkeypatch, sshd_server, pgp_keys, gpg_cli, pgp_env):
+    import shutil
+
+    import yaml
+
+    from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR, load_project
+    from cdp_pipeline.demo.generate import generate_delivery
+    from cdp_pipeline.preview import preview
+
+    sftp = sshd_server.settings("password")
+    for name, value in sftp.environment.items():
+        monkeypatch.setenv(name, value)
+    directory = sshd_server.fresh_directory("password", "drop")
+    plain = generate_delivery(tmp_path / "plain", profiles=60, seed=11, date="20260201")
+    for path in plain.values():
+        encrypted = gpg_cli.encrypt(path, tmp_path / f"{path.name}.gpg", pgp_keys.recipient)
+        sshd_server.drop_file("password", f"{directory}/{path.name}", encrypted.read_bytes())
+    demo = yaml.safe_load((BUNDLED_CONFIG_DIR / "connections" / "demo_local.yaml").read_text())
+    connection = {
+        **demo, "name": "partner_sftp", "source": sftp.location.model_dump(mode="json", exclude_none=True),
+        "pgp": {k: v for k, v in pgp_env.items() if not k.startswith("signer")}, "schedules": [],
+        "goals": [{**goal, "files": {**goal["files"], "directory": directory, "after_import": {"action": "done_suffix"}}}
+                  for goal in demo["goals"] if "files" in goal],
+    }
+    config = tmp_path / "config"
+    (config / "connections").mkdir(parents=True)
+    shutil.copy(BUNDLED_CONFIG_DIR / "store.yaml", config / "store.yaml")
+    (config / "connections" / "partner.yaml").write_text(yaml.safe_dump(connection, sort_keys=False))
+    home = tmp_path / "home"
+    project = load_project(config, home)
+    folder = sshd_server.server_path("password", directory)
+    before = _listing(folder)
+
+    listing, result = preview(project, "partner_sftp", "customers")
+
+    assert _listing(folder) == before  # no .done suffix, nothing moved or deleted
+    assert not (home / "store.duckdb").exists()
+    assert not list((home / "work").glob("preview-*"))
+    assert [g.goal for g in listing] == ["customers"]
+    assert listing[0].complete == [f"customers:{plain['profiles'].name} ({plain['profiles'].name})"]
+    assert result is not None and result.failed is None
+    with plain["profiles"].open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert result.rows_read == len(rows)
+    assert result.compared_with.startswith("no store yet")
+    assert result.would_create == len({row["customer_id"].strip() for row in rows if row["customer_id"].strip()})
+    assert result.would_match == 0
+    assert result.first_rows.columns[0] == "customer_number"
+    assert result.first_rows["customer_number"][0] == rows[0]["customer_id"].strip()
