@@ -13,6 +13,7 @@ from cdp_pipeline.defs.alerts import build_notification_sensors
 from cdp_pipeline.defs.assets import build_connection_assets, deliveries_partitions
 from cdp_pipeline.defs.checks import build_store_checks
 from cdp_pipeline.defs.project import project_config
+from cdp_pipeline.defs.run_now import build_run_now_job
 from cdp_pipeline.defs.schedules import build_schedules
 from cdp_pipeline.defs.sensors import build_delivery_sensor
 
@@ -49,7 +50,9 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
             tags={"cdp/connection": connection.name},
         )
         jobs.append(export_job)
-    schedules = build_schedules(project, connection, import_job, export_job)
+    run_now_job = build_run_now_job(project, connection)
+    jobs.append(run_now_job)
+    schedules = build_schedules(connection, run_now_job)
     return dg.Definitions(
         assets=assets,
         asset_checks=build_store_checks(project, connection),
