@@ -39,7 +39,7 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
         tags={"cdp/connection": connection.name, **({"cdp/labels": ",".join(connection.labels)} if connection.labels else {})},
     )
     export_assets = [a for a in assets if a.keys.isdisjoint(import_keys)]
-    jobs = [import_job]
+    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [import_job]
     export_job = None
     if export_assets:
         export_job = dg.define_asset_job(
