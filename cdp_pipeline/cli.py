@@ -267,6 +267,25 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all_passed(results) else 1
 
 
+def _history(args: argparse.Namespace) -> int:
+    os.environ.setdefault("CDP_HOME", str(Path(args.home).expanduser().resolve()))
+    from cdp_pipeline.config.loading import load_project
+    from cdp_pipeline.errors import CdpError
+    from cdp_pipeline.run_history import history_table, read_history
+
+    project = load_project()
+    if args.connection not in project.connections:
+        print(f"cdp-pipeline history: no connection named {args.connection!r}; connections: {', '.join(sorted(project.connections))}", file=sys.stderr)
+        return 2
+    try:
+        rows = read_history(project.published_store_path or project.store_path, args.connection, args.limit)
+    except CdpError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(history_table(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cdp-pipeline", description=__doc__)
     parser.add_argument("--home", default=os.environ.get("CDP_HOME", ".cdp_home"), help="CDP_HOME: store, work dir, demo folders")
@@ -289,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="test a connection before any data moves: secrets, login, folders, permissions, PGP keys")
     check.add_argument("connection")
     check.set_defaults(handler=_check)
+    history = commands.add_parser("history", help="the connection's runs, newest first: status and cause, files, rows, profiles, events, exports")
+    history.add_argument("connection")
+    history.add_argument("--limit", type=int, default=50, help="how many runs (default 50)")
+    history.set_defaults(handler=_history)
     args = parser.parse_args(argv)
     from cdp_pipeline.errors import ConfigError
 
