@@ -47,7 +47,7 @@ class HistoryRow:
             n("rows_read"), n("rows_rejected"), n("profiles_created"), n("profiles_updated"), n("profiles_unchanged"),
             n("events_created", "events_updated"), n("groups_created", "groups_updated"), exported,
             # A cause can span lines (one per problem); the table keeps one line per run.
-            (self.error or self.partition_key or "").replace("\n", " | "),
+            " — ".join(part for part in (self.partition_key, self.error) if part).replace("\n", " | "),
         ]
 
 
