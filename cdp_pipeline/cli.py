@@ -107,6 +107,13 @@ def _run_jobs(project, connection, definitions, instance, *, full_export: bool, 
             echo(f"  FAILED {delivery.partition_key}: {_failure_cause(instance, result.run_id)}")
         else:
             echo(f"  imported {delivery.partition_key}: {import_summary(metadata)}")
+    if any(item["success"] and item.get("status") == "merged" for item in summary["imports"]) and not stopping.is_set():
+        # Outside the daemon no run-status sensor follows a merge with the store checks: run them here.
+        from cdp_pipeline.defs.checks import store_checks_job_name
+
+        checks = definitions.resolve_job_def(store_checks_job_name(connection_name))
+        if not checks.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET, tags=tags).success:
+            echo("  store checks could not run: see the run in the Dagster UI")
     if connection.export_goals and not stopping.is_set():
         export_job = definitions.resolve_job_def(export_job_name(connection_name))
         export_tags = {**tags, "cdp/full_export": "true"} if full_export else tags
