@@ -107,6 +107,13 @@ def _run_jobs(project, connection, definitions, instance, *, full_export: bool, 
             echo(f"  FAILED {delivery.partition_key}: {_failure_cause(instance, result.run_id)}")
         else:
             echo(f"  imported {delivery.partition_key}: {import_summary(metadata)}")
+    if any(item["success"] and item.get("status") == "merged" for item in summary["imports"]) and not stopping.is_set():
+        # Outside the daemon no run-status sensor follows a merge with the store checks: run them here.
+        from cdp_pipeline.defs.checks import store_checks_job_name
+
+        checks = definitions.resolve_job_def(store_checks_job_name(connection_name))
+        if not checks.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET, tags=tags).success:
+            echo("  store checks could not run: see the run in the Dagster UI")
     if connection.export_goals and not stopping.is_set():
         export_job = definitions.resolve_job_def(export_job_name(connection_name))
         export_tags = {**tags, "cdp/full_export": "true"} if full_export else tags
@@ -389,6 +396,25 @@ def _shared_options_on_every_subcommand(commands: argparse._SubParsersAction) ->
         subparser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show Dagster's events of each run")
 
 
+def _history(args: argparse.Namespace) -> int:
+    os.environ.setdefault("CDP_HOME", str(Path(args.home).expanduser().resolve()))
+    from cdp_pipeline.config.loading import load_project
+    from cdp_pipeline.errors import CdpError
+    from cdp_pipeline.run_history import history_table, read_history
+
+    project = load_project()
+    if args.connection not in project.connections:
+        print(f"cdp-pipeline history: no connection named {args.connection!r}; connections: {', '.join(sorted(project.connections))}", file=sys.stderr)
+        return 2
+    try:
+        rows = read_history(project.published_store_path or project.store_path, args.connection, args.limit)
+    except CdpError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print(history_table(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cdp-pipeline", description=__doc__, epilog="Exit codes: 0 ok, 1 a run, delivery or check failed, "
@@ -426,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
     preview.add_argument("--delivery", help="goal:root file name to dry-run (default: the first complete delivery)")
     preview.add_argument("--rows", type=int, default=5, help="rows to show as they would be stored (default 5)")
     preview.set_defaults(handler=_preview)
+    history = commands.add_parser("history", help="the connection's runs, newest first: status and cause, files, rows, profiles, events, exports")
+    history.add_argument("connection")
+    history.add_argument("--limit", type=int, default=50, help="how many runs (default 50)")
+    history.set_defaults(handler=_history)
     _shared_options_on_every_subcommand(commands)
     args = parser.parse_args(argv)
     if args.verbose:

@@ -13,16 +13,13 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from cdp_pipeline import exporting, importing
+from cdp_pipeline import connection_run, exporting, importing
 from cdp_pipeline.config.connection import Connection, ExportGoal, FtpLocation, LocalLocation, S3Location, SftpLocation
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport_key
 from cdp_pipeline.deliveries import partition_set_name, split_partition_key
 from cdp_pipeline.disk_space import DiskSpaceError
 from cdp_pipeline.errors import CdpError, InputError, TransientError
-from cdp_pipeline.store.database import open_writer
-from cdp_pipeline.store.publish import publish_copy
-from cdp_pipeline.store.runs import record_run
 
 # Network steps retry transient failures; everything else fails once with its named error.
 NETWORK_RETRY = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
@@ -54,6 +51,19 @@ def _now() -> datetime:
 def _fail(error: Exception, what: str) -> dg.Failure:
     """Terminal errors fail once, with the engine's message (file, line, column, fix)."""
     return dg.Failure(description=f"{what}: {error}", allow_retries=False)
+
+
+def _failed(
+    project: ProjectConfig, context: dg.AssetExecutionContext, error: Exception, what: str, *, connection: str, kind: str, goal: str, started: datetime
+) -> dg.Failure:
+    """``_fail``, with the failure in the store's run history too (its cause, no customer values),
+    so the history a person reads shows failed runs beside the successful ones."""
+    failure = _fail(error, what)
+    connection_run.record_failure(
+        project, run_id=context.run.run_id, connection=connection, kind=kind, goal=goal,
+        partition_key=context.partition_key if kind == "import" else None, started_at=started, cause=failure.description or what,
+    )
+    return failure
 
 
 def _quarantine(context: dg.AssetExecutionContext, transport_resource_key: str, goal, work_dir) -> list[str]:
@@ -96,6 +106,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
     )
     def fetched_files(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         project_ = context.resources.cdp_project.load()
+        started = _now()
         for stale in importing.sweep_stale_work(project_, name):
             context.log.info(f"removed the downloaded and decrypted files of {stale.name}, left by a run more than a day ago")
         work_dir = importing.delivery_work_dir(project_, name, context.partition_key)
@@ -107,7 +118,8 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         except TransientError:
             raise
         except CdpError as error:
-            raise _fail(error, "fetch") from error
+            goal_name = split_partition_key(context.partition_key)[0]
+            raise _failed(project_, context, error, "fetch", connection=name, kind="import", goal=goal_name, started=started) from error
         return dg.MaterializeResult(
             metadata={
                 "files": len(fetched),
@@ -135,14 +147,16 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         project_ = project
         work_dir = importing.delivery_work_dir(project_, name, context.partition_key)
         pgp = getattr(context.resources, pgp_resource_key)
+        started = _now()
+        goal_name = split_partition_key(context.partition_key)[0]
         try:
             files, encrypted = importing.decrypt_delivery(work_dir, pgp.keyring if pgp.can_decrypt else None, connection.max_file_bytes)
         except DiskSpaceError as error:
             # Our disk, not the partner's file: the delivery stays where it is and is offered again.
-            raise _fail(error, "decrypt") from error
+            raise _failed(project_, context, error, "decrypt", connection=name, kind="import", goal=goal_name, started=started) from error
         except CdpError as error:
             _quarantine(context, transport_resource_key, goal_of(context), work_dir)
-            raise _fail(error, "decrypt") from error
+            raise _failed(project_, context, error, "decrypt", connection=name, kind="import", goal=goal_name, started=started) from error
         metadata: dict = {"files": len(files), "encrypted_files": encrypted}
         if pgp.can_decrypt:
             # Keys expire (SARE rotates yearly with three weeks' notice): show the days left so the UI
@@ -171,11 +185,13 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
     def import_tables(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         work_dir = importing.delivery_work_dir(project, name, context.partition_key)
         goal = goal_of(context)
+        started = _now()
         try:
-            staged = importing.stage_delivery(project, connection, goal, work_dir, _now())
+            staged = importing.stage_delivery(project, connection, goal, work_dir, started)
         except InputError as error:
             _quarantine(context, transport_resource_key, goal, work_dir)
-            raise _fail(error, f"{goal.name}: the delivery cannot be imported") from error
+            what = f"{goal.name}: the delivery cannot be imported"
+            raise _failed(project, context, error, what, connection=name, kind="import", goal=goal.name, started=started) from error
         for warning in staged.warnings:
             context.log.warning(warning)
         preview_rows = project.store.ui_preview_rows
@@ -227,7 +243,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
             context.log.warning(str(error))
             raise dg.RetryRequested(max_retries=3, seconds_to_wait=60) from error
         except CdpError as error:
-            raise _fail(error, f"{goal.name}: merge") from error
+            raise _failed(project, context, error, f"{goal.name}: merge", connection=name, kind="import", goal=goal.name, started=started) from error
         with getattr(context.resources, transport_resource_key).open() as transport:
             finished = importing.finish_delivery(transport, goal, work_dir)
         for path in finished.left_changed:
@@ -315,18 +331,10 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
         except TransientError:
             raise
         except CdpError as error:
-            raise _fail(error, f"export {goal.name}") from error
+            raise _failed(project, context, error, f"export {goal.name}", connection=name, kind="export", goal=goal.name, started=now) from error
         profile_file = outcome.profile_file
         try:
-            with open_writer(project.store_path, project.catalog) as conn:
-                record_run(
-                    conn, run_id=context.run.run_id, connection=name, kind="export", goal=goal.name, partition_key=None,
-                    started_at=now, ended_at=_now(), status="SUCCESS",
-                    counts={"profiles_available": outcome.profiles_available, "profiles_exported": outcome.profiles_exported},
-                    last_profiles=[], error=None,
-                )
-                if project.published_store_path is not None:
-                    publish_copy(conn, project.published_store_path)
+            connection_run.record_export(project, outcome, run_id=context.run.run_id, connection=name, goal=goal.name, started_at=now)
         except CdpError as error:
             # The files are delivered and the export's state is recorded. A retry of this step
             # would export only what changed since (nothing) under the same file name and

@@ -1,5 +1,7 @@
 """Asset checks on each connection's profile_store: the store's invariants after every merge."""
 
+from __future__ import annotations
+
 import dagster as dg
 
 from cdp_pipeline.config.connection import Connection
@@ -44,3 +46,39 @@ def _store_check(project: ProjectConfig, connection: Connection, name: str) -> d
 
 def build_store_checks(project: ProjectConfig, connection: Connection) -> list[dg.AssetChecksDefinition]:
     return [_store_check(project, connection, name) for name in STORE_CHECKS]
+
+
+def store_checks_job_name(connection: str) -> str:
+    return f"{connection}_store_checks"
+
+
+def build_store_checks_runs(connection: Connection, monitored_jobs: list) -> tuple[dg.UnresolvedAssetJobDefinition, dg.SensorDefinition]:
+    """The store checks run in their own run, requested when an import run has merged a delivery.
+
+    Inside the import job they were planned with the merge: when the merge failed they never ran,
+    yet the UI showed all four as failed ("0 / 4 passed"), which is not true. Running them after a
+    successful merge means every evaluation shown is one that happened."""
+    profile_store = dg.AssetKey([connection.name, "profile_store"])
+    job = dg.define_asset_job(
+        store_checks_job_name(connection.name),
+        selection=dg.AssetSelection.checks_for_assets(profile_store),
+        executor_def=dg.in_process_executor,
+        description=f"{connection.name}: the store's invariants, checked after each run that merged a delivery.",
+        tags={"cdp/connection": connection.name},
+    )
+
+    @dg.run_status_sensor(
+        name=f"{connection.name}_store_checks_after_merge",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=monitored_jobs,
+        request_job=job,
+        default_status=dg.DefaultSensorStatus.RUNNING if connection.enabled else dg.DefaultSensorStatus.STOPPED,
+        description=f"Runs {store_checks_job_name(connection.name)} after a successful run of {connection.name} that merged a delivery.",
+    )
+    def after_merge(context: dg.RunStatusSensorContext):
+        merged = context.instance.get_records_for_run(run_id=context.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        if not any(record.asset_key == profile_store for record in merged):
+            return dg.SkipReason(f"run {context.dagster_run.run_id} merged no delivery")
+        return dg.RunRequest(run_key=f"checks-after-{context.dagster_run.run_id}", tags={"cdp/connection": connection.name})
+
+    return job, after_merge

@@ -117,7 +117,7 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("partition_key", "VARCHAR", "Delivery partition for imports."),
             ("started_at", "TIMESTAMP", "Start (UTC)."),
             ("ended_at", "TIMESTAMP", "End (UTC)."),
-            ("status", "VARCHAR", "SUCCESS or SKIPPED (same content already merged). Failed runs are in Dagster's run history and e-mails."),
+            ("status", "VARCHAR", "SUCCESS, SKIPPED (same content already merged) or FAILURE (the cause in error)."),
             ("counts", "JSON", "Counts of the goal: checked, created, updated, unchanged, rejected, events ..."),
             ("last_profiles", "VARCHAR[]", "The last five profiles created or updated."),
             ("error", "VARCHAR", "Error message of a failed run."),

@@ -191,7 +191,29 @@ def test_disabled_connection_keeps_its_sensor_and_schedules_stopped(tmp_path, mo
     assert definitions.resolve_job_def("partner_import") is not None
 
 
+def _scheduled_run(definitions, schedule_name: str, instance):
+    """The schedule's tick (one run request of ``partner_run_now``) and that run, executed."""
+    schedule = definitions.resolve_schedule_def(schedule_name)
+    with dg.build_schedule_context(instance=instance, resources=definitions.resources, repository_def=definitions.get_repository_def()) as context:
+        tick = schedule.evaluate_tick(context)
+    assert len(tick.run_requests) == 1
+    request = tick.run_requests[0]
+    job = definitions.resolve_job_def(schedule.job_name)
+    return job.execute_in_process(instance=instance, run_config=request.run_config, tags=request.tags, raise_on_error=False)
+
+
+def _imported_partitions(result) -> list[str]:
+    return [
+        event.materialization.partition
+        for event in result.get_asset_materialization_events()
+        if event.asset_key == dg.AssetKey(["partner", "profile_store"])
+    ]
+
+
 def test_schedule_imports_complete_deliveries_and_runs_exports(tmp_path, monkeypatch):
+    from cdp_pipeline import connection_run
+
+    monkeypatch.setattr(connection_run, "SECOND_LISTING_AFTER_SECONDS", 2.0)
     inbox = tmp_path / "home" / "remote" / "inbox"
     for path in generate_delivery(tmp_path / "plain", profiles=20, date="20260115").values():
         target = inbox / path.name
@@ -201,24 +223,31 @@ def test_schedule_imports_complete_deliveries_and_runs_exports(tmp_path, monkeyp
     goals = yaml.safe_load((BUNDLED_CONFIG_DIR / "connections" / "demo_local.yaml").read_text())["goals"]
     _configure(tmp_path, monkeypatch, {"type": "local", "path": "remote"}, "inbox", goals=goals, schedules=[{"every_minutes": 5, "timezone": "Europe/Warsaw"}])
     definitions = _definitions()
-    imports = definitions.resolve_schedule_def("partner_schedule_1_imports")
-    exports = definitions.resolve_schedule_def("partner_schedule_1")
-    assert imports.execution_timezone == exports.execution_timezone == "Europe/Warsaw"
-    # The schedule context is entered and left, so the resources it builds are torn down with it.
-    with dg.instance_for_test() as instance, dg.build_schedule_context(
-        instance=instance, resources=definitions.resources, repository_def=definitions.get_repository_def()
-    ) as context:
-        with dg.partition_loading_context(dynamic_partitions_store=instance):
-            result = imports.evaluate_tick(context)
-        assert sorted(r.partition_key for r in result.run_requests) == sorted(EXPECTED)
+    # One schedule per entry: its tick runs the imports and then the exports in one run, so the
+    # export can never start before the tick's imports (there is no separate import schedule).
+    assert [s.name for s in definitions.schedules if s.name.startswith("partner_")] == ["partner_schedule_1"]
+    assert definitions.resolve_schedule_def("partner_schedule_1").execution_timezone == "Europe/Warsaw"
+    with dg.instance_for_test() as instance:
+        result = _scheduled_run(definitions, "partner_schedule_1", instance)
+        assert result.success
+        # Goal order: the group goal's delivery, then profiles, then events, then the export.
+        assert _imported_partitions(result) == EXPECTED
         assert set(instance.get_dynamic_partitions("partner__deliveries")) == set(EXPECTED)
+        keys = [event.asset_key.path[-1] for event in result.get_asset_materialization_events()]
+        assert keys[-1].endswith("_segment_export")
+    exported = list((tmp_path / "home").rglob("high_value_*.csv"))
+    assert len(exported) == 1, "the scheduled run wrote no export file"
+    assert sum(1 for _ in exported[0].open()) > 1, "the export of the tick holds none of the tick's rows"
 
 
 def test_scheduled_import_does_not_take_a_file_still_growing_behind_an_old_mtime(tmp_path, monkeypatch):
-    """Reliability #69: the server's clock runs behind, so a file being uploaded shows an mtime an
-    hour old. The schedule lists twice within its tick and waits for the upload to stop."""
+    """The server's clock runs behind, so a file being uploaded shows an mtime an hour old. The
+    scheduled run lists twice within its tick and waits for the upload to stop."""
     import threading
 
+    from cdp_pipeline import connection_run
+
+    monkeypatch.setattr(connection_run, "SECOND_LISTING_AFTER_SECONDS", 2.0)
     inbox = tmp_path / "home" / "remote" / "inbox"
     inbox.mkdir(parents=True)
     growing = inbox / "profiles_20260115.csv"
@@ -239,19 +268,18 @@ def test_scheduled_import_does_not_take_a_file_still_growing_behind_an_old_mtime
 
     _configure(tmp_path, monkeypatch, {"type": "local", "path": "remote"}, "inbox", schedules=[{"every_minutes": 5, "timezone": "UTC"}])
     definitions = _definitions()
-    imports = definitions.resolve_schedule_def("partner_schedule_1_imports")
     uploader = threading.Thread(target=upload)
-    with dg.instance_for_test() as instance, dg.build_schedule_context(
-        instance=instance, resources=definitions.resources, repository_def=definitions.get_repository_def()
-    ) as context:
+    with dg.instance_for_test() as instance:
         uploader.start()
         try:
-            with dg.partition_loading_context(dynamic_partitions_store=instance):
-                during = imports.evaluate_tick(context)
+            during = _scheduled_run(definitions, "partner_schedule_1", instance)
         finally:
             uploading.clear()
             uploader.join()
-        with dg.partition_loading_context(dynamic_partitions_store=instance):
-            after = imports.evaluate_tick(context)
-    assert not during.run_requests
-    assert [r.partition_key for r in after.run_requests] == ["customers:profiles_20260115.csv"]
+        requested_during = instance.get_dynamic_partitions("partner__deliveries")
+        _scheduled_run(definitions, "partner_schedule_1", instance)
+        # The run registers a partition for each delivery it takes up (this file's two columns
+        # do not fit the goal, so its import fails: what matters here is that it was taken).
+        requested_after = instance.get_dynamic_partitions("partner__deliveries")
+    assert during.success and not _imported_partitions(during) and requested_during == []
+    assert requested_after == ["customers:profiles_20260115.csv"]

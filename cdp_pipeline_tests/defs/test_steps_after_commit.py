@@ -8,9 +8,9 @@ import shutil
 import duckdb
 import yaml
 
+from cdp_pipeline import connection_run
 from cdp_pipeline.cli import run_connection
 from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR
-from cdp_pipeline.defs import assets
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline.errors import TransientError
 from cdp_pipeline_tests.demo_home import prepare_demo_home
@@ -53,7 +53,7 @@ def test_delivery_merged_but_not_archived_is_archived_by_the_next_run(tmp_path, 
 
 def test_export_whose_run_cannot_be_recorded_is_not_sent_again(tmp_path, monkeypatch) -> None:
     home = prepare_demo_home(tmp_path / "home", monkeypatch, profiles=60)
-    record_run = assets.record_run
+    record_run = connection_run.record_run
     export_attempts: list[str] = []
 
     def store_locked_for_exports(conn, **fields):
@@ -62,7 +62,8 @@ def test_export_whose_run_cannot_be_recorded_is_not_sent_again(tmp_path, monkeyp
             raise TransientError("the store is locked by another process")
         return record_run(conn, **fields)
 
-    monkeypatch.setattr(assets, "record_run", store_locked_for_exports)
+    # the export asset records its run through connection_run.record_export
+    monkeypatch.setattr(connection_run, "record_run", store_locked_for_exports)
     summary = run()
     assert all(item["success"] for item in summary["imports"])
     assert summary["export_success"] is False
