@@ -28,6 +28,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,29 @@ def _empty_file_error(display_name: str, reason: str = "empty file (0 bytes)") -
     )
 
 
+@dataclass(frozen=True)
+class DelimitedFile:
+    """A delimited file as read: its text frame and the records left out of it as rejects."""
+
+    frame: pl.DataFrame
+    #: records the reader left out on purpose (``csv.last_line_without_newline: reject_row``), one
+    #: problem each with file and line, for the caller to count and report with its other rejects.
+    left_out: list[InputProblem] = field(default_factory=list)
+
+
 def read_delimited(path: Path, options: CsvOptions, display_name: str, *, max_bytes: int | None = None) -> pl.DataFrame:
+    """The frame of ``read_delimited_file``, for callers that have no reject report.
+
+    A record the options say to leave out as a reject fails the read here instead, so it can never
+    disappear without being counted.
+    """
+    read = read_delimited_file(path, options, display_name, max_bytes=max_bytes)
+    if read.left_out:
+        raise InputError(read.left_out)
+    return read.frame
+
+
+def read_delimited_file(path: Path, options: CsvOptions, display_name: str, *, max_bytes: int | None = None) -> DelimitedFile:
     """Read a delimited file into a frame of text columns.
 
     Returns one ``pl.String`` column per file column, named by ``normalise_column_name`` and in
@@ -116,8 +139,9 @@ def read_delimited(path: Path, options: CsvOptions, display_name: str, *, max_by
     Raises ``InputError`` (file, line, reason and fix) for: an empty file, UTF-16 in a file not
     declared so, an undecodable byte (offset and line), NUL bytes, CR-only line endings, ragged
     rows (expected vs actual field count), an unterminated quote, a one-column header that looks
-    like another delimiter, blank or colliding column names, a corrupt gzip stream, or one that
-    expands past ``max_bytes``.
+    like another delimiter, blank or colliding column names, a corrupt gzip stream, one that
+    expands past ``max_bytes``, or a last record without a line terminator after records with one
+    (a possibly truncated upload) unless ``csv.last_line_without_newline`` says otherwise.
     """
     delimiter = options.delimiter
     quote = options.quote_char or None
@@ -217,7 +241,7 @@ def _frame_from_scan(
     display_name: str,
     quote: str | None,
     read_frame: Callable[[int, bool], pl.DataFrame],
-) -> pl.DataFrame:
+) -> DelimitedFile:
     delimiter = options.delimiter
     if scan.first_record is None:
         if options.has_header or not options.column_names:
@@ -228,7 +252,7 @@ def _frame_from_scan(
             else:
                 reason = "empty file (only a byte-order mark)"
             raise _empty_file_error(display_name, reason)
-        return _empty_frame(normalised_names(list(options.column_names), display_name, None))
+        return DelimitedFile(_empty_frame(normalised_names(list(options.column_names), display_name, None)))
 
     first_fields = scan.first_record_fields or 1
     if first_fields == 1 and not (options.column_names and len(options.column_names) == 1):
@@ -279,17 +303,29 @@ def _frame_from_scan(
         footer[np.flatnonzero(is_data)[-options.skip_footer_rows :]] = True
         is_data &= ~footer
 
+    left_out = np.zeros_like(is_data)
+    left_out_problems: list[InputProblem] = []
+    if scan.last_record_unterminated and is_data[-1] and options.last_line_without_newline != "accept":
+        # Checked before the field counts: a row cut in its last field has the right width and would
+        # merge "Rot" for "Rotterdam"; one cut earlier is short, and "ragged" would hide the cause.
+        problem = _unterminated_last_record(display_name, int(start_lines[-1]), int(field_counts[-1]), width, options)
+        if options.last_line_without_newline == "fail":
+            raise InputError(problem)
+        left_out[-1] = True
+        is_data[-1] = False
+        left_out_problems.append(problem)
+
     ragged = np.flatnonzero(is_data & (field_counts != width))
     if ragged.size:
         raise InputError(_ragged_problems(ragged, start_lines, field_counts, width, display_name, delimiter))
 
     data_rows = np.flatnonzero(is_data)
     if data_rows.size == 0:
-        return _empty_frame(names)
+        return DelimitedFile(_empty_frame(names), left_out_problems)
 
     # Lines of delimiters only may be longer than the header; they are dropped below, so only then is
     # truncation safe (every other record was checked to have exactly `width` fields).
-    truncate = bool(((ignorable | footer) & (field_counts > width)).any())
+    truncate = bool(((ignorable | footer | left_out) & (field_counts > width)).any())
     try:
         frame = read_frame(width, truncate)
     except pl.exceptions.PolarsError as exc:
@@ -326,7 +362,7 @@ def _frame_from_scan(
     else:
         frame = frame.filter(pl.Series(is_data))
     null_tokens = ["", *options.null_values]
-    return frame.select(
+    frame = frame.select(
         *[
             pl.when(pl.col(f"column_{position}").is_in(null_tokens))
             .then(None)
@@ -335,6 +371,29 @@ def _frame_from_scan(
             for position, name in enumerate(names, start=1)
         ],
         pl.Series(LINE_COLUMN, start_lines[data_rows], dtype=pl.Int64),
+    )
+    return DelimitedFile(frame, left_out_problems)
+
+
+def _unterminated_last_record(display_name: str, line: int, fields: int, width: int, options: CsvOptions) -> InputProblem:
+    shape = f" and has {fields} of the {width} fields" if fields != width else ""
+    if options.last_line_without_newline == "fail":
+        outcome = "nothing of the delivery was imported"
+        fix = (
+            "Deliver the complete file again (a changed file is picked up again); if this partner's files "
+            "legitimately end without a line break, set csv.last_line_without_newline: accept "
+            "(or reject_row to leave the last row out)"
+        )
+    else:
+        outcome = "the row was left out (csv.last_line_without_newline: reject_row)"
+        fix = "Deliver the complete file again, or set csv.last_line_without_newline: accept if the partner's files end without a line break"
+    return InputProblem(
+        file=display_name,
+        line=line,
+        column=None,
+        reason=f"the last record has no line terminator while the records before it end with one{shape}: "
+        f"the upload was probably cut short, so its last value may be incomplete; {outcome}",
+        fix=fix,
     )
 
 

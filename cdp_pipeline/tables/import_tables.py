@@ -51,7 +51,7 @@ from cdp_pipeline.config.csv_options import ColumnFormat
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.tables.column_names import normalise_column_name
 from cdp_pipeline.tables.column_typing import parse_typed
-from cdp_pipeline.tables.csv_reading import read_delimited
+from cdp_pipeline.tables.csv_reading import read_delimited_file
 from cdp_pipeline.tables.processors import apply_processors
 from cdp_pipeline.tables.staged import (
     FILE_HASH_HI,
@@ -146,7 +146,11 @@ class _DeliveryFiles:
 
     def read(self, name: str, derived: dict[str, ColumnFormat]) -> None:
         selection = self.goal.files.file(name)
-        frame = read_delimited(self.paths[name], selection.csv, self.display[name], max_bytes=self.max_file_bytes)
+        read = read_delimited_file(self.paths[name], selection.csv, self.display[name], max_bytes=self.max_file_bytes)
+        frame = read.frame
+        for problem in read.left_out:
+            self.problems.append(problem)
+            self.tally.add(problem.file, pl.Series(LINE, [problem.line], dtype=pl.Int64), None, problem.reason)
         declared = {_n(column): fmt for column, fmt in selection.csv.columns.items()}
         formats = {column: fmt for column, fmt in {**derived, **declared}.items() if column in frame.columns}
         typed, problems = parse_typed(frame, formats, self.display[name], selection.csv.decimal_comma)

@@ -37,6 +37,9 @@ class RecordScan:
     first_record: bytes | None = None
     first_record_line: int | None = None
     first_record_fields: int | None = None
+    #: the last record ends at the end of the file without a line terminator while records before it
+    #: have one: what an upload cut short looks like (the reader decides what that means).
+    last_record_unterminated: bool = False
 
 
 _BYTE_LANES = np.uint64(0x0101010101010101)
@@ -107,7 +110,9 @@ class RecordScanner:
 
     def finish(self) -> RecordScan:
         if self.carry:
+            terminated_before = bool(self.result.start_lines) and any(lines.size for lines in self.result.start_lines)
             self._process(self.carry, final=True)
+            self.result.last_record_unterminated = terminated_before
         return self.result
 
     def _skip_lines(self, data: bytes) -> bytes:
