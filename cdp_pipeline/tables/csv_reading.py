@@ -15,8 +15,9 @@ How a file is read (``read_delimited``):
    :mod:`cdp_pipeline.tables.column_names`; typing the columns is
    :mod:`cdp_pipeline.tables.column_typing`.
 
-Memory stays bounded by the chunk size plus the resulting frame: no file is read into a Python
-string.
+Memory stays bounded by the chunk size, the record length cap and the resulting frame: no file
+is read into a Python string, and Polars only ever parses records the scan has accepted (a UTF-8
+file is parsed block by block in a thread while the scan runs; a converted copy after it).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,9 +154,7 @@ def read_delimited_file(path: Path, options: CsvOptions, display_name: str, *, m
 
     stream, compressed = open_bytes(path)
     temp_path: Path | None = None
-    pool: ThreadPoolExecutor | None = None
-    early_read: Future[pl.DataFrame] | None = None
-    early_width = 0
+    early: _EarlyParse | None = None
     try:
         with stream:
             # Only a gzip stream can grow past the size the file was checked at when it arrived.
@@ -180,7 +179,8 @@ def read_delimited_file(path: Path, options: CsvOptions, display_name: str, *, m
                 utf8_chunks = escapes_as_doubled_quotes(utf8_chunks, escape.encode(), quote.encode())  # type: ignore[union-attr]
             rewrite = compressed or codec not in UTF8_CODECS or escape is not None
 
-            scanner = RecordScanner(delimiter.encode(), quote.encode() if quote else None, options.skip_rows, display_name)
+            max_record_bytes = options.max_record_mb * 1024 * 1024 if options.max_record_mb else None
+            scanner = RecordScanner(delimiter.encode(), quote.encode() if quote else None, options.skip_rows, display_name, max_record_bytes)
             if rewrite:
                 temp_path = _temp_path_near(path)
                 with open(temp_path, "wb") as converted:
@@ -188,29 +188,96 @@ def read_delimited_file(path: Path, options: CsvOptions, display_name: str, *, m
                         converted.write(chunk)
                         scanner.feed(chunk)
             else:
-                # The file is final, so Polars can parse it in a thread while the scan runs (NumPy and
-                # Polars both release the GIL): the scan costs about as much as the parse.
+                # Polars parses the records in a thread while the scan runs (NumPy and Polars both
+                # release the GIL; the scan costs about as much as the parse). It is given only the
+                # records the scan has accepted, so a record over the cap is never parsed and the parse
+                # stops with the scan: a 2 GB file without line breaks used to be parsed whole in the
+                # background after the scan had refused it.
+                waiting: list[bytes] = []
                 for chunk in utf8_chunks:
-                    scanner.feed(chunk)
-                    if early_read is None and scanner.result.first_record_fields is not None:
-                        early_width = scanner.result.first_record_fields
-                        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-parse")
-                        early_read = pool.submit(_read_all_text, path, early_width, options, quote, False)
+                    block = scanner.feed(chunk)
+                    if early is None:
+                        waiting.append(block)
+                        if scanner.result.first_record_fields is not None:
+                            early = _EarlyParse(scanner.result.first_record_fields, options, quote)
+                            for held in waiting:
+                                early.add(held)
+                            waiting = []
+                    else:
+                        early.add(block)
             scan = scanner.finish()
+            if early is not None:
+                early.add(scanner.final_block)
         source = temp_path or path
+        expected_rows = sum(lines.size for lines in scan.start_lines)
 
         def read_frame(width: int, truncate: bool) -> pl.DataFrame:
-            if early_read is not None and early_width == width and not truncate:
-                return early_read.result()
+            if early is not None and early.width == width and not truncate:
+                frame = early.frame()
+                # A block Polars read differently from the whole file (or could not read) is read
+                # again as a whole; the scan has accepted every record by now, so that is bounded too.
+                if frame is not None and frame.height == expected_rows:
+                    return frame
             return _read_all_text(source, width, options, quote, truncate)
 
         return _frame_from_scan(source, scan, options, display_name, quote, read_frame)
     finally:
-        if pool is not None:
-            # On an error the early parse is abandoned, not awaited.
-            pool.shutdown(wait=False, cancel_futures=True)
+        if early is not None:
+            # Waits for the block being parsed (one block at most), so no parse outlives the read.
+            early.stop()
         if temp_path is not None:
             temp_path.unlink(missing_ok=True)
+
+
+#: blocks handed to the background parse but not parsed yet: more would hold the file's bytes in
+#: memory when the parse is slower than the scan.
+_BLOCKS_AHEAD = 2
+
+
+class _EarlyParse:
+    """Polars parses the blocks of whole records the scan has accepted, in order, in one thread."""
+
+    def __init__(self, width: int, options: CsvOptions, quote: str | None):
+        self.width = width
+        self.options = options
+        self.quote = quote
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-parse")
+        self.parts: list[Future[pl.DataFrame]] = []
+
+    def add(self, block: bytes) -> None:
+        if not block:
+            return
+        self.parts.append(self.pool.submit(_parse_block, block, self.width, self.options, self.quote))
+        pending = [part for part in self.parts if not part.done()]
+        if len(pending) > _BLOCKS_AHEAD:
+            wait(pending[: len(pending) - _BLOCKS_AHEAD])
+
+    def frame(self) -> pl.DataFrame | None:
+        """The blocks' frames in file order, or None when a block could not be parsed."""
+        try:
+            frames = [part.result() for part in self.parts]
+        except pl.exceptions.PolarsError:
+            return None
+        return pl.concat(frames, how="vertical", rechunk=False) if frames else None
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _parse_block(block: bytes, width: int, options: CsvOptions, quote: str | None) -> pl.DataFrame:
+    """One block of whole records (skipped lines and a BOM already removed by the scan); a block
+    that starts with a blank line still gives one (empty) row per record, as the scan counts them."""
+    return pl.read_csv(
+        block,
+        has_header=False,
+        separator=options.delimiter,
+        quote_char=quote,
+        schema={f"column_{position}": pl.String for position in range(1, width + 1)},
+        encoding="utf8",
+        truncate_ragged_lines=False,
+        missing_columns="insert",
+        raise_if_empty=False,
+    )
 
 
 def _read_all_text(source: Path, width: int, options: CsvOptions, quote: str | None, truncate: bool) -> pl.DataFrame:

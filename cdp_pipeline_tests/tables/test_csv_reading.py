@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -297,6 +299,55 @@ def test_unterminated_quote_in_a_huge_record_is_refused_early(tmp_path: Path, mo
     monkeypatch.setattr(record_scan, "MAX_RECORD_BYTES", 64)
     (problem,) = read_error(tmp_path, b'id,name\n1,"open\n' + b"2,c\n" * 100).problems
     assert problem.line == 2 and "longer than" in problem.reason
+
+
+def test_a_record_over_the_cap_without_a_quote_is_not_blamed_on_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csv_decoding, "CHUNK_BYTES", 16)
+    monkeypatch.setattr(record_scan, "MAX_RECORD_BYTES", 64)
+    (problem,) = read_error(tmp_path, b"id,name\n1,a\n2," + b"x" * 500).problems
+    assert problem.line == 3 and "longer than 64 bytes" in problem.reason and "csv.max_record_mb" in problem.reason
+    assert "quote" not in problem.reason and "csv.max_record_mb" in problem.fix
+    # The cap also holds for a record that ends inside one chunk, and it is a setting.
+    monkeypatch.setattr(csv_decoding, "CHUNK_BYTES", 8 * 1024 * 1024)
+    (problem,) = read_error(tmp_path, b"id,name\n1,a\n2," + b"x" * (1024 * 1024 + 10) + b"\n3,b\n", max_record_mb=1).problems
+    assert problem.line == 3 and "longer than 1 MiB" in problem.reason and "quote" not in problem.reason
+    assert rows(read(tmp_path, b"id,name\n1," + b"x" * 1000 + b"\n", max_record_mb=1))[0][1] == "x" * 1000
+
+
+_PEAK_RSS_SCRIPT = """
+import resource, sys, time
+from pathlib import Path
+from cdp_pipeline.config.csv_options import CsvOptions
+from cdp_pipeline.errors import InputError
+from cdp_pipeline.tables import record_scan
+from cdp_pipeline.tables.csv_reading import read_delimited
+
+record_scan.MAX_RECORD_BYTES = 4 * 1024 * 1024
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    read_delimited(Path(sys.argv[1]), CsvOptions(), "huge.csv")
+except InputError as error:
+    print(error.problems[0].reason)
+# A parse left running in the background would keep growing meanwhile.
+time.sleep(4)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_a_file_without_line_breaks_is_refused_within_bounded_memory(tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    line = b"x" * (1024 * 1024)
+    with open(path, "wb") as handle:
+        handle.write(b"id,name\n1,")
+        for _ in range(300):  # 300 MiB in one record: 75 times the lowered 4 MiB cap
+            handle.write(line)
+    result = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, str(path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reason, growth = result.stdout.strip().splitlines()
+    assert reason.startswith("the record starting at line 2 is longer than 4 MiB") and "quote" not in reason
+    # The scan holds at most the cap plus a chunk or two (8 MiB each); parsing the record would take
+    # several times its 300 MiB.
+    assert int(growth) < 100, f"peak RSS grew by {growth} MiB"
 
 
 @pytest.mark.parametrize(("data", "hint"), [(b"id;name\n1;a\n", ";"), (b"id\tname\n1\ta\n", "\t"), (b"id|name\n1|a\n", "|")])
