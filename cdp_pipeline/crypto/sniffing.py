@@ -106,8 +106,9 @@ def _compressed_body_plausible(body: bytes) -> bool:
 def _encrypted_message_start(data: bytes, size: int) -> bool:
     """True when ``data`` (the first bytes of a file of ``size`` bytes) parses as the start of an
     encrypted OpenPGP message: session-key packets that fit the file, then encrypted data; or a
-    compressed packet. Every length must fit in the file: text that happens to begin with a
-    high-bit byte ("Ëll" is a literal-data header) does not survive this."""
+    compressed packet. Session-key packets must fit in the file: text that happens to begin with a
+    high-bit byte ("Ëll" is a literal-data header) does not survive this. The encrypted data may be
+    cut short: that is still an encrypted file, and decryption names it as damaged."""
     position = 0
     sessions = 0
     while True:
@@ -116,11 +117,11 @@ def _encrypted_message_start(data: bytes, size: int) -> bool:
             # Session keys that fill the bytes read (hundreds of recipients) are confirmation enough.
             return sessions > 0 and position >= len(data)
         length = header.body_length
-        if length is not None and header.body_start + length > size:
-            return False
         body = data[header.body_start : header.body_start + (length if length is not None else 64)]
         if header.tag in _SESSION_TAGS:
-            if length is None or not _SESSION_MIN <= length <= _SESSION_MAX or not _session_body_plausible(header.tag, body):
+            if length is None or not _SESSION_MIN <= length <= _SESSION_MAX or header.body_start + length > size:
+                return False
+            if not _session_body_plausible(header.tag, body):
                 return False
             sessions += 1
             position = header.body_start + length
