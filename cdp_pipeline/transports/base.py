@@ -143,5 +143,5 @@ class RefusedEntries(Protocol):
     an empty, "." or ".." segment), and says which, so they show up as problems instead of vanishing."""
 
     def refused_entries(self) -> list[str]:
-        """One problem line per entry the listings so far left out: where it is, why, what to do."""
+        """One problem line per entry the listings left out since the last call: where, why, what to do."""
         ...

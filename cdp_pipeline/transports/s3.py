@@ -58,8 +58,11 @@ class S3Transport(Transport):
         return s3_listing.list_files(self.root, directory)
 
     def refused_entries(self) -> list[str]:
-        """Problem lines for the keys the listings so far left out (see ``RefusedEntries``)."""
-        return list(self.root.refused.values())
+        """Problem lines for the keys the listings left out since the last call (see ``RefusedEntries``):
+        a transport kept across sensor ticks must not report a key renamed meanwhile."""
+        lines = list(self.root.refused.values())
+        self.root.refused.clear()
+        return lines
 
     def list_files_after(self, directory: str, after: str | None, max_keys: int) -> tuple[list[RemoteFile], str | None]:
         """One bounded slice of ``list_files(directory)``; see :func:`s3_listing.list_files_after`."""
