@@ -193,17 +193,21 @@ def read_delimited_file(path: Path, options: CsvOptions, display_name: str, *, m
                 # records the scan has accepted, so a record over the cap is never parsed and the parse
                 # stops with the scan: a 2 GB file without line breaks used to be parsed whole in the
                 # background after the scan had refused it.
-                waiting: list[bytes] = []
+                waiting: list[bytes] | None = []
                 for chunk in utf8_chunks:
                     block = scanner.feed(chunk)
-                    if early is None:
+                    if early is None and waiting is not None:
                         waiting.append(block)
                         if scanner.result.first_record_fields is not None:
                             early = _EarlyParse(scanner.result.first_record_fields, options, quote)
                             for held in waiting:
                                 early.add(held)
                             waiting = []
-                    else:
+                        elif sum(map(len, waiting)) > scanner.max_record_bytes:
+                            # Only blank lines so far, and many of them: not worth holding for an
+                            # early parse; the file is read after the scan instead.
+                            waiting = None
+                    elif early is not None:
                         early.add(block)
             scan = scanner.finish()
             if early is not None:
