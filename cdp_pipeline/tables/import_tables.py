@@ -143,11 +143,14 @@ class _DeliveryFiles:
         #: as parsed and processed: what the goal links and maps.
         self.frames: dict[str, pl.DataFrame] = {}
         self.problems: list[InputProblem] = []
+        #: rows the reader left out of each file as rejects (not in ``raw``).
+        self.left_out: dict[str, int] = {}
 
     def read(self, name: str, derived: dict[str, ColumnFormat]) -> None:
         selection = self.goal.files.file(name)
         read = read_delimited_file(self.paths[name], selection.csv, self.display[name], max_bytes=self.max_file_bytes)
         frame = read.frame
+        self.left_out[name] = len(read.left_out)
         for problem in read.left_out:
             self.problems.append(problem)
             self.tally.add(problem.file, pl.Series(LINE, [problem.line], dtype=pl.Int64), None, problem.reason)
@@ -693,7 +696,9 @@ def build_import_tables(
         sum_rows[summed.property] = pl.concat([keyed_rows.select(per_file.columns), unkeyed], how="vertical").drop(LINE)
 
     # The guard first: its summary names the most common reason and the setting, also for on_error: fail.
-    _check_reject_share(goal, tally, {display_names[name]: files.raw[name].height for name in paths}, timeline, display_names, problems)
+    # A row the reader left out (a cut last row) counts among the file's rows, as it does among its rejects.
+    rows_by_file = {display_names[name]: files.raw[name].height + files.left_out.get(name, 0) for name in paths}
+    _check_reject_share(goal, tally, rows_by_file, timeline, display_names, problems)
     if problems and goal.on_error == "fail":
         raise InputError(problems)
     return StagedImport(
