@@ -47,6 +47,15 @@ class CsvOptions(StrictModel):
     columns: dict[str, ColumnFormat] = Field(default_factory=dict)
     #: "ignore" logs a warning for columns nobody maps; "fail" rejects the file.
     extra_columns: Literal["ignore", "fail"] = "ignore"
+    #: a last record without a line terminator in a file whose other records end with one: an upload
+    #: cut short looks exactly like this (a last row ending "city = Rot"), so by default the delivery
+    #: fails with that reason and a changed (complete) file is picked up again. "reject_row" leaves
+    #: that row out as a reject; "accept" imports it, for partners whose files end without a newline.
+    last_line_without_newline: Literal["fail", "reject_row", "accept"] = "fail"
+    #: the longest record (one row, quoted line breaks included) read, in MiB; None is the reader's
+    #: default (64). A longer one is refused before it is parsed, so a file without line breaks
+    #: (or with a quote never closed) cannot take memory without bound.
+    max_record_mb: int | None = Field(default=None, ge=1, le=2048)
     #: for exports: line ending written.
     line_ending: Literal["lf", "crlf"] = "lf"
 

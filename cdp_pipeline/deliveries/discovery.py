@@ -15,7 +15,7 @@ from cdp_pipeline.deliveries.grouping import Delivery, DeliveryScan
 from cdp_pipeline.deliveries.keys import run_key
 from cdp_pipeline.deliveries.readiness import Claims, ListedNow, MergedFiles, ReadinessPolicy
 from cdp_pipeline.deliveries.sources import DeliverySource
-from cdp_pipeline.transports.base import RemoteFile, Transport
+from cdp_pipeline.transports.base import RefusedEntries, RemoteFile, Transport
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class Discovery:
     requests: list[DeliveryRequest] = field(default_factory=list)
     #: partition keys of complete deliveries whose files the ledger has merged.
     already_merged: list[str] = field(default_factory=list)
+    #: entries the transport's listings left out, one problem line each (see ``RefusedEntries``).
+    refused_entries: list[str] = field(default_factory=list)
 
     @property
     def waiting(self) -> list[str]:
@@ -59,13 +61,13 @@ class Discovery:
 
     @property
     def problems(self) -> list[str]:
-        """Deliveries that cannot be formed at all (ambiguous partner, bad names)."""
-        return [problem for item in self.scans for problem in item.scan.problems]
+        """Deliveries that cannot be formed at all (ambiguous partner, bad names, unaddressable keys)."""
+        return [problem for item in self.scans for problem in item.scan.problems] + self.refused_entries
 
     @property
     def reasons(self) -> list[str]:
         """What waits and why, then what cannot be formed, source by source."""
-        return [reason for item in self.scans for reason in item.scan.waiting + item.scan.problems]
+        return [reason for item in self.scans for reason in item.scan.waiting + item.scan.problems] + self.refused_entries
 
     def skip_reason(self, limit: int = 5) -> str:
         """Why nothing is requested: the first reasons and how many deliveries are merged already."""
@@ -115,6 +117,8 @@ def discover(
                 found.already_merged.append(delivery.partition_key)
             else:
                 found.requests.append(DeliveryRequest(delivery))
+    if isinstance(transport, RefusedEntries):
+        found.refused_entries = transport.refused_entries()
     if max_requests is not None:
         found.requests = found.requests[:max_requests]
     return found

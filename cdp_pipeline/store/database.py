@@ -13,7 +13,7 @@ import duckdb
 
 from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full, says_disk_full
-from cdp_pipeline.errors import TransientError
+from cdp_pipeline.errors import CdpError, TransientError
 from cdp_pipeline.private_files import private_directory, private_umask
 from cdp_pipeline.store.schema import ensure_schema
 
@@ -59,9 +59,31 @@ def _connect(path: Path, *, read_only: bool, threads: int | None, lock_wait_seco
                         f"the store {path} is locked by {lock_holder(str(exc))}; waited {lock_wait_seconds:.0f} s for it. Close that "
                         f"session (analysts: query the published copy instead) and the run retries. DuckDB: {str(exc).splitlines()[0]}"
                     ) from None
+                if path.exists() and not says_disk_full(str(exc)):
+                    raise unreadable_store(path, exc) from exc
                 raise
+        except (duckdb.SerializationException, duckdb.InternalException, duckdb.InvalidInputException) as exc:
+            if path.exists():
+                raise unreadable_store(path, exc) from exc
+            raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+class StoreUnreadableError(CdpError):
+    """The store file exists but DuckDB cannot open it: truncated, overwritten or corrupt."""
+
+
+def unreadable_store(path: Path, exc: BaseException) -> StoreUnreadableError:
+    """Every run would fail the same way on such a file, so the message is the runbook's pointer,
+    not DuckDB's bare I/O error."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return StoreUnreadableError(
+        f"the store file {path} cannot be opened: it is truncated or corrupt, or its write-ahead log (.wal) cannot be replayed (DuckDB: {first}). Nothing was "
+        "imported or exported. Stop the runs, keep the damaged file aside, and restore the store from the "
+        "published copy (store.published_path, store_published.duckdb by default) or from a backup, then "
+        "re-import the deliveries merged since that copy; the steps are in docs/store.md, 'A store that cannot be opened'"
+    )
 
 
 @contextlib.contextmanager

@@ -7,9 +7,13 @@ per key, pre-aggregated in Polars) and watched by asset checks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import duckdb
 
 from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
+from cdp_pipeline.errors import CdpError
 
 SQL_TYPES = {
     "text": "VARCHAR",
@@ -45,6 +49,15 @@ def item_table(event_type: str, nested_type: str) -> str:
 # Tables whose shape does not depend on the catalog. Comments are part of the schema: analysts read
 # them with `SELECT * FROM duckdb_columns()` or in their SQL client.
 FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+    "schema_version": (
+        "The store's schema version: one row per migration applied, the newest last. "
+        "SELECT max(version) FROM schema_version is the version of this store.",
+        [
+            ("version", "INTEGER", "Migration number; migrations run in this order, each once."),
+            ("applied_at", "TIMESTAMP", "When it was applied to this store (UTC)."),
+            ("description", "VARCHAR", "What the migration changed."),
+        ],
+    ),
     "deliveries": (
         "The ledger: one row per delivery (a root file and its linked files) merged, rejected or skipped.",
         [
@@ -262,12 +275,116 @@ def catalog_tables(catalog: Catalog) -> dict[str, tuple[str, list[tuple[str, str
     return tables
 
 
-def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str]:
-    """Create missing tables and add columns for newly declared properties; returns what changed.
+class StoreSchemaError(CdpError):
+    """The store file cannot be used with this code and store.yaml as they are: its schema is newer
+    than the code, or a column's stored type differs from the type store.yaml now declares."""
 
-    A property whose declared type changed is refused rather than converted silently: the fix is
-    a new property name or an explicit migration by the operator."""
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered step of the fixed tables' history. Steps are idempotent (IF NOT EXISTS), so a
+    store made before versioning, which may already have some of their columns, takes them all."""
+
+    version: int
+    description: str
+    statements: Callable[[], list[str]]
+
+
+def _create_fixed(table: str, leave_out: tuple[str, ...] = ()) -> str:
+    _, columns = FIXED_TABLES[table]
+    column_sql = ", ".join(f"{quote(name)} {sql_type}" for name, sql_type, _ in columns if name not in leave_out)
+    return f"CREATE TABLE IF NOT EXISTS {quote(table)} ({column_sql})"
+
+
+def _add_fixed(table: str, *names: str) -> list[str]:
+    types = {name: sql_type for name, sql_type, _ in FIXED_TABLES[table][1]}
+    return [f"ALTER TABLE {quote(table)} ADD COLUMN IF NOT EXISTS {quote(name)} {types[name]}" for name in names]
+
+
+#: columns that later migrations add to tables of the first version.
+_LATER_DELIVERY_COLUMNS = ("events_unchanged", "values_not_imported")
+_LATER_DELIVERY_ROW_COLUMNS = ("value", "entity_id", "keyed")
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "the ledger, row delta, rejects, runs, property history, segments, lifecycles, export state and snapshots, "
+        "data exchange and product store tables",
+        lambda: [
+            _create_fixed("deliveries", _LATER_DELIVERY_COLUMNS),
+            _create_fixed("delivery_rows", _LATER_DELIVERY_ROW_COLUMNS),
+            *(
+                _create_fixed(table)
+                for table in FIXED_TABLES
+                if table not in ("schema_version", "deliveries", "delivery_rows")
+            ),
+        ],
+    ),
+    Migration(
+        2,
+        "deliveries.events_unchanged and deliveries.values_not_imported: events delivered again unchanged, cells not imported",
+        lambda: _add_fixed("deliveries", *_LATER_DELIVERY_COLUMNS),
+    ),
+    Migration(
+        3,
+        "delivery_rows.value, entity_id and keyed: keyed sums remember each row's value and profile",
+        lambda: _add_fixed("delivery_rows", *_LATER_DELIVERY_ROW_COLUMNS),
+    ),
+)
+#: the schema version this code writes; a store with a higher one was written by newer code.
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def _entity_of(table: str, catalog: Catalog) -> str:
+    if table == "profiles":
+        return "profile property"
+    for name in catalog.group_types:
+        if table == group_table(name):
+            return f"property of group type {name!r}"
+    for name, event in catalog.event_types.items():
+        if table == event_table(name):
+            return f"property of event type {name!r}"
+        for nested_name in event.nested:
+            if table == item_table(name, nested_name):
+                return f"property of nested type {nested_name!r} of event type {name!r}"
+    return "column"
+
+
+def _migrate(conn: duckdb.DuckDBPyConnection, store_name: str) -> list[str]:
+    conn.execute(_create_fixed("schema_version"))
+    (current,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone() or (0,)
+    if current > SCHEMA_VERSION:
+        raise StoreSchemaError(
+            f"the store {store_name} has schema version {current}, newer than this cdp_pipeline understands "
+            f"(version {SCHEMA_VERSION}): it was written by a newer release. Upgrade cdp_pipeline; the store was not changed"
+        )
     changes: list[str] = []
+    for migration in MIGRATIONS:
+        if migration.version <= current:
+            continue
+        for statement in migration.statements():
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO schema_version (version, applied_at, description) VALUES (?, now()::TIMESTAMP, ?)",
+            [migration.version, migration.description],
+        )
+        changes.append(f"applied schema migration {migration.version}: {migration.description}")
+    return changes
+
+
+def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str]:
+    """Bring the store to this code's schema version and store.yaml's catalog; returns what changed.
+
+    The fixed tables evolve by numbered migrations, recorded in ``schema_version``; a store newer
+    than the code is refused. The catalog's tables and columns are created as store.yaml declares
+    them. A property whose declared type changed is refused rather than converted silently, with
+    the statement that would migrate it: a cast can fail or lose values, so the operator decides.
+    Callers run this inside a transaction (``open_writer``), so a failed step changes nothing.
+    """
+    (store_name,) = conn.execute(
+        "SELECT coalesce(path, current_database()) FROM duckdb_databases() WHERE database_name = current_database()"
+    ).fetchone() or ("",)
+    changes = _migrate(conn, str(store_name))
     tables = {**FIXED_TABLES, **catalog_tables(catalog)}
     existing = {
         (row[0], row[1]): row[2]
@@ -285,12 +402,17 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
             for name, sql_type, _ in columns:
                 current = existing.get((table, name))
                 if current is None:
+                    if table in FIXED_TABLES:
+                        raise RuntimeError(f"the schema migrations do not create {table}.{name}: add a migration for it")
                     conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {sql_type}")
                     changes.append(f"added column {table}.{name}")
                 elif current.replace(" ", "") != sql_type.replace(" ", ""):
-                    raise RuntimeError(
-                        f"store column {table}.{name} is {current} but store.yaml now declares {sql_type}; "
-                        "use a new property name, or migrate the column yourself (ALTER TABLE ... ALTER COLUMN)"
+                    raise StoreSchemaError(
+                        f"store.yaml declares the {_entity_of(table, catalog)} {name!r} as {sql_type}, but the store "
+                        f"{store_name} holds it as {current} (column {table}.{name}); the store was not changed. To keep "
+                        f"the values, migrate the column while no run is active: ALTER TABLE {quote(table)} ALTER COLUMN "
+                        f"{quote(name)} SET DATA TYPE {sql_type} (a value that does not convert fails it, and nothing changes); "
+                        "or give the property a new name, or put the old type back in store.yaml"
                     )
         conn.execute(f"COMMENT ON TABLE {quote(table)} IS {literal(comment)}")
         for name, _, column_comment in columns:

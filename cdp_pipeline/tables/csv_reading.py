@@ -15,8 +15,9 @@ How a file is read (``read_delimited``):
    :mod:`cdp_pipeline.tables.column_names`; typing the columns is
    :mod:`cdp_pipeline.tables.column_typing`.
 
-Memory stays bounded by the chunk size plus the resulting frame: no file is read into a Python
-string.
+Memory stays bounded by the chunk size, the record length cap and the resulting frame: no file
+is read into a Python string, and Polars only ever parses records the scan has accepted (a UTF-8
+file is parsed block by block in a thread while the scan runs; a converted copy after it).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +105,29 @@ def _empty_file_error(display_name: str, reason: str = "empty file (0 bytes)") -
     )
 
 
+@dataclass(frozen=True)
+class DelimitedFile:
+    """A delimited file as read: its text frame and the records left out of it as rejects."""
+
+    frame: pl.DataFrame
+    #: records the reader left out on purpose (``csv.last_line_without_newline: reject_row``), one
+    #: problem each with file and line, for the caller to count and report with its other rejects.
+    left_out: list[InputProblem] = field(default_factory=list)
+
+
 def read_delimited(path: Path, options: CsvOptions, display_name: str, *, max_bytes: int | None = None) -> pl.DataFrame:
+    """The frame of ``read_delimited_file``, for callers that have no reject report.
+
+    A record the options say to leave out as a reject fails the read here instead, so it can never
+    disappear without being counted.
+    """
+    read = read_delimited_file(path, options, display_name, max_bytes=max_bytes)
+    if read.left_out:
+        raise InputError(read.left_out)
+    return read.frame
+
+
+def read_delimited_file(path: Path, options: CsvOptions, display_name: str, *, max_bytes: int | None = None) -> DelimitedFile:
     """Read a delimited file into a frame of text columns.
 
     Returns one ``pl.String`` column per file column, named by ``normalise_column_name`` and in
@@ -116,8 +140,9 @@ def read_delimited(path: Path, options: CsvOptions, display_name: str, *, max_by
     Raises ``InputError`` (file, line, reason and fix) for: an empty file, UTF-16 in a file not
     declared so, an undecodable byte (offset and line), NUL bytes, CR-only line endings, ragged
     rows (expected vs actual field count), an unterminated quote, a one-column header that looks
-    like another delimiter, blank or colliding column names, a corrupt gzip stream, or one that
-    expands past ``max_bytes``.
+    like another delimiter, blank or colliding column names, a corrupt gzip stream, one that
+    expands past ``max_bytes``, or a last record without a line terminator after records with one
+    (a possibly truncated upload) unless ``csv.last_line_without_newline`` says otherwise.
     """
     delimiter = options.delimiter
     quote = options.quote_char or None
@@ -129,9 +154,7 @@ def read_delimited(path: Path, options: CsvOptions, display_name: str, *, max_by
 
     stream, compressed = open_bytes(path)
     temp_path: Path | None = None
-    pool: ThreadPoolExecutor | None = None
-    early_read: Future[pl.DataFrame] | None = None
-    early_width = 0
+    early: _EarlyParse | None = None
     try:
         with stream:
             # Only a gzip stream can grow past the size the file was checked at when it arrived.
@@ -156,7 +179,8 @@ def read_delimited(path: Path, options: CsvOptions, display_name: str, *, max_by
                 utf8_chunks = escapes_as_doubled_quotes(utf8_chunks, escape.encode(), quote.encode())  # type: ignore[union-attr]
             rewrite = compressed or codec not in UTF8_CODECS or escape is not None
 
-            scanner = RecordScanner(delimiter.encode(), quote.encode() if quote else None, options.skip_rows, display_name)
+            max_record_bytes = options.max_record_mb * 1024 * 1024 if options.max_record_mb else None
+            scanner = RecordScanner(delimiter.encode(), quote.encode() if quote else None, options.skip_rows, display_name, max_record_bytes)
             if rewrite:
                 temp_path = _temp_path_near(path)
                 with open(temp_path, "wb") as converted:
@@ -164,29 +188,100 @@ def read_delimited(path: Path, options: CsvOptions, display_name: str, *, max_by
                         converted.write(chunk)
                         scanner.feed(chunk)
             else:
-                # The file is final, so Polars can parse it in a thread while the scan runs (NumPy and
-                # Polars both release the GIL): the scan costs about as much as the parse.
+                # Polars parses the records in a thread while the scan runs (NumPy and Polars both
+                # release the GIL; the scan costs about as much as the parse). It is given only the
+                # records the scan has accepted, so a record over the cap is never parsed and the parse
+                # stops with the scan: a 2 GB file without line breaks used to be parsed whole in the
+                # background after the scan had refused it.
+                waiting: list[bytes] | None = []
                 for chunk in utf8_chunks:
-                    scanner.feed(chunk)
-                    if early_read is None and scanner.result.first_record_fields is not None:
-                        early_width = scanner.result.first_record_fields
-                        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-parse")
-                        early_read = pool.submit(_read_all_text, path, early_width, options, quote, False)
+                    block = scanner.feed(chunk)
+                    if early is None and waiting is not None:
+                        waiting.append(block)
+                        if scanner.result.first_record_fields is not None:
+                            early = _EarlyParse(scanner.result.first_record_fields, options, quote)
+                            for held in waiting:
+                                early.add(held)
+                            waiting = []
+                        elif sum(map(len, waiting)) > scanner.max_record_bytes:
+                            # Only blank lines so far, and many of them: not worth holding for an
+                            # early parse; the file is read after the scan instead.
+                            waiting = None
+                    elif early is not None:
+                        early.add(block)
             scan = scanner.finish()
+            if early is not None:
+                early.add(scanner.final_block)
         source = temp_path or path
+        expected_rows = sum(lines.size for lines in scan.start_lines)
 
         def read_frame(width: int, truncate: bool) -> pl.DataFrame:
-            if early_read is not None and early_width == width and not truncate:
-                return early_read.result()
+            if early is not None and early.width == width and not truncate:
+                frame = early.frame()
+                # A block Polars read differently from the whole file (or could not read) is read
+                # again as a whole; the scan has accepted every record by now, so that is bounded too.
+                if frame is not None and frame.height == expected_rows:
+                    return frame
             return _read_all_text(source, width, options, quote, truncate)
 
         return _frame_from_scan(source, scan, options, display_name, quote, read_frame)
     finally:
-        if pool is not None:
-            # On an error the early parse is abandoned, not awaited.
-            pool.shutdown(wait=False, cancel_futures=True)
+        if early is not None:
+            # Waits for the block being parsed (one block at most), so no parse outlives the read.
+            early.stop()
         if temp_path is not None:
             temp_path.unlink(missing_ok=True)
+
+
+#: blocks handed to the background parse but not parsed yet: more would hold the file's bytes in
+#: memory when the parse is slower than the scan.
+_BLOCKS_AHEAD = 2
+
+
+class _EarlyParse:
+    """Polars parses the blocks of whole records the scan has accepted, in order, in one thread."""
+
+    def __init__(self, width: int, options: CsvOptions, quote: str | None):
+        self.width = width
+        self.options = options
+        self.quote = quote
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-parse")
+        self.parts: list[Future[pl.DataFrame]] = []
+
+    def add(self, block: bytes) -> None:
+        if not block:
+            return
+        self.parts.append(self.pool.submit(_parse_block, block, self.width, self.options, self.quote))
+        pending = [part for part in self.parts if not part.done()]
+        if len(pending) > _BLOCKS_AHEAD:
+            wait(pending[: len(pending) - _BLOCKS_AHEAD])
+
+    def frame(self) -> pl.DataFrame | None:
+        """The blocks' frames in file order, or None when a block could not be parsed."""
+        try:
+            frames = [part.result() for part in self.parts]
+        except pl.exceptions.PolarsError:
+            return None
+        return pl.concat(frames, how="vertical", rechunk=False) if frames else None
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _parse_block(block: bytes, width: int, options: CsvOptions, quote: str | None) -> pl.DataFrame:
+    """One block of whole records (skipped lines and a BOM already removed by the scan); a block
+    that starts with a blank line still gives one (empty) row per record, as the scan counts them."""
+    return pl.read_csv(
+        block,
+        has_header=False,
+        separator=options.delimiter,
+        quote_char=quote,
+        schema={f"column_{position}": pl.String for position in range(1, width + 1)},
+        encoding="utf8",
+        truncate_ragged_lines=False,
+        missing_columns="insert",
+        raise_if_empty=False,
+    )
 
 
 def _read_all_text(source: Path, width: int, options: CsvOptions, quote: str | None, truncate: bool) -> pl.DataFrame:
@@ -217,7 +312,7 @@ def _frame_from_scan(
     display_name: str,
     quote: str | None,
     read_frame: Callable[[int, bool], pl.DataFrame],
-) -> pl.DataFrame:
+) -> DelimitedFile:
     delimiter = options.delimiter
     if scan.first_record is None:
         if options.has_header or not options.column_names:
@@ -228,7 +323,7 @@ def _frame_from_scan(
             else:
                 reason = "empty file (only a byte-order mark)"
             raise _empty_file_error(display_name, reason)
-        return _empty_frame(normalised_names(list(options.column_names), display_name, None))
+        return DelimitedFile(_empty_frame(normalised_names(list(options.column_names), display_name, None)))
 
     first_fields = scan.first_record_fields or 1
     if first_fields == 1 and not (options.column_names and len(options.column_names) == 1):
@@ -279,17 +374,29 @@ def _frame_from_scan(
         footer[np.flatnonzero(is_data)[-options.skip_footer_rows :]] = True
         is_data &= ~footer
 
+    left_out = np.zeros_like(is_data)
+    left_out_problems: list[InputProblem] = []
+    if scan.last_record_unterminated and is_data[-1] and options.last_line_without_newline != "accept":
+        # Checked before the field counts: a row cut in its last field has the right width and would
+        # merge "Rot" for "Rotterdam"; one cut earlier is short, and "ragged" would hide the cause.
+        problem = _unterminated_last_record(display_name, int(start_lines[-1]), int(field_counts[-1]), width, options)
+        if options.last_line_without_newline == "fail":
+            raise InputError(problem)
+        left_out[-1] = True
+        is_data[-1] = False
+        left_out_problems.append(problem)
+
     ragged = np.flatnonzero(is_data & (field_counts != width))
     if ragged.size:
         raise InputError(_ragged_problems(ragged, start_lines, field_counts, width, display_name, delimiter))
 
     data_rows = np.flatnonzero(is_data)
     if data_rows.size == 0:
-        return _empty_frame(names)
+        return DelimitedFile(_empty_frame(names), left_out_problems)
 
     # Lines of delimiters only may be longer than the header; they are dropped below, so only then is
     # truncation safe (every other record was checked to have exactly `width` fields).
-    truncate = bool(((ignorable | footer) & (field_counts > width)).any())
+    truncate = bool(((ignorable | footer | left_out) & (field_counts > width)).any())
     try:
         frame = read_frame(width, truncate)
     except pl.exceptions.PolarsError as exc:
@@ -326,7 +433,7 @@ def _frame_from_scan(
     else:
         frame = frame.filter(pl.Series(is_data))
     null_tokens = ["", *options.null_values]
-    return frame.select(
+    frame = frame.select(
         *[
             pl.when(pl.col(f"column_{position}").is_in(null_tokens))
             .then(None)
@@ -335,6 +442,29 @@ def _frame_from_scan(
             for position, name in enumerate(names, start=1)
         ],
         pl.Series(LINE_COLUMN, start_lines[data_rows], dtype=pl.Int64),
+    )
+    return DelimitedFile(frame, left_out_problems)
+
+
+def _unterminated_last_record(display_name: str, line: int, fields: int, width: int, options: CsvOptions) -> InputProblem:
+    shape = f" and has {fields} of the {width} fields" if fields != width else ""
+    if options.last_line_without_newline == "fail":
+        outcome = "nothing of the delivery was imported"
+        fix = (
+            "Deliver the complete file again (a changed file is picked up again); if this partner's files "
+            "legitimately end without a line break, set csv.last_line_without_newline: accept "
+            "(or reject_row to leave the last row out)"
+        )
+    else:
+        outcome = "the row was left out (csv.last_line_without_newline: reject_row)"
+        fix = "Deliver the complete file again, or set csv.last_line_without_newline: accept if the partner's files end without a line break"
+    return InputProblem(
+        file=display_name,
+        line=line,
+        column=None,
+        reason=f"the last record has no line terminator while the records before it end with one{shape}: "
+        f"the upload was probably cut short, so its last value may be incomplete; {outcome}",
+        fix=fix,
     )
 
 

@@ -51,7 +51,7 @@ from cdp_pipeline.config.csv_options import ColumnFormat
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.tables.column_names import normalise_column_name
 from cdp_pipeline.tables.column_typing import parse_typed
-from cdp_pipeline.tables.csv_reading import read_delimited
+from cdp_pipeline.tables.csv_reading import read_delimited_file
 from cdp_pipeline.tables.processors import apply_processors
 from cdp_pipeline.tables.staged import (
     FILE_HASH_HI,
@@ -143,10 +143,17 @@ class _DeliveryFiles:
         #: as parsed and processed: what the goal links and maps.
         self.frames: dict[str, pl.DataFrame] = {}
         self.problems: list[InputProblem] = []
+        #: rows the reader left out of each file as rejects (not in ``raw``).
+        self.left_out: dict[str, int] = {}
 
     def read(self, name: str, derived: dict[str, ColumnFormat]) -> None:
         selection = self.goal.files.file(name)
-        frame = read_delimited(self.paths[name], selection.csv, self.display[name], max_bytes=self.max_file_bytes)
+        read = read_delimited_file(self.paths[name], selection.csv, self.display[name], max_bytes=self.max_file_bytes)
+        frame = read.frame
+        self.left_out[name] = len(read.left_out)
+        for problem in read.left_out:
+            self.problems.append(problem)
+            self.tally.add(problem.file, pl.Series(LINE, [problem.line], dtype=pl.Int64), None, problem.reason)
         declared = {_n(column): fmt for column, fmt in selection.csv.columns.items()}
         formats = {column: fmt for column, fmt in {**derived, **declared}.items() if column in frame.columns}
         typed, problems = parse_typed(frame, formats, self.display[name], selection.csv.decimal_comma)
@@ -689,7 +696,9 @@ def build_import_tables(
         sum_rows[summed.property] = pl.concat([keyed_rows.select(per_file.columns), unkeyed], how="vertical").drop(LINE)
 
     # The guard first: its summary names the most common reason and the setting, also for on_error: fail.
-    _check_reject_share(goal, tally, {display_names[name]: files.raw[name].height for name in paths}, timeline, display_names, problems)
+    # A row the reader left out (a cut last row) counts among the file's rows, as it does among its rejects.
+    rows_by_file = {display_names[name]: files.raw[name].height + files.left_out.get(name, 0) for name in paths}
+    _check_reject_share(goal, tally, rows_by_file, timeline, display_names, problems)
     if problems and goal.on_error == "fail":
         raise InputError(problems)
     return StagedImport(

@@ -37,6 +37,9 @@ class RecordScan:
     first_record: bytes | None = None
     first_record_line: int | None = None
     first_record_fields: int | None = None
+    #: the last record ends at the end of the file without a line terminator while records before it
+    #: have one: what an upload cut short looks like (the reader decides what that means).
+    last_record_unterminated: bool = False
 
 
 _BYTE_LANES = np.uint64(0x0101010101010101)
@@ -71,7 +74,9 @@ class RecordScanner:
     parity has to be carried between blocks; only the bytes of one incomplete record are carried.
     """
 
-    def __init__(self, delimiter: bytes, quote: bytes | None, skip_rows: int, display_name: str):
+    def __init__(self, delimiter: bytes, quote: bytes | None, skip_rows: int, display_name: str, max_record_bytes: int | None = None):
+        #: looked up here, not bound at import, so the default can be lowered in one place.
+        self.max_record_bytes = max_record_bytes or MAX_RECORD_BYTES
         self.delimiter = delimiter[0]
         self.quote = quote[0] if quote else None
         self.lines_to_skip = skip_rows
@@ -81,10 +86,14 @@ class RecordScanner:
         self.lines_before = 0
         self.first_chunk = True
         self.result = RecordScan()
+        #: the bytes of the records the last ``finish`` accepted (see ``feed``).
+        self.final_block = b""
 
     # -- feeding
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> bytes:
+        """Scan ``chunk``; returns the bytes of the whole records it completed, each within the record
+        length cap, after skipped lines and a leading BOM: what a parser may safely read next."""
         if self.first_chunk:
             self.first_chunk = False
             if not self.lines_to_skip:
@@ -103,11 +112,15 @@ class RecordScanner:
         data = self.carry + chunk if self.carry else chunk
         if self.lines_to_skip:
             data = self._skip_lines(data)
-        self._process(data, final=False)
+        return self._process(data, final=False)
 
     def finish(self) -> RecordScan:
+        """The scan of the whole input; the bytes of its last records are left in ``final_block``."""
+        self.final_block = b""
         if self.carry:
-            self._process(self.carry, final=True)
+            terminated_before = bool(self.result.start_lines) and any(lines.size for lines in self.result.start_lines)
+            self.final_block = self._process(self.carry, final=True)
+            self.result.last_record_unterminated = terminated_before
         return self.result
 
     def _skip_lines(self, data: bytes) -> bytes:
@@ -124,10 +137,10 @@ class RecordScanner:
 
     # -- one block
 
-    def _process(self, data: bytes, *, final: bool) -> None:
+    def _process(self, data: bytes, *, final: bool) -> bytes:
         if not data:
             self.carry = b""
-            return
+            return b""
         arr = np.frombuffer(data, dtype=np.uint8)
         if b"\x00" in data:
             line = self.lines_before + data.count(b"\n", 0, data.index(b"\x00")) + 1
@@ -146,18 +159,21 @@ class RecordScanner:
             parity = _quote_parity(arr, self.quote)
         structural = newlines if parity is None else newlines[parity[newlines] == 0]
 
+        quote_open = parity is not None and bool(parity[-1])
         if final:
-            if parity is not None and parity[-1]:
-                raise self._unterminated(len(data))
+            if quote_open:
+                raise self._unterminated(len(data), quote_open=True)
             ends = np.append(structural, len(data)) if (structural.size == 0 or structural[-1] != len(data) - 1) else structural
             self.carry = b""
             block_end = len(data)
         else:
             if structural.size == 0:
                 self.carry = data
-                if len(data) > MAX_RECORD_BYTES:
-                    raise self._unterminated(len(data))
-                return
+                if len(data) > self.max_record_bytes:
+                    # Refused while the record is still being read: a file without line breaks never
+                    # gets into memory (or to a parser) beyond the cap.
+                    raise self._unterminated(len(data), quote_open=quote_open)
+                return b""
             ends = structural
             block_end = int(structural[-1]) + 1
             self.carry = data[block_end:]
@@ -168,6 +184,14 @@ class RecordScanner:
         starts[1:] = ends[:-1] + 1
         # Line of each record's first byte: newlines before it, quoted ones included.
         start_lines = self.lines_before + np.searchsorted(newlines, starts) + 1
+        lengths = ends - starts
+        too_long = np.flatnonzero(lengths > self.max_record_bytes)
+        if too_long.size:
+            # A whole record over the cap (possible when the cap is below the chunk size): refused
+            # like one still being read, before any parser sees it.
+            first = int(too_long[0])
+            spans_lines = int(np.searchsorted(newlines, ends[first])) - int(np.searchsorted(newlines, starts[first])) > 0
+            raise self._unterminated(int(lengths[first]), quote_open=False, line=int(start_lines[first]), quoted_line_breaks=spans_lines)
 
         is_delimiter = np.equal(block, self.delimiter)
         if parity is not None:
@@ -176,7 +200,6 @@ class RecordScanner:
         delimiters = np.flatnonzero(is_delimiter)
         field_counts = np.diff(np.searchsorted(delimiters, ends), prepend=0) + 1
 
-        lengths = ends - starts
         ignorable = lengths == 0
         first_bytes = block[np.minimum(starts, block_end - 1)]
         maybe_blank = ~ignorable & np.isin(first_bytes, (self.delimiter, *_SPACE_BYTES))
@@ -198,23 +221,40 @@ class RecordScanner:
         scan.field_counts.append(field_counts.astype(np.int64, copy=False))
         scan.ignorable.append(ignorable)
         self.lines_before += int(np.searchsorted(newlines, block_end))
+        return data if block_end == len(data) else data[:block_end]
 
-    def _unterminated(self, length: int) -> InputError:
-        line = self.lines_before + 1
-        if length > MAX_RECORD_BYTES:
-            reason = (
-                f"the record starting at line {line} is longer than {MAX_RECORD_BYTES // (1024 * 1024)} MiB: "
-                "a quote opened there is most likely never closed"
-            )
-        else:
+    def _unterminated(self, length: int, *, quote_open: bool, line: int | None = None, quoted_line_breaks: bool = False) -> InputError:
+        """The error for a record that never ends (an open quote at the end of the file) or is longer
+        than the cap. A quote is named only when one is open: a file without line breaks blamed on
+        "a quote never closed" sends the partner looking for a quote that is not there."""
+        line = self.lines_before + 1 if line is None else line
+        if length <= self.max_record_bytes:
             reason = f"unterminated quote: a quoted field in the record starting at line {line} is never closed"
-        return InputError(
-            InputProblem(
-                file=self.display_name,
-                line=line,
-                column=None,
-                reason=reason,
-                fix="Close the quote; if the quote character is part of an unquoted value (e.g. 24\" screen), "
-                "quote that value with doubled quotes (RFC 4180) or set csv.quote_char: null",
-            )
-        )
+            fix = _CLOSE_THE_QUOTE
+        else:
+            cap = _size_text(self.max_record_bytes)
+            reason = f"the record starting at line {line} is longer than {cap}, the longest record read (csv.max_record_mb)"
+            if quote_open:
+                reason += ": a quote opened in it is still open there, most likely never closed"
+                fix = _CLOSE_THE_QUOTE
+            elif quoted_line_breaks:
+                reason += ": a quoted value in it spans several lines, so a quote character is most likely part of an unquoted value"
+                fix = _CLOSE_THE_QUOTE
+            else:
+                reason += ": no line break ends it within that length"
+                fix = (
+                    "Check that the file is a delimited text file with LF or CRLF line endings; if records this long "
+                    "are genuine, raise csv.max_record_mb"
+                )
+        return InputError(InputProblem(file=self.display_name, line=line, column=None, reason=reason, fix=fix))
+
+
+_CLOSE_THE_QUOTE = (
+    "Close the quote; if the quote character is part of an unquoted value (e.g. 24\" screen), "
+    "quote that value with doubled quotes (RFC 4180) or set csv.quote_char: null"
+)
+
+
+def _size_text(size: int) -> str:
+    mib = 1024 * 1024
+    return f"{size // mib} MiB" if size % mib == 0 else f"{size:,} bytes"

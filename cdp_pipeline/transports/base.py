@@ -135,3 +135,13 @@ class EtagPinnedFinishing(Protocol):
     def rename_if_unchanged(self, remote_path: str, new_path: str, etag: str) -> None: ...
 
     def delete_if_unchanged(self, remote_path: str, etag: str) -> None: ...
+
+
+@runtime_checkable
+class RefusedEntries(Protocol):
+    """A transport whose listings leave out entries that cannot be addressed exactly (S3 keys with
+    an empty, "." or ".." segment), and says which, so they show up as problems instead of vanishing."""
+
+    def refused_entries(self) -> list[str]:
+        """One problem line per entry the listings left out since the last call: where, why, what to do."""
+        ...

@@ -34,8 +34,9 @@ __all__ = ["S3Transport"]
 class S3Transport(Transport):
     """A bucket prefix as a folder tree. ``client`` is a boto3 S3 client; it is closed only if owned.
 
-    Besides the Transport interface it offers sliced listing (the ``SlicedListing`` capability) and
-    ETag-pinned ``rename``/``delete`` (``if_match``).
+    Besides the Transport interface it offers sliced listing (the ``SlicedListing`` capability),
+    ETag-pinned ``rename``/``delete`` (``if_match``) and the keys its listings refused
+    (``RefusedEntries``).
     """
 
     def __init__(self, client: Any, location: S3Location, *, owns_client: bool = False) -> None:
@@ -55,6 +56,13 @@ class S3Transport(Transport):
 
     def list_files(self, directory: str) -> list[RemoteFile]:
         return s3_listing.list_files(self.root, directory)
+
+    def refused_entries(self) -> list[str]:
+        """Problem lines for the keys the listings left out since the last call (see ``RefusedEntries``):
+        a transport kept across sensor ticks must not report a key renamed meanwhile."""
+        lines = list(self.root.refused.values())
+        self.root.refused.clear()
+        return lines
 
     def list_files_after(self, directory: str, after: str | None, max_keys: int) -> tuple[list[RemoteFile], str | None]:
         """One bounded slice of ``list_files(directory)``; see :func:`s3_listing.list_files_after`."""

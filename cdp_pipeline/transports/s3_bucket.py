@@ -55,6 +55,8 @@ class BucketPrefix:
             else "the default AWS credential chain (environment, profile or role)"
         )
         self.endpoint = describe_endpoint(location.endpoint_url)
+        #: keys the listings left out because no path addresses them exactly, key → problem line.
+        self.refused: dict[str, str] = {}
 
     def key(self, path: str) -> str:
         relative = clean_path(path)
@@ -62,6 +64,31 @@ class BucketPrefix:
 
     def relative(self, key: str) -> str:
         return key[len(self.prefix) + 1 :] if self.prefix else key
+
+    def verbatim_key(self, relative: str) -> str:
+        """The key of a listing position exactly as it was listed (a continuation), never cleaned."""
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    def exact_relative(self, key: str) -> str | None:
+        """The path of a listed ``key`` when ``key(path)`` gives back exactly that key, else None.
+
+        Paths are cleaned on the way in (a configured directory may be "./in" or "/in/"), so a key
+        with an empty, "." or ".." segment ("in/.", "in//a.csv", "in/../a.csv") would be downloaded,
+        renamed or deleted as another object ("in/." as "in"). Such keys are left out of listings.
+        """
+        relative = self.relative(key)
+        try:
+            exact = clean_path(relative) == relative and self.key(relative) == key
+        except TransportError:
+            exact = False
+        return relative if exact and relative else None
+
+    def refuse(self, key: str) -> None:
+        self.refused[key] = (
+            f"s3://{self.bucket}/{key}: this key has an empty, '.' or '..' path segment, so no path addresses it "
+            "exactly (it would be read, renamed or deleted as another object); it is not imported. Rename the "
+            "object without such segments (no '//', no '/./' or '/../', not ending in '/.')"
+        )
 
     def address(self, path: str) -> str:
         relative = clean_path(path)
@@ -82,10 +109,15 @@ class BucketPrefix:
             endpoint=self.endpoint,
         )
 
-    def remote_file(self, entry: Mapping[str, Any]) -> RemoteFile:
-        """A ListObjectsV2 entry as a RemoteFile (path relative to the prefix, ETag unquoted)."""
+    def remote_file(self, entry: Mapping[str, Any]) -> RemoteFile | None:
+        """A ListObjectsV2 entry as a RemoteFile (path relative to the prefix, ETag unquoted), or
+        None for a key no path addresses exactly (recorded in ``refused``)."""
+        path = self.exact_relative(entry["Key"])
+        if path is None:
+            self.refuse(entry["Key"])
+            return None
         return RemoteFile(
-            path=self.relative(entry["Key"]),
+            path=path,
             size=int(entry["Size"]),
             mtime=entry["LastModified"].timestamp(),
             etag=str(entry.get("ETag", "")).strip('"') or None,

@@ -19,6 +19,12 @@ __all__ = ["LIST_PAGE_MAX", "list_files", "list_files_after"]
 LIST_PAGE_MAX = 1000
 
 
+def _files(root: BucketPrefix, page: dict[str, Any]) -> list[RemoteFile]:
+    """A page's objects ("folder" placeholders ending in "/" left out), each addressable exactly."""
+    listed = (root.remote_file(entry) for entry in page.get("Contents", ()) if not entry["Key"].endswith("/"))
+    return [remote for remote in listed if remote is not None]
+
+
 def list_files(root: BucketPrefix, directory: str) -> list[RemoteFile]:
     """Objects directly under ``directory`` (Delimiter="/": deeper keys are not returned).
 
@@ -31,7 +37,7 @@ def list_files(root: BucketPrefix, directory: str) -> list[RemoteFile]:
             Bucket=root.bucket, Prefix=prefix, Delimiter="/", PaginationConfig={"PageSize": LIST_PAGE_MAX}
         )
         for page in pages:
-            files.extend(root.remote_file(entry) for entry in page.get("Contents", ()) if not entry["Key"].endswith("/"))
+            files.extend(_files(root, page))
     except (ClientError, BotoCoreError) as exc:
         raise root.error(exc, "listing", directory, "s3:ListBucket") from exc
     return files
@@ -56,7 +62,8 @@ def list_files_after(root: BucketPrefix, directory: str, after: str | None, max_
     if after:
         # A continuation that is a sub-prefix ("sub/") keeps its slash: StartAfter "dir/sub/" skips the
         # whole rolled-up prefix, "dir/sub" would return it again.
-        cursor = root.key(after) + ("/" if after.endswith("/") else "")
+        # The continuation is a position, used verbatim: cleaning it could move it backwards.
+        cursor = root.verbatim_key(after)
     else:
         cursor = ""
     files: list[RemoteFile] = []
@@ -74,9 +81,7 @@ def list_files_after(root: BucketPrefix, directory: str, after: str | None, max_
             page = root.client.list_objects_v2(**request)
             keys = [entry["Key"] for entry in page.get("Contents", ())]
             sub_prefixes = [entry["Prefix"] for entry in page.get("CommonPrefixes", ())]
-            files.extend(
-                root.remote_file(entry) for entry in page.get("Contents", ()) if not entry["Key"].endswith("/")
-            )
+            files.extend(_files(root, page))
             if not page.get("IsTruncated"):
                 return files, None
             seen = keys + sub_prefixes

@@ -42,3 +42,43 @@ def test_looks_encrypted_decides_by_content_not_by_name(pgp_keys, gpg_cli, plain
     padded = tmp_path / "padded.asc"
     padded.write_bytes(b"\xef\xbb\xbf\r\n\n" + armored.read_bytes())
     assert looks_encrypted(padded)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Ëllen;Paris\n1;2\n",  # 0xCB: a literal-data header, 'l' a one-octet length, 'l' a format octet
+        "Çà;ville\n1;2\n",  # 0xC7 0xE0: an AEAD/compressed-looking header with a partial length
+        "Ånsgar;x\n1;2\n",  # 0xC5: tag 5 (secret key)
+        "Äpfel;Birnen\n1;2\n",  # 0xC4: tag 4 (one-pass signature)
+        "Ãr;y\n" + "1;2\n" * 300,  # 0xC3: SKESK whose one-octet length 'r' (114) fits the file
+        "Ñu;z\n1;2\n",  # 0xD1: tag 17
+        "\x85\x02" + "x" * 600,  # old-format PKESK header with a length far past the end
+    ],
+)
+def test_latin1_text_whose_first_byte_looks_like_a_packet_header_is_plain(tmp_path, text):
+    path = tmp_path / "partner.csv"
+    path.write_bytes(text.encode("latin-1"))
+    assert not looks_encrypted(path)
+
+
+def test_every_kind_of_message_gpg_writes_is_recognised(pgp_keys, gpg_cli, plain, tmp_path):
+    big = tmp_path / "big.csv"
+    big.write_bytes(CSV * 20_000)  # long enough for partial body lengths
+    messages = {
+        "public key": gpg_cli.encrypt(plain, tmp_path / "a.gpg", pgp_keys.recipient),
+        "two recipients": gpg_cli.encrypt(plain, tmp_path / "b.gpg", [pgp_keys.recipient, pgp_keys.partner]),
+        "uncompressed": gpg_cli.encrypt(big, tmp_path / "c.gpg", pgp_keys.recipient, compress=False),
+        "signed and encrypted": gpg_cli.encrypt(big, tmp_path / "d.gpg", pgp_keys.recipient, sign_with=pgp_keys.partner),
+        "no integrity protection": gpg_cli.encrypt(plain, tmp_path / "e.gpg", pgp_keys.recipient, mdc=False),
+        "passphrase": gpg_cli.encrypt_symmetric(big, tmp_path / "f.gpg", "pw"),
+        "armoured": gpg_cli.encrypt(plain, tmp_path / "g.asc", pgp_keys.recipient, armor=True),
+        # Not encrypted, but OpenPGP: decryption names it ("not encrypted") instead of reading it as CSV.
+        "signed only": gpg_cli.sign_only(big, tmp_path / "h.gpg", pgp_keys.partner),
+    }
+    assert [kind for kind, path in messages.items() if not looks_encrypted(path)] == []
+    # A message cut before its encrypted data is not one.
+    whole = messages["public key"].read_bytes()
+    cut = tmp_path / "cut.gpg"
+    cut.write_bytes(whole[:20])
+    assert not looks_encrypted(cut)

@@ -197,3 +197,18 @@ def test_a_root_file_meets_its_linked_file_listed_a_slice_earlier(s3_bucket):
     assert requested == ["orders:orders_1.csv"]
     assert ticks >= 3  # each file needs two real sightings 30 s apart, one key per tick
     assert sorted(path.rsplit("/", 1)[-1] for path in cursor.seen) == ["lines_1.csv", "orders_1.csv"]
+
+
+def test_a_key_no_path_addresses_exactly_is_a_discovery_problem_not_a_delivery(s3_bucket):
+    # "drop/orders_1.csv/." would once have been fetched as the object "drop/orders_1.csv".
+    location = s3_bucket.location
+    transport = S3Transport(
+        s3_client_for(location, os.environ[location.access_key_id_env], os.environ[location.secret_access_key_env], None), location
+    )
+    s3_bucket.put("drop/orders_1.csv", "order_id\n1\n")
+    s3_bucket.put("drop/lines_1.csv", "order_id\n1\n")
+    s3_bucket.put("drop/.", "not a delivery")
+    found = discover("shop", [GoalSource(_goal(stable_seconds=0, directory="drop"))], transport, ListedNow())
+    assert [request.partition_key for request in found.requests] == ["orders:orders_1.csv"]
+    assert [line.split(": ", 1)[0] for line in found.problems] == [f"s3://{s3_bucket.name}/drop/."]
+    assert "Rename the object" in found.skip_reason()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from cdp_pipeline.config.csv_options import ColumnFormat, CsvOptions
 from cdp_pipeline.errors import InputError
 from cdp_pipeline.tables import csv_decoding, record_scan
 from cdp_pipeline.tables.column_typing import parse_typed
-from cdp_pipeline.tables.csv_reading import read_delimited
+from cdp_pipeline.tables.csv_reading import read_delimited, read_delimited_file
 
 
 def write(tmp_path: Path, data: bytes, name: str = "profiles.csv") -> Path:
@@ -223,7 +225,56 @@ def test_footer_of_another_width_without_the_setting_is_a_ragged_row(tmp_path: P
 
 
 def test_last_line_without_newline(tmp_path: Path) -> None:
-    assert rows(read(tmp_path, b"id,name\n1,a\n2,b")) == [("1", "a", 2), ("2", "b", 3)]
+    # Imported as it is only when the partner's files are known to end this way (the default
+    # treats it as a possibly truncated upload: see the tests below).
+    assert rows(read(tmp_path, b"id,name\n1,a\n2,b", last_line_without_newline="accept")) == [("1", "a", 2), ("2", "b", 3)]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"id,city\n1,Berlin\n2,Rot",  # cut inside the last field: the right width, a wrong value
+        b"id,city,zip\n1,Berlin,10115\n2,Rot",  # cut before the last field: would read as ragged
+        b"id,city\r\n1,Berlin\r\n2,Rotterdam\r",  # CRLF cut between CR and LF
+        b'id,city\n1,Berlin\n2,"Rotterdam\nNorth"',  # a quoted newline is not a terminator
+    ],
+)
+def test_a_last_record_without_terminator_after_terminated_ones_fails_naming_file_line_and_setting(tmp_path: Path, data: bytes) -> None:
+    error = read_error(tmp_path, data)
+    (problem,) = error.problems
+    assert problem.file == "profiles.csv" and problem.line == 3
+    assert "no line terminator" in problem.reason and "cut short" in problem.reason
+    assert "csv.last_line_without_newline: accept" in problem.fix
+
+
+def test_a_truncated_last_record_is_named_also_through_a_decoded_or_gzip_copy(tmp_path: Path) -> None:
+    latin = "id,city\n1,Köln\n2,Mün".encode("latin-1")
+    assert read_error(tmp_path, latin, encoding="latin-1").problems[0].line == 3
+    (tmp_path / "gz").mkdir()
+    with pytest.raises(InputError) as caught:
+        read_delimited(write(tmp_path / "gz", gzip.compress(b"id,city\n1,Berlin\n2,Rot"), "p.csv.gz"), CsvOptions(), "p.csv.gz")
+    assert caught.value.problems[0].line == 3 and "cut short" in caught.value.problems[0].reason
+
+
+def test_a_file_that_is_whole_is_not_taken_for_truncated(tmp_path: Path) -> None:
+    # A terminated last record, a header-only file without newline (no other record to compare
+    # with), trailing blank or delimiter-only bytes and a trailer row skipped as footer.
+    assert rows(read(tmp_path, b"id,city\n1,Berlin\n")) == [("1", "Berlin", 2)]
+    assert read(tmp_path, b"id,city").height == 0
+    assert rows(read(tmp_path, b"id,city\n1,Berlin\n  ")) == [("1", "Berlin", 2)]
+    assert rows(read(tmp_path, b"id,city\n1,Berlin\n,")) == [("1", "Berlin", 2)]
+    assert rows(read(tmp_path, b"id,city\n1,Berlin\nTotal,1", skip_footer_rows=1)) == [("1", "Berlin", 2)]
+
+
+def test_reject_row_leaves_the_unterminated_last_record_out_and_says_so(tmp_path: Path) -> None:
+    path = write(tmp_path, b"id,city\n1,Berlin\n2,Rot")
+    read_file = read_delimited_file(path, CsvOptions(last_line_without_newline="reject_row"), "profiles.csv")
+    assert rows(read_file.frame) == [("1", "Berlin", 2)]
+    (problem,) = read_file.left_out
+    assert (problem.file, problem.line) == ("profiles.csv", 3) and "reject_row" in problem.reason
+    # A caller without a reject report cannot lose the row silently: the read fails instead.
+    with pytest.raises(InputError, match="cut short"):
+        read_delimited(path, CsvOptions(last_line_without_newline="reject_row"), "profiles.csv")
 
 
 # ----------------------------------------------------------------- malformed files
@@ -248,6 +299,55 @@ def test_unterminated_quote_in_a_huge_record_is_refused_early(tmp_path: Path, mo
     monkeypatch.setattr(record_scan, "MAX_RECORD_BYTES", 64)
     (problem,) = read_error(tmp_path, b'id,name\n1,"open\n' + b"2,c\n" * 100).problems
     assert problem.line == 2 and "longer than" in problem.reason
+
+
+def test_a_record_over_the_cap_without_a_quote_is_not_blamed_on_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csv_decoding, "CHUNK_BYTES", 16)
+    monkeypatch.setattr(record_scan, "MAX_RECORD_BYTES", 64)
+    (problem,) = read_error(tmp_path, b"id,name\n1,a\n2," + b"x" * 500).problems
+    assert problem.line == 3 and "longer than 64 bytes" in problem.reason and "csv.max_record_mb" in problem.reason
+    assert "quote" not in problem.reason and "csv.max_record_mb" in problem.fix
+    # The cap also holds for a record that ends inside one chunk, and it is a setting.
+    monkeypatch.setattr(csv_decoding, "CHUNK_BYTES", 8 * 1024 * 1024)
+    (problem,) = read_error(tmp_path, b"id,name\n1,a\n2," + b"x" * (1024 * 1024 + 10) + b"\n3,b\n", max_record_mb=1).problems
+    assert problem.line == 3 and "longer than 1 MiB" in problem.reason and "quote" not in problem.reason
+    assert rows(read(tmp_path, b"id,name\n1," + b"x" * 1000 + b"\n", max_record_mb=1))[0][1] == "x" * 1000
+
+
+_PEAK_RSS_SCRIPT = """
+import resource, sys, time
+from pathlib import Path
+from cdp_pipeline.config.csv_options import CsvOptions
+from cdp_pipeline.errors import InputError
+from cdp_pipeline.tables import record_scan
+from cdp_pipeline.tables.csv_reading import read_delimited
+
+record_scan.MAX_RECORD_BYTES = 4 * 1024 * 1024
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    read_delimited(Path(sys.argv[1]), CsvOptions(), "huge.csv")
+except InputError as error:
+    print(error.problems[0].reason)
+# A parse left running in the background would keep growing meanwhile.
+time.sleep(4)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_a_file_without_line_breaks_is_refused_within_bounded_memory(tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    line = b"x" * (1024 * 1024)
+    with open(path, "wb") as handle:
+        handle.write(b"id,name\n1,")
+        for _ in range(300):  # 300 MiB in one record: 75 times the lowered 4 MiB cap
+            handle.write(line)
+    result = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, str(path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reason, growth = result.stdout.strip().splitlines()
+    assert reason.startswith("the record starting at line 2 is longer than 4 MiB") and "quote" not in reason
+    # The scan holds at most the cap plus a chunk or two (8 MiB each); parsing the record would take
+    # several times its 300 MiB.
+    assert int(growth) < 100, f"peak RSS grew by {growth} MiB"
 
 
 @pytest.mark.parametrize(("data", "hint"), [(b"id;name\n1;a\n", ";"), (b"id\tname\n1\ta\n", "\t"), (b"id|name\n1|a\n", "|")])

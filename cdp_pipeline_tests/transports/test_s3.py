@@ -100,6 +100,53 @@ def test_list_files_returns_direct_children_relative_to_the_prefix(transport: S3
     assert transport.uri == f"s3://{s3_bucket.name}/{PREFIX}"
 
 
+def test_listed_keys_round_trip_exactly_and_unaddressable_keys_are_refused_by_name(transport: S3Transport, s3_bucket: S3Bucket, tmp_path: Path) -> None:
+    # "in/." was once cleaned into the object "in": a download read another object, and a delete
+    # or rename after the import would have hit that one.
+    s3_bucket.put(f"{PREFIX}/in", "the object a cleaned 'in/.' would address")
+    s3_bucket.put(f"{PREFIX}/in/a.csv", "a")
+    odd = ["in/.", "in/..", "in//a.csv", "in/./a.csv", "in/../a.csv"]
+    for relative in odd:
+        s3_bucket.put(f"{PREFIX}/{relative}", f"the object {relative}")
+    exact = ["in/a.csv", "in/b.csv.", "in/c..csv", "in/d...", "in/.e.csv"]
+    for relative in exact[1:]:
+        s3_bucket.put(f"{PREFIX}/{relative}", f"the object {relative}")
+    stored = set(s3_bucket.keys(PREFIX))
+    stored_odd = [relative for relative in odd if f"{PREFIX}/{relative}" in stored]
+    assert "in/." in stored_odd and "in//a.csv" in stored_odd  # what the server kept verbatim is checked below
+
+    files = transport.list_files("in")
+
+    assert [f.path for f in files] == sorted(exact)  # key order
+    for remote in files:
+        local = tmp_path / remote.name.replace(".", "_")
+        transport.download(remote, local)
+        assert local.read_bytes() == s3_bucket.get(f"{PREFIX}/{remote.path}")
+        assert transport.exists(remote.path)
+    refused = transport.refused_entries()
+    refused_keys = sorted({line.split(": ", 1)[0] for line in refused if line.startswith("s3://")})
+    # Only the odd keys directly in the listed prefix ("in//a.csv" lies under the sub-prefix "in/").
+    listed_odd = [r for r in stored_odd if "/" not in r[len("in/") :]]
+    assert refused_keys == sorted(f"s3://{s3_bucket.name}/{PREFIX}/{r}" for r in listed_odd)
+    assert all("Rename the object" in line for line in refused)
+
+    transport.rename("in/b.csv.", "in/done/b.csv.")
+    transport.delete("in/d...")
+    after = set(s3_bucket.keys(PREFIX))
+    assert after == (stored - {f"{PREFIX}/in/b.csv.", f"{PREFIX}/in/d..."}) | {f"{PREFIX}/in/done/b.csv."}
+    assert s3_bucket.get(f"{PREFIX}/in") == b"the object a cleaned 'in/.' would address"
+
+    # The sliced listing refuses the same keys and still advances past them.
+    sliced: list[str] = []
+    after_key: str | None = None
+    for _ in range(20):
+        page, after_key = transport.list_files_after("in", after_key, 2)
+        sliced.extend(f.path for f in page)
+        if after_key is None:
+            break
+    assert sliced == ["in/.e.csv", "in/a.csv", "in/c..csv"]
+
+
 def _put_many(bucket: S3Bucket, keys: list[str]) -> None:
     # Loopback round-trips dominate; a few threads cut setup time without loading the 2 shared cores much.
     with ThreadPoolExecutor(max_workers=6) as pool:

@@ -1,0 +1,151 @@
+"""The store's schema over time, on real DuckDB files opened by the writer: a store made before
+schema versions existed is migrated with its data intact, a store newer than the code is refused,
+a property type change is refused with the migration to run, and a damaged file is named as such."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.store.database import StoreUnreadableError, open_writer
+from cdp_pipeline.store.schema import SCHEMA_VERSION, StoreSchemaError
+
+
+def _catalog(score_type: str = "integer") -> Catalog:
+    return Catalog.model_validate(
+        {"profile_properties": {"customer_number": {"type": "text", "unique": True}, "score": {"type": score_type}}}
+    )
+
+
+# The ledger, row delta and profiles as the releases before schema versions created them (written
+# out here, not taken from the code under test): no events_unchanged / values_not_imported in the
+# ledger, no value / entity_id / keyed in delivery_rows, and no schema_version table.
+OLD_STORE_SQL = [
+    """CREATE TABLE deliveries (delivery_id VARCHAR, connection VARCHAR, goal VARCHAR, partition_key VARCHAR,
+       root_file VARCHAR, files JSON, content_sha256 VARCHAR, config_hash VARCHAR, status VARCHAR, rows_read BIGINT,
+       rows_rejected BIGINT, profiles_created BIGINT, profiles_updated BIGINT, profiles_unchanged BIGINT,
+       profiles_ignored BIGINT, consent_skipped BIGINT, groups_created BIGINT, groups_updated BIGINT,
+       events_created BIGINT, events_updated BIGINT, run_id VARCHAR, merged_at TIMESTAMP)""",
+    "CREATE TABLE delivery_rows (connection VARCHAR, goal VARCHAR, root_file VARCHAR, property VARCHAR, row_hash UHUGEINT, delivery_id VARCHAR)",
+    """CREATE TABLE profiles (profile_id VARCHAR, created_at TIMESTAMP, updated_at TIMESTAMP, last_delivery_id VARCHAR,
+       last_run_id VARCHAR, customer_number VARCHAR, score BIGINT)""",
+    """INSERT INTO deliveries (delivery_id, connection, goal, root_file, status, rows_read, rows_rejected, merged_at)
+       VALUES ('d1', 'shop', 'customers', 'in/customers_1.csv', 'merged', 2, 0, TIMESTAMP '2026-01-15 12:00:00')""",
+    "INSERT INTO delivery_rows VALUES ('shop', 'customers', 'in/customers_1.csv', 'score', 42, 'd1')",
+    """INSERT INTO profiles VALUES ('p1', TIMESTAMP '2026-01-15 12:00:00', TIMESTAMP '2026-01-15 12:00:00', 'd1', 'r1', 'C1', 7),
+       ('p2', TIMESTAMP '2026-01-15 12:00:00', TIMESTAMP '2026-01-15 12:00:00', 'd1', 'r1', 'C2', NULL)""",
+]
+
+
+def _old_store(path: Path) -> None:
+    with duckdb.connect(str(path)) as conn:
+        for statement in OLD_STORE_SQL:
+            conn.execute(statement)
+
+
+def _snapshot(path: Path) -> dict[str, list[tuple]]:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        tables = [row[0] for row in conn.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
+        return {table: sorted(conn.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr) for table in tables}
+
+
+def test_a_store_from_before_schema_versions_is_migrated_with_its_data_intact(tmp_path: Path) -> None:
+    store = tmp_path / "store.duckdb"
+    _old_store(store)
+
+    with open_writer(store, _catalog()) as conn:
+        versions = conn.execute("SELECT version, description FROM schema_version ORDER BY version").fetchall()
+        columns = {
+            (table, column): data_type
+            for table, column, data_type in conn.execute(
+                "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE table_name IN ('deliveries', 'delivery_rows')"
+            ).fetchall()
+        }
+
+    assert [version for version, _ in versions] == list(range(1, SCHEMA_VERSION + 1)) and SCHEMA_VERSION >= 3
+    assert all(description for _, description in versions)
+    assert columns[("deliveries", "events_unchanged")] == "BIGINT" and columns[("deliveries", "values_not_imported")] == "BIGINT"
+    assert columns[("delivery_rows", "keyed")] == "BOOLEAN" and columns[("delivery_rows", "entity_id")] == "VARCHAR"
+    with duckdb.connect(str(store), read_only=True) as conn:
+        assert conn.execute("SELECT profile_id, customer_number, score, last_delivery_id FROM profiles ORDER BY 1").fetchall() == [
+            ("p1", "C1", 7, "d1"),
+            ("p2", "C2", None, "d1"),
+        ]
+        assert conn.execute(
+            "SELECT delivery_id, root_file, status, rows_read, merged_at::VARCHAR, events_unchanged, values_not_imported FROM deliveries"
+        ).fetchall() == [("d1", "in/customers_1.csv", "merged", 2, "2026-01-15 12:00:00", None, None)]
+        assert conn.execute("SELECT property, row_hash, delivery_id, value, entity_id, keyed FROM delivery_rows").fetchall() == [
+            ("score", 42, "d1", None, None, None)
+        ]
+        # analysts can read the version
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+
+    # Opening again applies nothing twice.
+    before = _snapshot(store)
+    with open_writer(store, _catalog()):
+        pass
+    assert _snapshot(store)["schema_version"] == before["schema_version"]
+
+
+def test_a_new_store_starts_at_the_current_version(tmp_path: Path) -> None:
+    store = tmp_path / "store.duckdb"
+    with open_writer(store, _catalog()) as conn:
+        assert conn.execute("SELECT list(version ORDER BY version) FROM schema_version").fetchone() == (list(range(1, SCHEMA_VERSION + 1)),)
+
+
+def test_a_store_newer_than_the_code_is_refused_and_left_alone(tmp_path: Path) -> None:
+    store = tmp_path / "store.duckdb"
+    with open_writer(store, _catalog()) as conn:
+        conn.execute("INSERT INTO schema_version VALUES (?, now()::TIMESTAMP, 'from a newer release')", [SCHEMA_VERSION + 1])
+    before = _snapshot(store)
+
+    with pytest.raises(StoreSchemaError) as caught:
+        with open_writer(store, _catalog(score_type="integer")):
+            pass
+
+    message = str(caught.value)
+    assert f"schema version {SCHEMA_VERSION + 1}" in message and "Upgrade cdp_pipeline" in message and str(store) in message
+    assert _snapshot(store) == before
+
+
+def test_a_property_type_change_is_refused_naming_property_types_and_migration(tmp_path: Path) -> None:
+    store = tmp_path / "store.duckdb"
+    with open_writer(store, _catalog(score_type="integer")) as conn:
+        conn.execute("INSERT INTO profiles (profile_id, customer_number, score) VALUES ('p1', 'C1', 7)")
+    before = _snapshot(store)
+
+    with pytest.raises(StoreSchemaError) as caught:
+        with open_writer(store, _catalog(score_type="text")):
+            pass
+
+    message = str(caught.value)
+    assert "profile property 'score' as VARCHAR" in message and "holds it as BIGINT" in message
+    assert 'ALTER TABLE "profiles" ALTER COLUMN "score" SET DATA TYPE VARCHAR' in message
+    assert _snapshot(store) == before
+    # The statement it names does migrate the column, after which the new type opens.
+    with duckdb.connect(str(store)) as conn:
+        conn.execute('ALTER TABLE "profiles" ALTER COLUMN "score" SET DATA TYPE VARCHAR')
+    with open_writer(store, _catalog(score_type="text")) as conn:
+        assert conn.execute("SELECT score FROM profiles").fetchall() == [("7",)]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_a_damaged_store_file_is_named_with_the_runbook(tmp_path: Path, damage: str) -> None:
+    store = tmp_path / "store.duckdb"
+    with open_writer(store, _catalog()) as conn:
+        conn.execute("INSERT INTO profiles (profile_id, customer_number) SELECT 'p' || i, 'C' || i FROM range(50000) r(i)")
+        conn.execute("CHECKPOINT")
+    data = store.read_bytes()
+    store.write_bytes(data[: len(data) // 4] if damage == "truncated" else b"not a database" * 100)
+
+    with pytest.raises(StoreUnreadableError) as caught:
+        with open_writer(store, _catalog()):
+            pass
+
+    message = str(caught.value)
+    assert str(store) in message and "truncated or corrupt" in message
+    assert "store_published.duckdb" in message and "docs/store.md" in message
+    assert "A store that cannot be opened" in (Path(__file__).parents[2] / "docs" / "store.md").read_text()
