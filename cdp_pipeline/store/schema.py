@@ -195,6 +195,16 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("last_at", "TIMESTAMP", "Latest exchange (UTC)."),
         ],
     ),
+    # SARE's checkSpamtrap compares a file's addresses with this list; it lives in the store so every
+    # connection and the analysts see the same list (fill it with INSERT INTO spamtraps (address, source, added_at) ...).
+    "spamtraps": (
+        "Known spam-trap addresses: rows of SARE files with checkSpamtrap true whose address is here are left out (compared trimmed, lower case).",
+        [
+            ("address", "VARCHAR", "The e-mail address of the spam trap."),
+            ("source", "VARCHAR", "Where the entry came from (a list name, a ticket, a person)."),
+            ("added_at", "TIMESTAMP", "When it was added (UTC)."),
+        ],
+    ),
     "product_store": (
         "Per product: how often and how recently it was bought (\"add to product store\").",
         [

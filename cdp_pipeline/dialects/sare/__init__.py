@@ -78,10 +78,11 @@ removes it (an action after the merge: no merge rule removes a list item).
 from __future__ import annotations
 
 from cdp_pipeline.dialects.sare.goal import (
+    SCRIPT_OPERATIONS,
     SIDECAR_COLUMNS_FUNCTION,
-    GroupClear,
     SareActions,
     SareScriptRecord,
+    ScriptOperation,
     parse_sarescript,
     sare_goal,
     sidecar_columns,
@@ -130,6 +131,7 @@ from cdp_pipeline.dialects.sare.staging import (
 )
 from cdp_pipeline.dialects.sare.store_actions import (
     apply_store_actions,
+    drop_stored_spamtraps,
     resolve_duplicates,
 )
 
@@ -139,12 +141,12 @@ __all__ = [
     "DATA",
     "DEFAULT_POLL_SECONDS",
     "ENCRYPTED_SUFFIXES",
-    "GroupClear",
     "MAIL_TYPES",
     "MAX_SIDECAR_BYTES",
     "OVERWRITE_MEANINGS",
     "OVERWRITE_RULES",
     "PLAIN_SUFFIX",
+    "SCRIPT_OPERATIONS",
     "SIDECAR",
     "SIDECAR_COLUMNS_FUNCTION",
     "SIDECAR_SUFFIX",
@@ -159,10 +161,12 @@ __all__ = [
     "SareSidecar",
     "SareSource",
     "SareStaging",
+    "ScriptOperation",
     "apply_store_actions",
     "check_data_file",
     "check_encryption",
     "drop_spamtraps",
+    "drop_stored_spamtraps",
     "pair_error",
     "pair_files",
     "parse_sarescript",
