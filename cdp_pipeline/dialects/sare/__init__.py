@@ -58,16 +58,21 @@ value  SARE (seed, translated)                 data          status        mail 
 1      overwrite the status only               set_if_empty  set           set_if_empty  –
 2      overwrite imported data only            set           set_if_empty  set_if_empty  –
 3      overwrite all data (clear history)      set_or_clear  set           set           delete the profiles'
-                                                                                         timeline events of
+                                                                                         value history
+                                                                                         (property_changes) and
+                                                                                         their timeline events of
                                                                                          ``dialect.history_event_
-                                                                                         types`` ("history")
+                                                                                         types``
 4      overwrite imported data, with type      set           set_if_empty  set           –
        change (default)
 5      overwrite imported data, clear the      set           set_if_empty  set_if_empty  ``set_or_clear`` with an
        properties not imported                                                           empty value for every
-                                                                                         ``dialect.managed_
-                                                                                         properties`` entry the
-                                                                                         file does not import
+                                                                                         profile property the file
+                                                                                         does not import (not
+                                                                                         identifiers, not the
+                                                                                         sidecar's own; narrowed
+                                                                                         by ``dialect.managed_
+                                                                                         properties`` when set)
 =====  ======================================  ============  ============  ============  ==========================
 
 In every mode except 0 the group (when not 0) is ``add``-ed to ``dialect.groups_property`` and a

@@ -82,7 +82,8 @@ def drop_stored_spamtraps(conn, staged: StagedImport, actions: SareActions, disp
     column = KEY if actions.spamtrap_property == actions.identifier_property else actions.spamtrap_property
     if column is None or column not in staged.records.columns:
         return staged
-    (stored,) = conn.execute("SELECT count(*) FROM spamtraps").fetchone()
+    # fetchall: the writer connection refuses other work while a result is only partly fetched.
+    ((stored,),) = conn.execute("SELECT count(*) FROM spamtraps").fetchall()
     if stored == 0:
         message = f"{display_name}: checkSpamtrap is true but the store's spamtraps table is empty: no address was checked against it"
         return StagedImport(**{**vars(staged), "warnings": [*staged.warnings, message]})
