@@ -16,6 +16,13 @@ from cdp_pipeline.config.csv_options import ColumnType, StrictModel
 
 # Identifiers become DuckDB column and table names: keep them plain so they never need quoting
 # tricks and cannot collide case-insensitively (DuckDB matches names without regard to case).
+
+#: BlueConic's domain groups: profiles live in one domain group each; an import goal matches,
+#: creates and updates only the profiles of its own ("Select a domain group for the import to
+#: ensure that the correct profiles are updated or added"). Profiles of every goal that names none
+#: live here, as do the profiles of stores made before domain groups existed.
+DEFAULT_DOMAIN_GROUP = "default"
+
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RESERVED_PROFILE_COLUMNS = {"profile_id", "created_at", "updated_at", "last_delivery_id", "last_run_id"}
 

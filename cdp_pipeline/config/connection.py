@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from cdp_pipeline.config.catalog import check_identifier
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, check_identifier
 from cdp_pipeline.config.csv_options import CsvOptions, StrictModel
 from cdp_pipeline.config.processors import Processor
 from cdp_pipeline.config.schedules import Schedule
@@ -419,6 +419,14 @@ class _ImportGoal(_GoalBase):
 
 class ProfileImportGoal(_ImportGoal):
     type: Literal["import_profiles"]
+    #: the domain group whose profiles this goal matches, creates and updates (identifiers are
+    #: unique per domain group: the same e-mail in two groups is two profiles).
+    domain_group: str = DEFAULT_DOMAIN_GROUP
+
+    @field_validator("domain_group")
+    @classmethod
+    def _domain_group(cls, value: str) -> str:
+        return check_identifier(value, "domain group")
     identifiers: list[Identifier] = Field(min_length=1)
     allow_new_profiles: bool = False
     mappings: list[Mapping] = Field(default_factory=list)
@@ -522,6 +530,13 @@ class TimelineExport(StrictModel):
 class ExportGoal(_GoalBase):
     type: Literal["export_profiles"]
     segment: str
+    #: only profiles of this domain group leave; none: the segment's members of every group.
+    domain_group: str | None = None
+
+    @field_validator("domain_group")
+    @classmethod
+    def _domain_group(cls, value: str | None) -> str | None:
+        return None if value is None else check_identifier(value, "domain group")
     target: ExportTarget = ExportTarget()
     csv: CsvOptions = CsvOptions()
     processors: list[Processor] = Field(default_factory=list)

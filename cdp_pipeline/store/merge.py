@@ -49,7 +49,7 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
-from cdp_pipeline.config.catalog import Catalog, PropertyDefinition, consent_property_problem
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition, consent_property_problem
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
 from cdp_pipeline.tables.staged import FILE_HASH_HI, FILE_HASH_LO, HASH_HI, HASH_LO, KEY_INDEX, NOT_IMPORTED, ROWS, SUM_KEYED, StagedImport
@@ -350,17 +350,25 @@ def _merge_records(
         sum_tables, incoming_source = _apply_sum_delta(conn, staged, properties, delivery, counts)
 
     matches, joins, new_ids = [], [], []
+    # Domain groups: a profile is found only in the goal's own group, and a new one is created
+    # there, so the same identifier in two groups is two profiles that never touch each other.
+    in_group = f"domain_group = {literal(staged.domain_group)}" if staged.target == "profiles" else "TRUE"
+    # The default group keeps the ids profiles had before domain groups existed.
+    id_scope = "" if staged.target != "profiles" or staged.domain_group == DEFAULT_DOMAIN_GROUP else f"{staged.domain_group}:"
     for index, ident in enumerate(identifiers):
         if ident == id_column:
-            match_sql = f"SELECT {id_column} AS _match, {id_column} AS _id FROM {quote(table)}"
+            match_sql = f"SELECT {id_column} AS _match, {id_column} AS _id FROM {quote(table)} WHERE {in_group}"
             new_ids.append(f"WHEN {index} THEN i._key")
         else:
             if staged.match_all:
-                match_sql = f"SELECT {quote(ident)} AS _match, {id_column} AS _id FROM {quote(table)} WHERE {quote(ident)} IS NOT NULL"
+                match_sql = f"SELECT {quote(ident)} AS _match, {id_column} AS _id FROM {quote(table)} WHERE {quote(ident)} IS NOT NULL AND {in_group}"
             else:
-                match_sql = f"SELECT {quote(ident)} AS _match, min({id_column}) AS _id FROM {quote(table)} WHERE {quote(ident)} IS NOT NULL GROUP BY 1"
+                match_sql = (
+                    f"SELECT {quote(ident)} AS _match, min({id_column}) AS _id FROM {quote(table)} "
+                    f"WHERE {quote(ident)} IS NOT NULL AND {in_group} GROUP BY 1"
+                )
             # Deterministic ids: importing the same file into an empty store twice yields the same ids.
-            new_ids.append(f"WHEN {index} THEN md5({literal(ident)} || ':' || i._key)")
+            new_ids.append(f"WHEN {index} THEN md5({literal(id_scope + ident)} || ':' || i._key)")
         joins.append(f"LEFT JOIN ({match_sql}) m{index} ON m{index}._match = i.{quote(_ident(index))}")
         matches.append(f"m{index}._id")
     # Declared order: the first identifier that finds an existing profile wins.
@@ -420,8 +428,8 @@ def _merge_records(
         )
     columns = ", ".join(quote(p) for p in rules)
     values = ", ".join(f"m.{quote(p)}" for p in rules)
-    extra_cols = ", last_run_id" if profile_extra else ""
-    extra_vals = ", $run" if profile_extra else ""
+    extra_cols = ", last_run_id, domain_group" if profile_extra else ""
+    extra_vals = f", $run, {literal(staged.domain_group)}" if profile_extra else ""
     conn.execute(
         f"""
         INSERT INTO {quote(table)} ({id_column}, created_at, updated_at, last_delivery_id{extra_cols}{', ' + columns if columns else ''})

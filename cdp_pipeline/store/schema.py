@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import duckdb
 
-from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition
 
 SQL_TYPES = {
     "text": "VARCHAR",
@@ -232,6 +232,8 @@ def catalog_tables(catalog: Catalog) -> dict[str, tuple[str, list[tuple[str, str
                 ("updated_at", "TIMESTAMP", "When a property value last changed (UTC)."),
                 ("last_delivery_id", "VARCHAR", "Delivery that last changed the profile (see deliveries)."),
                 ("last_run_id", "VARCHAR", "Dagster run that last changed the profile."),
+                ("domain_group", "VARCHAR", "Domain group of the profile: identifiers match only within it (the same e-mail in two "
+                 f"groups is two profiles). {DEFAULT_DOMAIN_GROUP!r} unless its import goal names another."),
                 *_property_columns(catalog.profile_properties),
             ],
         )
@@ -272,6 +274,15 @@ def catalog_tables(catalog: Catalog) -> dict[str, tuple[str, list[tuple[str, str
     return tables
 
 
+#: columns filled for rows that existed before the column did, and for inserts that do not name it.
+COLUMN_DEFAULTS: dict[tuple[str, str], str] = {("profiles", "domain_group"): literal(DEFAULT_DOMAIN_GROUP)}
+
+
+def _column_sql(table: str, name: str, sql_type: str) -> str:
+    default = COLUMN_DEFAULTS.get((table, name))
+    return f"{quote(name)} {sql_type}" + (f" DEFAULT {default}" if default else "")
+
+
 def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str]:
     """Create missing tables and add columns for newly declared properties; returns what changed.
 
@@ -288,14 +299,14 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
     existing_tables = {table for table, _ in existing}
     for table, (comment, columns) in tables.items():
         if table not in existing_tables:
-            column_sql = ", ".join(f"{quote(name)} {sql_type}" for name, sql_type, _ in columns)
+            column_sql = ", ".join(_column_sql(table, name, sql_type) for name, sql_type, _ in columns)
             conn.execute(f"CREATE TABLE {quote(table)} ({column_sql})")
             changes.append(f"created table {table}")
         else:
             for name, sql_type, _ in columns:
                 current = existing.get((table, name))
                 if current is None:
-                    conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {sql_type}")
+                    conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {_column_sql(table, name, sql_type)}")
                     changes.append(f"added column {table}.{name}")
                 elif current.replace(" ", "") != sql_type.replace(" ", ""):
                     raise RuntimeError(

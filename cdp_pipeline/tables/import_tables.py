@@ -45,7 +45,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition
 from cdp_pipeline.config.connection import GroupImportGoal, Mapping, NestedEventMapping, ProfileImportGoal
 from cdp_pipeline.config.csv_options import ColumnFormat
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
@@ -710,6 +710,7 @@ def build_import_tables(
         rows_rejected=tally.rows,
         values_not_imported=tally.values,
         replace_nested=isinstance(goal, ProfileImportGoal) and goal.nested == "replace",
+        domain_group=goal.domain_group if isinstance(goal, ProfileImportGoal) else DEFAULT_DOMAIN_GROUP,
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP
 from cdp_pipeline.errors import InputProblem
 
 # The hand-over columns: Polars (import_tables, csv_reading, the dialects) writes them into the
@@ -88,6 +89,8 @@ class StagedImport:
     values_not_imported: int = 0
     #: the goal's ``nested: replace``: a re-delivered event's nested rows replace the stored ones.
     replace_nested: bool = False
+    #: profiles: the domain group the records are matched in and created in.
+    domain_group: str = DEFAULT_DOMAIN_GROUP
 
     @property
     def identifier_properties(self) -> list[str]:
@@ -120,6 +123,7 @@ class StagedImport:
             "rows_rejected": self.rows_rejected,
             "values_not_imported": self.values_not_imported,
             "replace_nested": self.replace_nested,
+            "domain_group": self.domain_group,
         }
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
@@ -145,6 +149,7 @@ class StagedImport:
             rows_rejected=manifest.get("rows_rejected"),
             values_not_imported=manifest.get("values_not_imported", 0),
             replace_nested=manifest.get("replace_nested", False),
+            domain_group=manifest.get("domain_group", DEFAULT_DOMAIN_GROUP),
         )
 
 

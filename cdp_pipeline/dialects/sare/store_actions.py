@@ -8,7 +8,7 @@ from typing import Literal
 
 import polars as pl
 
-from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog
 from cdp_pipeline.dialects.sare.goal import SareActions, ScriptOperation
 from cdp_pipeline.dialects.sare.settings import BLOCKED_STATUS
 from cdp_pipeline.errors import InputProblem
@@ -16,6 +16,10 @@ from cdp_pipeline.store.schema import SQL_TYPES, event_table, item_table, litera
 from cdp_pipeline.tables.staged import KEY, LINE, StagedImport
 
 # --------------------------------------------------------------------------- store actions
+
+#: SARE pairs import into the default domain group (the generated goal names no other), so the
+#: file's addresses are looked up there only, as the merge does.
+_IN_SARE_GROUP = f"domain_group = {literal(DEFAULT_DOMAIN_GROUP)}"
 
 
 def _register_keys(conn, staged: StagedImport) -> None:
@@ -34,7 +38,8 @@ def resolve_duplicates(conn, staged: StagedImport, actions: SareActions, display
         ambiguous = [
             str(row[0])
             for row in conn.execute(
-                f"SELECT {ident} FROM profiles WHERE {ident} IN (SELECT _key FROM sare_delivery_keys) GROUP BY 1 HAVING count(*) > 1"
+                f"SELECT {ident} FROM profiles WHERE {ident} IN (SELECT _key FROM sare_delivery_keys) AND {_IN_SARE_GROUP} "
+                "GROUP BY 1 HAVING count(*) > 1"
             ).fetchall()
         ]
     finally:
@@ -60,7 +65,7 @@ def resolve_duplicates(conn, staged: StagedImport, actions: SareActions, display
 
 
 def _delivery_profiles(actions: SareActions) -> str:
-    return f"SELECT profile_id FROM profiles WHERE {quote(actions.identifier_property)} IN (SELECT _key FROM sare_delivery_keys)"
+    return f"SELECT profile_id FROM profiles WHERE {quote(actions.identifier_property)} IN (SELECT _key FROM sare_delivery_keys) AND {_IN_SARE_GROUP}"
 
 
 def _leave_group(conn, actions: SareActions, group: int, where: str, now: datetime) -> None:
