@@ -806,6 +806,49 @@ def delivery_is_merged(conn: duckdb.DuckDBPyConnection, content_sha256: str, con
     return row[0][0] if row else None
 
 
+def _with_detected_properties(catalog: Catalog, staged: StagedImport) -> Catalog:
+    """The catalog plus the properties this delivery's bulk mapping created (declared ones win)."""
+    detected = {
+        name: PropertyDefinition(type=kind, description="created by a bulk mapping; see catalog_properties")
+        for name, kind in staged.detected_properties.items()
+        if name not in catalog.profile_properties
+    }
+    return catalog.model_copy(update={"profile_properties": {**catalog.profile_properties, **detected}})
+
+
+def _create_detected_properties(conn: duckdb.DuckDBPyConnection, staged: StagedImport, delivery: DeliveryRecord, now: datetime) -> None:
+    """Columns for the properties a bulk mapping detected, in the delivery's transaction, each
+    recorded in catalog_properties. A property an earlier delivery created with another type is
+    refused by name: converting the column silently could turn stored values into NULLs."""
+    if not staged.detected_properties:
+        return
+    existing = dict(
+        conn.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'profiles' AND schema_name = 'main' "
+            "AND database_name = current_database()"
+        ).fetchall()
+    )
+    for name, kind in staged.detected_properties.items():
+        sql_type = SQL_TYPES[kind]
+        current = existing.get(name)
+        if current is None:
+            conn.execute(f"ALTER TABLE profiles ADD COLUMN {quote(name)} {sql_type}")
+            conn.execute(
+                "INSERT INTO catalog_properties (property, entity, type, connection, goal, delivery_id, created_at) "
+                "VALUES ($property, 'profile', $type, $connection, $goal, $delivery, $now)",
+                {"property": name, "type": kind, "connection": delivery.connection, "goal": delivery.goal,
+                 "delivery": delivery.delivery_id, "now": now},
+            )
+        elif current.replace(" ", "") != sql_type.replace(" ", ""):
+            raise InputError(
+                InputProblem(
+                    file=delivery.root_file, line=None, column=name,
+                    reason=f"bulk mapping: property {name!r} exists as {current}, but this file's values make it {kind}",
+                    fix=f"Declare {name!r} in store.yaml with the type it should have (text keeps any value), or correct the file",
+                )
+            )
+
+
 def merge_delivery(
     conn: duckdb.DuckDBPyConnection,
     catalog: Catalog,
@@ -830,6 +873,8 @@ def merge_delivery(
     # Rows the import tables rejected, counted in full there (the listed problems are capped); a
     # dialect hook may add rejects of its own after staging, which only the list holds.
     listed = len({(p.file, p.line) for p in staged.rejects if p.line})
+    if staged.detected_properties:
+        catalog = _with_detected_properties(catalog, staged)
     rejected = max(staged.rows_rejected or 0, listed)
     counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=rejected, values_not_imported=staged.values_not_imported)
     conn.execute("BEGIN TRANSACTION")
@@ -838,6 +883,7 @@ def merge_delivery(
         # delivery and its side effects commit or vanish together.
         if before is not None:
             before(conn, staged)
+        _create_detected_properties(conn, staged, delivery, now)
         sum_tables, every_key_accepted = _merge_records(
             conn, catalog, staged, delivery, run_id, now, counts,
             objectives=objectives, consent_property=consent_property, record_history=record_history,

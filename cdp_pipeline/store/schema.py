@@ -205,6 +205,19 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("added_at", "TIMESTAMP", "When it was added (UTC)."),
         ],
     ),
+    "catalog_properties": (
+        "Profile properties created by a bulk mapping (\"add all detected fields\") because store.yaml does not declare "
+        "them: their column in profiles, the type inferred from the first file, and who created them.",
+        [
+            ("property", "VARCHAR", "Property name: the column of profiles."),
+            ("entity", "VARCHAR", "profile."),
+            ("type", "VARCHAR", "Catalog type inferred from the file: text, integer, decimal or date."),
+            ("connection", "VARCHAR", "Connection whose delivery created it."),
+            ("goal", "VARCHAR", "Import goal whose bulk mapping created it."),
+            ("delivery_id", "VARCHAR", "Delivery that created it (see deliveries)."),
+            ("created_at", "TIMESTAMP", "When it was created (UTC)."),
+        ],
+    ),
     "product_store": (
         "Per product: how often and how recently it was bought (\"add to product store\").",
         [

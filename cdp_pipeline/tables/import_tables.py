@@ -72,7 +72,7 @@ ImportGoal = GroupImportGoal | ProfileImportGoal
 #: separates the cells of a row identity; a cell never contains it in practice, and a NUL marks an
 #: empty cell so "" and NULL differ only through this marker (both are "no value" on read anyway).
 _CELL_SEPARATOR = "\x1f"
-_EMPTY_CELL = "\x00"
+_EMPTY_CELL = "/"
 
 
 def ident_column(index: int) -> str:
@@ -287,6 +287,49 @@ def _mappings(
     return mappings
 
 
+_INTEGER = r"^[+-]?(0|[1-9][0-9]*)$"
+_DECIMAL = r"^[+-]?(0|[1-9][0-9]*)\.[0-9]+$"
+_ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+
+
+def detect_properties(goal: ProfileImportGoal, frame: pl.DataFrame, properties: dict[str, PropertyDefinition], reserved: set[str]) -> dict[str, str]:
+    """The properties a bulk mapping creates: the root file's columns whose property (prefix +
+    column) is not declared and not mapped explicitly, each typed from its values. A column is
+    ``integer``, ``decimal`` or ``date`` only when every non-empty value is one (integers with a
+    leading zero stay text: they are codes, and a number would drop the zero), else ``text``."""
+    bulk = goal.bulk_mapping
+    if bulk is None:
+        return {}
+    explicit_columns = {_n(m.column) for m in goal.mappings if not m.file or m.file == goal.files.root.name}
+    explicit_properties = {m.property for m in goal.mappings}
+    skipped = explicit_columns | reserved | {_n(c) for c in bulk.exclude} | {LINE}
+    candidates = [
+        column for column in frame.columns
+        if column not in skipped and bulk.prefix + column not in properties and bulk.prefix + column not in explicit_properties
+    ]
+    if not candidates:
+        return {}
+    text = frame.select(pl.col(c).cast(pl.String).str.strip_chars().alias(c) for c in candidates)
+    checks = []
+    for column in candidates:
+        value = pl.col(column)
+        present = value.is_not_null() & (value != "")
+        checks += [
+            present.any().alias(f"{column}/any"),
+            (~present | value.str.contains(_INTEGER)).all().alias(f"{column}/integer"),
+            (~present | value.str.contains(_INTEGER) | value.str.contains(_DECIMAL)).all().alias(f"{column}/decimal"),
+            (~present | (value.str.contains(_ISO_DATE) & value.str.to_date("%Y-%m-%d", strict=False).is_not_null())).all().alias(f"{column}/date"),
+        ]
+    verdict = text.select(checks).row(0, named=True)
+    detected: dict[str, str] = {}
+    for column in candidates:
+        kind = "text"
+        if verdict[f"{column}/any"]:
+            kind = next((k for k in ("integer", "decimal", "date") if verdict[f"{column}/{k}"]), "text")
+        detected[bulk.prefix + column] = kind
+    return detected
+
+
 def _check_mapping_targets(goal: ImportGoal, mappings: list[Mapping], identifiers: list[tuple[str, str]]) -> None:
     seen: dict[str, str] = {}
     for mapping in mappings:
@@ -437,6 +480,17 @@ def build_import_tables(
         used[event.file] |= {_n(event.event_id), _n(event.event_time), *(_n(c) for c in event.properties.values())}
         for nested in event.nested:
             used[nested.file] |= {_n(c) for c in nested.properties.values()} | {_n(c) for c in nested.key}
+    detected: dict[str, str] = {}
+    if isinstance(goal, ProfileImportGoal) and goal.bulk_mapping is not None and goal.bulk_mapping.create_properties:
+        detected = detect_properties(goal, files.frames[root], properties, used[root])
+        if detected:
+            # BlueConic's "add all detected fields" creates the properties it does not find; they
+            # are typed from this file and the merge adds them to the store and its catalog.
+            properties = {**properties, **{name: PropertyDefinition(type=kind) for name, kind in detected.items()}}
+            warnings.append(
+                "bulk mapping created properties not declared in store.yaml (recorded in catalog_properties): "
+                + ", ".join(f"{name} ({kind})" for name, kind in detected.items())
+            )
     mappings = [m for m in _mappings(goal, root, files.frames[root].columns, properties, used[root], warnings) if m.property in properties]
     for mapped in mappings:
         used[mapped.file].add(mapped.column)
@@ -711,6 +765,7 @@ def build_import_tables(
         values_not_imported=tally.values,
         replace_nested=isinstance(goal, ProfileImportGoal) and goal.nested == "replace",
         domain_group=goal.domain_group if isinstance(goal, ProfileImportGoal) else DEFAULT_DOMAIN_GROUP,
+        detected_properties=detected,
     )
 
 

@@ -91,6 +91,9 @@ class StagedImport:
     replace_nested: bool = False
     #: profiles: the domain group the records are matched in and created in.
     domain_group: str = DEFAULT_DOMAIN_GROUP
+    #: bulk mapping ("add all detected fields"): profile properties not in store.yaml that this
+    #: delivery creates → the type inferred from the file (the merge adds their columns).
+    detected_properties: dict[str, str] = field(default_factory=dict)
 
     @property
     def identifier_properties(self) -> list[str]:
@@ -124,6 +127,7 @@ class StagedImport:
             "values_not_imported": self.values_not_imported,
             "replace_nested": self.replace_nested,
             "domain_group": self.domain_group,
+            "detected_properties": self.detected_properties,
         }
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
@@ -150,6 +154,7 @@ class StagedImport:
             values_not_imported=manifest.get("values_not_imported", 0),
             replace_nested=manifest.get("replace_nested", False),
             domain_group=manifest.get("domain_group", DEFAULT_DOMAIN_GROUP),
+            detected_properties=manifest.get("detected_properties", {}),
         )
 
 
