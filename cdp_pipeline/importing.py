@@ -41,6 +41,7 @@ from cdp_pipeline.disk_space import HEADROOM, DiskSpaceError, disk_full_error, i
 from cdp_pipeline.errors import CdpError, FileVanishedError, InputError, InputProblem
 from cdp_pipeline.private_files import private_directory
 from cdp_pipeline.store.database import open_writer
+from cdp_pipeline.store.ledger import stored_property_writers
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
 from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
@@ -305,7 +306,10 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
     write_reject_report(staged, report)
     staged.reject_report = str(report)
     if not source.generates_goal:  # a generated goal is not in the connection's goals
-        staged.warnings.extend(shared_property_warnings(project, connection.name, goal.name))
+        entity = "profile" if staged.target == "profiles" else f"group:{staged.group_type}"
+        written = list(staged.rules)
+        stored = stored_property_writers(project.published_store_path, entity, written)
+        staged.warnings.extend(shared_property_warnings(project, connection.name, goal.name, written=written, stored=stored))
     staged.save(work_dir / "tables")
     return staged
 

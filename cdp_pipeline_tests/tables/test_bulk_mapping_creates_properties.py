@@ -108,3 +108,40 @@ def test_a_created_property_whose_type_a_later_file_contradicts_fails_by_name(cr
     assert any("property 'crm_age' exists as BIGINT, but this file's values make it text" in m for m in messages), messages
     with duckdb.connect(str(crm / "store.duckdb"), read_only=True) as conn:
         assert conn.execute("SELECT email FROM profiles").fetchall() == [("a@example.com",)]
+
+
+def test_the_existing_property_warning_fires_when_values_come_from_another_goal(crm, tmp_path):
+    """"Data will be mapped to an existing profile property": a bulk mapping into a property that
+    already holds values another goal delivered is reported by name, although no explicit mapping
+    of that goal names it."""
+    config = tmp_path / "config" / "connections"
+    other = {
+        "name": "shop",
+        "source": {"type": "local", "path": "remote"},
+        "goals": [{
+            "name": "shop_people",
+            "type": "import_profiles",
+            "files": {"directory": "shop", "root": {"name": "people", "pattern": "shop_*.csv"}, "readiness": {"mode": "stable", "stable_seconds": 0}},
+            "identifiers": [{"column": "email", "property": "email"}],
+            "allow_new_profiles": True,
+            "bulk_mapping": {"rule": "set", "prefix": "crm_"},
+        }],
+    }
+    (config / "shop.yaml").write_text(yaml.safe_dump(other))
+    (crm / "remote" / "shop").mkdir()
+    (crm / "remote" / "shop" / "shop_1.csv").write_text("email,age\nz@example.com,30\n", encoding="utf-8")
+    project_config.cache_clear()
+    summary = run_connection("shop", echo=lambda *_: None)
+    assert [item["success"] for item in summary["imports"]] == [True]
+    summary, messages = _run(crm, "people_1.csv", "email,age,city\na@example.com,41,Oslo\n")
+    assert [item["success"] for item in summary["imports"]] == [True]
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    (run,) = instance.get_runs(dg.RunsFilter(job_name="crm_import"), limit=1)
+    logs = instance.all_logs(run.run_id)
+    warnings = [entry.user_message for entry in logs if "is also filled by" in entry.user_message]
+    assert warnings == [
+        "profiles.crm_age is also filled by shop/shop_people: the merge rules of both decide the value; "
+        "map into another property if the two sources must not overwrite each other"
+    ], warnings
