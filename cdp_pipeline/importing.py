@@ -45,6 +45,7 @@ from cdp_pipeline.store.ledger import stored_property_writers
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
 from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
+from cdp_pipeline.store.schema import event_table
 from cdp_pipeline.store.segments import refresh_memberships
 from cdp_pipeline.tables.staged import StagedImport, write_reject_report
 from cdp_pipeline.transports.base import EtagPinnedFinishing, ParallelDownloads, RemoteFile, Transport
@@ -553,3 +554,13 @@ def sweep_stale_work(project: ProjectConfig, connection: str, older_than_hours: 
             clean_plaintext(work_dir)
             cleaned.append(work_dir)
     return cleaned
+
+
+def created_properties(staged: StagedImport) -> dict[str, str]:
+    """What a delivery's bulk mappings create, for the import's metadata: profile properties by
+    name, event properties as ``timeline_<type>.<name>``, each with its inferred type."""
+    created = dict(staged.detected_properties)
+    for event_type, properties in staged.detected_event_properties.items():
+        created.update({f"{event_table(event_type)}.{name}": kind for name, kind in properties.items()})
+    return created
+

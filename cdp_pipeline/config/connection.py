@@ -367,6 +367,14 @@ class NestedEventMapping(StrictModel):
     key: list[str] = Field(default_factory=list)
 
 
+class EventBulkMapping(StrictModel):
+    """"Add all detected fields" for an event: every column of the event's file that nothing else
+    uses becomes the event property ``prefix + column``, created when the catalog lacks it."""
+
+    prefix: str = ""
+    exclude: list[str] = Field(default_factory=list)
+
+
 class EventMapping(StrictModel):
     """A timeline event type filled from one of the goal's files (one event per row)."""
 
@@ -379,6 +387,7 @@ class EventMapping(StrictModel):
     #: event property -> column
     properties: dict[str, str] = Field(default_factory=dict)
     nested: list[NestedEventMapping] = Field(default_factory=list)
+    bulk_mapping: EventBulkMapping | None = None
     #: keep per product how often and how recently it was bought (needs a nested type with a product id).
     add_to_product_store: bool = False
     product_id_property: str = "product_id"

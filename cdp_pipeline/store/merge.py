@@ -813,30 +813,48 @@ def _with_detected_properties(catalog: Catalog, staged: StagedImport) -> Catalog
         for name, kind in staged.detected_properties.items()
         if name not in catalog.profile_properties
     }
-    return catalog.model_copy(update={"profile_properties": {**catalog.profile_properties, **detected}})
+    event_types = dict(catalog.event_types)
+    for event_type, created in staged.detected_event_properties.items():
+        definition = event_types[event_type]
+        extra = {
+            name: PropertyDefinition(type=kind, description="created by a bulk mapping; see catalog_properties")
+            for name, kind in created.items()
+            if name not in definition.properties
+        }
+        event_types[event_type] = definition.model_copy(update={"properties": {**definition.properties, **extra}})
+    return catalog.model_copy(update={"profile_properties": {**catalog.profile_properties, **detected}, "event_types": event_types})
 
 
 def _create_detected_properties(conn: duckdb.DuckDBPyConnection, staged: StagedImport, delivery: DeliveryRecord, now: datetime) -> None:
     """Columns for the properties a bulk mapping detected, in the delivery's transaction, each
     recorded in catalog_properties. A property an earlier delivery created with another type is
     refused by name: converting the column silently could turn stored values into NULLs."""
-    if not staged.detected_properties:
-        return
+    targets = [("profiles", "profile", staged.detected_properties)]
+    targets += [(event_table(t), f"event:{t}", created) for t, created in staged.detected_event_properties.items()]
+    for table, entity, created in targets:
+        if created:
+            _create_columns(conn, table, entity, created, delivery, now)
+
+
+def _create_columns(
+    conn: duckdb.DuckDBPyConnection, table: str, entity: str, created: dict[str, str], delivery: DeliveryRecord, now: datetime
+) -> None:
     existing = dict(
         conn.execute(
-            "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'profiles' AND schema_name = 'main' "
-            "AND database_name = current_database()"
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = $table AND schema_name = 'main' "
+            "AND database_name = current_database()",
+            {"table": table},
         ).fetchall()
     )
-    for name, kind in staged.detected_properties.items():
+    for name, kind in created.items():
         sql_type = SQL_TYPES[kind]
         current = existing.get(name)
         if current is None:
-            conn.execute(f"ALTER TABLE profiles ADD COLUMN {quote(name)} {sql_type}")
+            conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {sql_type}")
             conn.execute(
                 "INSERT INTO catalog_properties (property, entity, type, connection, goal, delivery_id, created_at) "
-                "VALUES ($property, 'profile', $type, $connection, $goal, $delivery, $now)",
-                {"property": name, "type": kind, "connection": delivery.connection, "goal": delivery.goal,
+                "VALUES ($property, $entity, $type, $connection, $goal, $delivery, $now)",
+                {"property": name, "entity": entity, "type": kind, "connection": delivery.connection, "goal": delivery.goal,
                  "delivery": delivery.delivery_id, "now": now},
             )
         elif current.replace(" ", "") != sql_type.replace(" ", ""):
@@ -873,7 +891,7 @@ def merge_delivery(
     # Rows the import tables rejected, counted in full there (the listed problems are capped); a
     # dialect hook may add rejects of its own after staging, which only the list holds.
     listed = len({(p.file, p.line) for p in staged.rejects if p.line})
-    if staged.detected_properties:
+    if staged.detected_properties or staged.detected_event_properties:
         catalog = _with_detected_properties(catalog, staged)
     rejected = max(staged.rows_rejected or 0, listed)
     counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=rejected, values_not_imported=staged.values_not_imported)

@@ -207,10 +207,10 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
     ),
     "catalog_properties": (
         "Profile properties created by a bulk mapping (\"add all detected fields\") because store.yaml does not declare "
-        "them: their column in profiles, the type inferred from the first file, and who created them.",
+        "them: their column in profiles (or timeline_<event type>), the type inferred from the first file, and who created them.",
         [
             ("property", "VARCHAR", "Property name: the column of profiles."),
-            ("entity", "VARCHAR", "profile."),
+            ("entity", "VARCHAR", "profile, or event:<event type> (the column is in timeline_<event type>)."),
             ("type", "VARCHAR", "Catalog type inferred from the file: text, integer, decimal or date."),
             ("connection", "VARCHAR", "Connection whose delivery created it."),
             ("goal", "VARCHAR", "Import goal whose bulk mapping created it."),

@@ -307,6 +307,11 @@ def detect_properties(goal: ProfileImportGoal, frame: pl.DataFrame, properties: 
         column for column in frame.columns
         if column not in skipped and bulk.prefix + column not in properties and bulk.prefix + column not in explicit_properties
     ]
+    return {bulk.prefix + column: kind for column, kind in detect_types(frame, candidates).items()}
+
+
+def detect_types(frame: pl.DataFrame, candidates: list[str]) -> dict[str, str]:
+    """Column → the catalog type its values support (see ``detect_properties``), one vectorised pass."""
     if not candidates:
         return {}
     text = frame.select(pl.col(c).cast(pl.String).str.strip_chars().alias(c) for c in candidates)
@@ -326,7 +331,7 @@ def detect_properties(goal: ProfileImportGoal, frame: pl.DataFrame, properties: 
         kind = "text"
         if verdict[f"{column}/any"]:
             kind = next((k for k in ("integer", "decimal", "date") if verdict[f"{column}/{k}"]), "text")
-        detected[bulk.prefix + column] = kind
+        detected[column] = kind
     return detected
 
 
@@ -596,6 +601,7 @@ def build_import_tables(
     #: file → (_line, the key text of the row): an event row's event id, a nested row's event id
     #: and key within its event. Sums fed by these rows remember their contribution per key.
     row_keys: dict[str, pl.DataFrame] = {}
+    detected_events: dict[str, dict[str, str]] = {}
 
     for event in timeline:
         source = with_key(event.file)
@@ -627,21 +633,41 @@ def build_import_tables(
                 )
             )
         source = source.filter(pl.col(event_time).is_not_null())
+        event_type = catalog.event_types[event.event_type]
+        event_columns = dict(event.properties)
+        event_definitions = dict(event_type.properties)
+        if event.bulk_mapping is not None:
+            # "Add all detected fields" for events: every column of the event's file that nothing
+            # else uses; properties the catalog lacks are created, typed from this file.
+            bulk = event.bulk_mapping
+            taken = used[event.file] | {_n(c) for c in bulk.exclude} | set(event_columns.values())
+            free = [c for c in files.frames[event.file].columns if c not in taken and c != LINE and bulk.prefix + c not in event_columns]
+            for column in free:
+                event_columns[bulk.prefix + column] = column
+            new = [c for c in free if bulk.prefix + c not in event_definitions]
+            kinds = detect_types(files.frames[event.file], new)
+            if kinds:
+                created = {bulk.prefix + column: kind for column, kind in kinds.items()}
+                detected_events[event.event_type] = created
+                event_definitions.update({name: PropertyDefinition(type=kind) for name, kind in created.items()})
+                warnings.append(
+                    f"bulk mapping created {event.event_type} event properties not declared in store.yaml (recorded in catalog_properties): "
+                    + ", ".join(f"{name} ({kind})" for name, kind in created.items())
+                )
         event_frame = (
             source.select(
                 pl.col(_EVENT_ID).alias("event_id"),
                 pl.col(KEY),
                 pl.col(KEY_INDEX),
                 pl.col(event_time).alias("event_time"),
-                *(pl.col(_n(column)).alias(prop) for prop, column in event.properties.items()),
+                *(pl.col(_n(column)).alias(prop) for prop, column in event_columns.items()),
                 pl.col(LINE),
             )
             .sort(LINE)
             .unique(subset=["event_id"], keep="last", maintain_order=True)
         )
-        event_type = catalog.event_types[event.event_type]
         event_frame = _typed_properties(
-            event_frame, {p: event_type.properties[p] for p in event.properties}, event.properties, display_names[event.file], goal, problems, tally,
+            event_frame, {p: event_definitions[p] for p in event_columns}, event_columns, display_names[event.file], goal, problems, tally,
             files, event.file,
         )
         events[event.event_type] = event_frame.drop(LINE)
@@ -766,6 +792,7 @@ def build_import_tables(
         replace_nested=isinstance(goal, ProfileImportGoal) and goal.nested == "replace",
         domain_group=goal.domain_group if isinstance(goal, ProfileImportGoal) else DEFAULT_DOMAIN_GROUP,
         detected_properties=detected,
+        detected_event_properties=detected_events,
     )
 
 

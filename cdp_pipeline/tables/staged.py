@@ -94,6 +94,8 @@ class StagedImport:
     #: bulk mapping ("add all detected fields"): profile properties not in store.yaml that this
     #: delivery creates → the type inferred from the file (the merge adds their columns).
     detected_properties: dict[str, str] = field(default_factory=dict)
+    #: the same for event properties: event type → property → inferred type.
+    detected_event_properties: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def identifier_properties(self) -> list[str]:
@@ -128,6 +130,7 @@ class StagedImport:
             "replace_nested": self.replace_nested,
             "domain_group": self.domain_group,
             "detected_properties": self.detected_properties,
+            "detected_event_properties": self.detected_event_properties,
         }
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
@@ -155,6 +158,7 @@ class StagedImport:
             replace_nested=manifest.get("replace_nested", False),
             domain_group=manifest.get("domain_group", DEFAULT_DOMAIN_GROUP),
             detected_properties=manifest.get("detected_properties", {}),
+            detected_event_properties=manifest.get("detected_event_properties", {}),
         )
 
 

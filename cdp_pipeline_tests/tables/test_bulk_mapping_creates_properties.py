@@ -145,3 +145,53 @@ def test_the_existing_property_warning_fires_when_values_come_from_another_goal(
         "profiles.crm_age is also filled by shop/shop_people: the merge rules of both decide the value; "
         "map into another property if the two sources must not overwrite each other"
     ], warnings
+
+
+def test_all_detected_fields_of_an_event_file_create_event_properties(tmp_path, monkeypatch):
+    """The same for events: every column of the event file that nothing else uses becomes an
+    event property (prefix + column), created and typed from the file when the catalog lacks it."""
+    config = tmp_path / "config"
+    (config / "connections").mkdir(parents=True)
+    store = {
+        "store": {"path": "store.duckdb", "published_path": None},
+        "catalog": {
+            "profile_properties": {"email": {"type": "text", "unique": True}},
+            "event_types": {"visit": {"properties": {"web_page": {"type": "text"}}}},
+        },
+    }
+    (config / "store.yaml").write_text(yaml.safe_dump(store))
+    goal = {
+        "name": "visits",
+        "type": "import_profiles",
+        "files": {"directory": "inbox", "root": {"name": "visits", "pattern": "visits_*.csv"}, "readiness": {"mode": "stable", "stable_seconds": 0}},
+        "identifiers": [{"column": "email", "property": "email"}],
+        "allow_new_profiles": True,
+        "timeline": [{
+            "event_type": "visit", "file": "visits", "event_id": "visit_id", "event_time": "visited_at",
+            "bulk_mapping": {"prefix": "web_", "exclude": ["debug"]},
+        }],
+    }
+    (config / "connections" / "web.yaml").write_text(yaml.safe_dump({"name": "web", "source": {"type": "local", "path": "remote"}, "goals": [goal]}))
+    home = tmp_path / "home"
+    (home / "remote" / "inbox").mkdir(parents=True)
+    (home / "remote" / "inbox" / "visits_1.csv").write_text(
+        "email,visit_id,visited_at,page,seconds,debug\n"
+        "a@example.com,v1,2026-03-02T10:00:00,/home,12,x\n"
+        "a@example.com,v2,2026-03-02T10:05:00,/cart,7,y\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("CDP_CONFIG_DIR", str(config))
+    monkeypatch.setenv("CDP_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    project_config.cache_clear()
+    summary = run_connection("web", echo=lambda *_: None)
+    project_config.cache_clear()
+    assert [item["success"] for item in summary["imports"]] == [True], summary
+    with duckdb.connect(str(home / "store.duckdb"), read_only=True) as conn:
+        assert conn.execute("SELECT event_id, web_page, web_seconds FROM timeline_visit ORDER BY event_id").fetchall() == [
+            ("v1", "/home", 12), ("v2", "/cart", 7)
+        ]
+        assert conn.execute("SELECT property, entity, type FROM catalog_properties").fetchall() == [("web_seconds", "event:visit", "integer")]
+        columns = {row[0] for row in conn.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'timeline_visit'").fetchall()}
+    assert "web_debug" not in columns and "web_email" not in columns and "web_visit_id" not in columns
