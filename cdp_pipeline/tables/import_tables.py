@@ -45,7 +45,14 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition
+from cdp_pipeline.config.catalog import (
+    DEFAULT_DOMAIN_GROUP,
+    RESERVED_EVENT_COLUMNS,
+    RESERVED_PROFILE_COLUMNS,
+    Catalog,
+    PropertyDefinition,
+    creatable_property,
+)
 from cdp_pipeline.config.connection import GroupImportGoal, Mapping, NestedEventMapping, ProfileImportGoal
 from cdp_pipeline.config.csv_options import ColumnFormat
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
@@ -488,6 +495,11 @@ def build_import_tables(
     detected: dict[str, str] = {}
     if isinstance(goal, ProfileImportGoal) and goal.bulk_mapping is not None and goal.bulk_mapping.create_properties:
         detected = detect_properties(goal, files.frames[root], properties, used[root])
+        refused = [name for name in detected if not creatable_property(name, RESERVED_PROFILE_COLUMNS)]
+        if refused:
+            # A column named like a store column (domain_group, created_at ...) must never write it.
+            warnings.append(f"bulk mapping skipped columns whose property name is reserved or not a valid name: {', '.join(refused)}")
+            detected = {name: kind for name, kind in detected.items() if name not in refused}
         if detected:
             # BlueConic's "add all detected fields" creates the properties it does not find; they
             # are typed from this file and the merge adds them to the store and its catalog.
@@ -644,6 +656,11 @@ def build_import_tables(
             free = [c for c in files.frames[event.file].columns if c not in taken and c != LINE and bulk.prefix + c not in event_columns]
             for column in free:
                 event_columns[bulk.prefix + column] = column
+            refused_events = [bulk.prefix + c for c in free if not creatable_property(bulk.prefix + c, RESERVED_EVENT_COLUMNS)]
+            if refused_events:
+                warnings.append(f"bulk mapping skipped {event.event_type} columns whose property name is reserved or not valid: {', '.join(refused_events)}")
+                free = [c for c in free if bulk.prefix + c not in refused_events]
+                event_columns = {p: c for p, c in event_columns.items() if p not in refused_events}
             new = [c for c in free if bulk.prefix + c not in event_definitions]
             kinds = detect_types(files.frames[event.file], new)
             if kinds:

@@ -195,3 +195,25 @@ def test_all_detected_fields_of_an_event_file_create_event_properties(tmp_path, 
         assert conn.execute("SELECT property, entity, type FROM catalog_properties").fetchall() == [("web_seconds", "event:visit", "integer")]
         columns = {row[0] for row in conn.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'timeline_visit'").fetchall()}
     assert "web_debug" not in columns and "web_email" not in columns and "web_visit_id" not in columns
+
+
+def test_a_column_named_like_a_store_column_never_becomes_a_property(tmp_path):
+    """Without a prefix, a file column called domain_group or created_at would name a column the
+    store keeps itself: it is skipped with a warning naming it, never written."""
+    from datetime import datetime
+
+    from cdp_pipeline.config.catalog import Catalog
+    from cdp_pipeline.config.connection import ProfileImportGoal
+    from cdp_pipeline.tables.import_tables import build_import_tables
+
+    catalog = Catalog.model_validate({"profile_properties": {"email": {"type": "text", "unique": True}}})
+    goal = ProfileImportGoal.model_validate({
+        "name": "people", "type": "import_profiles", "files": {"root": {"name": "people", "pattern": "people_*.csv"}},
+        "identifiers": [{"column": "email", "property": "email"}], "allow_new_profiles": True, "bulk_mapping": {"rule": "set"},
+    })
+    path = tmp_path / "people_1.csv"
+    path.write_text("email,domain_group,created_at,colour\na@example.com,shop_x,2020-01-01,red\n", encoding="utf-8")
+    staged = build_import_tables(goal, catalog, {"people": path}, {"people": path.name}, datetime(2026, 3, 2))
+    assert staged.detected_properties == {"colour": "text"}
+    assert set(staged.rules) == {"colour"}
+    assert any("reserved or not a valid name: domain_group, created_at" in w for w in staged.warnings), staged.warnings
