@@ -41,9 +41,11 @@ from cdp_pipeline.disk_space import HEADROOM, DiskSpaceError, disk_full_error, i
 from cdp_pipeline.errors import CdpError, FileVanishedError, InputError, InputProblem
 from cdp_pipeline.private_files import private_directory
 from cdp_pipeline.store.database import open_writer
+from cdp_pipeline.store.ledger import stored_property_writers
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
 from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
+from cdp_pipeline.store.schema import event_table
 from cdp_pipeline.store.segments import refresh_memberships
 from cdp_pipeline.tables.staged import StagedImport, write_reject_report
 from cdp_pipeline.transports.base import EtagPinnedFinishing, ParallelDownloads, RemoteFile, Transport
@@ -306,7 +308,10 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
     write_reject_report(staged, report)
     staged.reject_report = str(report)
     if not source.generates_goal:  # a generated goal is not in the connection's goals
-        staged.warnings.extend(shared_property_warnings(project, connection.name, goal.name))
+        entity = "profile" if staged.target == "profiles" else f"group:{staged.group_type}"
+        written = list(staged.rules)
+        stored = stored_property_writers(project.published_store_path, entity, written)
+        staged.warnings.extend(shared_property_warnings(project, connection.name, goal.name, written=written, stored=stored))
     staged.save(work_dir / "tables")
     return staged
 
@@ -550,3 +555,13 @@ def sweep_stale_work(project: ProjectConfig, connection: str, older_than_hours: 
             clean_plaintext(work_dir)
             cleaned.append(work_dir)
     return cleaned
+
+
+def created_properties(staged: StagedImport) -> dict[str, str]:
+    """What a delivery's bulk mappings create, for the import's metadata: profile properties by
+    name, event properties as ``timeline_<type>.<name>``, each with its inferred type."""
+    created = dict(staged.detected_properties)
+    for event_type, properties in staged.detected_event_properties.items():
+        created.update({f"{event_table(event_type)}.{name}": kind for name, kind in properties.items()})
+    return created
+

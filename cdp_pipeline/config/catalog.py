@@ -16,8 +16,23 @@ from cdp_pipeline.config.csv_options import ColumnType, StrictModel
 
 # Identifiers become DuckDB column and table names: keep them plain so they never need quoting
 # tricks and cannot collide case-insensitively (DuckDB matches names without regard to case).
+
+#: BlueConic's domain groups: profiles live in one domain group each; an import goal matches,
+#: creates and updates only the profiles of its own ("Select a domain group for the import to
+#: ensure that the correct profiles are updated or added"). Profiles of every goal that names none
+#: live here, as do the profiles of stores made before domain groups existed.
+DEFAULT_DOMAIN_GROUP = "default"
+
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-RESERVED_PROFILE_COLUMNS = {"profile_id", "created_at", "updated_at", "last_delivery_id", "last_run_id"}
+RESERVED_PROFILE_COLUMNS = {"profile_id", "created_at", "updated_at", "last_delivery_id", "last_run_id", "domain_group"}
+#: the fixed columns of every timeline_<event type> table; no event property may take these names.
+RESERVED_EVENT_COLUMNS = {"event_id", "profile_id", "event_time", "delivery_id", "imported_at"}
+
+
+def creatable_property(name: str, reserved: set[str]) -> bool:
+    """Whether a bulk mapping may create a property of this name: a valid identifier that is not
+    one of the table's own columns nor the pipeline's internal ``_`` names."""
+    return bool(IDENTIFIER.match(name)) and not name.startswith("_") and name not in reserved
 
 
 def check_identifier(value: str, what: str) -> str:

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from cdp_pipeline.config.catalog import check_identifier
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, check_identifier
 from cdp_pipeline.config.csv_options import CsvOptions, StrictModel
 from cdp_pipeline.config.processors import Processor
 from cdp_pipeline.config.schedules import Schedule
@@ -349,6 +349,10 @@ class BulkMapping(StrictModel):
     rule: MergeRule = "set"
     prefix: str = ""
     exclude: list[str] = Field(default_factory=list)
+    #: profile goals: a column whose property (prefix + column) is not declared creates it, typed
+    #: from the file (text unless every value is a number or an ISO date), recorded in the store's
+    #: catalog_properties table. false: such columns are skipped with a warning.
+    create_properties: bool = True
 
 
 class NestedEventMapping(StrictModel):
@@ -363,6 +367,14 @@ class NestedEventMapping(StrictModel):
     key: list[str] = Field(default_factory=list)
 
 
+class EventBulkMapping(StrictModel):
+    """"Add all detected fields" for an event: every column of the event's file that nothing else
+    uses becomes the event property ``prefix + column``, created when the catalog lacks it."""
+
+    prefix: str = ""
+    exclude: list[str] = Field(default_factory=list)
+
+
 class EventMapping(StrictModel):
     """A timeline event type filled from one of the goal's files (one event per row)."""
 
@@ -375,6 +387,7 @@ class EventMapping(StrictModel):
     #: event property -> column
     properties: dict[str, str] = Field(default_factory=dict)
     nested: list[NestedEventMapping] = Field(default_factory=list)
+    bulk_mapping: EventBulkMapping | None = None
     #: keep per product how often and how recently it was bought (needs a nested type with a product id).
     add_to_product_store: bool = False
     product_id_property: str = "product_id"
@@ -419,6 +432,14 @@ class _ImportGoal(_GoalBase):
 
 class ProfileImportGoal(_ImportGoal):
     type: Literal["import_profiles"]
+    #: the domain group whose profiles this goal matches, creates and updates (identifiers are
+    #: unique per domain group: the same e-mail in two groups is two profiles).
+    domain_group: str = DEFAULT_DOMAIN_GROUP
+
+    @field_validator("domain_group")
+    @classmethod
+    def _domain_group(cls, value: str) -> str:
+        return check_identifier(value, "domain group")
     identifiers: list[Identifier] = Field(min_length=1)
     allow_new_profiles: bool = False
     mappings: list[Mapping] = Field(default_factory=list)
@@ -522,6 +543,13 @@ class TimelineExport(StrictModel):
 class ExportGoal(_GoalBase):
     type: Literal["export_profiles"]
     segment: str
+    #: only profiles of this domain group leave; none: the segment's members of every group.
+    domain_group: str | None = None
+
+    @field_validator("domain_group")
+    @classmethod
+    def _domain_group(cls, value: str | None) -> str | None:
+        return None if value is None else check_identifier(value, "domain group")
     target: ExportTarget = ExportTarget()
     csv: CsvOptions = CsvOptions()
     processors: list[Processor] = Field(default_factory=list)

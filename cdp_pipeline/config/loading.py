@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from cdp_pipeline.config.catalog import Catalog, consent_property_problem
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.csv_options import StrictModel
 from cdp_pipeline.errors import ConfigError
@@ -106,8 +106,13 @@ class ProjectConfig:
         # whose bytes are part of the content identity already): hash the settings.
         is_dialect = dialect is not None and goal in dialect.goal_names
         shaped_by: BaseModel = dialect if dialect is not None and is_dialect else conn.goal(goal)
+        goal_dump = shaped_by.model_dump(mode="json")
+        # Domain groups came later: the default group is left out so every existing goal keeps its
+        # hash (a new hash would import again every file still in the folders).
+        if goal_dump.get("domain_group") in (DEFAULT_DOMAIN_GROUP, None):
+            goal_dump.pop("domain_group", None)
         payload = {
-            "goal": shaped_by.model_dump(mode="json"),
+            "goal": goal_dump,
             "source": conn.source.model_dump(mode="json"),
             "objectives": conn.objectives,
             "consent_property": self.store.consent_property if conn.objectives else None,

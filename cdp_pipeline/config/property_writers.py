@@ -1,9 +1,11 @@
 """Which goals write which property: the seed's warning "Data will be mapped to an existing
 profile property", made useful across connections. Pure functions over the loaded configuration.
 
-Only explicit mappings count. A bulk mapping's targets depend on the columns of the file that
-arrives, so they are not known here; identifiers are not counted either (a profile carries its
-identifier values with set_if_empty, which never overwrites another connection's value).
+From the configuration only explicit mappings count: a bulk mapping's targets depend on the
+columns of the file that arrives. The import adds what the store knows (who delivered values of
+each property, from its value history), so a bulk-mapped property is reported too. Identifiers
+are not counted (a profile carries its identifier values with set_if_empty, which never
+overwrites another connection's value).
 """
 
 from __future__ import annotations
@@ -33,17 +35,28 @@ def property_writers(project: ProjectConfig) -> dict[PropertyTarget, list[tuple[
     return writers
 
 
-def shared_property_warnings(project: ProjectConfig, connection: str, goal: str) -> list[str]:
-    """One warning per property the goal maps into that a goal of ANOTHER connection fills too.
-    Goals of one connection sharing a property are one owner's design and are not reported."""
+def shared_property_warnings(
+    project: ProjectConfig,
+    connection: str,
+    goal: str,
+    *,
+    written: list[str] | None = None,
+    stored: dict[str, set[tuple[str, str]]] | None = None,
+) -> list[str]:
+    """BlueConic's "Data will be mapped to an existing profile property": one warning per property
+    the goal writes that another goal (of this connection or another) maps into, or that already
+    holds values another goal or connection delivered (``stored``: property → (connection, goal)
+    pairs from the store's value history). ``written`` is every property the delivery writes
+    (bulk-mapped ones included); without it, the goal's explicit mappings."""
     writers = property_writers(project)
     this = project.connections[connection].goal(goal)
     if not isinstance(this, (GroupImportGoal, ProfileImportGoal)):
         return []
     table = _target_table(this)
     warnings = []
-    for prop in dict.fromkeys(m.property for m in this.mappings):
-        others = [pair for pair in writers.get((table, prop), []) if pair[0] != connection]
+    for prop in dict.fromkeys(written if written is not None else [m.property for m in this.mappings]):
+        others = [pair for pair in writers.get((table, prop), []) if pair != (connection, goal)]
+        others += sorted(pair for pair in (stored or {}).get(prop, set()) if pair != (connection, goal) and pair not in others)
         if others:
             listed = ", ".join(f"{c}/{g}" for c, g in others)
             warnings.append(

@@ -204,6 +204,12 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
                 "events": sum(f.height for f in staged.events.values()),
                 "nested_items": sum(f.height for f in staged.items.values()),
                 "warnings": len(staged.warnings),
+                # Property names and types only (the file's column names), never values.
+                **(
+                    {"created_properties": dg.MetadataValue.json(created)}
+                    if (created := importing.created_properties(staged))
+                    else {}
+                ),
                 # Customer values in Dagster's event log, for as long as it keeps runs: a setting.
                 **({"preview": dg.MetadataValue.md(markdown_preview(staged.records.drop("_line"), preview_rows))} if preview_rows else {}),
             }

@@ -14,6 +14,7 @@ from cdp_pipeline.config.connection import Connection
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.defs.resources import transport_key
 from cdp_pipeline.deliveries import MergedFiles, SensorCursor, SightingsOnOurClock
+from cdp_pipeline.dialects import sensor_interval_seconds
 from cdp_pipeline.errors import TransientError
 from cdp_pipeline.store.ledger import merged_file_identities
 
@@ -26,7 +27,7 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
     @dg.sensor(
         name=f"{connection.name}_deliveries",
         job=import_job,
-        minimum_interval_seconds=settings.minimum_interval_seconds,
+        minimum_interval_seconds=sensor_interval_seconds(connection, project.dialects.get(connection.name)),
         default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
         required_resource_keys={resource_key},
         description=(

@@ -17,6 +17,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from cdp_pipeline.config.connection import Connection
 from cdp_pipeline.deliveries.sources import DeliverySource
 from cdp_pipeline.dialects.netmera import NetmeraSettings, NetmeraSource, netmera_sources
 from cdp_pipeline.dialects.sare import SareSettings, SareSource
@@ -31,4 +32,15 @@ def dialect_sources(settings: SareSettings | NetmeraSettings) -> list[DeliverySo
     return list(netmera_sources(settings))
 
 
-__all__ = ["Dialect", "NetmeraSettings", "NetmeraSource", "SareSettings", "SareSource", "dialect_sources"]
+def sensor_interval_seconds(connection: Connection, dialect: SareSettings | NetmeraSettings | None) -> int:
+    """How often the connection's sensor lists its folders. A value in the YAML always wins; without
+    one a dialect's own documented interval applies (SARE: "Import jest uruchamiany co 5 minut"),
+    else the sensor's default. Polling a SARE account every minute would be five times what its
+    users expect from the product they know."""
+    explicit = "minimum_interval_seconds" in connection.sensor.model_fields_set
+    if not explicit and dialect is not None and dialect.default_poll_seconds is not None:
+        return dialect.default_poll_seconds
+    return connection.sensor.minimum_interval_seconds
+
+
+__all__ = ["Dialect", "NetmeraSettings", "NetmeraSource", "SareSettings", "SareSource", "dialect_sources", "sensor_interval_seconds"]

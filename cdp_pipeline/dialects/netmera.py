@@ -79,7 +79,7 @@ _MAX_PATTERN_BYTES = 1024 * 1024
 
 
 class NetmeraSettings(StrictModel):
-    """The connection's side of the Netmera conventions. Proposed as ``dialect:`` on a Connection."""
+    """The connection's side of the Netmera conventions: the ``dialect:`` key of a Connection (``type: netmera``)."""
 
     type: Literal["netmera"]
     #: the application key in report names (``<appkey>_PUSH_REPORTS_<date>``).
@@ -124,6 +124,11 @@ class NetmeraSettings(StrictModel):
     def goal_names(self) -> tuple[str, ...]:
         """The goals generated per file: partitions and ledger rows carry these names."""
         return (self.profile_goal_name, self.push_goal_name)
+
+    @property
+    def default_poll_seconds(self) -> int | None:
+        """Netmera's documents name no polling interval: the connection's ordinary sensor default applies."""
+        return None
 
     def property_for(self, attribute: str) -> str:
         if attribute in self.attribute_properties:

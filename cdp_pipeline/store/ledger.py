@@ -26,3 +26,24 @@ def merged_file_identities(published: Path | None, connection: str) -> set[tuple
     except duckdb.Error:
         return set()
     return {(path, size, mtime) for path, size, mtime in rows}
+
+
+def stored_property_writers(published: Path | None, entity: str, properties: list[str]) -> dict[str, set[tuple[str, str]]]:
+    """Property → the (connection, goal) pairs whose deliveries set a value of it, from the value
+    history of the published copy (property_changes; ``entity`` is ``profile`` or
+    ``group:<type>``). Empty without a copy or history: the configuration's view still applies."""
+    if published is None or not published.exists() or not properties:
+        return {}
+    try:
+        with duckdb.connect(str(published), read_only=True) as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT property, connection, goal FROM property_changes WHERE entity = $entity AND list_contains($properties, property)",
+                {"entity": entity, "properties": properties},
+            ).fetchall()
+    except duckdb.Error:
+        return {}
+    writers: dict[str, set[tuple[str, str]]] = {}
+    for prop, connection, goal in rows:
+        writers.setdefault(prop, set()).add((connection, goal))
+    return writers
+

@@ -49,7 +49,7 @@ from datetime import datetime
 import duckdb
 import polars as pl
 
-from cdp_pipeline.config.catalog import Catalog, PropertyDefinition, consent_property_problem
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition, consent_property_problem
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
 from cdp_pipeline.tables.staged import FILE_HASH_HI, FILE_HASH_LO, HASH_HI, HASH_LO, KEY_INDEX, NOT_IMPORTED, ROWS, SUM_KEYED, StagedImport
@@ -350,17 +350,25 @@ def _merge_records(
         sum_tables, incoming_source = _apply_sum_delta(conn, staged, properties, delivery, counts)
 
     matches, joins, new_ids = [], [], []
+    # Domain groups: a profile is found only in the goal's own group, and a new one is created
+    # there, so the same identifier in two groups is two profiles that never touch each other.
+    in_group = f"domain_group = {literal(staged.domain_group)}" if staged.target == "profiles" else "TRUE"
+    # The default group keeps the ids profiles had before domain groups existed.
+    id_scope = "" if staged.target != "profiles" or staged.domain_group == DEFAULT_DOMAIN_GROUP else f"{staged.domain_group}:"
     for index, ident in enumerate(identifiers):
         if ident == id_column:
-            match_sql = f"SELECT {id_column} AS _match, {id_column} AS _id FROM {quote(table)}"
+            match_sql = f"SELECT {id_column} AS _match, {id_column} AS _id FROM {quote(table)} WHERE {in_group}"
             new_ids.append(f"WHEN {index} THEN i._key")
         else:
             if staged.match_all:
-                match_sql = f"SELECT {quote(ident)} AS _match, {id_column} AS _id FROM {quote(table)} WHERE {quote(ident)} IS NOT NULL"
+                match_sql = f"SELECT {quote(ident)} AS _match, {id_column} AS _id FROM {quote(table)} WHERE {quote(ident)} IS NOT NULL AND {in_group}"
             else:
-                match_sql = f"SELECT {quote(ident)} AS _match, min({id_column}) AS _id FROM {quote(table)} WHERE {quote(ident)} IS NOT NULL GROUP BY 1"
+                match_sql = (
+                    f"SELECT {quote(ident)} AS _match, min({id_column}) AS _id FROM {quote(table)} "
+                    f"WHERE {quote(ident)} IS NOT NULL AND {in_group} GROUP BY 1"
+                )
             # Deterministic ids: importing the same file into an empty store twice yields the same ids.
-            new_ids.append(f"WHEN {index} THEN md5({literal(ident)} || ':' || i._key)")
+            new_ids.append(f"WHEN {index} THEN md5({literal(id_scope + ident)} || ':' || i._key)")
         joins.append(f"LEFT JOIN ({match_sql}) m{index} ON m{index}._match = i.{quote(_ident(index))}")
         matches.append(f"m{index}._id")
     # Declared order: the first identifier that finds an existing profile wins.
@@ -420,8 +428,8 @@ def _merge_records(
         )
     columns = ", ".join(quote(p) for p in rules)
     values = ", ".join(f"m.{quote(p)}" for p in rules)
-    extra_cols = ", last_run_id" if profile_extra else ""
-    extra_vals = ", $run" if profile_extra else ""
+    extra_cols = ", last_run_id, domain_group" if profile_extra else ""
+    extra_vals = f", $run, {literal(staged.domain_group)}" if profile_extra else ""
     conn.execute(
         f"""
         INSERT INTO {quote(table)} ({id_column}, created_at, updated_at, last_delivery_id{extra_cols}{', ' + columns if columns else ''})
@@ -798,6 +806,67 @@ def delivery_is_merged(conn: duckdb.DuckDBPyConnection, content_sha256: str, con
     return row[0][0] if row else None
 
 
+def _with_detected_properties(catalog: Catalog, staged: StagedImport) -> Catalog:
+    """The catalog plus the properties this delivery's bulk mapping created (declared ones win)."""
+    detected = {
+        name: PropertyDefinition(type=kind, description="created by a bulk mapping; see catalog_properties")
+        for name, kind in staged.detected_properties.items()
+        if name not in catalog.profile_properties
+    }
+    event_types = dict(catalog.event_types)
+    for event_type, created in staged.detected_event_properties.items():
+        definition = event_types[event_type]
+        extra = {
+            name: PropertyDefinition(type=kind, description="created by a bulk mapping; see catalog_properties")
+            for name, kind in created.items()
+            if name not in definition.properties
+        }
+        event_types[event_type] = definition.model_copy(update={"properties": {**definition.properties, **extra}})
+    return catalog.model_copy(update={"profile_properties": {**catalog.profile_properties, **detected}, "event_types": event_types})
+
+
+def _create_detected_properties(conn: duckdb.DuckDBPyConnection, staged: StagedImport, delivery: DeliveryRecord, now: datetime) -> None:
+    """Columns for the properties a bulk mapping detected, in the delivery's transaction, each
+    recorded in catalog_properties. A property an earlier delivery created with another type is
+    refused by name: converting the column silently could turn stored values into NULLs."""
+    targets = [("profiles", "profile", staged.detected_properties)]
+    targets += [(event_table(t), f"event:{t}", created) for t, created in staged.detected_event_properties.items()]
+    for table, entity, created in targets:
+        if created:
+            _create_columns(conn, table, entity, created, delivery, now)
+
+
+def _create_columns(
+    conn: duckdb.DuckDBPyConnection, table: str, entity: str, created: dict[str, str], delivery: DeliveryRecord, now: datetime
+) -> None:
+    existing = dict(
+        conn.execute(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = $table AND schema_name = 'main' "
+            "AND database_name = current_database()",
+            {"table": table},
+        ).fetchall()
+    )
+    for name, kind in created.items():
+        sql_type = SQL_TYPES[kind]
+        current = existing.get(name)
+        if current is None:
+            conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {sql_type}")
+            conn.execute(
+                "INSERT INTO catalog_properties (property, entity, type, connection, goal, delivery_id, created_at) "
+                "VALUES ($property, $entity, $type, $connection, $goal, $delivery, $now)",
+                {"property": name, "entity": entity, "type": kind, "connection": delivery.connection, "goal": delivery.goal,
+                 "delivery": delivery.delivery_id, "now": now},
+            )
+        elif current.replace(" ", "") != sql_type.replace(" ", ""):
+            raise InputError(
+                InputProblem(
+                    file=delivery.root_file, line=None, column=name,
+                    reason=f"bulk mapping: property {name!r} exists as {current}, but this file's values make it {kind}",
+                    fix=f"Declare {name!r} in store.yaml with the type it should have (text keeps any value), or correct the file",
+                )
+            )
+
+
 def merge_delivery(
     conn: duckdb.DuckDBPyConnection,
     catalog: Catalog,
@@ -822,6 +891,8 @@ def merge_delivery(
     # Rows the import tables rejected, counted in full there (the listed problems are capped); a
     # dialect hook may add rejects of its own after staging, which only the list holds.
     listed = len({(p.file, p.line) for p in staged.rejects if p.line})
+    if staged.detected_properties or staged.detected_event_properties:
+        catalog = _with_detected_properties(catalog, staged)
     rejected = max(staged.rows_rejected or 0, listed)
     counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=rejected, values_not_imported=staged.values_not_imported)
     conn.execute("BEGIN TRANSACTION")
@@ -830,6 +901,7 @@ def merge_delivery(
         # delivery and its side effects commit or vanish together.
         if before is not None:
             before(conn, staged)
+        _create_detected_properties(conn, staged, delivery, now)
         sum_tables, every_key_accepted = _merge_records(
             conn, catalog, staged, delivery, run_id, now, counts,
             objectives=objectives, consent_property=consent_property, record_history=record_history,

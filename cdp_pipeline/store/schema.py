@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition
 from cdp_pipeline.errors import CdpError
 
 SQL_TYPES = {
@@ -208,6 +208,29 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("last_at", "TIMESTAMP", "Latest exchange (UTC)."),
         ],
     ),
+    # SARE's checkSpamtrap compares a file's addresses with this list; it lives in the store so every
+    # connection and the analysts see the same list (fill it with INSERT INTO spamtraps (address, source, added_at) ...).
+    "spamtraps": (
+        "Known spam-trap addresses: rows of SARE files with checkSpamtrap true whose address is here are left out (compared trimmed, lower case).",
+        [
+            ("address", "VARCHAR", "The e-mail address of the spam trap."),
+            ("source", "VARCHAR", "Where the entry came from (a list name, a ticket, a person)."),
+            ("added_at", "TIMESTAMP", "When it was added (UTC)."),
+        ],
+    ),
+    "catalog_properties": (
+        "Profile properties created by a bulk mapping (\"add all detected fields\") because store.yaml does not declare "
+        "them: their column in profiles (or timeline_<event type>), the type inferred from the first file, and who created them.",
+        [
+            ("property", "VARCHAR", "Property name: the column of profiles."),
+            ("entity", "VARCHAR", "profile, or event:<event type> (the column is in timeline_<event type>)."),
+            ("type", "VARCHAR", "Catalog type inferred from the file: text, integer, decimal or date."),
+            ("connection", "VARCHAR", "Connection whose delivery created it."),
+            ("goal", "VARCHAR", "Import goal whose bulk mapping created it."),
+            ("delivery_id", "VARCHAR", "Delivery that created it (see deliveries)."),
+            ("created_at", "TIMESTAMP", "When it was created (UTC)."),
+        ],
+    ),
     "product_store": (
         "Per product: how often and how recently it was bought (\"add to product store\").",
         [
@@ -235,6 +258,8 @@ def catalog_tables(catalog: Catalog) -> dict[str, tuple[str, list[tuple[str, str
                 ("updated_at", "TIMESTAMP", "When a property value last changed (UTC)."),
                 ("last_delivery_id", "VARCHAR", "Delivery that last changed the profile (see deliveries)."),
                 ("last_run_id", "VARCHAR", "Dagster run that last changed the profile."),
+                ("domain_group", "VARCHAR", "Domain group of the profile: identifiers match only within it (the same e-mail in two "
+                 f"groups is two profiles). {DEFAULT_DOMAIN_GROUP!r} unless its import goal names another."),
                 *_property_columns(catalog.profile_properties),
             ],
         )
@@ -280,6 +305,15 @@ class StoreSchemaError(CdpError):
     than the code, or a column's stored type differs from the type store.yaml now declares."""
 
 
+#: columns filled for rows that existed before the column did, and for inserts that do not name it.
+COLUMN_DEFAULTS: dict[tuple[str, str], str] = {("profiles", "domain_group"): literal(DEFAULT_DOMAIN_GROUP)}
+
+
+def _column_sql(table: str, name: str, sql_type: str) -> str:
+    default = COLUMN_DEFAULTS.get((table, name))
+    return f"{quote(name)} {sql_type}" + (f" DEFAULT {default}" if default else "")
+
+
 @dataclass(frozen=True)
 class Migration:
     """One numbered step of the fixed tables' history. Steps are idempotent (IF NOT EXISTS), so a
@@ -304,6 +338,8 @@ def _add_fixed(table: str, *names: str) -> list[str]:
 #: columns that later migrations add to tables of the first version.
 _LATER_DELIVERY_COLUMNS = ("events_unchanged", "values_not_imported")
 _LATER_DELIVERY_ROW_COLUMNS = ("value", "entity_id", "keyed")
+#: fixed tables that later migrations create.
+_LATER_TABLES = ("spamtraps", "catalog_properties")
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -316,7 +352,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             *(
                 _create_fixed(table)
                 for table in FIXED_TABLES
-                if table not in ("schema_version", "deliveries", "delivery_rows")
+                if table not in ("schema_version", "deliveries", "delivery_rows", *_LATER_TABLES)
             ),
         ],
     ),
@@ -329,6 +365,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "delivery_rows.value, entity_id and keyed: keyed sums remember each row's value and profile",
         lambda: _add_fixed("delivery_rows", *_LATER_DELIVERY_ROW_COLUMNS),
+    ),
+    Migration(
+        4,
+        "spamtraps (addresses a SARE import refuses) and catalog_properties (properties bulk mapping created)",
+        lambda: [_create_fixed(table) for table in _LATER_TABLES],
     ),
 )
 #: the schema version this code writes; a store with a higher one was written by newer code.
@@ -395,7 +436,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
     existing_tables = {table for table, _ in existing}
     for table, (comment, columns) in tables.items():
         if table not in existing_tables:
-            column_sql = ", ".join(f"{quote(name)} {sql_type}" for name, sql_type, _ in columns)
+            column_sql = ", ".join(_column_sql(table, name, sql_type) for name, sql_type, _ in columns)
             conn.execute(f"CREATE TABLE {quote(table)} ({column_sql})")
             changes.append(f"created table {table}")
         else:
@@ -404,7 +445,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
                 if current is None:
                     if table in FIXED_TABLES:
                         raise RuntimeError(f"the schema migrations do not create {table}.{name}: add a migration for it")
-                    conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {sql_type}")
+                    conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {_column_sql(table, name, sql_type)}")
                     changes.append(f"added column {table}.{name}")
                 elif current.replace(" ", "") != sql_type.replace(" ", ""):
                     raise StoreSchemaError(

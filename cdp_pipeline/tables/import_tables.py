@@ -45,7 +45,14 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
+from cdp_pipeline.config.catalog import (
+    DEFAULT_DOMAIN_GROUP,
+    RESERVED_EVENT_COLUMNS,
+    RESERVED_PROFILE_COLUMNS,
+    Catalog,
+    PropertyDefinition,
+    creatable_property,
+)
 from cdp_pipeline.config.connection import GroupImportGoal, Mapping, NestedEventMapping, ProfileImportGoal
 from cdp_pipeline.config.csv_options import ColumnFormat
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
@@ -72,7 +79,7 @@ ImportGoal = GroupImportGoal | ProfileImportGoal
 #: separates the cells of a row identity; a cell never contains it in practice, and a NUL marks an
 #: empty cell so "" and NULL differ only through this marker (both are "no value" on read anyway).
 _CELL_SEPARATOR = "\x1f"
-_EMPTY_CELL = "\x00"
+_EMPTY_CELL = "/"
 
 
 def ident_column(index: int) -> str:
@@ -294,6 +301,54 @@ def _mappings(
     return mappings
 
 
+_INTEGER = r"^[+-]?(0|[1-9][0-9]*)$"
+_DECIMAL = r"^[+-]?(0|[1-9][0-9]*)\.[0-9]+$"
+_ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+
+
+def detect_properties(goal: ProfileImportGoal, frame: pl.DataFrame, properties: dict[str, PropertyDefinition], reserved: set[str]) -> dict[str, str]:
+    """The properties a bulk mapping creates: the root file's columns whose property (prefix +
+    column) is not declared and not mapped explicitly, each typed from its values. A column is
+    ``integer``, ``decimal`` or ``date`` only when every non-empty value is one (integers with a
+    leading zero stay text: they are codes, and a number would drop the zero), else ``text``."""
+    bulk = goal.bulk_mapping
+    if bulk is None:
+        return {}
+    explicit_columns = {_n(m.column) for m in goal.mappings if not m.file or m.file == goal.files.root.name}
+    explicit_properties = {m.property for m in goal.mappings}
+    skipped = explicit_columns | reserved | {_n(c) for c in bulk.exclude} | {LINE}
+    candidates = [
+        column for column in frame.columns
+        if column not in skipped and bulk.prefix + column not in properties and bulk.prefix + column not in explicit_properties
+    ]
+    return {bulk.prefix + column: kind for column, kind in detect_types(frame, candidates).items()}
+
+
+def detect_types(frame: pl.DataFrame, candidates: list[str]) -> dict[str, str]:
+    """Column → the catalog type its values support (see ``detect_properties``), one vectorised pass."""
+    if not candidates:
+        return {}
+    text = frame.select(pl.col(c).cast(pl.String).str.strip_chars().alias(c) for c in candidates)
+    checks = []
+    for column in candidates:
+        value = pl.col(column)
+        present = value.is_not_null() & (value != "")
+        checks += [
+            present.any().alias(f"{column}/any"),
+            (~present | value.str.contains(_INTEGER)).all().alias(f"{column}/integer"),
+            (~present | value.str.contains(_INTEGER) | value.str.contains(_DECIMAL)).all().alias(f"{column}/decimal"),
+            (~present | (value.str.contains(_ISO_DATE) & value.str.to_date("%Y-%m-%d", strict=False).is_not_null())).all().alias(f"{column}/date"),
+        ]
+    verdict = text.select(checks).row(0, named=True)
+    detected: dict[str, str] = {}
+    for column in candidates:
+        kind = "text"
+        if verdict[f"{column}/any"]:
+            kind = next((k for k in ("integer", "decimal", "date") if verdict[f"{column}/{k}"]), "text")
+        detected[column] = kind
+    return detected
+
+
 def _check_mapping_targets(goal: ImportGoal, mappings: list[Mapping], identifiers: list[tuple[str, str]]) -> None:
     seen: dict[str, str] = {}
     for mapping in mappings:
@@ -444,6 +499,22 @@ def build_import_tables(
         used[event.file] |= {_n(event.event_id), _n(event.event_time), *(_n(c) for c in event.properties.values())}
         for nested in event.nested:
             used[nested.file] |= {_n(c) for c in nested.properties.values()} | {_n(c) for c in nested.key}
+    detected: dict[str, str] = {}
+    if isinstance(goal, ProfileImportGoal) and goal.bulk_mapping is not None and goal.bulk_mapping.create_properties:
+        detected = detect_properties(goal, files.frames[root], properties, used[root])
+        refused = [name for name in detected if not creatable_property(name, RESERVED_PROFILE_COLUMNS)]
+        if refused:
+            # A column named like a store column (domain_group, created_at ...) must never write it.
+            warnings.append(f"bulk mapping skipped columns whose property name is reserved or not a valid name: {', '.join(refused)}")
+            detected = {name: kind for name, kind in detected.items() if name not in refused}
+        if detected:
+            # BlueConic's "add all detected fields" creates the properties it does not find; they
+            # are typed from this file and the merge adds them to the store and its catalog.
+            properties = {**properties, **{name: PropertyDefinition(type=kind) for name, kind in detected.items()}}
+            warnings.append(
+                "bulk mapping created properties not declared in store.yaml (recorded in catalog_properties): "
+                + ", ".join(f"{name} ({kind})" for name, kind in detected.items())
+            )
     mappings = [m for m in _mappings(goal, root, files.frames[root].columns, properties, used[root], warnings) if m.property in properties]
     for mapped in mappings:
         used[mapped.file].add(mapped.column)
@@ -549,6 +620,7 @@ def build_import_tables(
     #: file → (_line, the key text of the row): an event row's event id, a nested row's event id
     #: and key within its event. Sums fed by these rows remember their contribution per key.
     row_keys: dict[str, pl.DataFrame] = {}
+    detected_events: dict[str, dict[str, str]] = {}
 
     for event in timeline:
         source = with_key(event.file)
@@ -580,21 +652,46 @@ def build_import_tables(
                 )
             )
         source = source.filter(pl.col(event_time).is_not_null())
+        event_type = catalog.event_types[event.event_type]
+        event_columns = dict(event.properties)
+        event_definitions = dict(event_type.properties)
+        if event.bulk_mapping is not None:
+            # "Add all detected fields" for events: every column of the event's file that nothing
+            # else uses; properties the catalog lacks are created, typed from this file.
+            bulk = event.bulk_mapping
+            taken = used[event.file] | {_n(c) for c in bulk.exclude} | set(event_columns.values())
+            free = [c for c in files.frames[event.file].columns if c not in taken and c != LINE and bulk.prefix + c not in event_columns]
+            for column in free:
+                event_columns[bulk.prefix + column] = column
+            refused_events = [bulk.prefix + c for c in free if not creatable_property(bulk.prefix + c, RESERVED_EVENT_COLUMNS)]
+            if refused_events:
+                warnings.append(f"bulk mapping skipped {event.event_type} columns whose property name is reserved or not valid: {', '.join(refused_events)}")
+                free = [c for c in free if bulk.prefix + c not in refused_events]
+                event_columns = {p: c for p, c in event_columns.items() if p not in refused_events}
+            new = [c for c in free if bulk.prefix + c not in event_definitions]
+            kinds = detect_types(files.frames[event.file], new)
+            if kinds:
+                created = {bulk.prefix + column: kind for column, kind in kinds.items()}
+                detected_events[event.event_type] = created
+                event_definitions.update({name: PropertyDefinition(type=kind) for name, kind in created.items()})
+                warnings.append(
+                    f"bulk mapping created {event.event_type} event properties not declared in store.yaml (recorded in catalog_properties): "
+                    + ", ".join(f"{name} ({kind})" for name, kind in created.items())
+                )
         event_frame = (
             source.select(
                 pl.col(_EVENT_ID).alias("event_id"),
                 pl.col(KEY),
                 pl.col(KEY_INDEX),
                 pl.col(event_time).alias("event_time"),
-                *(pl.col(_n(column)).alias(prop) for prop, column in event.properties.items()),
+                *(pl.col(_n(column)).alias(prop) for prop, column in event_columns.items()),
                 pl.col(LINE),
             )
             .sort(LINE)
             .unique(subset=["event_id"], keep="last", maintain_order=True)
         )
-        event_type = catalog.event_types[event.event_type]
         event_frame = _typed_properties(
-            event_frame, {p: event_type.properties[p] for p in event.properties}, event.properties, display_names[event.file], goal, problems, tally,
+            event_frame, {p: event_definitions[p] for p in event_columns}, event_columns, display_names[event.file], goal, problems, tally,
             files, event.file,
         )
         events[event.event_type] = event_frame.drop(LINE)
@@ -719,6 +816,9 @@ def build_import_tables(
         rows_rejected=tally.rows,
         values_not_imported=tally.values,
         replace_nested=isinstance(goal, ProfileImportGoal) and goal.nested == "replace",
+        domain_group=goal.domain_group if isinstance(goal, ProfileImportGoal) else DEFAULT_DOMAIN_GROUP,
+        detected_properties=detected,
+        detected_event_properties=detected_events,
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP
 from cdp_pipeline.errors import InputProblem
 
 # The hand-over columns: Polars (import_tables, csv_reading, the dialects) writes them into the
@@ -88,6 +89,13 @@ class StagedImport:
     values_not_imported: int = 0
     #: the goal's ``nested: replace``: a re-delivered event's nested rows replace the stored ones.
     replace_nested: bool = False
+    #: profiles: the domain group the records are matched in and created in.
+    domain_group: str = DEFAULT_DOMAIN_GROUP
+    #: bulk mapping ("add all detected fields"): profile properties not in store.yaml that this
+    #: delivery creates → the type inferred from the file (the merge adds their columns).
+    detected_properties: dict[str, str] = field(default_factory=dict)
+    #: the same for event properties: event type → property → inferred type.
+    detected_event_properties: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def identifier_properties(self) -> list[str]:
@@ -120,6 +128,9 @@ class StagedImport:
             "rows_rejected": self.rows_rejected,
             "values_not_imported": self.values_not_imported,
             "replace_nested": self.replace_nested,
+            "domain_group": self.domain_group,
+            "detected_properties": self.detected_properties,
+            "detected_event_properties": self.detected_event_properties,
         }
         (directory / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
@@ -145,6 +156,9 @@ class StagedImport:
             rows_rejected=manifest.get("rows_rejected"),
             values_not_imported=manifest.get("values_not_imported", 0),
             replace_nested=manifest.get("replace_nested", False),
+            domain_group=manifest.get("domain_group", DEFAULT_DOMAIN_GROUP),
+            detected_properties=manifest.get("detected_properties", {}),
+            detected_event_properties=manifest.get("detected_event_properties", {}),
         )
 
 

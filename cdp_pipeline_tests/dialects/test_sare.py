@@ -318,7 +318,12 @@ def test_overwrite_5_clears_only_managed_properties_not_imported(tmp_path):
         ({"import": True, "fields": {"map": {"s": "sare_status"}}}, ["email", "s"], "maps to 'sare_status', which the sidecar itself writes"),
         ({"import": True, "fields": {"foreign_key": "cecha7"}}, ["email", "cecha7"], "identifier property 'cecha7' is not unique"),
         ({"import": True, "system": "mailer"}, ["email"], "key system: 'mailer' is not a system this connection imports"),
-        ({"import": True, "checkSpamtrap": True}, ["email"], "key checkSpamtrap: true, but the connection has no spam-trap list"),
+        # The spam-trap list is the store's spamtraps table now, so checkSpamtrap needs no file; an
+        # operation SAREscript has and we cannot perform is the sidecar error instead.
+        ({"import": True, "sarescript": {"after": "<!--sare sare_newsletter_send(12); sare-->"}}, ["email"],
+         "key sarescript.after: `sare_newsletter_send(12)` is a SAREscript operation cdp_pipeline cannot perform"),
+        ({"import": True, "sarescript": {"before": "<!--sare sare_field_set('cecha9', 'x'); sare-->"}}, ["email"],
+         "names 'cecha9', which is no profile property"),
     ],
 )
 def test_sidecar_that_does_not_fit_the_header_or_catalog(tmp_path, data, header, expected):
@@ -344,16 +349,31 @@ def test_account_id_must_be_one_of_the_connection(tmp_path):
 
 
 def test_sarescript_is_recorded_and_only_group_clear_is_performed():
-    record = parse_sarescript("<!--sare sare_group_clear(45); sare_group_move(3, 4); sare_field_clear('cecha7'); sare-->", "after")
-    assert [(c.group, c.phase) for c in record.performed] == [(45, "after")]
-    assert record.not_performed == ["sare_group_move(3, 4)", "sare_field_clear('cecha7')"]
+    # The name predates the other operations; the seed's before/after examples (clear properties,
+    # move addresses to another group, clear groups, fill properties, assign to a group) are performed now.
+    record = parse_sarescript(
+        "<!--sare sare_group_clear(45); sare_group_move(3, 4); sare_field_clear('cecha7'); sare_field_set('cecha7', \"a, b\");"
+        " sare_group_add(9); sare_newsletter_send(12); sare_group_clear(x); sare-->",
+        "after",
+    )
+    assert [(op.kind, op.phase, op.group, op.target_group, op.field, op.value) for op in record.performed] == [
+        ("sare_group_clear", "after", 45, None, None, None),
+        ("sare_group_move", "after", 3, 4, None, None),
+        ("sare_field_clear", "after", None, None, "cecha7", None),
+        ("sare_field_set", "after", None, None, "cecha7", "a, b"),
+        ("sare_group_add", "after", 9, None, None, None),
+    ]
+    assert record.not_performed == ["sare_newsletter_send(12)", "sare_group_clear(x)"]
 
 
 def test_unsupported_sarescript_is_a_clear_warning(tmp_path):
+    # An operation we cannot perform is an error naming it (it used to be a warning, which let a
+    # pair whose script did not run look imported as the sender meant).
     sidecar = _sidecar(tmp_path, {"import": True, "sarescript": {"after": "<!--sare sare_newsletter_send(12); sare-->"}})
-    _, actions = sare_goal(sidecar, ["email"], SETTINGS, CATALOG, sidecar_name="x.import")
-    assert actions.scripts[0].not_performed == ["sare_newsletter_send(12)"]
-    assert any("sarescript.after `sare_newsletter_send(12)` is SAREscript, which cdp_pipeline does not run" in w for w in actions.warnings)
+    with pytest.raises(InputError) as caught:
+        sare_goal(sidecar, ["email"], SETTINGS, CATALOG, sidecar_name="x.import")
+    assert "sarescript.after: `sare_newsletter_send(12)` is a SAREscript operation cdp_pipeline cannot perform" in str(caught.value)
+    assert "x.import" in str(caught.value)
 
 
 def test_overwrite_0_performs_no_sarescript(tmp_path):

@@ -58,16 +58,21 @@ value  SARE (seed, translated)                 data          status        mail 
 1      overwrite the status only               set_if_empty  set           set_if_empty  –
 2      overwrite imported data only            set           set_if_empty  set_if_empty  –
 3      overwrite all data (clear history)      set_or_clear  set           set           delete the profiles'
-                                                                                         timeline events of
+                                                                                         value history
+                                                                                         (property_changes) and
+                                                                                         their timeline events of
                                                                                          ``dialect.history_event_
-                                                                                         types`` ("history")
+                                                                                         types``
 4      overwrite imported data, with type      set           set_if_empty  set           –
        change (default)
 5      overwrite imported data, clear the      set           set_if_empty  set_if_empty  ``set_or_clear`` with an
        properties not imported                                                           empty value for every
-                                                                                         ``dialect.managed_
-                                                                                         properties`` entry the
-                                                                                         file does not import
+                                                                                         profile property the file
+                                                                                         does not import (not
+                                                                                         identifiers, not the
+                                                                                         sidecar's own; narrowed
+                                                                                         by ``dialect.managed_
+                                                                                         properties`` when set)
 =====  ======================================  ============  ============  ============  ==========================
 
 In every mode except 0 the group (when not 0) is ``add``-ed to ``dialect.groups_property`` and a
@@ -78,10 +83,11 @@ removes it (an action after the merge: no merge rule removes a list item).
 from __future__ import annotations
 
 from cdp_pipeline.dialects.sare.goal import (
+    SCRIPT_OPERATIONS,
     SIDECAR_COLUMNS_FUNCTION,
-    GroupClear,
     SareActions,
     SareScriptRecord,
+    ScriptOperation,
     parse_sarescript,
     sare_goal,
     sidecar_columns,
@@ -130,6 +136,7 @@ from cdp_pipeline.dialects.sare.staging import (
 )
 from cdp_pipeline.dialects.sare.store_actions import (
     apply_store_actions,
+    drop_stored_spamtraps,
     resolve_duplicates,
 )
 
@@ -139,12 +146,12 @@ __all__ = [
     "DATA",
     "DEFAULT_POLL_SECONDS",
     "ENCRYPTED_SUFFIXES",
-    "GroupClear",
     "MAIL_TYPES",
     "MAX_SIDECAR_BYTES",
     "OVERWRITE_MEANINGS",
     "OVERWRITE_RULES",
     "PLAIN_SUFFIX",
+    "SCRIPT_OPERATIONS",
     "SIDECAR",
     "SIDECAR_COLUMNS_FUNCTION",
     "SIDECAR_SUFFIX",
@@ -159,10 +166,12 @@ __all__ = [
     "SareSidecar",
     "SareSource",
     "SareStaging",
+    "ScriptOperation",
     "apply_store_actions",
     "check_data_file",
     "check_encryption",
     "drop_spamtraps",
+    "drop_stored_spamtraps",
     "pair_error",
     "pair_files",
     "parse_sarescript",

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+import duckdb
 import polars as pl
 
 from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
@@ -31,6 +32,7 @@ from cdp_pipeline.dialects.sare.settings import (
 )
 from cdp_pipeline.dialects.sare.sidecar import SareSidecar
 from cdp_pipeline.errors import InputError, InputProblem
+from cdp_pipeline.store.schema import SQL_TYPES, literal
 from cdp_pipeline.tables.column_names import normalise_column_name
 
 #: columns the goal adds to the data file (constant per file); chosen so normalise_column_name keeps them.
@@ -45,40 +47,102 @@ SIDECAR_COLUMNS_FUNCTION = "cdp_pipeline.dialects.sare:sidecar_columns"
 # --------------------------------------------------------------------------- sarescript
 
 
-@dataclass(frozen=True)
-class GroupClear:
-    """``sare_group_clear(N)``: group N loses all its members (before or after the merge)."""
+#: what each SAREscript operation we perform is called in a sidecar, and what it does here.
+#: The manual names these operations for ``before`` / ``after`` ("wyczyszczenie cech, przeniesienie
+#: adresów do innej grupy, czyszczenie grup", "uzupełnienie cech, przypisanie do grupy"); the store
+#: can express exactly these, so they are performed rather than silently skipped.
+SCRIPT_OPERATIONS: dict[str, str] = {
+    "sare_group_clear": "sare_group_clear(N): every profile leaves group N",
+    "sare_group_move": "sare_group_move(FROM, TO): every member of group FROM moves to group TO",
+    "sare_group_add": "sare_group_add(N): the profiles of this file join group N",
+    "sare_field_clear": "sare_field_clear('cecha'): the property is cleared on the profiles of this file",
+    "sare_field_set": "sare_field_set('cecha', 'value'): the property is set to the value on the profiles of this file",
+}
+ScriptKind = Literal["sare_group_clear", "sare_group_move", "sare_group_add", "sare_field_clear", "sare_field_set"]
 
-    group: int
+
+@dataclass(frozen=True)
+class ScriptOperation:
+    """One SAREscript statement we perform, before or after the merge. Group operations name group
+    numbers; field operations name a SARE property (``field``), resolved to its catalog property
+    (``property``) when the sidecar is translated."""
+
+    kind: ScriptKind
     phase: Literal["before", "after"]
     statement: str
+    group: int | None = None
+    target_group: int | None = None
+    field: str | None = None
+    property: str | None = None
+    value: str | None = None
 
 
 @dataclass
 class SareScriptRecord:
     phase: Literal["before", "after"]
     text: str
-    performed: list[GroupClear] = field(default_factory=list)
+    performed: list[ScriptOperation] = field(default_factory=list)
     not_performed: list[str] = field(default_factory=list)
 
 
 _SCRIPT_BLOCK = re.compile(r"<!--\s*sare\b(.*?)\bsare\s*-->", re.S | re.I)
 _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
+_ARGUMENT = re.compile(r"""\s*(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)"|([^,'"]*?))\s*(?:,|$)""", re.S)
+
+
+def _arguments(text: str) -> list[str] | None:
+    """The comma-separated arguments of a call, quotes removed; None when they do not parse."""
+    if not text.strip():
+        return []
+    found: list[str] = []
+    position = 0
+    while position < len(text):
+        match = _ARGUMENT.match(text, position)
+        if match is None or match.end() == position:
+            return None
+        single, double, bare = match.groups()
+        found.append(next(v for v in (single, double, bare) if v is not None).replace("\\'", "'").replace('\\"', '"'))
+        position = match.end()
+    if text.rstrip().endswith(","):
+        found.append("")
+    return found
+
+
+def _operation(statement: str, phase: Literal["before", "after"]) -> ScriptOperation | None:
+    call = _CALL.match(statement)
+    if call is None:
+        return None
+    name, arguments = call.group(1).lower(), _arguments(call.group(2))
+    if arguments is None:
+        return None
+    numbers = [int(a) for a in arguments if a.strip().isdigit()]
+    if name == "sare_group_clear" and len(arguments) == 1 and len(numbers) == 1:
+        return ScriptOperation("sare_group_clear", phase, statement, group=numbers[0])
+    if name == "sare_group_add" and len(arguments) == 1 and len(numbers) == 1:
+        return ScriptOperation("sare_group_add", phase, statement, group=numbers[0])
+    if name == "sare_group_move" and len(arguments) == 2 and len(numbers) == 2:
+        return ScriptOperation("sare_group_move", phase, statement, group=numbers[0], target_group=numbers[1])
+    if name == "sare_field_clear" and len(arguments) == 1 and arguments[0].strip():
+        return ScriptOperation("sare_field_clear", phase, statement, field=arguments[0].strip())
+    if name == "sare_field_set" and len(arguments) == 2 and arguments[0].strip():
+        return ScriptOperation("sare_field_set", phase, statement, field=arguments[0].strip(), value=arguments[1])
+    return None
 
 
 def parse_sarescript(text: str, phase: Literal["before", "after"]) -> SareScriptRecord:
-    """Statements of a SAREscript (``<!--sare stmt; stmt; sare-->``). SAREscript is another
-    product's language: only ``sare_group_clear(N)`` is performed; everything else is recorded."""
+    """Statements of a SAREscript (``<!--sare stmt; stmt; sare-->``). The operations of
+    ``SCRIPT_OPERATIONS`` are performed; any other statement is listed in ``not_performed`` (the
+    translation refuses the pair, naming it: SAREscript is another product's language and a
+    statement we cannot run must not look as if it ran)."""
     record = SareScriptRecord(phase=phase, text=text)
     blocks = _SCRIPT_BLOCK.findall(text) or [text]
     for block in blocks:
         for statement in (s.strip() for s in block.split(";")):
             if not statement:
                 continue
-            call = _CALL.match(statement)
-            argument = call.group(2).strip().strip("'\"") if call else ""
-            if call and call.group(1).lower() == "sare_group_clear" and argument.isdigit():
-                record.performed.append(GroupClear(group=int(argument), phase=phase, statement=statement))
+            operation = _operation(statement, phase)
+            if operation is not None:
+                record.performed.append(operation)
             else:
                 record.not_performed.append(statement)
     return record
@@ -99,10 +163,12 @@ class SareActions:
     groups_property: str
     status_property: str
     consent_property: str
-    #: sarescript ``sare_group_clear(N)``: performed before / after the merge.
-    group_clears: list[GroupClear] = field(default_factory=list)
+    #: sarescript operations performed before / after the merge (see SCRIPT_OPERATIONS).
+    operations: list[ScriptOperation] = field(default_factory=list)
     scripts: list[SareScriptRecord] = field(default_factory=list)
-    #: checkSpamtrap: addresses on this local list are dropped (as rejects) before the merge.
+    #: checkSpamtrap: addresses in the store's ``spamtraps`` table (and on this optional local
+    #: list) are dropped, each as a reject, before the merge.
+    check_spamtrap: bool = False
     spamtrap_list: str | None = None
     #: the property the spam-trap list is compared with (the e-mail).
     spamtrap_property: str | None = None
@@ -112,6 +178,8 @@ class SareActions:
     #: autodelete 1 → delete, 0 → move both files to ``done_directory``.
     after_import: Literal["delete", "move_to_done"] = "move_to_done"
     done_directory: str = "done"
+    #: overwrite 3: the imported profiles' rows of property_changes are deleted before the merge.
+    clear_value_history: bool = False
     #: overwrite 3: events of these types of the imported profiles are deleted before the merge.
     clear_history_event_types: list[str] = field(default_factory=list)
     #: consent.status 3 ("no"): this name is removed from the consent list of the imported profiles.
@@ -123,6 +191,20 @@ class SareActions:
     system: str = "sare"
     account_id: str | None = None
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def group_clears(self) -> list[ScriptOperation]:
+        """The ``sare_group_clear(N)`` operations among ``operations``."""
+        return [op for op in self.operations if op.kind == "sare_group_clear"]
+
+
+def _value_fits(value: str, definition: PropertyDefinition) -> bool:
+    """Whether a sare_field_set value converts to the property's type the way the store will cast it."""
+    if definition.type == "list":
+        return False
+    sql_type = SQL_TYPES[definition.type]
+    with duckdb.connect() as conn:
+        return conn.execute(f"SELECT TRY_CAST({literal(value)} AS {sql_type}) IS NOT NULL").fetchone() == (True,)
 
 
 def _require_property(catalog: Catalog, prop: str, where: str, fix: str, types: tuple[str, ...] | None = None) -> PropertyDefinition:
@@ -260,11 +342,37 @@ def sare_goal(
         for event_type in settings.history_event_types:
             if event_type not in catalog.event_types:
                 problem(f"dialect.history_event_types: {event_type!r} is not declared in catalog.event_types", "Declare it or remove it")
-    if sidecar.check_spamtrap and not settings.spamtrap_list:
-        problem(
-            "key checkSpamtrap: true, but the connection has no spam-trap list",
-            "Set dialect.spamtrap_list to a file of addresses, or set \"checkSpamtrap\": false",
-        )
+    scripts: list[SareScriptRecord] = []
+    for phase in ("before", "after"):
+        text = getattr(sidecar.sarescript, phase)
+        if not text:
+            continue
+        record = parse_sarescript(text, phase)
+        scripts.append(record)
+        for statement in record.not_performed:
+            problem(
+                f"key sarescript.{phase}: `{statement}` is a SAREscript operation cdp_pipeline cannot perform; "
+                f"it performs {', '.join(SCRIPT_OPERATIONS)}",
+                "Remove the statement from the .import file and do it in SARE or with a goal of its own",
+            )
+        resolved = []
+        for op in record.performed:
+            if op.field is None:
+                resolved.append(op)
+                continue
+            prop = settings.property_for(op.field)
+            definition = catalog.profile_properties.get(prop)
+            if definition is None:
+                problem(f"key sarescript.{phase}: `{op.statement}` names {op.field!r}, which is no profile property ({prop!r}) in store.yaml",
+                        f"Declare {prop!r} in store.yaml or map {op.field!r} in dialect.property_names")
+            elif definition.unique or prop in special:
+                problem(f"key sarescript.{phase}: `{op.statement}` would change {prop!r}, an identifier or a property the sidecar itself writes",
+                        "Change it with the file's columns or the sidecar's own keys (status, group, consent)")
+            elif op.kind == "sare_field_set" and not _value_fits(op.value or "", definition):
+                problem(f"key sarescript.{phase}: `{op.statement}`: {op.value!r} is not a {definition.type} value for {prop!r}",
+                        f"Give a {definition.type} value")
+            resolved.append(ScriptOperation(**{**vars(op), "property": prop}))
+        record.performed = resolved
 
     if problems:
         raise InputError(
@@ -289,27 +397,16 @@ def sare_goal(
         warnings=warnings,
     )
 
-    for phase in ("before", "after"):
-        text = getattr(sidecar.sarescript, phase)
-        if not text:
-            continue
-        record = parse_sarescript(text, phase)
+    for record in scripts:
         actions.scripts.append(record)
         if sidecar.overwrite == 0:
             # "Do not import" writes nothing at all, so no sarescript action is performed either.
-            record.not_performed[:0] = [clear.statement for clear in record.performed]
+            record.not_performed[:0] = [op.statement for op in record.performed]
             record.performed = []
-        actions.group_clears.extend(record.performed)
-        for clear in record.performed:
-            warnings.append(
-                f"{sidecar_name}: sarescript.{phase} `{clear.statement}` is performed as: every profile leaves group "
-                f"{clear.group} ({settings.groups_property}) {phase} the merge"
-            )
-        for statement in record.not_performed:
-            warnings.append(
-                f"{sidecar_name}: sarescript.{phase} `{statement}` is SAREscript, which cdp_pipeline does not run; it was "
-                "recorded, not executed (only sare_group_clear(N) is supported): do it in SARE or with a goal of its own"
-            )
+        actions.operations.extend(record.performed)
+        for op in record.performed:
+            warnings.append(f"{sidecar_name}: sarescript.{record.phase} `{op.statement}` is performed {record.phase} the merge: "
+                            f"{SCRIPT_OPERATIONS[op.kind]}")
 
     email_column = next((raw for raw, _, prop in columns if prop == settings.email_property), None)
     processors: list[Processor] = []
@@ -320,6 +417,7 @@ def sare_goal(
         if email_column is None:
             warnings.append(f"{sidecar_name}: checkSpamtrap is true but {data_name} has no e-mail column; nothing to check")
         else:
+            actions.check_spamtrap = True
             actions.spamtrap_list = settings.spamtrap_list
             actions.spamtrap_property = settings.email_property
 
@@ -368,13 +466,19 @@ def sare_goal(
                     "objectives will not see it"
                 )
         if sidecar.overwrite == 3:
+            # "Nadpisz wszystkie dane (kasuj historię)": the profiles' value history goes (always),
+            # and their timeline events of the types the connection calls history.
+            actions.clear_value_history = True
             actions.clear_history_event_types = list(settings.history_event_types)
-            if not settings.history_event_types:
-                warnings.append(
-                    f"{sidecar_name}: overwrite 3 clears history, but dialect.history_event_types is empty: no events are deleted"
-                )
         if sidecar.overwrite == 5:
-            managed = settings.managed_properties if settings.managed_properties is not None else sorted(set(settings.property_names.values()))
+            # "Nadpisz importowane dane, wyczyść cechy nieimportowane": every property the file does
+            # not import is cleared. Identifiers are kept (clearing one would unlink the profile
+            # from everything else that names it) and so are the properties the sidecar writes.
+            managed = (
+                settings.managed_properties
+                if settings.managed_properties is not None
+                else [name for name, definition in catalog.profile_properties.items() if not definition.unique]
+            )
             imported = {m.property for m in mappings} | {identifier_property}
             to_clear = [p for p in managed if p not in imported and p not in special and p in catalog.profile_properties]
             unknown = [p for p in managed if p not in catalog.profile_properties]
@@ -388,11 +492,8 @@ def sare_goal(
                 column = f"{_CLEAR_PREFIX}{prop}"
                 constants[column] = None
                 mappings.append(Mapping(column=column, property=prop, rule="set_or_clear"))
-            if not managed:
-                warnings.append(
-                    f"{sidecar_name}: overwrite 5 clears the properties not imported, but no SARE properties are configured "
-                    "(dialect.managed_properties / property_names): nothing is cleared"
-                )
+            if not to_clear:
+                warnings.append(f"{sidecar_name}: overwrite 5 clears the properties not imported, but the file imports every one: nothing is cleared")
     if constants:
         processors.insert(0, CustomProcessor(type="custom", function=SIDECAR_COLUMNS_FUNCTION, options={"constants": constants}))
 

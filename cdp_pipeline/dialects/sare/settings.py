@@ -63,7 +63,7 @@ OVERWRITE_RULES: dict[int, tuple[MergeRule, MergeRule, MergeRule]] = {
 
 class SareSettings(StrictModel):
     """The connection's side of a SARE drop: where the pair lands and which catalog properties the
-    sidecar's values go to. Proposed as ``dialect:`` on a Connection (``type: sare``)."""
+    sidecar's values go to. The ``dialect:`` key of a Connection (``type: sare``)."""
 
     type: Literal["sare"]
     #: name of the generated import goal: partitions (``<goal>:<name>.csv``) and ledger rows carry it.
@@ -88,12 +88,21 @@ class SareSettings(StrictModel):
     mail_type_property: str = "sare_mail_type"
     groups_property: str = "sare_groups"
     consent_property: str = "consents"
-    #: overwrite 5 clears these when the file does not import them; default: property_names' targets.
+    #: overwrite 5 clears these when the file does not import them. Omitted: every profile property
+    #: the file does not import ("wyczyść cechy nieimportowane"), except identifiers and the four
+    #: properties the sidecar itself writes.
     managed_properties: list[str] | None = None
-    #: overwrite 3 ("clear history") deletes the profiles' events of these types; none by default.
+    #: overwrite 3 ("kasuj historię") always deletes the imported profiles' value history
+    #: (property_changes); it also deletes their timeline events of these types. None by default.
     history_event_types: list[str] = Field(default_factory=list)
-    #: local text file, one address per line: what ``checkSpamtrap: true`` filters out.
+    #: optional local text file, one address per line, checked besides the store's ``spamtraps``
+    #: table when a sidecar says ``checkSpamtrap: true``.
     spamtrap_list: str | None = None
+
+    @property
+    def default_poll_seconds(self) -> int:
+        """The sensor interval when the connection's YAML sets none: "Import jest uruchamiany co 5 minut"."""
+        return DEFAULT_POLL_SECONDS
 
     @field_validator("goal_name")
     @classmethod

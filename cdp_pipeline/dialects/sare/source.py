@@ -22,7 +22,7 @@ from cdp_pipeline.dialects.sare.scan import scan_sare_deliveries, split_pair_nam
 from cdp_pipeline.dialects.sare.settings import DATA, SIDECAR, SareSettings
 from cdp_pipeline.dialects.sare.sidecar import parse_sidecar, read_header
 from cdp_pipeline.dialects.sare.staging import stage_sare_pair
-from cdp_pipeline.dialects.sare.store_actions import apply_store_actions, resolve_duplicates
+from cdp_pipeline.dialects.sare.store_actions import apply_store_actions, drop_stored_spamtraps, resolve_duplicates
 from cdp_pipeline.tables.staged import KEY, LINE, StagedImport
 from cdp_pipeline.transports.base import RemoteFile, is_temporary_upload
 
@@ -103,6 +103,7 @@ class SareSource:
         catalog, now = context.catalog, context.now
 
         def resolve(conn, staged: StagedImport) -> StagedImport:
+            staged = drop_stored_spamtraps(conn, staged, actions, data.remote_path)
             return resolve_duplicates(conn, staged, actions, data.remote_path)
 
         def before(conn, staged: StagedImport) -> None:

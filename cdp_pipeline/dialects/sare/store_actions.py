@@ -8,14 +8,18 @@ from typing import Literal
 
 import polars as pl
 
-from cdp_pipeline.config.catalog import Catalog
-from cdp_pipeline.dialects.sare.goal import SareActions
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog
+from cdp_pipeline.dialects.sare.goal import SareActions, ScriptOperation
 from cdp_pipeline.dialects.sare.settings import BLOCKED_STATUS
 from cdp_pipeline.errors import InputProblem
-from cdp_pipeline.store.schema import event_table, item_table, literal, quote
+from cdp_pipeline.store.schema import SQL_TYPES, event_table, item_table, literal, quote
 from cdp_pipeline.tables.staged import KEY, LINE, StagedImport
 
 # --------------------------------------------------------------------------- store actions
+
+#: SARE pairs import into the default domain group (the generated goal names no other), so the
+#: file's addresses are looked up there only, as the merge does.
+_IN_SARE_GROUP = f"domain_group = {literal(DEFAULT_DOMAIN_GROUP)}"
 
 
 def _register_keys(conn, staged: StagedImport) -> None:
@@ -34,7 +38,8 @@ def resolve_duplicates(conn, staged: StagedImport, actions: SareActions, display
         ambiguous = [
             str(row[0])
             for row in conn.execute(
-                f"SELECT {ident} FROM profiles WHERE {ident} IN (SELECT _key FROM sare_delivery_keys) GROUP BY 1 HAVING count(*) > 1"
+                f"SELECT {ident} FROM profiles WHERE {ident} IN (SELECT _key FROM sare_delivery_keys) AND {_IN_SARE_GROUP} "
+                "GROUP BY 1 HAVING count(*) > 1"
             ).fetchall()
         ]
     finally:
@@ -60,7 +65,7 @@ def resolve_duplicates(conn, staged: StagedImport, actions: SareActions, display
 
 
 def _delivery_profiles(actions: SareActions) -> str:
-    return f"SELECT profile_id FROM profiles WHERE {quote(actions.identifier_property)} IN (SELECT _key FROM sare_delivery_keys)"
+    return f"SELECT profile_id FROM profiles WHERE {quote(actions.identifier_property)} IN (SELECT _key FROM sare_delivery_keys) AND {_IN_SARE_GROUP}"
 
 
 def _leave_group(conn, actions: SareActions, group: int, where: str, now: datetime) -> None:
@@ -73,6 +78,81 @@ def _leave_group(conn, actions: SareActions, group: int, where: str, now: dateti
     )
 
 
+def drop_stored_spamtraps(conn, staged: StagedImport, actions: SareActions, display_name: str = "") -> StagedImport:
+    """checkSpamtrap against the store's ``spamtraps`` table (addresses compared trimmed and lower
+    case): matching rows are left out, each as a reject with file and line, so the ledger counts
+    them. An empty table with checkSpamtrap true is a warning, never a silent pass."""
+    if not actions.check_spamtrap or staged.records.height == 0:
+        return staged
+    column = KEY if actions.spamtrap_property == actions.identifier_property else actions.spamtrap_property
+    if column is None or column not in staged.records.columns:
+        return staged
+    # fetchall: the writer connection refuses other work while a result is only partly fetched.
+    ((stored,),) = conn.execute("SELECT count(*) FROM spamtraps").fetchall()
+    if stored == 0:
+        message = f"{display_name}: checkSpamtrap is true but the store's spamtraps table is empty: no address was checked against it"
+        return StagedImport(**{**vars(staged), "warnings": [*staged.warnings, message]})
+    conn.register("sare_delivery_addresses", staged.records.select(pl.col(LINE), pl.col(column).cast(pl.String).alias("address")))
+    try:
+        trapped_lines = [
+            int(row[0])
+            for row in conn.execute(
+                f"SELECT d.{quote(LINE)} FROM sare_delivery_addresses AS d "
+                "WHERE lower(trim(d.address)) IN (SELECT lower(trim(t.address)) FROM spamtraps AS t WHERE t.address IS NOT NULL) "
+                f"ORDER BY d.{quote(LINE)}"
+            ).fetchall()
+        ]
+    finally:
+        conn.unregister("sare_delivery_addresses")
+    if not trapped_lines:
+        return staged
+    hit = pl.col(LINE).is_in(pl.Series(trapped_lines, dtype=staged.records.schema[LINE]).implode())
+    rejects = [
+        InputProblem(file=display_name, line=line, column=None, reason="the address is on the spam-trap list (checkSpamtrap)", fix="The row was left out")
+        for line in trapped_lines
+    ]
+    return StagedImport(**{**vars(staged), "records": staged.records.filter(~hit), "rejects": [*staged.rejects, *rejects]})
+
+
+def _join_group(conn, actions: SareActions, group: int, where: str, now: datetime) -> None:
+    groups = quote(actions.groups_property)
+    item = literal(str(group))
+    conn.execute(
+        f"UPDATE profiles SET {groups} = list_append(coalesce({groups}, []::VARCHAR[]), {item}), updated_at = $now "
+        f"WHERE NOT coalesce(list_contains({groups}, {item}), false) AND ({where})",
+        {"now": now},
+    )
+
+
+def _perform(conn, catalog: Catalog, actions: SareActions, op: ScriptOperation, now: datetime) -> None:
+    """One SAREscript operation as set-based SQL. Group clears and moves act on the group's
+    members; group adds and field operations on the profiles this file names (that exist at the
+    time: in ``before``, profiles the file creates do not exist yet)."""
+    file_profiles = f"profile_id IN ({_delivery_profiles(actions)})"
+    if op.kind == "sare_group_clear" and op.group is not None:
+        _leave_group(conn, actions, op.group, "TRUE", now)
+    elif op.kind == "sare_group_move" and op.group is not None and op.target_group is not None:
+        members = f"profile_id IN (SELECT profile_id FROM profiles WHERE list_contains({quote(actions.groups_property)}, {literal(str(op.group))}))"
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE sare_moving AS SELECT profile_id FROM profiles WHERE {members}")
+        try:
+            _leave_group(conn, actions, op.group, "profile_id IN (SELECT profile_id FROM sare_moving)", now)
+            _join_group(conn, actions, op.target_group, "profile_id IN (SELECT profile_id FROM sare_moving)", now)
+        finally:
+            conn.execute("DROP TABLE IF EXISTS sare_moving")
+    elif op.kind == "sare_group_add" and op.group is not None:
+        _join_group(conn, actions, op.group, file_profiles, now)
+    elif op.kind == "sare_field_clear" and op.property is not None:
+        column = quote(op.property)
+        conn.execute(f"UPDATE profiles SET {column} = NULL, updated_at = $now WHERE {column} IS NOT NULL AND {file_profiles}", {"now": now})
+    elif op.kind == "sare_field_set" and op.property is not None and op.value is not None:
+        column = quote(op.property)
+        value = f"CAST({literal(op.value)} AS {SQL_TYPES[catalog.profile_properties[op.property].type]})"
+        conn.execute(
+            f"UPDATE profiles SET {column} = {value}, updated_at = $now WHERE {column} IS DISTINCT FROM {value} AND {file_profiles}",
+            {"now": now},
+        )
+
+
 def apply_store_actions(
     conn, catalog: Catalog, actions: SareActions, staged: StagedImport, *, phase: Literal["before", "after"], now: datetime
 ) -> None:
@@ -80,19 +160,22 @@ def apply_store_actions(
     transaction (this function never begins or commits one). ``phase="before"`` runs before
     ``merge_delivery``, ``"after"`` after it, with the same ``staged``:
 
-    before: sarescript.before group clears; overwrite 3's history (events of
-    ``clear_history_event_types`` of the profiles this file names, with their nested items);
-    a snapshot of the group's members for ``keep_blocked_out_of_group``.
+    before: sarescript.before operations; overwrite 3's history (the value history in
+    property_changes and the events of ``clear_history_event_types`` of the profiles this file
+    names, with their nested items); a snapshot of the group's members for
+    ``keep_blocked_out_of_group``.
     after: profiles of this file whose status is 7 (blocked) leave the group they did not belong
-    to before; consent status 3 removes the consent name; sarescript.after group clears.
+    to before; consent status 3 removes the consent name; sarescript.after operations.
     Every profile changed here gets ``updated_at = now`` so changed-only exports see it."""
     if now.tzinfo is not None:
         now = now.astimezone(UTC).replace(tzinfo=None)
     _register_keys(conn, staged)
     try:
         if phase == "before":
-            for clear in (c for c in actions.group_clears if c.phase == "before"):
-                _leave_group(conn, actions, clear.group, "TRUE", now)
+            for op in (o for o in actions.operations if o.phase == "before"):
+                _perform(conn, catalog, actions, op, now)
+            if actions.clear_value_history:
+                conn.execute(f"DELETE FROM property_changes WHERE entity = 'profile' AND entity_id IN ({_delivery_profiles(actions)})")
             for event_type in actions.clear_history_event_types:
                 definition = catalog.event_types[event_type]
                 doomed = f"SELECT event_id FROM {quote(event_table(event_type))} WHERE profile_id IN ({_delivery_profiles(actions)})"
@@ -123,7 +206,7 @@ def apply_store_actions(
                 f"WHERE list_contains({consents}, {name}) AND profile_id IN ({_delivery_profiles(actions)})",
                 {"now": now},
             )
-        for clear in (c for c in actions.group_clears if c.phase == "after"):
-            _leave_group(conn, actions, clear.group, "TRUE", now)
+        for op in (o for o in actions.operations if o.phase == "after"):
+            _perform(conn, catalog, actions, op, now)
     finally:
         conn.unregister("sare_delivery_keys")

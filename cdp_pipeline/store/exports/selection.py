@@ -66,6 +66,8 @@ def select_profiles(
         else:
             values.append(f"p.{quote(column.property)} IS NOT NULL")
     has_value = " OR ".join(f"coalesce({v}, FALSE)" for v in dict.fromkeys(values)) or "TRUE"
+    # An export scoped to a domain group sends only that group's profiles, whatever the segment holds.
+    in_group = "TRUE" if goal.domain_group is None else f"p.domain_group = {literal(goal.domain_group)}"
     everything = full or not goal.changed_only or last is None
     conn.execute(
         f"""
@@ -73,7 +75,7 @@ def select_profiles(
         SELECT p.profile_id, {'TRUE' if everything else 'p.updated_at > $last'} AS changed
         FROM profiles p
         WHERE p.profile_id IN (SELECT profile_id FROM segment_members WHERE segment = $segment)
-          AND ({consent}) AND ({has_value})
+          AND ({consent}) AND ({has_value}) AND {in_group}
         """,
         {"segment": goal.segment, **({} if everything else {"last": last})},
     )
