@@ -224,10 +224,14 @@ def _demo(args: argparse.Namespace) -> int:
     print()
     published = home / "store_published.duckdb"
     print(f"Store:   {store}")
-    print(f"Query the analysts' copy: python -c \"import duckdb; print(duckdb.connect('{published}', read_only=True).sql('SELECT count(*) FROM profiles'))\"")
+    # The programs of this environment by their full path: the Quick start installs into .venv,
+    # whose bin folder is not on PATH unless the user activated it.
+    bin_dir = Path(sys.executable).parent
+    query = f"import duckdb; print(duckdb.connect('{published}', read_only=True).sql('SELECT count(*) FROM profiles'))"
+    print(f"Query the analysts' copy: {sys.executable} -c \"{query}\"")
     print(f"Outbox:  {home / 'demo' / 'outbox'}")
     print("Open the Dagster UI on the same data (runs, partitions, sensor cursors are kept in DAGSTER_HOME):")
-    print(f"  CDP_HOME={home} DAGSTER_HOME={dagster_home} dagster dev -w workspace.yaml")
+    print(f"  CDP_HOME={home} DAGSTER_HOME={dagster_home} {bin_dir / 'dagster'} dev -w workspace.yaml")
     return 0 if summary["success"] else 1
 
 
