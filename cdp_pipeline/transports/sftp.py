@@ -35,6 +35,7 @@ from cdp_pipeline.transports.transfer_checks import (
     failed_download_size,
     local_write_failure,
     open_private_download,
+    upload_size,
 )
 
 __all__ = ["SftpTransport"]
@@ -263,10 +264,7 @@ class SftpTransport(Transport):
 
     def _upload_once(self, sftp: paramiko.SFTPClient, local_path: Path, target: str) -> int:
         part = target + ".part"
-        try:
-            local_size = local_path.stat().st_size
-        except OSError as exc:
-            raise TransportError(f"cannot upload {local_path}: {exc.strerror or exc}") from None
+        local_size = upload_size(local_path)
         self._make_directories(sftp, posixpath.dirname(target))
         try:
             with local_path.open("rb") as local_file:

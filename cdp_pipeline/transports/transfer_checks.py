@@ -24,6 +24,7 @@ __all__ = [
     "failed_download_size",
     "local_write_failure",
     "open_private_download",
+    "upload_size",
 ]
 
 
@@ -89,6 +90,14 @@ def failed_download_size(where: str, *, listed_size: int, received: int, size_no
     if grew or (size_now is not None and size_now != listed_size):
         return FileVanishedError(f"{where} changed during the download: {size_now} bytes now, {listed_size} listed")
     return TransientTransportError(f"{where}: received {received} bytes of {listed_size}; the transfer was cut short")
+
+
+def upload_size(local_path: Path) -> int:
+    """The size an upload must reach on the server; a missing local file is our error, not the server's."""
+    try:
+        return local_path.stat().st_size
+    except OSError as exc:
+        raise TransportError(f"cannot upload {local_path}: {exc.strerror or exc}") from None
 
 
 def check_upload_size(where: str, *, local_size: int, stored_size: int | None, stored: bool = True) -> None:
