@@ -16,12 +16,12 @@ from pathlib import Path
 
 from cdp_pipeline.crypto.gpg_process import (
     TimedGPG,
-    create_private_file,
     gpg_says,
+    private_output,
     raise_if_disk_full,
+    run_watched,
     scaled_timeout,
     status_lines,
-    unlink_quietly,
 )
 from cdp_pipeline.crypto.sniffing import is_armored, looks_encrypted
 from cdp_pipeline.crypto.verdict import SignatureState, judge_decryption
@@ -78,26 +78,23 @@ def decrypt_file(
         raise CryptoError(f"{display_name} is encrypted but no private key is configured (pgp.private_keys_env)")
     armored = is_armored(src)
     size = src.stat().st_size
-    success = False
-    try:
-        create_private_file(dst)
-        gpg.timeout = scaled_timeout(timeout, size)
-        gpg.timed_out = False
-        try:
-            # gpg reads the ciphertext file itself (after "--"): python-gnupg would otherwise
-            # pipe it through a thread that raises BrokenPipeError, losing gpg's status, when
-            # gpg stops reading early (wrong key). stdin then carries only the passphrase.
-            result = gpg.decrypt_file(
+    with private_output(dst):
+        # gpg reads the ciphertext file itself (after "--"): python-gnupg would otherwise pipe it
+        # through a thread that raises BrokenPipeError, losing gpg's status, when gpg stops
+        # reading early (wrong key). stdin then carries only the passphrase.
+        result = run_watched(
+            gpg,
+            lambda: gpg.decrypt_file(
                 io.BytesIO(b""),
                 always_trust=True,
                 passphrase=_wire_passphrase(passphrase),
                 output=str(dst),
                 extra_args=[*(["--max-output", str(max_output_bytes)] if max_output_bytes else []), "--", str(src)],
-            )
-        except (OSError, ValueError) as exc:
-            raise CryptoError(f"{display_name}: gpg could not be run to decrypt it: {exc}") from None
-        finally:
-            gpg.timeout = timeout
+            ),
+            floor_seconds=timeout,
+            size=size,
+            cannot_run=f"cannot decrypt {display_name}",
+        )
         if gpg.timed_out:
             raise CryptoError(
                 f"{display_name}: decryption did not finish within {scaled_timeout(timeout, size):.0f} s and was stopped; "
@@ -121,7 +118,7 @@ def decrypt_file(
             gpg_text=gpg_says(result.stderr),
         )
         os.chmod(dst, 0o600)
-        outcome = DecryptResult(
+        return DecryptResult(
             path=dst,
             bytes_written=dst.stat().st_size,
             decryption_key=verdict.decryption_key,
@@ -130,11 +127,6 @@ def decrypt_file(
             signature=verdict.signature,
             armored=armored,
         )
-        success = True
-        return outcome
-    finally:
-        if not success:
-            unlink_quietly(dst)
 
 
 def _wire_passphrase(passphrase: str | None) -> str | None:

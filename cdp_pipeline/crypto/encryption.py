@@ -12,12 +12,12 @@ from pathlib import Path
 
 from cdp_pipeline.crypto.gpg_process import (
     TimedGPG,
-    create_private_file,
     gpg_says,
+    private_output,
     raise_if_disk_full,
+    run_watched,
     scaled_timeout,
     status_lines,
-    unlink_quietly,
 )
 from cdp_pipeline.errors import CryptoError
 
@@ -30,24 +30,22 @@ def encrypt_file(gpg: TimedGPG, src: Path, dst: Path, *, recipient: str, armor: 
     first. ``timeout`` is the floor of the watchdog, which grows with the file size.
     """
     size = src.stat().st_size
-    success = False
-    try:
-        create_private_file(dst)
-        gpg.timeout = scaled_timeout(timeout, size)
-        gpg.timed_out = False
-        try:
-            result = gpg.encrypt_file(
+    with private_output(dst):
+        # gpg reads the plaintext file itself (after "--"); stdin stays empty.
+        result = run_watched(
+            gpg,
+            lambda: gpg.encrypt_file(
                 io.BytesIO(b""),
                 recipients=[recipient],
                 always_trust=True,
                 armor=armor,
                 output=str(dst),
                 extra_args=["--compress-algo", "none", "--", str(src)],
-            )
-        except (OSError, ValueError) as exc:
-            raise CryptoError(f"cannot encrypt {src.name}: gpg could not be run: {exc}") from None
-        finally:
-            gpg.timeout = timeout
+            ),
+            floor_seconds=timeout,
+            size=size,
+            cannot_run=f"cannot encrypt {src.name}",
+        )
         raise_if_disk_full(result.stderr, f"encrypt {src.name}", dst)
         keywords = {k for k, _ in status_lines(result.stderr)}
         if gpg.timed_out:
@@ -62,8 +60,4 @@ def encrypt_file(gpg: TimedGPG, src: Path, dst: Path, *, recipient: str, armor: 
         written = dst.stat().st_size
         if written == 0:
             raise CryptoError(f"encrypting {src.name} produced an empty file")
-        success = True
         return written
-    finally:
-        if not success:
-            unlink_quietly(dst)

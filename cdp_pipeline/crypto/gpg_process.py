@@ -8,12 +8,14 @@ created private before gpg writes to them, removed on failure, and a full disk i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gnupg
 
@@ -21,6 +23,8 @@ from cdp_pipeline.disk_space import DiskSpaceError, says_disk_full
 from cdp_pipeline.errors import CryptoError
 
 logger = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
 
 #: gpg older than this lacks status lines we rely on (DECRYPTION_KEY, VALIDSIG primary fingerprint).
 MIN_GPG_VERSION: tuple[int, int] = (2, 2)
@@ -127,6 +131,37 @@ def create_private_file(path: Path) -> None:
     unlink_quietly(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     os.close(os.open(path, flags, 0o600))
+
+
+@contextlib.contextmanager
+def private_output(dst: Path) -> Iterator[None]:
+    """``dst`` is created private before gpg writes into it, and removed when the block fails.
+
+    Whatever stops a gpg run half-way (a wrong key, a timeout, a full disk, an exception of
+    ours) must not leave a partial file: a caller would upload or stage it as if it were whole.
+    """
+    try:
+        create_private_file(dst)
+        yield
+    except BaseException:
+        unlink_quietly(dst)
+        raise
+
+
+def run_watched(gpg: TimedGPG, call: Callable[[], _R], *, floor_seconds: float, size: int, cannot_run: str) -> _R:
+    """One python-gnupg call under a watchdog scaled to the file size.
+
+    ``cannot_run`` starts the message when gpg cannot even be started (missing binary, bad
+    arguments). Whether the watchdog fired is left in ``gpg.timed_out`` for the caller's message.
+    """
+    gpg.timeout = scaled_timeout(floor_seconds, size)
+    gpg.timed_out = False
+    try:
+        return call()
+    except (OSError, ValueError) as exc:
+        raise CryptoError(f"{cannot_run}: gpg could not be run: {exc}") from None
+    finally:
+        gpg.timeout = floor_seconds
 
 
 # ---------------------------------------------------------------- gpg with a watchdog

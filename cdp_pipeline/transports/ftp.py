@@ -19,7 +19,6 @@ import logging
 import os
 import posixpath
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from cdp_pipeline.config.connection import PLAIN_FTP_WARNING, FtpLocation
-from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full
 from cdp_pipeline.errors import ConfigError, FileVanishedError, TransientTransportError, TransportError
 from cdp_pipeline.transports.base import RemoteFile, Transport
 from cdp_pipeline.transports.ftp_session import (
@@ -40,6 +38,17 @@ from cdp_pipeline.transports.ftp_session import (
     parse_list_line,
     parse_mlst_reply,
     parse_mlsx_facts,
+)
+from cdp_pipeline.transports.transfer_checks import (
+    LocalWriteError,
+    RemoteFileGrew,
+    check_before_download,
+    check_upload_size,
+    download_size_matches,
+    failed_download_size,
+    local_write_failure,
+    open_private_download,
+    upload_size,
 )
 
 __all__ = ["FtpSecrets", "FtpTransport"]
@@ -55,18 +64,6 @@ _BLOCK_BYTES = 256 * 1024
 # Failures of the connection itself, as opposed to an answer about a file. After one of these the
 # control connection's replies are out of step or gone: it is closed and the call retried.
 _CONNECTION_FAILURES = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply, ftplib.error_proto)
-
-
-class _LocalWriteError(Exception):
-    """Writing the download to the local disk failed: our problem, not the server's."""
-
-    def __init__(self, error: OSError):
-        super().__init__(str(error))
-        self.error = error
-
-
-class _RemoteFileGrew(Exception):
-    """The server sent more bytes than the listing said: the file is still being written."""
 
 
 class FtpTransport(Transport):
@@ -187,63 +184,48 @@ class FtpTransport(Transport):
     # -------------------------------------------------------------- transfers
 
     def _download_once(self, ftp: ftplib.FTP, remote: RemoteFile, remote_path: str, local_path: Path) -> int:
+        where = self._where(remote_path)
         current = self._stat(ftp, remote_path)
-        if current is None:
-            raise FileVanishedError(f"{self._where(remote_path)} is gone since it was listed")
-        if current.kind != "file":
-            raise FileVanishedError(f"{self._where(remote_path)} is no longer a regular file")
-        if current.size is not None and current.size != remote.size:
-            raise FileVanishedError(
-                f"{self._where(remote_path)} changed since it was listed: {current.size} bytes now, {remote.size} listed"
-            )
-        local_path.parent.mkdir(parents=True, exist_ok=True)
-        # mkstemp: O_EXCL and mode 0600, so no other local user can read the (maybe plaintext) data.
-        descriptor, temp_name = tempfile.mkstemp(dir=local_path.parent, prefix=f".{local_path.name}.", suffix=".download")
+        check_before_download(
+            where,
+            exists=current is not None,
+            is_regular_file=current is not None and current.kind == "file",
+            size_now=None if current is None else current.size,
+            listed_size=remote.size,
+        )
+        descriptor, temp_name = open_private_download(local_path)
         received = 0
 
         def write(chunk: bytes) -> None:
             nonlocal received
             if received + len(chunk) > remote.size:
-                raise _RemoteFileGrew()
+                raise RemoteFileGrew()
             try:
                 os.write(descriptor, chunk)
             except OSError as exc:
-                raise _LocalWriteError(exc) from None
+                raise LocalWriteError(exc) from None
             received += len(chunk)
 
         try:
             try:
                 ftp.retrbinary(f"RETR {remote_path}", write, blocksize=_BLOCK_BYTES)
-            except _RemoteFileGrew:
+            except RemoteFileGrew:
                 self._drop_connection()  # the transfer was abandoned; its reply would be out of step
-                raise FileVanishedError(
-                    f"{self._where(remote_path)} grew during the download beyond the {remote.size} bytes listed"
-                ) from None
-            except _LocalWriteError as failure:
+                raise FileVanishedError(f"{where} grew during the download beyond the {remote.size} bytes listed") from None
+            except LocalWriteError as failure:
                 self._drop_connection()
-                if is_disk_full(failure.error):
-                    raise DiskSpaceError(
-                        f"the local disk is full: cannot write the download of {self._where(remote_path)} to "
-                        f"{local_path.parent} ({failure.error.strerror}); free space there or point CDP_HOME to a larger disk"
-                    ) from None
-                raise TransportError(f"cannot write {temp_name} (download of {self._where(remote_path)}): {failure.error}") from None
+                raise local_write_failure(failure.error, where=where, temp_name=temp_name, local_path=local_path) from None
             except ftplib.error_perm as exc:
                 if self._stat(ftp, remote_path) is None:
-                    raise FileVanishedError(f"{self._where(remote_path)} is gone since it was listed") from None
+                    raise FileVanishedError(f"{where} is gone since it was listed") from None
                 raise self._path_error("cannot read", remote_path, exc) from None
             written = os.fstat(descriptor).st_size
             os.close(descriptor)
             descriptor = -1
-            if received != remote.size or written != remote.size:
+            if not download_size_matches(listed_size=remote.size, received=received, written=written):
                 after = self._stat(ftp, remote_path)
-                if after is None:
-                    raise FileVanishedError(f"{self._where(remote_path)} vanished during the download")
-                if after.size is not None and after.size != remote.size:
-                    raise FileVanishedError(
-                        f"{self._where(remote_path)} changed during the download: {after.size} bytes now, {remote.size} listed"
-                    )
-                raise TransientTransportError(
-                    f"{self._where(remote_path)}: received {received} bytes of {remote.size}; the transfer was cut short"
+                raise failed_download_size(
+                    where, listed_size=remote.size, received=received, size_now=None if after is None else after.size, still_exists=after is not None
                 )
             os.replace(temp_name, local_path)
             temp_name = ""
@@ -256,10 +238,7 @@ class FtpTransport(Transport):
 
     def _upload_once(self, ftp: ftplib.FTP, local_path: Path, target: str) -> int:
         part = target + ".part"
-        try:
-            local_size = local_path.stat().st_size
-        except OSError as exc:
-            raise TransportError(f"cannot upload {local_path}: {exc.strerror or exc}") from None
+        local_size = upload_size(local_path)
         self._make_directories(ftp, posixpath.dirname(target))
         try:
             with local_path.open("rb") as local_file:
@@ -268,9 +247,7 @@ class FtpTransport(Transport):
                 except ftplib.error_perm as exc:
                     raise self._path_error("cannot write", part, exc) from None
             stored = self._stat(ftp, part)
-            if stored is None or (stored.size is not None and stored.size != local_size):
-                held = "nothing" if stored is None else f"{stored.size} bytes"
-                raise TransientTransportError(f"{self._where(part)}: the server holds {held} after an upload of {local_size}")
+            check_upload_size(self._where(part), local_size=local_size, stored_size=None if stored is None else stored.size, stored=stored is not None)
             self._replace(ftp, part, target)
         except BaseException as exc:
             # No half-written export may stay behind. With the connection gone it cannot be removed

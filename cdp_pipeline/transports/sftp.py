@@ -12,7 +12,6 @@ import errno
 import os
 import posixpath
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,17 +21,21 @@ from pathlib import Path
 import paramiko
 
 from cdp_pipeline.config.connection import SftpLocation
-from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full
-from cdp_pipeline.errors import FileVanishedError, TransientTransportError, TransportError
+from cdp_pipeline.errors import FileVanishedError, TransportError
 from cdp_pipeline.transports.base import RemoteFile, Transport
 from cdp_pipeline.transports.sftp_connection import SftpConnection
 from cdp_pipeline.transports.sftp_credentials import SftpSecrets
-from cdp_pipeline.transports.sftp_streams import (
+from cdp_pipeline.transports.sftp_streams import RemoteFileShrank, read_remote_file, write_remote_file
+from cdp_pipeline.transports.transfer_checks import (
     LocalWriteError,
     RemoteFileGrew,
-    RemoteFileShrank,
-    read_remote_file,
-    write_remote_file,
+    check_before_download,
+    check_upload_size,
+    download_size_matches,
+    failed_download_size,
+    local_write_failure,
+    open_private_download,
+    upload_size,
 )
 
 __all__ = ["SftpTransport"]
@@ -213,52 +216,44 @@ class SftpTransport(Transport):
     # -------------------------------------------------------------- transfers
 
     def _download_once(self, sftp: paramiko.SFTPClient, remote: RemoteFile, remote_path: str, local_path: Path) -> int:
+        where = self._where(remote_path)
         current = self._lstat(sftp, remote_path)
-        if current is None:
-            raise FileVanishedError(f"{self._where(remote_path)} is gone since it was listed")
-        if current.st_mode is None or not stat.S_ISREG(current.st_mode):
-            raise FileVanishedError(f"{self._where(remote_path)} is no longer a regular file")
-        if current.st_size != remote.size:
-            raise FileVanishedError(
-                f"{self._where(remote_path)} changed since it was listed: {current.st_size} bytes now, {remote.size} listed"
-            )
-        local_path.parent.mkdir(parents=True, exist_ok=True)
-        # mkstemp: O_EXCL and mode 0600, so no other local user can read the (maybe plaintext) data.
-        descriptor, temp_name = tempfile.mkstemp(dir=local_path.parent, prefix=f".{local_path.name}.", suffix=".download")
+        check_before_download(
+            where,
+            exists=current is not None,
+            is_regular_file=current is not None and current.st_mode is not None and stat.S_ISREG(current.st_mode),
+            size_now=None if current is None else current.st_size,
+            listed_size=remote.size,
+        )
+        descriptor, temp_name = open_private_download(local_path)
         try:
-            changed = ""
+            grew = False
             try:
                 try:
                     received = read_remote_file(sftp, remote_path, remote.size, descriptor)
                 except RemoteFileShrank as shrank:
-                    received, changed = shrank.received, "ended early"
+                    received = shrank.received
                 except RemoteFileGrew:
-                    received, changed = remote.size, "grew"
+                    received, grew = remote.size, True
                 except LocalWriteError as failure:
-                    if is_disk_full(failure.error):
-                        raise DiskSpaceError(
-                            f"the local disk is full: cannot write the download of {self._where(remote_path)} to "
-                            f"{local_path.parent} ({failure.error.strerror}); free space there or point CDP_HOME to a larger disk"
-                        ) from None
-                    raise TransportError(f"cannot write {temp_name} (download of {self._where(remote_path)}): {failure.error}") from None
+                    raise local_write_failure(failure.error, where=where, temp_name=temp_name, local_path=local_path) from None
                 except FileNotFoundError:
-                    raise FileVanishedError(f"{self._where(remote_path)} is gone since it was listed") from None
+                    raise FileVanishedError(f"{where} is gone since it was listed") from None
                 except OSError as exc:
                     self.connection.raise_if_lost(exc)
                     raise self._path_error("cannot read", remote_path, exc) from None
                 written = os.fstat(descriptor).st_size
             finally:
                 os.close(descriptor)
-            if changed or received != remote.size or written != remote.size:
+            if grew or not download_size_matches(listed_size=remote.size, received=received, written=written):
                 after = self._lstat(sftp, remote_path)
-                if after is None:
-                    raise FileVanishedError(f"{self._where(remote_path)} vanished during the download")
-                if after.st_size != remote.size or changed == "grew":
-                    raise FileVanishedError(
-                        f"{self._where(remote_path)} changed during the download: {after.st_size} bytes now, {remote.size} listed"
-                    )
-                raise TransientTransportError(
-                    f"{self._where(remote_path)}: received {received} bytes of {remote.size}; the transfer was cut short"
+                raise failed_download_size(
+                    where,
+                    listed_size=remote.size,
+                    received=received,
+                    size_now=None if after is None else after.st_size,
+                    still_exists=after is not None,
+                    grew=grew,
                 )
             os.replace(temp_name, local_path)
             temp_name = ""
@@ -269,10 +264,7 @@ class SftpTransport(Transport):
 
     def _upload_once(self, sftp: paramiko.SFTPClient, local_path: Path, target: str) -> int:
         part = target + ".part"
-        try:
-            local_size = local_path.stat().st_size
-        except OSError as exc:
-            raise TransportError(f"cannot upload {local_path}: {exc.strerror or exc}") from None
+        local_size = upload_size(local_path)
         self._make_directories(sftp, posixpath.dirname(target))
         try:
             with local_path.open("rb") as local_file:
@@ -282,10 +274,7 @@ class SftpTransport(Transport):
                 except OSError as exc:
                     self.connection.raise_if_lost(exc)
                     raise self._path_error("cannot write", part, exc) from None
-            if stored != local_size:
-                raise TransientTransportError(
-                    f"{self._where(part)}: the server holds {stored} bytes after an upload of {local_size}"
-                )
+            check_upload_size(self._where(part), local_size=local_size, stored_size=stored)
             try:
                 sftp.posix_rename(part, target)
             except OSError as exc:

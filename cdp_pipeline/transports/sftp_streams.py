@@ -28,6 +28,8 @@ import paramiko
 from paramiko.message import Message
 from paramiko.sftp import CMD_DATA, CMD_READ, CMD_STATUS, CMD_WRITE, SFTP_EOF, SFTP_OK, int64
 
+from cdp_pipeline.transports.transfer_checks import LocalWriteError, RemoteFileGrew
+
 __all__ = [
     "OPENSSH_WRITE_BYTES",
     "PORTABLE_WRITE_BYTES",
@@ -59,18 +61,6 @@ class RemoteFileShrank(Exception):
     def __init__(self, received: int):
         super().__init__(f"end of file after {received} bytes")
         self.received = received
-
-
-class RemoteFileGrew(Exception):
-    """The remote file has bytes beyond the size seen at listing."""
-
-
-class LocalWriteError(Exception):
-    """Writing the local copy failed (a full disk, most likely): not the server's fault."""
-
-    def __init__(self, error: OSError):
-        super().__init__(str(error))
-        self.error = error
 
 
 @dataclass

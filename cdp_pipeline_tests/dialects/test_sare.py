@@ -348,9 +348,9 @@ def test_account_id_must_be_one_of_the_connection(tmp_path):
     assert actions.account_id == "7"
 
 
-def test_sarescript_is_recorded_and_only_group_clear_is_performed():
-    # The name predates the other operations; the seed's before/after examples (clear properties,
-    # move addresses to another group, clear groups, fill properties, assign to a group) are performed now.
+def test_sarescript_operations_the_seed_lists_are_performed_and_the_rest_recorded():
+    # The seed's before/after examples: clear properties, move addresses to another group, clear
+    # groups, fill properties, assign to a group.
     record = parse_sarescript(
         "<!--sare sare_group_clear(45); sare_group_move(3, 4); sare_field_clear('cecha7'); sare_field_set('cecha7', \"a, b\");"
         " sare_group_add(9); sare_newsletter_send(12); sare_group_clear(x); sare-->",
@@ -366,9 +366,9 @@ def test_sarescript_is_recorded_and_only_group_clear_is_performed():
     assert record.not_performed == ["sare_newsletter_send(12)", "sare_group_clear(x)"]
 
 
-def test_unsupported_sarescript_is_a_clear_warning(tmp_path):
-    # An operation we cannot perform is an error naming it (it used to be a warning, which let a
-    # pair whose script did not run look imported as the sender meant).
+def test_unsupported_sarescript_operation_is_an_error_naming_it(tmp_path):
+    # An error, not a warning: a pair whose script did not run must not look imported as the
+    # sender meant.
     sidecar = _sidecar(tmp_path, {"import": True, "sarescript": {"after": "<!--sare sare_newsletter_send(12); sare-->"}})
     with pytest.raises(InputError) as caught:
         sare_goal(sidecar, ["email"], SETTINGS, CATALOG, sidecar_name="x.import")
