@@ -66,7 +66,10 @@ def resolve_duplicates(conn, staged: StagedImport, actions: SareActions, display
 
 
 def _delivery_profiles(actions: SareActions) -> str:
-    return f"SELECT profile_id FROM profiles WHERE {quote(actions.identifier_property)} IN (SELECT _key FROM sare_delivery_keys) AND {_in_domain_group(actions)}"
+    return (
+        f"SELECT profile_id FROM profiles WHERE {quote(actions.identifier_property)} IN (SELECT _key FROM sare_delivery_keys) "
+        f"AND {_in_domain_group(actions)}"
+    )
 
 
 def _leave_group(conn, actions: SareActions, group: int, where: str, now: datetime) -> None:
@@ -127,13 +130,15 @@ def _join_group(conn, actions: SareActions, group: int, where: str, now: datetim
 
 def _perform(conn, catalog: Catalog, actions: SareActions, op: ScriptOperation, now: datetime) -> None:
     """One SAREscript operation as set-based SQL. Group clears and moves act on the group's
-    members in the pair's domain group (SARE's group numbers belong to one account); group adds and field operations on the profiles this file names (that exist at the
+    members in the pair's domain group (SARE's group numbers belong to one account); group adds
+    and field operations on the profiles this file names (that exist at the
     time: in ``before``, profiles the file creates do not exist yet)."""
     file_profiles = f"profile_id IN ({_delivery_profiles(actions)})"
     if op.kind == "sare_group_clear" and op.group is not None:
         _leave_group(conn, actions, op.group, _in_domain_group(actions), now)
     elif op.kind == "sare_group_move" and op.group is not None and op.target_group is not None:
-        members = f"profile_id IN (SELECT profile_id FROM profiles WHERE list_contains({quote(actions.groups_property)}, {literal(str(op.group))}) AND {_in_domain_group(actions)})"
+        in_group = f"list_contains({quote(actions.groups_property)}, {literal(str(op.group))})"
+        members = f"profile_id IN (SELECT profile_id FROM profiles WHERE {in_group} AND {_in_domain_group(actions)})"
         conn.execute(f"CREATE OR REPLACE TEMP TABLE sare_moving AS SELECT profile_id FROM profiles WHERE {members}")
         try:
             _leave_group(conn, actions, op.group, "profile_id IN (SELECT profile_id FROM sare_moving)", now)
