@@ -349,7 +349,7 @@ class BulkMapping(StrictModel):
     rule: MergeRule = "set"
     prefix: str = ""
     exclude: list[str] = Field(default_factory=list)
-    #: profile goals: a column whose property (prefix + column) is not declared creates it, typed
+    #: a column whose property (prefix + column; a group property in a group goal) is not declared creates it, typed
     #: from the file (text unless every value is a number or an ISO date), recorded in the store's
     #: catalog_properties table. false: such columns are skipped with a warning.
     create_properties: bool = True

@@ -50,6 +50,7 @@ from cdp_pipeline.config.catalog import (
     PERMISSION_LEVEL,
     PERMISSION_LEVELS,
     RESERVED_EVENT_COLUMNS,
+    RESERVED_GROUP_COLUMNS,
     RESERVED_PROFILE_COLUMNS,
     Catalog,
     PropertyDefinition,
@@ -309,7 +310,7 @@ _DECIMAL = r"^[+-]?(0|[1-9][0-9]*)\.[0-9]+$"
 _ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 
-def detect_properties(goal: ProfileImportGoal, frame: pl.DataFrame, properties: dict[str, PropertyDefinition], reserved: set[str]) -> dict[str, str]:
+def detect_properties(goal: ImportGoal, frame: pl.DataFrame, properties: dict[str, PropertyDefinition], reserved: set[str]) -> dict[str, str]:
     """The properties a bulk mapping creates: the root file's columns whose property (prefix +
     column) is not declared and not mapped explicitly, each typed from its values. A column is
     ``integer``, ``decimal`` or ``date`` only when every non-empty value is one (integers with a
@@ -503,9 +504,10 @@ def build_import_tables(
         for nested in event.nested:
             used[nested.file] |= {_n(c) for c in nested.properties.values()} | {_n(c) for c in nested.key}
     detected: dict[str, str] = {}
-    if isinstance(goal, ProfileImportGoal) and goal.bulk_mapping is not None and goal.bulk_mapping.create_properties:
+    if goal.bulk_mapping is not None and goal.bulk_mapping.create_properties:
         detected = detect_properties(goal, files.frames[root], properties, used[root])
-        refused = [name for name in detected if not creatable_property(name, RESERVED_PROFILE_COLUMNS)]
+        reserved_columns = RESERVED_PROFILE_COLUMNS if is_profiles else RESERVED_GROUP_COLUMNS
+        refused = [name for name in detected if not creatable_property(name, reserved_columns)]
         if refused:
             # A column named like a store column (domain_group, created_at ...) must never write it.
             warnings.append(f"bulk mapping skipped columns whose property name is reserved or not a valid name: {', '.join(refused)}")
@@ -515,7 +517,8 @@ def build_import_tables(
             # are typed from this file and the merge adds them to the store and its catalog.
             properties = {**properties, **{name: PropertyDefinition(type=kind) for name, kind in detected.items()}}
             warnings.append(
-                "bulk mapping created properties not declared in store.yaml (recorded in catalog_properties): "
+                f"bulk mapping created {'' if isinstance(goal, ProfileImportGoal) else f'{goal.group_type} group '}properties not declared in store.yaml "
+                "(recorded in catalog_properties): "
                 + ", ".join(f"{name} ({kind})" for name, kind in detected.items())
             )
     mappings = [m for m in _mappings(goal, root, files.frames[root].columns, properties, used[root], warnings) if m.property in properties]
