@@ -561,6 +561,9 @@ class ExportGoal(_GoalBase):
     #: also write <name>.diff.csv: profiles added, changed and removed since the previous export.
     diff: bool = False
     timeline: TimelineExport | None = None
+    #: Netmera connections: the reports written next to the profile file from the push requests
+    #: of the exported profiles (``cdp_pipeline.dialects.netmera_reports``).
+    netmera_reports: list[Literal["campaign", "campaign_external_ids", "transactional"]] = Field(default_factory=list)
 
 
 Goal = Annotated[GroupImportGoal | ProfileImportGoal | ExportGoal, Field(discriminator="type")]
