@@ -59,6 +59,12 @@ class PropertyDefinition(StrictModel):
     unique: bool = False
 
 
+#: the ``permission_level`` property a store has when store.yaml does not declare it.
+BUILT_IN_PERMISSION_LEVEL = PropertyDefinition(
+    type="text", description=f"BlueConic's permission level of the profile: {', '.join(PERMISSION_LEVELS)} (empty: not set)"
+)
+
+
 class NestedItemType(StrictModel):
     """Nested details of an event (order lines / products)."""
 
@@ -145,9 +151,7 @@ class Catalog(StrictModel):
     def _permission_level(self) -> Catalog:
         declared = self.profile_properties.get(PERMISSION_LEVEL)
         if declared is None:
-            self.profile_properties[PERMISSION_LEVEL] = PropertyDefinition(
-                type="text", description=f"BlueConic's permission level of the profile: {', '.join(PERMISSION_LEVELS)} (empty: not set)"
-            )
+            self.profile_properties[PERMISSION_LEVEL] = BUILT_IN_PERMISSION_LEVEL
         elif declared.type != "text" or declared.unique:
             raise ValueError(
                 f"profile property {PERMISSION_LEVEL!r} holds the permission level ({', '.join(PERMISSION_LEVELS)}): "

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, consent_property_problem
+from cdp_pipeline.config.catalog import BUILT_IN_PERMISSION_LEVEL, DEFAULT_DOMAIN_GROUP, PERMISSION_LEVEL, Catalog, consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.csv_options import StrictModel
 from cdp_pipeline.errors import ConfigError
@@ -125,6 +125,10 @@ class ProjectConfig:
         per delivery, so it gets every property, group and event type (never segments, lifecycles
         or objectives' descriptions, which do not shape an import)."""
         catalog = self.catalog.model_dump(mode="json")
+        if self.catalog.profile_properties.get(PERMISSION_LEVEL) == BUILT_IN_PERMISSION_LEVEL:
+            # The built-in permission level came with a release, not with the user's store.yaml:
+            # it leaves the hash alone, so no file still in a folder is imported again for it.
+            catalog["profile_properties"].pop(PERMISSION_LEVEL)
         if not isinstance(goal, (ProfileImportGoal, GroupImportGoal)):
             return {key: catalog[key] for key in ("profile_properties", "group_types", "event_types")}
         if isinstance(goal, GroupImportGoal):
