@@ -531,6 +531,15 @@ def inspect_project(config_dir: Path | None = None, home: Path | None = None) ->
                     project.dialects[connection.name] = TypeAdapter(Dialect).validate_python(dialect_raw)
                 except ValidationError as exc:
                     problems += _format_validation(exc, where).replace(f"{where}: ", f"{where}: dialect.").splitlines()
+            dialect = project.dialects.get(connection.name)
+            has_appkey = getattr(dialect, "type", None) == "netmera" and bool(getattr(dialect, "appkey", None))
+            for index, goal in enumerate(connection.goals):
+                # The reports are named by Netmera's appkey: without it a nightly run would fail at 03:00.
+                if isinstance(goal, ExportGoal) and goal.netmera_reports and not has_appkey:
+                    problems.append(
+                        f"{where}: goals.{index}.netmera_reports: needs dialect: {{type: netmera, appkey: <your appkey>}} in this "
+                        "connection (the appkey names the reports); add it, or remove netmera_reports"
+                    )
             # Registered even with problems in its references, so validate can still report its unset
             # variables in the same pass; load_project refuses the whole project on any problem.
             project.connections[connection.name] = connection

@@ -236,3 +236,13 @@ def test_the_built_in_permission_level_leaves_goal_hashes_alone(tmp_path):
     assert project.goal_config_hash("acme", "people") == before.goal_config_hash("acme", "people")
     declared = STORE + "    permission_level: {type: text, description: 'from the CRM'}\n"
     assert load_project(_config(tmp_path / "b", bulk, declared), tmp_path).goal_config_hash("acme", "people") != before.goal_config_hash("acme", "people")
+
+
+def test_netmera_reports_without_the_netmera_dialect_are_refused_at_load(tmp_path):
+    reports = GOOD + (
+        "  - name: reports\n    type: export_profiles\n    segment: s\n    netmera_reports: [campaign]\n"
+        "    columns: [{header: id, profile_id: true}]\n"
+    )
+    store = STORE + "  segments:\n    s: {condition: 'TRUE'}\n"
+    with pytest.raises(ConfigError, match=r"goals\.1\.netmera_reports: needs dialect: \{type: netmera, appkey: <your appkey>\}"):
+        load_project(_config(tmp_path, reports, store), tmp_path)
