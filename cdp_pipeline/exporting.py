@@ -39,6 +39,8 @@ from typing import Any
 from cdp_pipeline.config.catalog import consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
+from cdp_pipeline.dialects.netmera import NetmeraSettings
+from cdp_pipeline.dialects.netmera_reports import report_period, write_netmera_reports
 from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, ExportCollisionError, TransportError
 from cdp_pipeline.private_files import private_directory
 from cdp_pipeline.store.database import open_writer
@@ -67,7 +69,7 @@ class ExportedFile:
     rows: int
     bytes: int
     sha256: str
-    #: profiles (the profile file or one of its parts), diff, events (one event type) or items (one nested type).
+    #: profiles (the profile file or one of its parts), diff, events (one event type), items (one nested type) or report.
     kind: str = "profiles"
 
 
@@ -87,10 +89,12 @@ class ExportOutcome:
     diff_counts: dict[str, int] = field(default_factory=dict)
     #: remote paths of the manifests (``target.manifest``).
     manifests: list[str] = field(default_factory=list)
+    #: a Netmera goal's campaign and transactional reports (``netmera_reports``).
+    report_files: list[ExportedFile] = field(default_factory=list)
 
     @property
     def files(self) -> list[ExportedFile]:
-        return [*self.profile_files, *([self.diff_file] if self.diff_file else []), *self.timeline_files]
+        return [*self.profile_files, *([self.diff_file] if self.diff_file else []), *self.timeline_files, *self.report_files]
 
     @property
     def bytes(self) -> int:
@@ -289,6 +293,19 @@ def run_export(
                     _Planned(path, posixpath.join(timeline_directory, path.name), count, "items" if "/" in key else "events")
                     for key, (path, count) in timeline.items()
                 ]
+            if goal.netmera_reports:
+                dialect = project.dialects.get(connection.name)
+                first, last = report_period(since, until, now)
+                reports = write_netmera_reports(
+                    conn, dialect if isinstance(dialect, NetmeraSettings) else None, project.catalog, goal, work / "reports",
+                    since=first, until=last, now=now,
+                )
+                # As the profile file: a report without rows is sent only when write_empty_files asks for it.
+                plan += [
+                    _Planned(path, posixpath.join(goal.target.directory, path.name), count, "report")
+                    for path, count in reports
+                    if count or goal.target.write_empty_files
+                ]
             exported_ids, snapshot_rows = save_selection(conn, work / "state", diff=goal.diff)
 
         # The writer is closed from here on: encoding, encryption and upload never hold the store.
@@ -337,6 +354,7 @@ def run_export(
             diff_file=next((f for f in sent if f.kind == "diff"), None),
             diff_counts=diff_counts,
             manifests=manifests,
+            report_files=[f for f in sent if f.kind == "report"],
         )
     finally:
         # Export files hold personal data: nothing stays in the work directory after the run.

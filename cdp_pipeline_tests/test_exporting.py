@@ -359,15 +359,49 @@ def test_every_column_kind(run: Runner):
     assert not [p for p in run.project.work_dir.rglob("*") if p.is_file()]  # personal data does not stay behind
 
 
-def test_permission_level_from_a_declared_property(project: ProjectConfig, tmp_path: Path):
-    catalog = CATALOG.model_copy(
-        update={"profile_properties": {**CATALOG.profile_properties, "permission_level": CATALOG.profile_properties["city"]}}
-    )
-    project.catalog = catalog
-    store(project, "ALTER TABLE profiles ADD COLUMN permission_level VARCHAR")
+def test_permission_level_is_the_stored_level_else_derived_from_consent(project: ProjectConfig, tmp_path: Path):
     store(project, "UPDATE profiles SET permission_level = 'do_not_track' WHERE profile_id = 'p01'")
+    store(project, "UPDATE profiles SET permission_level = 'anonymous' WHERE profile_id = 'p03'")
     outcome = Runner(project, tmp_path / "remote")(make_goal(columns=[{"header": "id", "profile_id": True}, {"header": "level", "permission_level": True}]))
-    assert rows_of((tmp_path / "remote" / outcome.profile_file.remote_path).read_bytes())[1:3] == [["p01", "do_not_track"], ["p02", ""]]
+    written = dict(map(tuple, rows_of((tmp_path / "remote" / outcome.profile_file.remote_path).read_bytes())[1:]))
+    # Expected in plain SQL: the stored level, else personal when a consent names an objective.
+    expected = dict(
+        store(
+            project,
+            "SELECT profile_id, coalesce(permission_level, CASE WHEN list_has_any(coalesce(consents, []), ['marketing', 'analytics']) "
+            "THEN 'personal' ELSE 'anonymous' END) FROM profiles",
+        )
+    )
+    assert written == {p: expected[p] for p in written} and written["p01"] == "do_not_track" and written["p03"] == "anonymous"
+    assert set(written) >= {"p01", "p02", "p03"}
+
+
+def test_viewed_interactions_are_the_interaction_events_of_the_profile(project: ProjectConfig, tmp_path: Path):
+    """"All viewed interactions (all time)": with visit marked as an interaction type (its page
+    names the interaction), the column lists each profile's distinct pages, all time; a profile
+    without one has an empty cell. Expected with plain SQL over timeline_visit."""
+    dump = CATALOG.model_dump(mode="json")
+    dump["event_types"]["visit"]["interaction_property"] = "page"
+    project.catalog = Catalog.model_validate(dump)
+    store(
+        project,
+        "INSERT INTO timeline_visit (event_id, profile_id, event_time, page, delivery_id, imported_at) VALUES "
+        "('V3', 'p01', '2020-01-01', '/cart', 'd2', now()), ('V4', 'p01', '2026-01-14', '/home', 'd2', now()), "
+        "('V5', 'p02', '2026-01-14', NULL, 'd2', now())",
+    )
+    goal = make_goal(formula_guard=False, columns=[{"header": "id", "profile_id": True}, {"header": "seen", "viewed_interactions": True}])
+    outcome = Runner(project, tmp_path / "remote")(goal)
+    written = dict(map(tuple, rows_of((tmp_path / "remote" / outcome.profile_file.remote_path).read_bytes())[1:]))
+    expected = dict(store(project, "SELECT profile_id, string_agg(DISTINCT page, '|' ORDER BY page) FROM timeline_visit WHERE page IS NOT NULL GROUP BY 1"))
+    assert written == {p: expected.get(p) or "" for p in written}
+    assert written["p01"] == "/cart|/home" and written["p03"] == "@home" and written["p02"] == ""
+
+
+def test_an_interaction_property_must_be_a_property_of_its_event_type():
+    dump = CATALOG.model_dump(mode="json")
+    dump["event_types"]["visit"]["interaction_property"] = "dialogue"
+    with pytest.raises(ValueError, match="interaction_property: 'dialogue' is not a property of 'visit'"):
+        Catalog.model_validate(dump)
 
 
 def test_only_profiles_with_a_value_for_a_selected_property(run: Runner):

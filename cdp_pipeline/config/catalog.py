@@ -25,8 +25,19 @@ DEFAULT_DOMAIN_GROUP = "default"
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RESERVED_PROFILE_COLUMNS = {"profile_id", "created_at", "updated_at", "last_delivery_id", "last_run_id", "domain_group"}
+#: the fixed columns of every groups_<group type> table; no group property may take these names.
+RESERVED_GROUP_COLUMNS = {"group_id", "created_at", "updated_at", "last_delivery_id"}
 #: the fixed columns of every timeline_<event type> table; no event property may take these names.
 RESERVED_EVENT_COLUMNS = {"event_id", "profile_id", "event_time", "delivery_id", "imported_at"}
+
+
+#: BlueConic's "permission level set in the profile": a property every store has (a text column of
+#: profiles), importable with a mapping like any property and exported by ``permission_level: true``.
+#: store.yaml may declare it (type text) to give it a description; it is added when it does not.
+PERMISSION_LEVEL = "permission_level"
+#: the values it holds, lowest first; an import writes them in this spelling ("Do not track",
+#: "do-not-track" and "DO_NOT_TRACK" are read as do_not_track), any other value is not imported.
+PERMISSION_LEVELS = ("do_not_track", "anonymous", "personal")
 
 
 def creatable_property(name: str, reserved: set[str]) -> bool:
@@ -48,6 +59,12 @@ class PropertyDefinition(StrictModel):
     unique: bool = False
 
 
+#: the ``permission_level`` property a store has when store.yaml does not declare it.
+BUILT_IN_PERMISSION_LEVEL = PropertyDefinition(
+    type="text", description=f"BlueConic's permission level of the profile: {', '.join(PERMISSION_LEVELS)} (empty: not set)"
+)
+
+
 class NestedItemType(StrictModel):
     """Nested details of an event (order lines / products)."""
 
@@ -61,6 +78,10 @@ class EventType(StrictModel):
     description: str = ""
     properties: dict[str, PropertyDefinition] = Field(default_factory=dict)
     nested: dict[str, NestedItemType] = Field(default_factory=dict)
+    #: marks the type as interactions a profile viewed (a dialogue, a banner, a push it opened):
+    #: the property naming the interaction. An export's ``viewed_interactions`` column lists the
+    #: distinct names of every such event of the profile, all time.
+    interaction_property: str | None = None
 
 
 class GroupType(StrictModel):
@@ -127,11 +148,29 @@ class Catalog(StrictModel):
         return value
 
     @model_validator(mode="after")
+    def _permission_level(self) -> Catalog:
+        declared = self.profile_properties.get(PERMISSION_LEVEL)
+        if declared is None:
+            self.profile_properties[PERMISSION_LEVEL] = BUILT_IN_PERMISSION_LEVEL
+        elif declared.type != "text" or declared.unique:
+            raise ValueError(
+                f"profile property {PERMISSION_LEVEL!r} holds the permission level ({', '.join(PERMISSION_LEVELS)}): "
+                "declare it as type text (not unique), or leave it out of store.yaml"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _references(self) -> Catalog:
         for name, group in self.group_types.items():
             if group.profile_property and group.profile_property not in self.profile_properties:
                 raise ValueError(
                     f"group_types.{name}.profile_property: {group.profile_property!r} is not a declared profile property"
+                )
+        for name, event in self.event_types.items():
+            if event.interaction_property is not None and event.interaction_property not in event.properties:
+                raise ValueError(
+                    f"event_types.{name}.interaction_property: {event.interaction_property!r} is not a property of {name!r}; "
+                    f"declare it under event_types.{name}.properties"
                 )
         for name, segment in self.segments.items():
             for base in segment.based_on:

@@ -349,7 +349,7 @@ class BulkMapping(StrictModel):
     rule: MergeRule = "set"
     prefix: str = ""
     exclude: list[str] = Field(default_factory=list)
-    #: profile goals: a column whose property (prefix + column) is not declared creates it, typed
+    #: a column whose property (prefix + column; a group property in a group goal) is not declared creates it, typed
     #: from the file (text unless every value is a number or an ISO date), recorded in the store's
     #: catalog_properties table. false: such columns are skipped with a warning.
     create_properties: bool = True
@@ -561,6 +561,9 @@ class ExportGoal(_GoalBase):
     #: also write <name>.diff.csv: profiles added, changed and removed since the previous export.
     diff: bool = False
     timeline: TimelineExport | None = None
+    #: Netmera connections: the reports written next to the profile file from the push requests
+    #: of the exported profiles (``cdp_pipeline.dialects.netmera_reports``).
+    netmera_reports: list[Literal["campaign", "campaign_external_ids", "transactional"]] = Field(default_factory=list)
 
 
 Goal = Annotated[GroupImportGoal | ProfileImportGoal | ExportGoal, Field(discriminator="type")]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, consent_property_problem
+from cdp_pipeline.config.catalog import BUILT_IN_PERMISSION_LEVEL, DEFAULT_DOMAIN_GROUP, PERMISSION_LEVEL, Catalog, consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.csv_options import StrictModel
 from cdp_pipeline.errors import ConfigError
@@ -125,6 +125,10 @@ class ProjectConfig:
         per delivery, so it gets every property, group and event type (never segments, lifecycles
         or objectives' descriptions, which do not shape an import)."""
         catalog = self.catalog.model_dump(mode="json")
+        if self.catalog.profile_properties.get(PERMISSION_LEVEL) == BUILT_IN_PERMISSION_LEVEL:
+            # The built-in permission level came with a release, not with the user's store.yaml:
+            # it leaves the hash alone, so no file still in a folder is imported again for it.
+            catalog["profile_properties"].pop(PERMISSION_LEVEL)
         if not isinstance(goal, (ProfileImportGoal, GroupImportGoal)):
             return {key: catalog[key] for key in ("profile_properties", "group_types", "event_types")}
         if isinstance(goal, GroupImportGoal):
@@ -527,6 +531,15 @@ def inspect_project(config_dir: Path | None = None, home: Path | None = None) ->
                     project.dialects[connection.name] = TypeAdapter(Dialect).validate_python(dialect_raw)
                 except ValidationError as exc:
                     problems += _format_validation(exc, where).replace(f"{where}: ", f"{where}: dialect.").splitlines()
+            dialect = project.dialects.get(connection.name)
+            has_appkey = getattr(dialect, "type", None) == "netmera" and bool(getattr(dialect, "appkey", None))
+            for index, goal in enumerate(connection.goals):
+                # The reports are named by Netmera's appkey: without it a nightly run would fail at 03:00.
+                if isinstance(goal, ExportGoal) and goal.netmera_reports and not has_appkey:
+                    problems.append(
+                        f"{where}: goals.{index}.netmera_reports: needs dialect: {{type: netmera, appkey: <your appkey>}} in this "
+                        "connection (the appkey names the reports); add it, or remove netmera_reports"
+                    )
             # Registered even with problems in its references, so validate can still report its unset
             # variables in the same pass; load_project refuses the whole project on any problem.
             project.connections[connection.name] = connection

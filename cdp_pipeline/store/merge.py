@@ -808,32 +808,41 @@ def delivery_is_merged(conn: duckdb.DuckDBPyConnection, content_sha256: str, con
 
 def _with_detected_properties(catalog: Catalog, staged: StagedImport) -> Catalog:
     """The catalog plus the properties this delivery's bulk mapping created (declared ones win)."""
-    detected = {
-        name: PropertyDefinition(type=kind, description="created by a bulk mapping; see catalog_properties")
-        for name, kind in staged.detected_properties.items()
-        if name not in catalog.profile_properties
-    }
-    event_types = dict(catalog.event_types)
-    for event_type, created in staged.detected_event_properties.items():
-        definition = event_types[event_type]
+
+    def created(declared: dict[str, PropertyDefinition], found: dict[str, str]) -> dict[str, PropertyDefinition]:
         extra = {
             name: PropertyDefinition(type=kind, description="created by a bulk mapping; see catalog_properties")
-            for name, kind in created.items()
-            if name not in definition.properties
+            for name, kind in found.items()
+            if name not in declared
         }
-        event_types[event_type] = definition.model_copy(update={"properties": {**definition.properties, **extra}})
-    return catalog.model_copy(update={"profile_properties": {**catalog.profile_properties, **detected}, "event_types": event_types})
+        return {**declared, **extra}
+
+    update: dict = {}
+    if staged.target == "groups" and staged.group_type is not None:
+        group = catalog.group_types[staged.group_type]
+        group = group.model_copy(update={"properties": created(group.properties, staged.detected_properties)})
+        update["group_types"] = {**catalog.group_types, staged.group_type: group}
+    else:
+        update["profile_properties"] = created(catalog.profile_properties, staged.detected_properties)
+    event_types = dict(catalog.event_types)
+    for event_type, found in staged.detected_event_properties.items():
+        definition = event_types[event_type]
+        event_types[event_type] = definition.model_copy(update={"properties": created(definition.properties, found)})
+    return catalog.model_copy(update={**update, "event_types": event_types})
 
 
 def _create_detected_properties(conn: duckdb.DuckDBPyConnection, staged: StagedImport, delivery: DeliveryRecord, now: datetime) -> None:
     """Columns for the properties a bulk mapping detected, in the delivery's transaction, each
     recorded in catalog_properties. A property an earlier delivery created with another type is
     refused by name: converting the column silently could turn stored values into NULLs."""
-    targets = [("profiles", "profile", staged.detected_properties)]
-    targets += [(event_table(t), f"event:{t}", created) for t, created in staged.detected_event_properties.items()]
-    for table, entity, created in targets:
-        if created:
-            _create_columns(conn, table, entity, created, delivery, now)
+    if staged.target == "groups" and staged.group_type is not None:
+        targets = [(group_table(staged.group_type), f"group:{staged.group_type}", staged.detected_properties)]
+    else:
+        targets = [("profiles", "profile", staged.detected_properties)]
+    targets += [(event_table(t), f"event:{t}", found) for t, found in staged.detected_event_properties.items()]
+    for table, entity, found in targets:
+        if found:
+            _create_columns(conn, table, entity, found, delivery, now)
 
 
 def _create_columns(

@@ -219,11 +219,13 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         ],
     ),
     "catalog_properties": (
-        "Profile properties created by a bulk mapping (\"add all detected fields\") because store.yaml does not declare "
-        "them: their column in profiles (or timeline_<event type>), the type inferred from the first file, and who created them.",
+        "Properties created by a bulk mapping (\"add all detected fields\") because store.yaml does not declare "
+        "them: their column in profiles (or groups_<group type>, timeline_<event type>), the type inferred from the first file, "
+        "and who created them.",
         [
-            ("property", "VARCHAR", "Property name: the column of profiles."),
-            ("entity", "VARCHAR", "profile, or event:<event type> (the column is in timeline_<event type>)."),
+            ("property", "VARCHAR", "Property name: the column of profiles (or of the entity's table)."),
+            ("entity", "VARCHAR", "profile, group:<group type> (the column is in groups_<group type>) or event:<event type> "
+             "(the column is in timeline_<event type>)."),
             ("type", "VARCHAR", "Catalog type inferred from the file: text, integer, decimal or date."),
             ("connection", "VARCHAR", "Connection whose delivery created it."),
             ("goal", "VARCHAR", "Import goal whose bulk mapping created it."),

@@ -47,7 +47,10 @@ import polars as pl
 
 from cdp_pipeline.config.catalog import (
     DEFAULT_DOMAIN_GROUP,
+    PERMISSION_LEVEL,
+    PERMISSION_LEVELS,
     RESERVED_EVENT_COLUMNS,
+    RESERVED_GROUP_COLUMNS,
     RESERVED_PROFILE_COLUMNS,
     Catalog,
     PropertyDefinition,
@@ -59,6 +62,7 @@ from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.tables.column_names import normalise_column_name
 from cdp_pipeline.tables.column_typing import parse_typed
 from cdp_pipeline.tables.csv_reading import read_delimited_file
+from cdp_pipeline.tables.permission_levels import checked_levels
 from cdp_pipeline.tables.processors import apply_processors
 from cdp_pipeline.tables.staged import (
     FILE_HASH_HI,
@@ -306,7 +310,7 @@ _DECIMAL = r"^[+-]?(0|[1-9][0-9]*)\.[0-9]+$"
 _ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 
-def detect_properties(goal: ProfileImportGoal, frame: pl.DataFrame, properties: dict[str, PropertyDefinition], reserved: set[str]) -> dict[str, str]:
+def detect_properties(goal: ImportGoal, frame: pl.DataFrame, properties: dict[str, PropertyDefinition], reserved: set[str]) -> dict[str, str]:
     """The properties a bulk mapping creates: the root file's columns whose property (prefix +
     column) is not declared and not mapped explicitly, each typed from its values. A column is
     ``integer``, ``decimal`` or ``date`` only when every non-empty value is one (integers with a
@@ -500,9 +504,10 @@ def build_import_tables(
         for nested in event.nested:
             used[nested.file] |= {_n(c) for c in nested.properties.values()} | {_n(c) for c in nested.key}
     detected: dict[str, str] = {}
-    if isinstance(goal, ProfileImportGoal) and goal.bulk_mapping is not None and goal.bulk_mapping.create_properties:
+    if goal.bulk_mapping is not None and goal.bulk_mapping.create_properties:
         detected = detect_properties(goal, files.frames[root], properties, used[root])
-        refused = [name for name in detected if not creatable_property(name, RESERVED_PROFILE_COLUMNS)]
+        reserved_columns = RESERVED_PROFILE_COLUMNS if is_profiles else RESERVED_GROUP_COLUMNS
+        refused = [name for name in detected if not creatable_property(name, reserved_columns)]
         if refused:
             # A column named like a store column (domain_group, created_at ...) must never write it.
             warnings.append(f"bulk mapping skipped columns whose property name is reserved or not a valid name: {', '.join(refused)}")
@@ -512,7 +517,8 @@ def build_import_tables(
             # are typed from this file and the merge adds them to the store and its catalog.
             properties = {**properties, **{name: PropertyDefinition(type=kind) for name, kind in detected.items()}}
             warnings.append(
-                "bulk mapping created properties not declared in store.yaml (recorded in catalog_properties): "
+                f"bulk mapping created {'' if isinstance(goal, ProfileImportGoal) else f'{goal.group_type} group '}properties not declared in store.yaml "
+                "(recorded in catalog_properties): "
                 + ", ".join(f"{name} ({kind})" for name, kind in detected.items())
             )
     mappings = [m for m in _mappings(goal, root, files.frames[root].columns, properties, used[root], warnings) if m.property in properties]
@@ -601,6 +607,8 @@ def build_import_tables(
         KEY, KEY_INDEX, LINE, *(ident_column(i) for i in range(len(identifiers))), *(pl.col(m.column).alias(m.property) for m in root_mappings)
     )
     root_rows = _retype(root_rows, root_mappings, properties, display_names[root], goal, problems, tally)
+    if is_profiles:
+        root_rows = _permission_levels(root_rows, root_mappings, display_names[root], problems, tally)
     records = _aggregate(root_rows, {m.property: m.rule for m in root_mappings}, len(identifiers), with_rows=True)
     value_rows: dict[str, pl.DataFrame] = {root: root_rows}
     for name in [f.name for f in goal.files.linked]:
@@ -609,6 +617,8 @@ def build_import_tables(
             continue
         rows = with_key(name).select(KEY, KEY_INDEX, LINE, *(pl.col(m.column).alias(m.property) for m in file_mappings))
         rows = _retype(rows, file_mappings, properties, display_names[name], goal, problems, tally)
+        if is_profiles:
+            rows = _permission_levels(rows, file_mappings, display_names[name], problems, tally)
         value_rows[name] = rows
         per_key = _aggregate(rows, {m.property: m.rule for m in file_mappings}, 0, with_rows=False).drop(LINE)
         records = records.join(per_key, on=[KEY, KEY_INDEX], how="left", maintain_order="left")
@@ -889,6 +899,26 @@ def _retype(
             if failed.len():
                 typed = typed.filter(~pl.col(LINE).is_in(failed.implode()))
     return typed
+
+
+def _permission_levels(
+    rows: pl.DataFrame, mappings: list[_Mapped], display: str, problems: list[InputProblem], tally: _RejectTally
+) -> pl.DataFrame:
+    """A value mapped to ``permission_level`` that is not a level is not imported: listed with its
+    line, counted, and the cell left empty (a set_or_clear row with it is left out, or it would clear)."""
+    mapping = next((m for m in mappings if m.property == PERMISSION_LEVEL), None)
+    if mapping is None:
+        return rows
+    checked, bad = checked_levels(rows)
+    reason = f"value is not a permission level ({', '.join(PERMISSION_LEVELS)})"
+    problems.extend(
+        InputProblem(file=display, line=line, column=mapping.column, reason=reason, fix="The value was not imported; write one of the levels")
+        for line in bad.to_list()
+    )
+    tally.add(display, bad, mapping.column, reason, value=True)
+    if mapping.rule == "set_or_clear" and bad.len():
+        checked = checked.filter(~pl.col(LINE).is_in(bad.implode()))
+    return checked
 
 
 # Internal columns of the timeline and sum frames (never a property name: those cannot start with "_").

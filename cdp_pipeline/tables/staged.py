@@ -91,8 +91,9 @@ class StagedImport:
     replace_nested: bool = False
     #: profiles: the domain group the records are matched in and created in.
     domain_group: str = DEFAULT_DOMAIN_GROUP
-    #: bulk mapping ("add all detected fields"): profile properties not in store.yaml that this
-    #: delivery creates → the type inferred from the file (the merge adds their columns).
+    #: bulk mapping ("add all detected fields"): profile properties (group properties of
+    #: ``group_type`` for a group import) not in store.yaml that this delivery creates → the type
+    #: inferred from the file (the merge adds their columns).
     detected_properties: dict[str, str] = field(default_factory=dict)
     #: the same for event properties: event type → property → inferred type.
     detected_event_properties: dict[str, dict[str, str]] = field(default_factory=dict)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR, load_project
+from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR, ProjectConfig, load_project
 from cdp_pipeline.errors import ConfigError
 
 STORE = "catalog:\n  profile_properties:\n    email: {type: text, unique: true}\n    spend: {type: decimal}\n"
@@ -219,3 +219,30 @@ def test_a_property_named_like_an_internal_column_is_refused(tmp_path):
     store = STORE + "    _key: {type: text}\n"
     with pytest.raises(ConfigError, match=r"catalog.profile_properties._key: names starting with '_' are reserved"):
         load_project(_config(tmp_path, GOOD, store), tmp_path)
+
+
+def test_the_built_in_permission_level_leaves_goal_hashes_alone(tmp_path):
+    """Every store has permission_level now; a goal whose bulk mapping covers every property keeps
+    the hash it had without it, so no file still in a folder is imported again for the upgrade.
+    Declaring it with another description (the user's own choice) does count."""
+    bulk = GOOD.replace("    mappings: [{column: spend, property: spend, rule: sum}]\n", "    bulk_mapping: {rule: set}\n")
+    project = load_project(_config(tmp_path / "a", bulk), tmp_path)
+    assert "permission_level" in project.catalog.profile_properties
+    without = {k: v for k, v in project.catalog.profile_properties.items() if k != "permission_level"}
+    before = ProjectConfig(
+        config_dir=project.config_dir, home=project.home, store=project.store,
+        catalog=project.catalog.model_copy(update={"profile_properties": without}), connections=project.connections,
+    )
+    assert project.goal_config_hash("acme", "people") == before.goal_config_hash("acme", "people")
+    declared = STORE + "    permission_level: {type: text, description: 'from the CRM'}\n"
+    assert load_project(_config(tmp_path / "b", bulk, declared), tmp_path).goal_config_hash("acme", "people") != before.goal_config_hash("acme", "people")
+
+
+def test_netmera_reports_without_the_netmera_dialect_are_refused_at_load(tmp_path):
+    reports = GOOD + (
+        "  - name: reports\n    type: export_profiles\n    segment: s\n    netmera_reports: [campaign]\n"
+        "    columns: [{header: id, profile_id: true}]\n"
+    )
+    store = STORE + "  segments:\n    s: {condition: 'TRUE'}\n"
+    with pytest.raises(ConfigError, match=r"goals\.1\.netmera_reports: needs dialect: \{type: netmera, appkey: <your appkey>\}"):
+        load_project(_config(tmp_path, reports, store), tmp_path)

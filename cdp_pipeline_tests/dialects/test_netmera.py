@@ -10,10 +10,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import duckdb
 import pytest
 import yaml
 from pydantic import TypeAdapter
 
+from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.config.connection import Connection
 from cdp_pipeline.config.loading import ProjectConfig, StoreFile, StoreSettings, _check_references
 from cdp_pipeline.deliveries import scan_deliveries
@@ -132,13 +134,24 @@ def test_push_requests_leave_through_the_example_report_export(tmp_path):
     raw.pop("dialect")
     connection = Connection.model_validate(raw)
     project = ProjectConfig(config_dir=tmp_path, home=tmp_path, store=StoreSettings(path=str(store), published_path=None), catalog=CATALOG,
-                            connections={connection.name: connection})
-    run_export(project, connection, connection.goal("push_reports"), LocalTransport(tmp_path / "remote"), "run-1", now)
+                            connections={connection.name: connection}, dialects={connection.name: SETTINGS})
+    outcome = run_export(project, connection, connection.goal("push_reports"), LocalTransport(tmp_path / "remote"), "run-1", now)
     name = report_file_names("APPKEY", now.date())
     profiles = (tmp_path / "remote" / "reports" / f"{name}.csv").read_text().splitlines()
     assert profiles == ["ExternalID;email", "12345;one@example.com"]
     timeline = (tmp_path / "remote" / "reports" / f"{name}_timeline" / "push_request.csv").read_text()
     assert "push.csv:1;p1;" in timeline and "Welcome to our platform! Enjoy exploring our latest features.;https://example.com/welcome;push.csv;1" in timeline
+    # The reports the example goal asks for (netmera_reports): the one known id's push, by hand.
+    stamp = now.strftime("%Y%m%d")
+    assert [f.remote_path for f in outcome.report_files] == [
+        f"reports/APPKEY_CAMPAIGN_REPORTS_{stamp}.csv", f"reports/APPKEY_push_PUSH_REPORTS_{stamp}.csv", f"reports/APPKEY_TRANSACTIONAL_REPORTS_{stamp}.csv",
+    ]
+    assert [f.rows for f in outcome.report_files] == [1, 1, 1]
+    at = now.strftime("%Y-%m-%d %H:%M:%S")
+    assert (tmp_path / "remote" / "reports" / f"APPKEY_TRANSACTIONAL_REPORTS_{stamp}.csv").read_text().splitlines() == [
+        "ExternalID;Text;Deeplink;Requested At;Campaign;Line",
+        f"12345;Welcome to our platform! Enjoy exploring our latest features.;https://example.com/welcome;{at};push.csv;1",
+    ]
 
 
 def test_push_events_for_unknown_external_ids_are_counted(tmp_path):
@@ -306,3 +319,26 @@ def test_example_connection_and_catalog_validate():
 
 def test_docs_document_every_key_with_its_default():
     assert key_table_problems(NetmeraSettings) == []
+
+
+def test_campaign_message_ids_are_the_push_file_names():
+    from cdp_pipeline.dialects.netmera_reports import campaign_message_id
+
+    assert campaign_message_id("push_20260302.csv") == "push_20260302"
+    assert campaign_message_id("push/weekly offers.v2.csv") == "weekly_offers_v2"
+    assert campaign_message_id(".csv") == "_csv"
+
+
+def test_netmera_reports_need_the_netmera_dialect_with_an_appkey(tmp_path):
+    from cdp_pipeline.config.connection import ExportGoal
+    from cdp_pipeline.dialects.netmera_reports import write_netmera_reports
+    from cdp_pipeline.errors import ConfigError
+
+    goal = ExportGoal.model_validate(
+        {"name": "reports", "type": "export_profiles", "segment": "s", "columns": [{"header": "id", "profile_id": True}], "netmera_reports": ["campaign"]}
+    )
+    with duckdb.connect() as conn, pytest.raises(ConfigError, match="netmera_reports needs the connection's dialect"):
+        write_netmera_reports(conn, None, Catalog(), goal, tmp_path, since=NOW, until=NOW, now=NOW)
+    settings = NetmeraSettings(type="netmera", appkey="APPKEY")
+    with duckdb.connect() as conn, pytest.raises(ConfigError, match="event type 'push_request'"):
+        write_netmera_reports(conn, settings, Catalog(), goal, tmp_path, since=NOW, until=NOW, now=NOW)

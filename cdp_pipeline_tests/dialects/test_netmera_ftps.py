@@ -103,3 +103,28 @@ def test_netmera_push_profile_and_report_over_ftps(netmera_over_ftps: tuple[Path
     assert len(timeline.splitlines()) == 1 + len(expected_pushes)
     assert "https://example.com/welcome" in timeline and "https://example.com/offers" in timeline
     assert not list(remote.rglob("*.part"))
+
+    # The campaign and transactional reports (netmera_reports), expected from the seed's push rows
+    # of the known ids: the push file is one campaign; plain Python over the rows.
+    pushes = [line.split(";") for line in SEED_PUSH.splitlines() if line.split(";")[0] in known]
+    with duckdb.connect(str(home / "store.duckdb"), read_only=True) as conn:
+        [(requested_at,)] = conn.execute("SELECT DISTINCT strftime(event_time, '%Y-%m-%d %H:%M:%S') FROM timeline_push_request").fetchall()
+    campaign = (remote / "reports" / f"APPKEY_CAMPAIGN_REPORTS_{today}.csv").read_text(encoding="utf-8").splitlines()
+    assert campaign == [
+        "Campaign;First Request;Last Request;Push Requests;Recipients;Distinct Texts;Deeplinks",
+        f"push_20260302.csv;{requested_at};{requested_at};{len(pushes)};{len({p[0] for p in pushes})};{len({p[1] for p in pushes})};"
+        + "|".join(sorted(p[2] for p in pushes)),
+    ]
+    # "appkey_msgID_PUSH_REPORTS_date (with external ID)": one file per campaign, msgID = the push file's name.
+    with_ids = (remote / "reports" / f"APPKEY_push_20260302_PUSH_REPORTS_{today}.csv").read_text(encoding="utf-8").splitlines()
+    lines = {p[0]: SEED_PUSH.splitlines().index(";".join(p)) + 1 for p in pushes}
+    assert with_ids == ["ExternalID;Text;Deeplink;Requested At;Line", *(f"{i};{t};{d};{requested_at};{lines[i]}" for i, t, d in pushes)]
+    transactional = (remote / "reports" / f"APPKEY_TRANSACTIONAL_REPORTS_{today}.csv").read_text(encoding="utf-8").splitlines()
+    assert transactional == [
+        "ExternalID;Text;Deeplink;Requested At;Campaign;Line",
+        *(f"{i};{t};{d};{requested_at};push_20260302.csv;{lines[i]}" for i, t, d in pushes),
+    ]
+    assert sorted(path.name for path in (remote / "reports").iterdir() if path.is_file()) == sorted(
+        [f"APPKEY_PUSH_REPORTS_{today}.csv", f"APPKEY_CAMPAIGN_REPORTS_{today}.csv", f"APPKEY_push_20260302_PUSH_REPORTS_{today}.csv",
+         f"APPKEY_TRANSACTIONAL_REPORTS_{today}.csv"]
+    )

@@ -217,3 +217,34 @@ def test_spam_traps_are_the_stores_spamtraps_table(sare):
             ("in/import/second.csv", 3, "the address is on the spam-trap list (checkSpamtrap). The row was left out")
         ]
         assert conn.execute("SELECT rows_read, rows_rejected FROM deliveries WHERE root_file = 'in/import/second.csv'").fetchone() == (2, 1)
+
+
+# --------------------------------------------------------------------------- domain groups
+
+
+def test_a_sare_connection_imports_into_its_domain_group(sare):
+    """dialect.domain_group: the pairs land in the named domain group. An address already known in
+    the default group is a new profile there (identifiers match within a domain group only), and
+    sare_group_clear empties SARE group 1 of this domain group only, not the default group's."""
+    home, name, _ = sare
+    _base(sare)
+    path = home.parent / "config" / "connections" / "example.yaml"
+    connection = yaml.safe_load(path.read_text())
+    connection["dialect"]["domain_group"] = "shop_pl"
+    path.write_text(yaml.safe_dump(connection, sort_keys=False))
+    project_config.cache_clear()
+    sidecar = {"import": True, "group": 1, "status": 6, "sarescript": {"before": "<!--sare sare_group_clear(1); sare-->"}}
+    _deliver(sare, "second", sidecar, "email;cecha7\na@example.com;pl A\nc@example.com;pl C\n")
+    _deliver(sare, "third", {"import": True, "group": 2, "sarescript": {"before": "<!--sare sare_group_clear(1); sare-->"}},
+             "email\nd@example.com\n")
+    with duckdb.connect(str(home / "store.duckdb"), read_only=True) as conn:
+        rows = conn.execute(
+            "SELECT domain_group, email, cecha7, attribute1, sare_status, sare_groups FROM profiles ORDER BY domain_group, email"
+        ).fetchall()
+    assert rows == [
+        ("default", "a@example.com", "old A", "attr A", 5, ["1"]),
+        ("default", "b@example.com", "old B", "attr B", 5, ["1"]),
+        ("shop_pl", "a@example.com", "pl A", None, 6, []),
+        ("shop_pl", "c@example.com", "pl C", None, 6, []),
+        ("shop_pl", "d@example.com", None, None, 8, ["2"]),
+    ]

@@ -217,3 +217,72 @@ def test_a_column_named_like_a_store_column_never_becomes_a_property(tmp_path):
     assert staged.detected_properties == {"colour": "text"}
     assert set(staged.rules) == {"colour"}
     assert any("reserved or not a valid name: domain_group, created_at" in w for w in staged.warnings), staged.warnings
+
+
+def test_all_detected_fields_of_a_group_file_create_group_properties(tmp_path, monkeypatch):
+    """"Bulk mapping" in an Import groups goal: every unused column of the group file becomes the
+    group property prefix + column, created in groups_<type> and recorded in catalog_properties
+    as group:<type> when the group type lacks it; a declared one is filled, the group id and the
+    excluded column are not properties. Expected from the file's rows, by hand."""
+    config = tmp_path / "config"
+    (config / "connections").mkdir(parents=True)
+    store = {
+        "store": {"path": "store.duckdb", "published_path": None},
+        "catalog": {
+            "profile_properties": {"email": {"type": "text", "unique": True}, "household_id": {"type": "text"}},
+            "group_types": {"household": {"profile_property": "household_id", "properties": {"hh_city": {"type": "text"}}}},
+        },
+    }
+    (config / "store.yaml").write_text(yaml.safe_dump(store))
+    goal = {
+        "name": "households",
+        "type": "import_groups",
+        "group_type": "household",
+        "group_id": "household",
+        "files": {"directory": "inbox", "root": {"name": "households", "pattern": "households_*.csv"}, "readiness": {"mode": "stable", "stable_seconds": 0}},
+        "bulk_mapping": {"prefix": "hh_", "rule": "set", "exclude": ["note"]},
+    }
+    (config / "connections" / "groups.yaml").write_text(yaml.safe_dump({"name": "groups", "source": {"type": "local", "path": "remote"}, "goals": [goal]}))
+    home = tmp_path / "home"
+    (home / "remote" / "inbox").mkdir(parents=True)
+    (home / "remote" / "inbox" / "households_1.csv").write_text(
+        "household,city,members,income,since,note\n"
+        "H1,Oslo,3,5200.50,2020-05-01,x\n"
+        "H2,Bergen,1,4100,2021-01-31,y\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("CDP_CONFIG_DIR", str(config))
+    monkeypatch.setenv("CDP_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    project_config.cache_clear()
+    messages: list[str] = []
+    summary = run_connection("groups", echo=messages.append)
+    assert [item["success"] for item in summary["imports"]] == [True], (summary, messages)
+    # A second file: the created properties are found again (same types), and a new column adds one.
+    (home / "remote" / "inbox" / "households_2.csv").write_text("household,members,pets\nH1,4,cat\n", encoding="utf-8")
+    summary = run_connection("groups", echo=messages.append)
+    project_config.cache_clear()
+    assert all(item["success"] for item in summary["imports"]), (summary, messages)
+    from decimal import Decimal
+
+    with duckdb.connect(str(home / "store.duckdb"), read_only=True) as conn:
+        rows = conn.execute(
+            "SELECT group_id, hh_city, hh_members, hh_income, CAST(hh_since AS VARCHAR), hh_pets FROM groups_household ORDER BY group_id"
+        ).fetchall()
+        catalog = conn.execute("SELECT property, entity, type, goal FROM catalog_properties ORDER BY created_at, property").fetchall()
+        columns = {row[0] for row in conn.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'groups_household'").fetchall()}
+    assert rows == [("H1", "Oslo", 4, Decimal("5200.5"), "2020-05-01", "cat"), ("H2", "Bergen", 1, Decimal("4100"), "2021-01-31", None)]
+    assert catalog == [
+        ("hh_income", "group:household", "decimal", "households"),
+        ("hh_members", "group:household", "integer", "households"),
+        ("hh_since", "group:household", "date", "households"),
+        ("hh_pets", "group:household", "text", "households"),
+    ]
+    assert "hh_note" not in columns and "hh_household" not in columns
+    # The import's metadata in the Dagster UI names what the last file created.
+    import dagster as dg
+
+    event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey(["groups", "import_tables"]))
+    assert event is not None and event.asset_materialization is not None
+    assert event.asset_materialization.metadata["created_properties"].value == {"hh_members": "integer", "hh_pets": "text"}

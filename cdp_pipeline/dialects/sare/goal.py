@@ -11,7 +11,7 @@ from typing import Literal
 import duckdb
 import polars as pl
 
-from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition
 from cdp_pipeline.config.connection import (
     AfterImport,
     Files,
@@ -163,6 +163,8 @@ class SareActions:
     groups_property: str
     status_property: str
     consent_property: str
+    #: the domain group whose profiles the pair matches, creates and updates (``dialect.domain_group``).
+    domain_group: str = DEFAULT_DOMAIN_GROUP
     #: sarescript operations performed before / after the merge (see SCRIPT_OPERATIONS).
     operations: list[ScriptOperation] = field(default_factory=list)
     scripts: list[SareScriptRecord] = field(default_factory=list)
@@ -387,6 +389,7 @@ def sare_goal(
         groups_property=settings.groups_property,
         status_property=settings.status_property,
         consent_property=settings.consent_property,
+        domain_group=settings.domain_group,
         duplicates=sidecar.duplicates,
         uses_foreign_key=bool(sidecar.fields.foreign_key),
         after_import="delete" if sidecar.autodelete == 1 else "move_to_done",
@@ -524,6 +527,7 @@ def sare_goal(
         identifiers=[Identifier(column=normalised[identifier_column], property=identifier_property)],  # type: ignore[index]
         allow_new_profiles=allow_new,
         mappings=mappings,
+        domain_group=settings.domain_group,
     )
     return goal, actions
 

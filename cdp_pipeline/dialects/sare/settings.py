@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from cdp_pipeline.config.catalog import check_identifier
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, check_identifier
 from cdp_pipeline.config.connection import MergeRule
 from cdp_pipeline.config.csv_options import StrictModel
 from cdp_pipeline.tables.column_names import normalise_column_name
@@ -98,6 +98,10 @@ class SareSettings(StrictModel):
     #: optional local text file, one address per line, checked besides the store's ``spamtraps``
     #: table when a sidecar says ``checkSpamtrap: true``.
     spamtrap_list: str | None = None
+    #: the domain group the pairs import into: addresses are matched, created and updated only among
+    #: its profiles, and SAREscript group operations touch only its members (one SARE account per
+    #: domain group; the same address in two accounts is two profiles).
+    domain_group: str = DEFAULT_DOMAIN_GROUP
 
     @property
     def default_poll_seconds(self) -> int:
@@ -108,6 +112,11 @@ class SareSettings(StrictModel):
     @classmethod
     def _goal_name(cls, value: str) -> str:
         return check_identifier(value, "goal name")
+
+    @field_validator("domain_group")
+    @classmethod
+    def _domain_group(cls, value: str) -> str:
+        return check_identifier(value, "domain group")
 
     @property
     def goal_names(self) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from typing import Literal
 
 import polars as pl
 
-from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog
+from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.dialects.sare.goal import SareActions, ScriptOperation
 from cdp_pipeline.dialects.sare.settings import BLOCKED_STATUS
 from cdp_pipeline.errors import InputProblem
@@ -17,9 +17,10 @@ from cdp_pipeline.tables.staged import KEY, LINE, StagedImport
 
 # --------------------------------------------------------------------------- store actions
 
-#: SARE pairs import into the default domain group (the generated goal names no other), so the
-#: file's addresses are looked up there only, as the merge does.
-_IN_SARE_GROUP = f"domain_group = {literal(DEFAULT_DOMAIN_GROUP)}"
+def _in_domain_group(actions: SareActions) -> str:
+    """A pair's addresses are looked up in its domain group only (``dialect.domain_group``), as the
+    merge matches them: an address of another SARE account is another profile."""
+    return f"domain_group = {literal(actions.domain_group)}"
 
 
 def _register_keys(conn, staged: StagedImport) -> None:
@@ -38,7 +39,7 @@ def resolve_duplicates(conn, staged: StagedImport, actions: SareActions, display
         ambiguous = [
             str(row[0])
             for row in conn.execute(
-                f"SELECT {ident} FROM profiles WHERE {ident} IN (SELECT _key FROM sare_delivery_keys) AND {_IN_SARE_GROUP} "
+                f"SELECT {ident} FROM profiles WHERE {ident} IN (SELECT _key FROM sare_delivery_keys) AND {_in_domain_group(actions)} "
                 "GROUP BY 1 HAVING count(*) > 1"
             ).fetchall()
         ]
@@ -65,7 +66,10 @@ def resolve_duplicates(conn, staged: StagedImport, actions: SareActions, display
 
 
 def _delivery_profiles(actions: SareActions) -> str:
-    return f"SELECT profile_id FROM profiles WHERE {quote(actions.identifier_property)} IN (SELECT _key FROM sare_delivery_keys) AND {_IN_SARE_GROUP}"
+    return (
+        f"SELECT profile_id FROM profiles WHERE {quote(actions.identifier_property)} IN (SELECT _key FROM sare_delivery_keys) "
+        f"AND {_in_domain_group(actions)}"
+    )
 
 
 def _leave_group(conn, actions: SareActions, group: int, where: str, now: datetime) -> None:
@@ -126,13 +130,15 @@ def _join_group(conn, actions: SareActions, group: int, where: str, now: datetim
 
 def _perform(conn, catalog: Catalog, actions: SareActions, op: ScriptOperation, now: datetime) -> None:
     """One SAREscript operation as set-based SQL. Group clears and moves act on the group's
-    members; group adds and field operations on the profiles this file names (that exist at the
+    members in the pair's domain group (SARE's group numbers belong to one account); group adds
+    and field operations on the profiles this file names (that exist at the
     time: in ``before``, profiles the file creates do not exist yet)."""
     file_profiles = f"profile_id IN ({_delivery_profiles(actions)})"
     if op.kind == "sare_group_clear" and op.group is not None:
-        _leave_group(conn, actions, op.group, "TRUE", now)
+        _leave_group(conn, actions, op.group, _in_domain_group(actions), now)
     elif op.kind == "sare_group_move" and op.group is not None and op.target_group is not None:
-        members = f"profile_id IN (SELECT profile_id FROM profiles WHERE list_contains({quote(actions.groups_property)}, {literal(str(op.group))}))"
+        in_group = f"list_contains({quote(actions.groups_property)}, {literal(str(op.group))})"
+        members = f"profile_id IN (SELECT profile_id FROM profiles WHERE {in_group} AND {_in_domain_group(actions)})"
         conn.execute(f"CREATE OR REPLACE TEMP TABLE sare_moving AS SELECT profile_id FROM profiles WHERE {members}")
         try:
             _leave_group(conn, actions, op.group, "profile_id IN (SELECT profile_id FROM sare_moving)", now)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
+from cdp_pipeline.config.catalog import PERMISSION_LEVEL, Catalog, PropertyDefinition
 from cdp_pipeline.config.connection import ExportGoal
-from cdp_pipeline.store.schema import literal, quote
+from cdp_pipeline.store.schema import event_table, literal, quote
 
 # Cells a spreadsheet would run as a formula (the OWASP/ASVS list: = + - @ tab, plus CR, which some
 # spreadsheets also treat as a formula start); the guard prefixes them with '.
@@ -89,6 +89,20 @@ def export_columns(catalog: Catalog, goal: ExportGoal, consent_property: str | N
             LEFT JOIN (SELECT profile_id, {stages} FROM lifecycle_members
                        WHERE lifecycle IN ({', '.join(literal(n) for n in lifecycle_names)}) GROUP BY profile_id) lc ON lc.profile_id = p.profile_id"""
         )
+    interactions = [
+        f"SELECT profile_id, CAST({quote(event.interaction_property)} AS VARCHAR) AS interaction FROM {quote(event_table(name))} "
+        f"WHERE {quote(event.interaction_property)} IS NOT NULL"
+        for name, event in sorted(catalog.event_types.items())
+        if event.interaction_property is not None
+    ]
+    if interactions and any(c.viewed_interactions for c in goal.columns):
+        # One sorted, de-duplicated list per profile, joined once: list functions over a grouped
+        # list avoid the per-group sort of string_agg(DISTINCT … ORDER BY …).
+        joins.append(
+            f"""
+            LEFT JOIN (SELECT profile_id, array_to_string(list_sort(list_distinct(list(interaction))), '|') AS names
+                       FROM ({' UNION ALL '.join(interactions)}) GROUP BY profile_id) vi ON vi.profile_id = p.profile_id"""
+        )
     for column in goal.columns:
         kind = column.kind
         typed, identifies = False, False
@@ -109,23 +123,27 @@ def export_columns(catalog: Catalog, goal: ExportGoal, consent_property: str | N
             expression = _permission_level(catalog, consent_property)
         elif kind == "text":
             expression = literal(column.text or "")
+        elif interactions:
+            # viewed_interactions: the distinct names of the profile's interaction events, all time.
+            expression = "nullif(vi.names, '')"
         else:
-            # viewed_interactions: the store keeps no web interactions (only file imports feed it),
-            # so the column is written empty and files keep the layout a BlueConic consumer expects.
+            # viewed_interactions without an interaction event type in the catalog: the store has
+            # no interactions to list, so the column is empty and files keep BlueConic's layout.
             expression = "CAST(NULL AS VARCHAR)"
         columns.append(ExportColumn(column.header, expression, typed, identifies))
     return columns, joins
 
 
 def _permission_level(catalog: Catalog, consent_property: str | None) -> str:
-    """BlueConic's per-profile permission level has no source in a file-fed store. It is taken
-    from a declared profile property ``permission_level`` when there is one, else derived from
-    consent: ``personal`` when the profile consented to at least one objective of store.yaml,
-    ``anonymous`` otherwise; empty when neither a consent property nor objectives are declared."""
-    if "permission_level" in catalog.profile_properties:
-        return cell_text("p.permission_level", catalog.profile_properties["permission_level"].type)
+    """BlueConic's "permission level set in the profile": the profile's ``permission_level``
+    property (every store has it; imports fill it). Where a profile has none, the level follows
+    from consent when the store can tell: ``personal`` when the profile consented to at least one
+    objective of store.yaml, ``anonymous`` otherwise; empty when neither a consent list property
+    nor objectives are declared."""
+    level = cell_text(f"p.{quote(PERMISSION_LEVEL)}", "text")
     prop = catalog.profile_properties.get(consent_property or "")
     if consent_property is None or prop is None or prop.type != "list" or not catalog.objectives:
-        return "CAST(NULL AS VARCHAR)"
+        return level
     objectives = ", ".join(literal(o) for o in catalog.objectives)
-    return f"CASE WHEN coalesce(list_has_any(p.{quote(consent_property)}, [{objectives}]), FALSE) THEN 'personal' ELSE 'anonymous' END"
+    derived = f"CASE WHEN coalesce(list_has_any(p.{quote(consent_property)}, [{objectives}]), FALSE) THEN 'personal' ELSE 'anonymous' END"
+    return f"coalesce({level}, {derived})"

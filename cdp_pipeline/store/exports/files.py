@@ -222,3 +222,11 @@ def _check_query_unquoted(conn: duckdb.DuckDBPyConnection, goal: ExportGoal, que
         check_unquoted(conn, goal, "export_check", [(quote(h), h) for h in headers], what)
     finally:
         conn.execute("DROP VIEW IF EXISTS export_check")
+
+
+def write_query_csv(conn: duckdb.DuckDBPyConnection, goal: ExportGoal, query: str, path: Path, headers: list[str], what: str) -> int:
+    """One more file of an export (a dialect's report) from ``query``, with the goal's CSV options
+    and the same refusal of cells that would break an unquoted file; returns its rows."""
+    _check_query_unquoted(conn, goal, query, headers, what)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _copy(conn, query, path, goal)
