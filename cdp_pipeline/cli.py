@@ -286,6 +286,7 @@ def _validate(args: argparse.Namespace) -> int:
     os.environ.setdefault("CDP_HOME", str(Path(args.home).expanduser().resolve()))
     from cdp_pipeline.config.loading import inspect_project
     from cdp_pipeline.connection_check import unset_variables
+    from cdp_pipeline.sample_check import check_sample
 
     project, problems = inspect_project(home=Path(args.home).expanduser().resolve())
     warnings = [
@@ -294,6 +295,11 @@ def _validate(args: argparse.Namespace) -> int:
         for name, connection in project.connections.items()
         for variable, purpose in unset_variables(connection, os.environ)
     ]
+    for sample in args.sample or []:
+        # In the same pass as the configuration's own problems: a person fixes all of them at once.
+        path = project.connection_files.get(sample.connection)
+        where = f"{path.relative_to(project.config_dir)} (connection {sample.connection!r}): " if path is not None else ""
+        problems += [where + line for line in check_sample(project.connections, sample)]
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     for line in warnings:
@@ -309,6 +315,15 @@ def _validate(args: argparse.Namespace) -> int:
     if warnings:
         print(f"{len(warnings)} warning(s); --strict makes them errors", file=sys.stderr)
     return 0
+
+
+def _sample(text: str):
+    from cdp_pipeline.sample_check import Sample
+
+    try:
+        return Sample.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -444,6 +459,10 @@ def main(argv: list[str] | None = None) -> int:
     reprocess.set_defaults(handler=_reprocess)
     validate = commands.add_parser("validate", help="check the YAML configuration without the network, reporting every problem at once")
     validate.add_argument("--strict", action="store_true", help="treat unset *_env environment variables as errors")
+    validate.add_argument(
+        "--sample", action="append", type=_sample, metavar="CONNECTION.GOAL[.FILE]=PATH",
+        help="a file like the ones the goal reads: the columns the goal names must be in its header (repeatable; FILE: a linked file's name)",
+    )
     validate.set_defaults(handler=_validate)
     check = commands.add_parser("check", help="test a connection before any data moves: secrets, login, folders, permissions, PGP keys")
     check.add_argument("connection", help="connection name (name: in connections/*.yaml)")
