@@ -395,6 +395,39 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+PROGRESS_HELP = (
+    "print a progress line for a stage (download, decrypt, read, merge, export, upload) at most every SECONDS while it runs, "
+    "and its total with the rate when it took at least that long (default 5; 0: every stage)"
+)
+
+
+def _progress_lines(every_seconds: float):
+    """The engine's stage progress as lines on standard error (standard output keeps the
+    command's own summary): at most one line every ``every_seconds`` while stages run, and a
+    stage's total with its rate when the stage took that long. Counts only, never a value."""
+    import threading
+    import time
+
+    from cdp_pipeline import progress
+
+    every = max(every_seconds, 0.0)
+    last = [float("-inf")]
+    lock = threading.Lock()
+
+    def show(item: progress.Progress) -> None:
+        with lock:
+            now = time.monotonic()
+            if item.finished:
+                if item.seconds < every:
+                    return
+            elif now - last[0] < every:
+                return
+            last[0] = now
+            print(f"  {progress.describe(item)}", file=sys.stderr, flush=True)
+
+    return progress.reporting(show, tick_seconds=every or 0.5)
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -413,6 +446,7 @@ def _shared_options_on_every_subcommand(commands: argparse._SubParsersAction) ->
         subparser.add_argument("--home", default=argparse.SUPPRESS, help="CDP_HOME: store, work dir, demo folders")
         subparser.add_argument("--config-dir", default=argparse.SUPPRESS, help="configuration directory (store.yaml, connections/)")
         subparser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show Dagster's events of each run")
+        subparser.add_argument("--progress-seconds", type=float, default=argparse.SUPPRESS, metavar="SECONDS", help=PROGRESS_HELP)
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -442,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--verbose", action="store_true", help="show Dagster's events of each run (quiet by default)")
     parser.add_argument("--home", default=os.environ.get("CDP_HOME", ".cdp_home"), help="CDP_HOME: store, work dir, demo folders")
+    parser.add_argument("--progress-seconds", type=float, default=5.0, metavar="SECONDS", help=PROGRESS_HELP)
     parser.add_argument("--config-dir", help="configuration directory (store.yaml, connections/); default CDP_CONFIG_DIR, else the demo's")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="generate the demo delivery and run the demo connection end to end")
@@ -491,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     from cdp_pipeline.errors import CdpError, ConfigError, UnknownName
 
     try:
-        return args.handler(args)
+        with _progress_lines(args.progress_seconds):
+            return args.handler(args)
     except UnknownName as error:
         print(f"cdp-pipeline {args.command}: {error}", file=sys.stderr)
         return 2
