@@ -387,7 +387,7 @@ def _preview(args: argparse.Namespace) -> int:
         print(f"  events {event_type}: {count} ({count - stored} new, {stored} already stored)")
     for warning in result.warnings:
         print(f"  warning: {warning}")
-    if result.first_rows.width:
+    if result.first_rows.width and result.first_rows.height:
         print(f"  first {result.first_rows.height} row(s) as they would be stored:")
         print("    " + "\t".join(result.first_rows.columns))
         for row in result.first_rows.iter_rows():
