@@ -258,3 +258,30 @@ def test_preview_job_fails_for_an_unknown_goal_with_its_close_match(tmp_path, mo
     assert not result.success
     (failure,) = result.get_step_failure_events()
     assert "no import goal named 'peple'; did you mean people?" in failure.step_failure_data.user_failure_data.description
+
+
+def test_preview_job_fails_when_the_import_would_and_hides_the_values_it_names(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from cdp_pipeline.defs.project import project_config
+
+    config, home = _setup(tmp_path)
+    (config / "connections" / "acme.yaml").write_text(CONNECTION.replace("on_error: skip_rows", "on_error: fail"))
+    before_store = hashlib.sha256((home / "store.duckdb").read_bytes()).hexdigest()
+    before_drop = _listing(home / "drop")
+    try:
+        job = _preview_job(tmp_path, monkeypatch, config, home)
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = job.execute_in_process(instance=instance, raise_on_error=False)
+            log = _event_log_text(instance, result.run_id)
+    finally:
+        project_config.cache_clear()
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    user_failure = failure.step_failure_data.user_failure_data
+    assert user_failure.description.startswith("the import of people:people_20260115.csv would fail: ")
+    assert "people_20260115.csv line 4, column 'spend': " in user_failure.description
+    assert "(value hidden)" in user_failure.metadata["rejects"].value
+    assert "not a number" not in log
+    assert hashlib.sha256((home / "store.duckdb").read_bytes()).hexdigest() == before_store
+    assert _listing(home / "drop") == before_drop
