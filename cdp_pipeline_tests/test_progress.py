@@ -108,3 +108,29 @@ def test_without_a_sink_a_stage_reports_nothing_and_starts_no_thread():
     with progress.stage("read", "people:x.csv", "rows") as meter:
         meter.done = 5
         assert threading.active_count() == before
+
+
+def test_download_and_decryption_of_an_encrypted_delivery_report_their_bytes(tmp_path, pgp_keys, gpg_cli):
+    from cdp_pipeline import importing
+    from cdp_pipeline.crypto.keyring import PgpKeyring
+    from cdp_pipeline.deliveries import Delivery
+    from cdp_pipeline.transports.base import RemoteFile
+    from cdp_pipeline.transports.local import LocalTransport
+    from cdp_pipeline_tests.fixtures.gpg_keys import PASSPHRASE
+
+    plain = tmp_path / "customers.csv"
+    plain.write_text("customer_id,email\n" + "".join(f"{i},p{i}@example.com\n" for i in range(20_000)))
+    source = tmp_path / "remote"
+    source.mkdir()
+    gpg_cli.encrypt(plain, source / "customers.csv.gpg", pgp_keys.recipient)
+    size = (source / "customers.csv.gpg").stat().st_size
+    delivery = Delivery(connection="c", goal="customers", files={"customers": RemoteFile("customers.csv.gpg", size, 0.0)}, root_name="customers")
+    work = tmp_path / "work"
+    seen: list[progress.Progress] = []
+    with progress.reporting(seen.append, tick_seconds=0.1):
+        importing.fetch_delivery(LocalTransport(source), delivery, work)
+        importing.decrypt_delivery(work, lambda: PgpKeyring([pgp_keys.recipient.private_key], PASSPHRASE))
+    finished = {p.stage: p for p in seen if p.finished}
+    assert set(finished) == {"download", "decrypt"}
+    assert finished["download"].done == size and finished["download"].subject == delivery.partition_key
+    assert finished["decrypt"].done == plain.stat().st_size and finished["decrypt"].subject == delivery.partition_key
