@@ -286,6 +286,7 @@ def _validate(args: argparse.Namespace) -> int:
     os.environ.setdefault("CDP_HOME", str(Path(args.home).expanduser().resolve()))
     from cdp_pipeline.config.loading import inspect_project
     from cdp_pipeline.connection_check import unset_variables
+    from cdp_pipeline.sample_check import check_sample
 
     project, problems = inspect_project(home=Path(args.home).expanduser().resolve())
     warnings = [
@@ -294,6 +295,11 @@ def _validate(args: argparse.Namespace) -> int:
         for name, connection in project.connections.items()
         for variable, purpose in unset_variables(connection, os.environ)
     ]
+    for sample in args.sample or []:
+        # In the same pass as the configuration's own problems: a person fixes all of them at once.
+        path = project.connection_files.get(sample.connection)
+        where = f"{path.relative_to(project.config_dir)} (connection {sample.connection!r}): " if path is not None else ""
+        problems += [where + line for line in check_sample(project.connections, sample)]
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
     for line in warnings:
@@ -309,6 +315,15 @@ def _validate(args: argparse.Namespace) -> int:
     if warnings:
         print(f"{len(warnings)} warning(s); --strict makes them errors", file=sys.stderr)
     return 0
+
+
+def _sample(text: str):
+    from cdp_pipeline.sample_check import Sample
+
+    try:
+        return Sample.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -372,12 +387,45 @@ def _preview(args: argparse.Namespace) -> int:
         print(f"  events {event_type}: {count} ({count - stored} new, {stored} already stored)")
     for warning in result.warnings:
         print(f"  warning: {warning}")
-    if result.first_rows.width:
+    if result.first_rows.width and result.first_rows.height:
         print(f"  first {result.first_rows.height} row(s) as they would be stored:")
         print("    " + "\t".join(result.first_rows.columns))
         for row in result.first_rows.iter_rows():
             print("    " + "\t".join("" if value is None else str(value) for value in row))
     return 0
+
+
+PROGRESS_HELP = (
+    "print a progress line for a stage (download, decrypt, read, merge, export, upload) at most every SECONDS while it runs, "
+    "and its total with the rate when it took at least that long (default 5; 0: every stage)"
+)
+
+
+def _progress_lines(every_seconds: float):
+    """The engine's stage progress as lines on standard error (standard output keeps the
+    command's own summary): at most one line every ``every_seconds`` while stages run, and a
+    stage's total with its rate when the stage took that long. Counts only, never a value."""
+    import threading
+    import time
+
+    from cdp_pipeline import progress
+
+    every = max(every_seconds, 0.0)
+    last = [float("-inf")]
+    lock = threading.Lock()
+
+    def show(item: progress.Progress) -> None:
+        with lock:
+            now = time.monotonic()
+            if item.finished:
+                if item.seconds < every:
+                    return
+            elif now - last[0] < every:
+                return
+            last[0] = now
+            print(f"  {progress.describe(item)}", file=sys.stderr, flush=True)
+
+    return progress.reporting(show, tick_seconds=every or 0.5)
 
 
 def _version() -> str:
@@ -398,6 +446,7 @@ def _shared_options_on_every_subcommand(commands: argparse._SubParsersAction) ->
         subparser.add_argument("--home", default=argparse.SUPPRESS, help="CDP_HOME: store, work dir, demo folders")
         subparser.add_argument("--config-dir", default=argparse.SUPPRESS, help="configuration directory (store.yaml, connections/)")
         subparser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show Dagster's events of each run")
+        subparser.add_argument("--progress-seconds", type=float, default=argparse.SUPPRESS, metavar="SECONDS", help=PROGRESS_HELP)
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -427,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--verbose", action="store_true", help="show Dagster's events of each run (quiet by default)")
     parser.add_argument("--home", default=os.environ.get("CDP_HOME", ".cdp_home"), help="CDP_HOME: store, work dir, demo folders")
+    parser.add_argument("--progress-seconds", type=float, default=5.0, metavar="SECONDS", help=PROGRESS_HELP)
     parser.add_argument("--config-dir", help="configuration directory (store.yaml, connections/); default CDP_CONFIG_DIR, else the demo's")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="generate the demo delivery and run the demo connection end to end")
@@ -444,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
     reprocess.set_defaults(handler=_reprocess)
     validate = commands.add_parser("validate", help="check the YAML configuration without the network, reporting every problem at once")
     validate.add_argument("--strict", action="store_true", help="treat unset *_env environment variables as errors")
+    validate.add_argument(
+        "--sample", action="append", type=_sample, metavar="CONNECTION.GOAL[.FILE]=PATH",
+        help="a file like the ones the goal reads: the columns the goal names must be in its header (repeatable; FILE: a linked file's name)",
+    )
     validate.set_defaults(handler=_validate)
     check = commands.add_parser("check", help="test a connection before any data moves: secrets, login, folders, permissions, PGP keys")
     check.add_argument("connection", help="connection name (name: in connections/*.yaml)")
@@ -472,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     from cdp_pipeline.errors import CdpError, ConfigError, UnknownName
 
     try:
-        return args.handler(args)
+        with _progress_lines(args.progress_seconds):
+            return args.handler(args)
     except UnknownName as error:
         print(f"cdp-pipeline {args.command}: {error}", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cdp_pipeline import progress
 from cdp_pipeline.config.catalog import consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
@@ -267,7 +268,8 @@ def run_export(
         plan: list[_Planned] = []
         diff_counts: dict[str, int] = {}
 
-        with open_writer(project.store_path, project.catalog, threads=project.store.threads) as conn:
+        subject = f"{connection.name}.{goal.name}"
+        with progress.stage("export", subject, "rows") as meter, open_writer(project.store_path, project.catalog, threads=project.store.threads) as conn:
             refresh_memberships(conn, project.catalog, now)
             selection = select_profiles(
                 conn, project.catalog, connection.name, goal, full=full, consent_property=consent_property, objectives=connection.objectives
@@ -307,6 +309,7 @@ def run_export(
                     if count or goal.target.write_empty_files
                 ]
             exported_ids, snapshot_rows = save_selection(conn, work / "state", diff=goal.diff)
+            meter.done = sum(item.rows for item in plan)
 
         # The writer is closed from here on: encoding, encryption and upload never hold the store.
         for item in plan:
@@ -315,10 +318,12 @@ def run_export(
             _encrypt_all(plan, goal, transport, keyring_factory)
         _avoid_existing_names(plan, goal, transport)
         sent: list[ExportedFile] = []
-        for item in plan:
-            size, sha = item.local.stat().st_size, _sha256(item.local)
-            _upload(transport, item.local, item.remote, goal, done=len(sent), total=len(plan))
-            sent.append(ExportedFile(remote_path=item.remote, rows=item.rows, bytes=size, sha256=sha, kind=item.kind))
+        with progress.stage("upload", subject, "bytes", measure=lambda: sum(f.bytes for f in sent)) as uploaded:
+            for item in plan:
+                size, sha = item.local.stat().st_size, _sha256(item.local)
+                _upload(transport, item.local, item.remote, goal, done=len(sent), total=len(plan))
+                sent.append(ExportedFile(remote_path=item.remote, rows=item.rows, bytes=size, sha256=sha, kind=item.kind))
+            uploaded.done = sum(f.bytes for f in sent)
         manifests = []
         if goal.target.manifest:
             # After every data file: a consumer that waits for manifests never sees a partial set.

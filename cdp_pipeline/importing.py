@@ -14,11 +14,13 @@ import posixpath
 import re
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cdp_pipeline import progress
 from cdp_pipeline.config.connection import Connection, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.config.property_writers import shared_property_warnings
@@ -202,12 +204,13 @@ def fetch_delivery(transport: Transport, delivery: Delivery, work_dir: Path, max
     purpose = f"download delivery {delivery.partition_key}"
     require_free_space(target, int(sum(remote.size for remote, _ in planned) * HEADROOM), purpose)
     try:
-        if len(planned) > 1 and isinstance(transport, ParallelDownloads) and transport.parallel_downloads > 1:
-            # Several SSH streams side by side: over a long link one stream is bound by its window.
-            transport.download_many(planned, parallel=min(transport.parallel_downloads, len(planned)))
-        else:
-            for remote, local in planned:
-                transport.download(remote, local)
+        with progress.stage("download", delivery.partition_key, "bytes", measure=lambda: progress.folder_bytes(target)):
+            if len(planned) > 1 and isinstance(transport, ParallelDownloads) and transport.parallel_downloads > 1:
+                # Several SSH streams side by side: over a long link one stream is bound by its window.
+                transport.download_many(planned, parallel=min(transport.parallel_downloads, len(planned)))
+            else:
+                for remote, local in planned:
+                    transport.download(remote, local)
     except Exception as exc:
         if is_disk_full(exc) or isinstance(exc, DiskSpaceError):
             shutil.rmtree(target, ignore_errors=True)  # the files already down would only keep the disk full
@@ -231,6 +234,20 @@ def content_sha256(files: list[FetchedFile]) -> str:
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
+def _decrypt_or_link(
+    fetched: list[FetchedFile], encrypted: list[FetchedFile], target: Path, keyring: Any, max_file_bytes: int | None, out: list[FetchedFile]
+) -> None:
+    for item in fetched:
+        local = Path(item.local_path)
+        plain = target / f"{item.name}.plain"
+        if item in encrypted:
+            keyring.decrypt_file(local, plain, item.remote_path, max_output_bytes=max_file_bytes)
+        else:
+            os.link(local, plain)  # no copy: the plaintext is already private (0600)
+        os.chmod(plain, 0o600)
+        out.append(FetchedFile(**{**vars(item), "local_path": str(plain)}))
+
+
 def decrypt_delivery(work_dir: Path, keyring_factory=None, max_file_bytes: int | None = None) -> tuple[list[FetchedFile], int]:
     """Decrypt the encrypted files (decided by content, not name) into 0600 files; plain files
     pass through. Returns the files and how many were encrypted. gpg stops a file whose plaintext
@@ -246,6 +263,9 @@ def decrypt_delivery(work_dir: Path, keyring_factory=None, max_file_bytes: int |
         require_free_space(target, int(sum(f.size for f in encrypted) * HEADROOM), purpose)
     out: list[FetchedFile] = []
     keyring: Any = None  # whatever keyring_factory gives: a context manager with decrypt_file
+    decrypting: AbstractContextManager[Any] = progress.stage(
+        "decrypt", str(extra.get("partition_key", work_dir.name)), "bytes", measure=lambda: progress.folder_bytes(target)
+    ) if encrypted else nullcontext()
     try:
         if encrypted:
             if keyring_factory is None:
@@ -255,15 +275,8 @@ def decrypt_delivery(work_dir: Path, keyring_factory=None, max_file_bytes: int |
                 )
             keyring = keyring_factory()
             keyring.__enter__()
-        for item in fetched:
-            local = Path(item.local_path)
-            plain = target / f"{item.name}.plain"
-            if item in encrypted:
-                keyring.decrypt_file(local, plain, item.remote_path, max_output_bytes=max_file_bytes)
-            else:
-                os.link(local, plain)  # no copy: the plaintext is already private (0600)
-            os.chmod(plain, 0o600)
-            out.append(FetchedFile(**{**vars(item), "local_path": str(plain)}))
+        with decrypting:
+            _decrypt_or_link(fetched, encrypted, target, keyring, max_file_bytes, out)
     except Exception as exc:
         if is_disk_full(exc) or isinstance(exc, DiskSpaceError):
             shutil.rmtree(target, ignore_errors=True)  # no half-written plaintext stays behind
@@ -284,7 +297,7 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
     a missing required column ...), so the operator finds the list beside the run's other output;
     ``staged.reject_report`` holds its path. Warnings about properties another connection also
     fills are added to ``staged.warnings``."""
-    files, _ = read_manifest(work_dir / "decrypted.json")
+    files, extra = read_manifest(work_dir / "decrypted.json")
     report = work_dir / REJECT_REPORT
     source = _source_of(project, connection, goal)
     inputs = StagingInput(
@@ -296,7 +309,9 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
     )
     (work_dir / SKIP_FILE).unlink(missing_ok=True)
     try:
-        result = source.stage(inputs)
+        with progress.stage("read", str(extra.get("partition_key", work_dir.name)), "rows") as meter:
+            result = source.stage(inputs)
+            meter.done = result.staged.rows_read
     except InputError as error:
         write_reject_report(error.problems, report)
         raise
@@ -398,16 +413,18 @@ def merge_staged(
                 root_file=root.remote_path, content_sha256=sha, now=now,
             )
         )
-        if steps.prepare is not None:
-            staged = steps.prepare(conn, staged)
-        counts = merge_delivery(
-            conn, project.catalog, staged, record, run_id, now,
-            before=steps.before, after=steps.after,
-            objectives=connection.objectives, consent_property=project.store.consent_property,
-            record_history=project.store.history,
-            status="reprocessed" if already else "merged",
-        )
-        sizes = refresh_memberships(conn, project.catalog, now)
+        with progress.stage("merge", record.partition_key or goal.name, "rows") as meter:
+            if steps.prepare is not None:
+                staged = steps.prepare(conn, staged)
+            counts = merge_delivery(
+                conn, project.catalog, staged, record, run_id, now,
+                before=steps.before, after=steps.after,
+                objectives=connection.objectives, consent_property=project.store.consent_property,
+                record_history=project.store.history,
+                status="reprocessed" if already else "merged",
+            )
+            sizes = refresh_memberships(conn, project.catalog, now)
+            meter.done = staged.rows_read
     return MergeOutcome(status="merged", delivery_id=delivery_id, counts=counts, segment_sizes=sizes, reprocessed=already is not None)
 
 

@@ -119,3 +119,118 @@ def test_an_unset_variable_is_a_warning_unless_strict(tmp_path):
     strict = _validate(tmp_path, "--config-dir", str(config), "--strict")
     assert strict.returncode == 2
     assert "error: connections/beta.yaml (connection 'beta'): environment variable CDP_TEST_UNSET_PASSWORD" in strict.stderr
+
+
+# ---------------------------------------------------------------- --sample
+
+SAMPLE_STORE = """
+catalog:
+  profile_properties:
+    email: {type: text, unique: true}
+    spend: {type: decimal}
+    order_count: {type: integer}
+  event_types:
+    order:
+      properties: {total: {type: decimal}}
+      nested:
+        line: {properties: {sku: {type: text}}}
+"""
+
+# Valid schema; against the samples: the link names 'order_no' where the files say 'order_id'
+# (both sides), a mapping column 'spnd', an event time column 'ordered' that is not there, and a
+# nested column 'product'. 'order_count' comes from a processor, 'E-Mail' normalises to 'e_mail'.
+SHOP = """
+name: shop
+source: {type: local, path: drop}
+goals:
+  - name: orders
+    type: import_profiles
+    files:
+      root: {name: orders, pattern: "orders_*.csv"}
+      linked:
+        - {name: lines, pattern: "lines_*.csv", parent: orders, link: {order_no: order_no}}
+    processors:
+      - {type: fixed_value, column: order_count, value: "1"}
+    identifiers: [{column: E-Mail, property: email}]
+    mappings:
+      - {column: spnd, property: spend, rule: sum}
+      - {column: order_count, property: order_count, rule: sum}
+    timeline:
+      - event_type: order
+        file: orders
+        event_id: order_id
+        event_time: ordered
+        properties: {total: total}
+        nested: [{type: line, file: lines, properties: {sku: product}}]
+"""
+
+# A schema mistake in another file, reported in the same run as the samples' findings.
+BROKEN = """
+name: broken
+source: {type: local, path: x}
+goals:
+  - {name: people, type: import_profiles, files: {root: {name: p, pattern: "p_*.csv"}}, identifiers: [{column: e, property: email}], mapings: []}
+"""
+
+
+def test_sample_files_name_the_missing_link_and_mapped_columns_with_every_other_error(tmp_path):
+    config = tmp_path / "config"
+    (config / "connections").mkdir(parents=True)
+    (config / "store.yaml").write_text(SAMPLE_STORE)
+    (config / "connections" / "shop.yaml").write_text(SHOP)
+    (config / "connections" / "broken.yaml").write_text(BROKEN)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "orders.csv").write_text("E-Mail,order_id,spend,total,order_date\nann@example.com,o1,10,10,2026-01-01\n")
+    (samples / "lines.csv").write_text("order_id,sku,qty\no1,A-1,2\n")
+
+    result = _validate(
+        tmp_path, "--config-dir", str(config),
+        "--sample", f"shop.orders={samples / 'orders.csv'}",
+        "--sample", f"shop.orders.lines={samples / 'lines.csv'}",
+        "--sample", f"shop.order.lines={samples / 'lines.csv'}",
+        "--sample", f"shop.orders={samples / 'missing.csv'}",
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    shop = "error: connections/shop.yaml (connection 'shop'): "
+    orders = f"{shop}sample {samples / 'orders.csv'} (shop.orders): goal orders, file orders: "
+    lines = f"{shop}sample {samples / 'lines.csv'} (shop.orders.lines): goal orders, file lines: "
+    expected = [
+        f"{orders}column 'order_no' (files.linked.0 (lines).link, the parent's side) is not in the sample's header; did you mean 'order_id', "
+        "'order_count', 'order_date'?",  # order_count: made by the processor, so part of what the goal sees
+        f"{orders}column 'spnd' (mappings.0.column) is not in the sample's header; did you mean 'spend'?",
+        f"{orders}column 'ordered' (timeline.0 (order).event_time) is not in the sample's header; did you mean 'order_id', 'order_date'",
+        f"{lines}column 'order_no' (files.linked.0 (lines).link) is not in the sample's header; did you mean 'order_id'?",
+        f"{lines}column 'product' (timeline.0 (order).nested.0.properties.sku) is not in the sample's header",
+        f"{shop}sample {samples / 'lines.csv'} (shop.order.lines): no import goal of shop named 'order'; did you mean orders?",
+        f"{shop}sample {samples / 'missing.csv'} (shop.orders): no such file",
+        "error: connections/broken.yaml (connection 'broken'): goals.0.import_profiles.mapings: unknown key",
+    ]
+    missing = [line for line in expected if not any(error.startswith(line) for error in errors)]
+    assert not missing, f"not reported: {missing}\n{result.stderr}"
+    # Columns that are there (after normalisation, or made by a processor) are not reported.
+    for present in ("'e_mail'", "'order_count'", "'order_id' (", "'total'", "'sku'"):
+        assert not any(f"column {present}" in error for error in errors), present
+    assert len(errors) == len(expected), result.stderr
+    # The sample's values are never printed.
+    assert "ann@example.com" not in result.stderr + result.stdout and "A-1" not in result.stderr + result.stdout
+    assert "ok  shop" not in result.stdout
+
+
+def test_a_sample_that_matches_leaves_validate_ok_and_a_bad_sample_option_is_a_usage_error(tmp_path):
+    config = tmp_path / "config"
+    (config / "connections").mkdir(parents=True)
+    (config / "store.yaml").write_text(SAMPLE_STORE)
+    fixed = SHOP.replace("{order_no: order_no}", "{order_id: order_id}").replace("spnd", "spend").replace("ordered", "order_date")
+    (config / "connections" / "shop.yaml").write_text(fixed.replace("product", "sku"))
+    sample = tmp_path / "orders.csv"
+    sample.write_text("E-Mail,order_id,spend,total,order_date\n")
+    good = _validate(tmp_path, "--config-dir", str(config), "--sample", f"shop.orders={sample}")
+    assert good.returncode == 0, good.stderr
+    assert "ok  shop" in good.stdout
+    bad = _validate(tmp_path, "--config-dir", str(config), "--sample", str(sample))
+    assert bad.returncode == 2
+    assert "expected CONNECTION.GOAL=PATH" in bad.stderr and "Traceback" not in bad.stderr

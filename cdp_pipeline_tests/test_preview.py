@@ -150,3 +150,138 @@ def test_preview_of_an_encrypted_sftp_delivery_leaves_the_server_folder_as_it_wa
     assert result.would_match == 0
     assert result.first_rows.columns[0] == "customer_number"
     assert result.first_rows["customer_number"][0] == rows[0]["customer_id"].strip()
+
+
+# ---------------------------------------------------------------- the Dagster job
+
+
+def _preview_job(tmp_path: Path, monkeypatch, config: Path, home: Path):
+    from cdp_pipeline.defs.project import project_config
+
+    monkeypatch.setenv("CDP_CONFIG_DIR", str(config))
+    monkeypatch.setenv("CDP_HOME", str(home))
+    project_config.cache_clear()
+    from cdp_pipeline.definitions import defs
+
+    return defs().resolve_job_def("acme_preview")
+
+
+def _output_metadata(result) -> dict:
+    (output,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    return {k: v.value for k, v in output.event_specific_data.metadata.items()}
+
+
+def _event_log_text(instance, run_id: str) -> str:
+    return "\n".join(repr(entry) for entry in instance.all_logs(run_id))
+
+
+def test_preview_job_shows_counts_not_values_and_changes_nothing(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from cdp_pipeline.defs.project import project_config
+
+    config, home = _setup(tmp_path)
+    store = home / "store.duckdb"
+    before_store = hashlib.sha256(store.read_bytes()).hexdigest()
+    before_drop = _listing(home / "drop")
+    try:
+        job = _preview_job(tmp_path, monkeypatch, config, home)
+        assert [node.name for node in job.nodes] == ["acme_preview_delivery"]
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = job.execute_in_process(instance=instance, raise_on_error=False)
+            assert result.success
+            metadata = _output_metadata(result)
+            log = _event_log_text(instance, result.run_id)
+    finally:
+        project_config.cache_clear()
+
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == before_store
+    assert _listing(home / "drop") == before_drop
+    assert not list((home / "work").glob("preview-*"))
+
+    keyed = [email for email, _, _ in ROWS if email]
+    assert metadata["delivery"] == "people:people_20260115.csv"
+    assert metadata["rows_read"] == len(ROWS)
+    assert metadata["rows_rejected"] == 2 and metadata["values_not_imported"] == 1
+    assert metadata["profiles_would_create"] == len([e for e in keyed if e not in STORED])
+    assert metadata["profiles_would_match"] == len([e for e in keyed if e in STORED])
+    assert metadata["deliveries_complete"] == 1 and metadata["files_ignored"] == 1
+    assert "| people | . | complete | people:people_20260115.csv (people_20260115.csv) |" in metadata["files"]
+    assert "| people | . | ignored | notes.txt: matches none of the file patterns" in metadata["files"]
+    # The rejects name file, line and column; the value that did not parse is hidden.
+    assert "| people_20260115.csv | 4 | spend |" in metadata["rejects"]
+    assert "(value hidden)" in metadata["rejects"]
+    assert "first_rows" not in metadata
+    # No customer value anywhere in the run's event log without the opt-in.
+    for email, city, spend in ROWS:
+        for value in (email, city, spend):
+            if value and len(value) > 2:
+                assert value not in log, value
+
+
+def test_preview_job_shows_the_first_rows_when_the_store_opts_in(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from cdp_pipeline.defs.project import project_config
+
+    config, home = _setup(tmp_path)
+    (config / "store.yaml").write_text("store: {ui_preview_rows: 2}\n" + STORE)
+    try:
+        job = _preview_job(tmp_path, monkeypatch, config, home)
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = job.execute_in_process(
+                instance=instance, raise_on_error=False,
+                run_config={"ops": {"acme_preview_delivery": {"config": {"goal": "people", "delivery": "people:people_20260115.csv"}}}},
+            )
+            assert result.success
+            metadata = _output_metadata(result)
+    finally:
+        project_config.cache_clear()
+    assert "| ann@example.com | Berlin | 10.5" in metadata["first_rows"]
+    assert "not a number" in metadata["rejects"]  # the opt-in shows the value that did not parse
+
+
+def test_preview_job_fails_for_an_unknown_goal_with_its_close_match(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from cdp_pipeline.defs.project import project_config
+
+    config, home = _setup(tmp_path)
+    try:
+        job = _preview_job(tmp_path, monkeypatch, config, home)
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = job.execute_in_process(
+                instance=instance, raise_on_error=False, run_config={"ops": {"acme_preview_delivery": {"config": {"goal": "peple"}}}}
+            )
+    finally:
+        project_config.cache_clear()
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert "no import goal named 'peple'; did you mean people?" in failure.step_failure_data.user_failure_data.description
+
+
+def test_preview_job_fails_when_the_import_would_and_hides_the_values_it_names(tmp_path, monkeypatch):
+    import dagster as dg
+
+    from cdp_pipeline.defs.project import project_config
+
+    config, home = _setup(tmp_path)
+    (config / "connections" / "acme.yaml").write_text(CONNECTION.replace("on_error: skip_rows", "on_error: fail"))
+    before_store = hashlib.sha256((home / "store.duckdb").read_bytes()).hexdigest()
+    before_drop = _listing(home / "drop")
+    try:
+        job = _preview_job(tmp_path, monkeypatch, config, home)
+        with dg.DagsterInstance.ephemeral() as instance:
+            result = job.execute_in_process(instance=instance, raise_on_error=False)
+            log = _event_log_text(instance, result.run_id)
+    finally:
+        project_config.cache_clear()
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    user_failure = failure.step_failure_data.user_failure_data
+    assert user_failure.description.startswith("the import of people:people_20260115.csv would fail: ")
+    assert "people_20260115.csv line 4, column 'spend': " in user_failure.description
+    assert "(value hidden)" in user_failure.metadata["rejects"].value
+    assert "not a number" not in log
+    assert hashlib.sha256((home / "store.duckdb").read_bytes()).hexdigest() == before_store
+    assert _listing(home / "drop") == before_drop
