@@ -74,6 +74,8 @@ class DeliveryRun:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    #: properties a bulk mapping created, name → type (the file's column names, never values).
+    created_properties: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +93,8 @@ class ExportRun:
 class ConnectionRun:
     #: deliveries that wait (a missing partner, a marker, an upload in progress) and why.
     waiting: list[str] = field(default_factory=list)
+    #: partition keys of complete deliveries whose files the ledger has: not fetched again.
+    already_merged: list[str] = field(default_factory=list)
     imports: list[DeliveryRun] = field(default_factory=list)
     exports: list[ExportRun] = field(default_factory=list)
 
@@ -182,6 +186,7 @@ def import_one(
             item.quarantined = importing.quarantine_delivery(transport, goal, work_dir)
             raise
         item.warnings = list(staged.warnings)
+        item.created_properties = importing.created_properties(staged)
         step = f"{goal.name}: merge"
         outcome = importing.merge_staged(project, connection, goal, work_dir, run_id, started)
         step = "finish"
@@ -260,6 +265,7 @@ def run_connection(
     with open_source() as transport:
         found = importing.discover_deliveries(project, connection, transport, policy, merged=merged)
         result.waiting = found.reasons
+        result.already_merged = list(found.already_merged)
         # discover() returns requests in the connection's source order: groups, then profiles,
         # then the dialect's; each source's oldest delivery first.
         requests = [request for request in found.requests if request.goal in import_names]

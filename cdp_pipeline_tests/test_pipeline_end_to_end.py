@@ -11,7 +11,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline_tests.demo_home import prepare_demo_home
 
@@ -33,7 +33,7 @@ def _store_digest(path: Path) -> str:
 
 
 def test_demo_connection_end_to_end(demo_home: Path):
-    summary = run_connection("demo_local", echo=lambda *_: None)
+    summary = run_now("demo_local", echo=lambda *_: None)
     assert summary["success"], summary
     by_goal = {item["delivery"].split(":")[0]: item for item in summary["imports"]}
     assert by_goal["households"]["groups_created"] == 100
@@ -77,17 +77,21 @@ def test_demo_connection_end_to_end(demo_home: Path):
 
     # The runs are in the persistent instance, so `dagster dev` on the same DAGSTER_HOME shows them.
     instance = dg.DagsterInstance.get()
-    # three imports and the export; the store checks follow the merges in a run of their own
+    # One run of the Run now job (the three imports in goal order, then the export), as the UI's
+    # Run now and the schedules launch it; the store checks follow the merges in a run of their own.
     runs = instance.get_runs()
-    assert len([run for run in runs if run.job_name != "demo_local_store_checks"]) == 4
-    assert [run.job_name for run in runs].count("demo_local_store_checks") == 1
+    assert sorted(run.job_name for run in runs) == ["demo_local_run_now", "demo_local_store_checks"]
+    # Each delivery's materialisation is under its partition, as the sensor's runs record it.
+    partitions = instance.get_materialized_partitions(dg.AssetKey(["demo_local", "profile_store"]))
+    assert {key.split(":")[0] for key in partitions} == {"households", "customers", "orders"}
 
-    # Second run over the same files: every delivery is recognised in the ledger, nothing changes,
-    # and the export (changed profiles only) has nobody to send.
+    # Second run over the same files: every delivery is recognised in the ledger (not even fetched),
+    # nothing changes, and the export (changed profiles only) has nobody to send.
     before = _store_digest(store)
-    second = run_connection("demo_local", echo=lambda *_: None)
+    second = run_now("demo_local", echo=lambda *_: None)
     assert second["success"]
-    assert {item["status"] for item in second["imports"]} == {"skipped"}
+    assert second["imports"] == []
+    assert sorted(second["already_merged"]) == sorted(item["delivery"] for item in summary["imports"])
     assert _store_digest(store) == before
     segment_export = next(e for e in second["exports"] if e["asset"].endswith("segment_export"))
     assert segment_export["profiles_exported"] == 0

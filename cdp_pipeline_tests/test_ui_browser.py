@@ -29,7 +29,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline_tests.demo_home import prepare_demo_home
 
@@ -145,7 +145,7 @@ def _served_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (dagster_home / ".nux" / "nux.yaml").write_text("seen: 1\n")
 
     try:
-        summary = run_connection(CONNECTION, echo=lambda *_: None)
+        summary = run_now(CONNECTION, echo=lambda *_: None)
     finally:
         project_config.cache_clear()  # the webserver's code location loads this home's config anew
     assert summary["success"], summary

@@ -338,7 +338,6 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
             raise
         except CdpError as error:
             raise _failed(project, context, error, f"export {goal.name}", connection=name, kind="export", goal=goal.name, started=now) from error
-        profile_file = outcome.profile_file
         try:
             connection_run.record_export(project, outcome, run_id=context.run.run_id, connection=name, goal=goal.name, started_at=now)
         except CdpError as error:
@@ -353,30 +352,35 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
                 ),
                 allow_retries=False,
             ) from error
-        yield dg.MaterializeResult(
-            asset_key=segment_key,
-            metadata={
-                "profiles_available": outcome.profiles_available,
-                "profiles_exported": outcome.profiles_exported,
-                "dagster/row_count": outcome.profile_rows,
-                "bytes": outcome.profile_bytes,
-                "files": len(outcome.profile_files),
-                "dagster/uri": f"{outcome.target_uri}/{profile_file.remote_path}" if profile_file else "",
-                "sha256": profile_file.sha256 if profile_file else "",
-                **({"pgp_key_days_left": key_days_left} if key_days_left is not None else {}),
-                **{f"diff_{change}": count for change, count in (outcome.diff_counts or {}).items()},
-            },
-        )
+        yield dg.MaterializeResult(asset_key=segment_key, metadata=segment_export_metadata(outcome, key_days_left))
         if goal.timeline is not None:
-            yield dg.MaterializeResult(
-                asset_key=timeline_key,
-                metadata={
-                    "files": len(outcome.timeline_files),
-                    "events_exported": outcome.events_exported,
-                    "rows": sum(f.rows for f in outcome.timeline_files),
-                    "bytes": sum(f.bytes for f in outcome.timeline_files),
-                    "paths": dg.MetadataValue.json([f.remote_path for f in outcome.timeline_files]),
-                },
-            )
+            yield dg.MaterializeResult(asset_key=timeline_key, metadata=timeline_export_metadata(outcome))
 
     return export
+
+
+def segment_export_metadata(outcome: exporting.ExportOutcome, key_days_left: int | None = None) -> dict[str, Any]:
+    """What the UI shows and plots of one export's profile file; the export asset and the Run now
+    job both record it so."""
+    profile_file = outcome.profile_file
+    return {
+        "profiles_available": outcome.profiles_available,
+        "profiles_exported": outcome.profiles_exported,
+        "dagster/row_count": outcome.profile_rows,
+        "bytes": outcome.profile_bytes,
+        "files": len(outcome.profile_files),
+        "dagster/uri": f"{outcome.target_uri}/{profile_file.remote_path}" if profile_file else "",
+        "sha256": profile_file.sha256 if profile_file else "",
+        **({"pgp_key_days_left": key_days_left} if key_days_left is not None else {}),
+        **{f"diff_{change}": count for change, count in (outcome.diff_counts or {}).items()},
+    }
+
+
+def timeline_export_metadata(outcome: exporting.ExportOutcome) -> dict[str, Any]:
+    return {
+        "files": len(outcome.timeline_files),
+        "events_exported": outcome.events_exported,
+        "rows": sum(f.rows for f in outcome.timeline_files),
+        "bytes": sum(f.bytes for f in outcome.timeline_files),
+        "paths": dg.MetadataValue.json([f.remote_path for f in outcome.timeline_files]),
+    }
