@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import polars as pl
+
 from cdp_pipeline import exporting, importing
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
@@ -32,6 +34,7 @@ from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.ledger import merged_file_identities
 from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
+from cdp_pipeline.tables.staged import records_as_stored
 from cdp_pipeline.transports.base import Transport
 
 OpenTransport = Callable[[], AbstractContextManager[Transport]]
@@ -76,6 +79,8 @@ class DeliveryRun:
     quarantined: list[str] = field(default_factory=list)
     #: properties a bulk mapping created, name → type (the file's column names, never values).
     created_properties: dict[str, str] = field(default_factory=dict)
+    #: the first records as they are stored, user's columns only; only when store.ui_preview_rows opts in.
+    preview: pl.DataFrame | None = None
 
 
 @dataclass
@@ -187,6 +192,8 @@ def import_one(
             raise
         item.warnings = list(staged.warnings)
         item.created_properties = importing.created_properties(staged)
+        if project.store.ui_preview_rows:
+            item.preview = records_as_stored(staged, project.store.ui_preview_rows)
         step = f"{goal.name}: merge"
         outcome = importing.merge_staged(project, connection, goal, work_dir, run_id, started)
         step = "finish"

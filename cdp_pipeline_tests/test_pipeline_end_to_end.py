@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+import yaml
 
 from cdp_pipeline.cli import run_now
 from cdp_pipeline.defs.project import project_config
@@ -145,9 +146,28 @@ def test_preview_of_customer_rows_can_be_turned_off(tmp_path, monkeypatch, rows)
         assert result.success
         metadata = result.asset_materializations_for_node("demo_local__import_tables")[0].metadata
         assert metadata["records"].value == 20
+        # The user's columns only: the identifier's property, then the mapped properties, as the
+        # goal in the YAML names them; none of the pipeline's hand-over columns.
+        goal = next(g for g in yaml.safe_load((config / "connections" / "demo_local.yaml").read_text())["goals"] if g["name"] == "customers")
+
+        def assert_user_columns_only(preview: str) -> None:
+            header = [cell.strip() for cell in preview.splitlines()[0].strip("|").split("|")]
+            assert header[0] == goal["identifiers"][0]["property"]
+            assert set(header[1:]) == {mapping["property"] for mapping in goal["mappings"]}, header
+            assert not [column for column in header if column.startswith("_")]
+            assert len(preview.splitlines()) == 2 + rows  # header, separator, rows
+
         if rows:
-            assert "|" in metadata["preview"].value  # a markdown table of the rows merged
+            assert_user_columns_only(metadata["preview"].value)
         else:
             assert "preview" not in metadata
+        # Run now (the engine's path) shows the same preview on the delivery's profile_store.
+        summary = run_now("demo_local", echo=lambda *_: None)
+        assert summary["success"], summary
+        customers = next(item for item in summary["imports"] if item["delivery"].startswith("customers"))
+        if rows:
+            assert_user_columns_only(customers["preview"])
+        else:
+            assert "preview" not in customers
     finally:
         project_config.cache_clear()

@@ -20,6 +20,7 @@ from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport
 from cdp_pipeline.deliveries import partition_set_name, split_partition_key
 from cdp_pipeline.disk_space import DiskSpaceError
 from cdp_pipeline.errors import CdpError, InputError, TransientError
+from cdp_pipeline.tables.staged import records_as_stored
 
 # Network steps retry transient failures; everything else fails once with its named error.
 NETWORK_RETRY = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
@@ -37,11 +38,19 @@ def source_kind(connection: Connection) -> str:
 
 
 def markdown_preview(frame: pl.DataFrame, rows: int = 10) -> str:
-    """The first rows as a markdown table for the asset page (no pandas needed)."""
+    """The first rows as a markdown table for the asset page: every column under its full name
+    (Polars' own table hides middle columns and cuts long names), values cut at 40 characters."""
     if frame.height == 0:
         return "(no rows)"
-    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True, tbl_rows=rows, fmt_str_lengths=40):
-        return str(frame.head(rows))
+
+    def cell(value: object) -> str:
+        text = "" if value is None else str(value)
+        text = text if len(text) <= 40 else text[:39] + "…"
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(name) for name in frame.columns) + " |", "|" + "|".join("---" for _ in frame.columns) + "|"]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in frame.head(rows).iter_rows()]
+    return "\n".join(lines)
 
 
 def _now() -> datetime:
@@ -211,7 +220,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
                     else {}
                 ),
                 # Customer values in Dagster's event log, for as long as it keeps runs: a setting.
-                **({"preview": dg.MetadataValue.md(markdown_preview(staged.records.drop("_line"), preview_rows))} if preview_rows else {}),
+                **({"preview": dg.MetadataValue.md(markdown_preview(records_as_stored(staged, preview_rows), preview_rows))} if preview_rows else {}),
             }
         )
 
