@@ -126,6 +126,9 @@ def _summary_of_run(instance, run_id: str, connection_name: str, echo) -> dict:
             continue
         metadata = {key: value.value for key, value in materialization.metadata.items()}
         if materialization.asset_key == profile_store:
+            # The counters are under "<goal>/<counter>" (one plot per goal in the UI).
+            goal = (materialization.partition or "").partition(":")[0]
+            metadata = {key.removeprefix(f"{goal}/"): value for key, value in metadata.items()}
             summary["imports"].append({"delivery": materialization.partition, "success": True, **metadata})
             echo(f"  imported {materialization.partition}: {import_summary(metadata)}")
         else:

@@ -85,6 +85,23 @@ def test_demo_connection_end_to_end(demo_home: Path):
     # Each delivery's materialisation is under its partition, as the sensor's runs record it.
     partitions = instance.get_materialized_partitions(dg.AssetKey(["demo_local", "profile_store"]))
     assert {key.split(":")[0] for key in partitions} == {"households", "customers", "orders"}
+    # One plot per goal: the UI draws a plot per numeric metadata key, and each goal's counters
+    # are under keys of their own, so no plot alternates between households, customers and orders.
+    numeric_keys: dict[str, set[str]] = {}
+    for partition in partitions:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(["demo_local", "profile_store"]), asset_partitions=[partition]), limit=1
+        ).records
+        materialization = records[0].asset_materialization
+        assert materialization is not None
+        numeric_keys[partition.split(":")[0]] = {
+            key for key, value in materialization.metadata.items()
+            if isinstance(value.value, (int, float)) and not isinstance(value.value, bool) and not key.startswith("segment_size/")
+        }
+    assert "households/groups_created" in numeric_keys["households"]
+    assert "customers/profiles_created" in numeric_keys["customers"] and "orders/events_created" in numeric_keys["orders"]
+    for goal, keys in numeric_keys.items():
+        assert keys and all(key.startswith(f"{goal}/") for key in keys), (goal, keys)
 
     # Second run over the same files: every delivery is recognised in the ledger (not even fetched),
     # nothing changes, and the export (changed profiles only) has nobody to send.
@@ -112,10 +129,10 @@ def test_import_chain_with_dg_materialize(demo_home: Path):
     result = dg.materialize(assets, partition_key=partition, instance=instance)
     assert result.success
     metadata = result.asset_materializations_for_node("demo_local__profile_store")[0].metadata
-    assert metadata["profiles_created"].value == 300
+    assert metadata["customers/profiles_created"].value == 300
     assert metadata["status"].value == "merged"
     tables = result.asset_materializations_for_node("demo_local__import_tables")[0].metadata
-    assert tables["rows_read"].value == 302 and tables["records"].value == 300
+    assert tables["customers/rows_read"].value == 302 and tables["customers/records"].value == 300
     assert "preview" not in tables  # no customer values in the event log unless store.ui_preview_rows opts in
 
 
@@ -145,7 +162,7 @@ def test_preview_of_customer_rows_can_be_turned_off(tmp_path, monkeypatch, rows)
         result = dg.materialize(steps, partition_key=partition, instance=instance)
         assert result.success
         metadata = result.asset_materializations_for_node("demo_local__import_tables")[0].metadata
-        assert metadata["records"].value == 20
+        assert metadata["customers/records"].value == 20
         # The user's columns only: the identifier's property, then the mapped properties, as the
         # goal in the YAML names them; none of the pipeline's hand-over columns.
         goal = next(g for g in yaml.safe_load((config / "connections" / "demo_local.yaml").read_text())["goals"] if g["name"] == "customers")

@@ -28,7 +28,12 @@ def run_summary(instance: dg.DagsterInstance, run: dg.DagsterRun, connection: st
             continue
         step = materialization.asset_key.path[-1]
         goal = (materialization.partition or "").partition(":")[0] or step
-        numbers = {k: int(v.value) for k, v in materialization.metadata.items() if isinstance(v.value, (int, float)) and not isinstance(v.value, bool)}
+        # A delivery's counters are under "<goal>/<counter>"; the message's table has the goal as its row.
+        numbers = {
+            k.removeprefix(f"{goal}/"): int(v.value)
+            for k, v in materialization.metadata.items()
+            if isinstance(v.value, (int, float)) and not isinstance(v.value, bool)
+        }
         if step == "profile_store" or step.endswith("_export"):
             counts.setdefault(goal, {}).update({k: v for k, v in numbers.items() if k != "seconds"})
         profiles = materialization.metadata.get("last_profiles")

@@ -53,6 +53,13 @@ def markdown_preview(frame: pl.DataFrame, rows: int = 10) -> str:
     return "\n".join(lines)
 
 
+def per_goal(goal: str, numbers: dict[str, int | float]) -> dict[str, int | float]:
+    """A delivery's counters under ``<goal>/<counter>`` keys. The UI draws one plot per numeric
+    metadata key of an asset; with the goal in the key, households, customers and orders each get
+    their own series instead of alternating on one line."""
+    return {f"{goal}/{key}": value for key, value in numbers.items()}
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -131,8 +138,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
             raise _failed(project_, context, error, "fetch", connection=name, kind="import", goal=goal_name, started=started) from error
         return dg.MaterializeResult(
             metadata={
-                "files": len(fetched),
-                "bytes": sum(f.size for f in fetched),
+                **per_goal(split_partition_key(context.partition_key)[0], {"files": len(fetched), "bytes": sum(f.size for f in fetched)}),
                 "dagster/uri": f"{uri}/{delivery.root.path}",
                 "root_file": delivery.root.path,
                 "content_sha256": importing.content_sha256(fetched),
@@ -206,13 +212,15 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         preview_rows = project.store.ui_preview_rows
         return dg.MaterializeResult(
             metadata={
-                "rows_read": staged.rows_read,
-                "rows_rejected": staged.rows_rejected if staged.rows_rejected is not None else len({(p.file, p.line) for p in staged.rejects}),
-                "values_not_imported": staged.values_not_imported,
-                "records": staged.records.height,
-                "events": sum(f.height for f in staged.events.values()),
-                "nested_items": sum(f.height for f in staged.items.values()),
-                "warnings": len(staged.warnings),
+                **per_goal(goal.name, {
+                    "rows_read": staged.rows_read,
+                    "rows_rejected": staged.rows_rejected if staged.rows_rejected is not None else len({(p.file, p.line) for p in staged.rejects}),
+                    "values_not_imported": staged.values_not_imported,
+                    "records": staged.records.height,
+                    "events": sum(f.height for f in staged.events.values()),
+                    "nested_items": sum(f.height for f in staged.items.values()),
+                    "warnings": len(staged.warnings),
+                }),
                 # Property names and types only (the file's column names), never values.
                 **(
                     {"created_properties": dg.MetadataValue.json(created)}
@@ -271,13 +279,16 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
             context.log.info(f"{context.partition_key}: same content and configuration already merged as {outcome.duplicate_of}; skipped")
         return dg.MaterializeResult(
             metadata={
-                **counts.as_metadata(),
+                **per_goal(goal.name, {
+                    **counts.as_metadata(),
+                    "remote_files_finished": len(finished.finished),
+                    "seconds": round((_now() - started).total_seconds(), 3),
+                }),
                 "status": outcome.status,
                 "delivery_id": outcome.delivery_id,
-                "remote_files_finished": len(finished.finished),
                 "last_profiles": dg.MetadataValue.json(counts.last_profiles),
                 "dagster/table_name": "profiles",
-                "seconds": round((_now() - started).total_seconds(), 3),
+                # The store's segments after this merge: one series per segment, whichever goal merged.
                 **{f"segment_size/{segment}": size for segment, size in outcome.segment_sizes.items()},
             }
         )

@@ -13,7 +13,7 @@ import dagster as dg
 from cdp_pipeline import connection_run
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
-from cdp_pipeline.defs.assets import markdown_preview, segment_export_metadata, timeline_export_metadata
+from cdp_pipeline.defs.assets import markdown_preview, per_goal, segment_export_metadata, timeline_export_metadata
 from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport_key
 from cdp_pipeline.deliveries import DeliveryRequest, partition_set_name
 
@@ -126,7 +126,10 @@ def run_events(connection: str, result: connection_run.ConnectionRun):
                 asset_key=[connection, "profile_store"],
                 partition=item.partition_key,
                 metadata={
-                    **item.counts, "status": item.status, "run_key": item.run_key, "last_profiles": dg.MetadataValue.json(item.last_profiles),
+                    **per_goal(item.goal, item.counts),
+                    "status": item.status,
+                    "run_key": item.run_key,
+                    "last_profiles": dg.MetadataValue.json(item.last_profiles),
                     **({"created_properties": dg.MetadataValue.json(item.created_properties)} if item.created_properties else {}),
                     # Customer values in Dagster's event log only when store.ui_preview_rows opts in.
                     **({"preview": dg.MetadataValue.md(markdown_preview(item.preview, len(item.preview)))} if item.preview is not None else {}),
