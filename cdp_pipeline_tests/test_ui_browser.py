@@ -267,7 +267,7 @@ def test_ui_shows_the_connection_graph_partitions_and_successful_runs(tmp_path, 
             row = [late.get(column, "") for column in header.split(",")]
             (inbox / "profiles_20260116.csv").write_text(f"{header}\n{','.join(row)}\n")
             page.goto(f"{base}/locations/{CODE_LOCATION}/jobs/{CONNECTION}_run_now/playground")
-            launch = page.get_by_role("button", name=re.compile(r"^Launch run$", re.I))
+            launch = page.get_by_role("button", name=re.compile(r"Launch run$", re.I)).last
             expect(launch).to_be_enabled()
             page.screenshot(path=ARTIFACTS / "ui-run-now-launchpad.png")
             launch.click()
