@@ -50,84 +50,121 @@ def _prepare_environment(home: Path) -> Path:
     return dagster_home
 
 
-def run_connection(connection_name: str, *, full_export: bool = False, echo=print) -> dict:
-    """Import every complete delivery now, then run the export goals ("Run now")."""
+def run_now(connection_name: str, *, full_export: bool = False, echo=print) -> dict:
+    """Import every complete delivery now, then run the export goals ("Run now").
+
+    One run of ``<connection>_run_now``, the job the UI's Run now and the schedules launch: it
+    calls the engine's ``connection_run.run_connection``, so the CLI imports in goal order with the
+    same ledger and partition keys as the sensor. The run is recorded in the instance under
+    DAGSTER_HOME (``dagster dev`` shows it), followed by the store checks when it merged a
+    delivery, and by the connection's e-mail notification (the daemon's notification sensors
+    never see a run executed in this process)."""
     import dagster as dg
 
     from cdp_pipeline.definitions import defs as load_defs
     from cdp_pipeline.defs.pool_claims import ends_on_sigterm, process_tags, release_dead_claims
     from cdp_pipeline.defs.project import project_config
+    from cdp_pipeline.defs.run_now import run_now_job_name, run_now_op_name
 
-    project = project_config()
-    connection = project.connections[connection_name]
+    connection = project_config().connections[connection_name]
     definitions = load_defs()
     instance = dg.DagsterInstance.get()
     for line in release_dead_claims(instance):
         echo(f"  {line}")
+    job = definitions.resolve_job_def(run_now_job_name(connection_name))
+    run_config = {**QUIET, "ops": {run_now_op_name(connection_name): {"config": {"full_export": full_export}}}}
     with ends_on_sigterm(instance, echo) as stopping:
-        return _run_jobs(project, connection, definitions, instance, full_export=full_export, echo=echo, tags=process_tags(), stopping=stopping)
+        result = job.execute_in_process(instance=instance, run_config=run_config, tags=process_tags(), raise_on_error=False)
+        summary = _summary_of_run(instance, result.run_id, connection_name, echo)
+        if any(item["success"] and item.get("status") == "merged" for item in summary["imports"]) and not stopping.is_set():
+            # Outside the daemon no run-status sensor follows a merge with the store checks: run them here.
+            from cdp_pipeline.defs.checks import store_checks_job_name
+
+            checks = definitions.resolve_job_def(store_checks_job_name(connection_name))
+            if not checks.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET, tags=process_tags()).success:
+                echo("  store checks could not run: see the run in the Dagster UI")
+    _notify(instance, result.run_id, connection, echo)
+    return summary
 
 
-def _run_jobs(project, connection, definitions, instance, *, full_export: bool, echo, tags: dict[str, str], stopping) -> dict:
+def _summary_of_run(instance, run_id: str, connection_name: str, echo) -> dict:
+    """What the run did, per delivery and export, read back from its events: the materialisations
+    of the deliveries merged or skipped, the observations of the ones that failed (with their
+    cause), the export materialisations, and the engine's "waiting:" lines."""
     import dagster as dg
 
-    from cdp_pipeline import importing
-    from cdp_pipeline.defs.connections import export_job_name, import_job_name
-    from cdp_pipeline.defs.resources import transport_resource
-    from cdp_pipeline.deliveries import partition_set_name
+    from cdp_pipeline.defs.run_now import ALREADY_MERGED_PREFIX, WAITING_PREFIX
 
-    connection_name = connection.name
-    summary: dict = {"imports": [], "exports": []}
-    partitions_name = partition_set_name(connection_name)
-    # Outside a run, EnvVar fields resolve only through process_config_and_initialize.
-    with transport_resource(connection.source, project.home).process_config_and_initialize().open() as transport:
-        # "Run now": the operator says the deliveries are complete; the ledger still skips merged content.
-        found = importing.discover_deliveries(project, connection, transport)
-        for reason in found.reasons:
-            echo(f"  waiting: {reason}")
-    deliveries = [request.delivery for request in found.requests]
-    if deliveries:
-        instance.add_dynamic_partitions(partitions_name, [d.partition_key for d in deliveries])
-    import_job = definitions.resolve_job_def(import_job_name(connection_name))
-    for delivery in deliveries:
-        if stopping.is_set():
-            summary["imports"].append({"delivery": delivery.partition_key, "success": False})
-            echo(f"  not started after a stop signal: {delivery.partition_key}")
+    summary: dict = {"imports": [], "exports": [], "already_merged": []}
+    for entry in instance.all_logs(run_id):
+        if entry.dagster_event is not None:
             continue
-        result = import_job.execute_in_process(
-            instance=instance, partition_key=delivery.partition_key, raise_on_error=False, run_config=QUIET, tags=tags
-        )
-        step = dg.AssetKey([connection_name, "profile_store"])
-        metadata = {}
-        for event in result.get_asset_materialization_events():
-            if event.asset_key == step:
-                metadata = {k: v.value for k, v in event.materialization.metadata.items()}
-        summary["imports"].append({"delivery": delivery.partition_key, "success": result.success, **metadata})
-        if not result.success:
-            echo(f"  FAILED {delivery.partition_key}: {_failure_cause(instance, result.run_id)}")
+        if entry.user_message.startswith(WAITING_PREFIX):
+            echo(f"  {entry.user_message}")
+        elif entry.user_message.startswith(ALREADY_MERGED_PREFIX):
+            summary["already_merged"].append(entry.user_message.removeprefix(ALREADY_MERGED_PREFIX))
+            echo(f"  {entry.user_message}")
+    profile_store = dg.AssetKey([connection_name, "profile_store"])
+    for entry in instance.all_logs(run_id, of_type={dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_OBSERVATION}):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type == dg.DagsterEventType.ASSET_OBSERVATION:
+            observation = entry.asset_observation
+            if observation is None:
+                continue
+            cause = str(observation.metadata["error"].value) if "error" in observation.metadata else "see the run in the Dagster UI"
+            if observation.asset_key == profile_store:
+                summary["imports"].append({"delivery": observation.partition, "success": False, "status": "failed", "error": cause})
+                echo(f"  FAILED {observation.partition}: {cause}")
+            else:
+                summary["export_success"] = False
+                echo(f"  FAILED {cause}")
+            continue
+        materialization = entry.asset_materialization
+        if materialization is None:
+            continue
+        metadata = {key: value.value for key, value in materialization.metadata.items()}
+        if materialization.asset_key == profile_store:
+            # The counters are under "<goal>/<counter>" (one plot per goal in the UI).
+            goal = (materialization.partition or "").partition(":")[0]
+            metadata = {key.removeprefix(f"{goal}/"): value for key, value in metadata.items()}
+            summary["imports"].append({"delivery": materialization.partition, "success": True, **metadata})
+            echo(f"  imported {materialization.partition}: {import_summary(metadata)}")
         else:
-            echo(f"  imported {delivery.partition_key}: {import_summary(metadata)}")
-    if any(item["success"] and item.get("status") == "merged" for item in summary["imports"]) and not stopping.is_set():
-        # Outside the daemon no run-status sensor follows a merge with the store checks: run them here.
-        from cdp_pipeline.defs.checks import store_checks_job_name
-
-        checks = definitions.resolve_job_def(store_checks_job_name(connection_name))
-        if not checks.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET, tags=tags).success:
-            echo("  store checks could not run: see the run in the Dagster UI")
-    if connection.export_goals and not stopping.is_set():
-        export_job = definitions.resolve_job_def(export_job_name(connection_name))
-        export_tags = {**tags, "cdp/full_export": "true"} if full_export else tags
-        result = export_job.execute_in_process(instance=instance, tags=export_tags, raise_on_error=False, run_config=QUIET)
-        for event in result.get_asset_materialization_events():
-            metadata = {k: v.value for k, v in event.materialization.metadata.items()}
-            summary["exports"].append({"asset": event.asset_key.to_user_string(), **metadata})
-            echo(f"  exported {event.asset_key.to_user_string()}: {metadata.get('dagster/uri') or metadata.get('paths')} "
+            summary["exports"].append({"asset": materialization.asset_key.to_user_string(), **metadata})
+            echo(f"  exported {materialization.asset_key.to_user_string()}: {metadata.get('dagster/uri') or metadata.get('paths')} "
                  f"rows={metadata.get('dagster/row_count', metadata.get('rows'))}")
-        if not result.success:
-            echo("  export FAILED: see the run in the Dagster UI")
-        summary["export_success"] = result.success
-    summary["success"] = all(i["success"] for i in summary["imports"]) and summary.get("export_success", True)
+    run = instance.get_run_by_id(run_id)
+    success = run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+    if not success and not any(not item["success"] for item in summary["imports"]) and "export_success" not in summary:
+        # Failed before or outside the engine's steps (a resource, a stop signal): Dagster's cause.
+        echo(f"  FAILED: {_failure_cause(instance, run_id)}")
+    if summary["exports"]:
+        summary.setdefault("export_success", True)
+    summary["success"] = success
     return summary
+
+
+def _notify(instance, run_id: str, connection, echo) -> None:
+    """The connection's e-mail notification for this run, as the daemon's sensors send it for the
+    runs they see. Mail that cannot go out is said on standard error; it does not change what the
+    run did, so it does not change the exit code."""
+    import dagster as dg
+
+    from cdp_pipeline.defs.alerts import notify_run
+    from cdp_pipeline.notifications import NotificationError
+
+    run = instance.get_run_by_id(run_id)
+    if run is None or connection.notifications is None:
+        return
+    try:
+        sent = notify_run(instance, run, connection, "SUCCESS" if run.status == dg.DagsterRunStatus.SUCCESS else "FAILURE")
+    except (NotificationError, ValueError) as error:
+        print(f"cdp-pipeline: the e-mail notification of run {run_id} was not sent: {error}", file=sys.stderr)
+        return
+    if sent:
+        echo(f"  {sent}")
 
 
 def import_summary(metadata: dict) -> str:
@@ -196,6 +233,9 @@ def reprocess_delivery(connection_name: str, partition_key: str, echo=print) -> 
             run_config=QUIET,
         )
     echo(f"  reprocessed {partition_key}: {'SUCCESS' if result.success else 'FAILED'} (run {result.run_id})")
+    from cdp_pipeline.defs.project import project_config
+
+    _notify(instance, result.run_id, project_config().connections[connection_name], echo)
     return result.success
 
 
@@ -219,7 +259,7 @@ def _demo(args: argparse.Namespace) -> int:
     (home / "demo" / "outbox").mkdir(parents=True, exist_ok=True)
     _known_connection(home, "demo_local")  # a --config-dir without the demo connection is one clear line
     print("Running connection demo_local (imports, then exports):")
-    summary = run_connection("demo_local", echo=print)
+    summary = run_now("demo_local", echo=print)
     store = home / "store.duckdb"
     print()
     published = home / "store_published.duckdb"
@@ -273,7 +313,7 @@ def _run(args: argparse.Namespace) -> int:
     home = Path(args.home).expanduser().resolve()
     _prepare_environment(home)
     _known_connection(home, args.connection)
-    summary = run_connection(args.connection, full_export=args.full_export)
+    summary = run_now(args.connection, full_export=args.full_export)
     return 0 if summary["success"] else 1
 
 

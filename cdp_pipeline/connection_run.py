@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import polars as pl
+
 from cdp_pipeline import exporting, importing
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
@@ -32,6 +34,7 @@ from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.ledger import merged_file_identities
 from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
+from cdp_pipeline.tables.staged import records_as_stored
 from cdp_pipeline.transports.base import Transport
 
 OpenTransport = Callable[[], AbstractContextManager[Transport]]
@@ -74,6 +77,10 @@ class DeliveryRun:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)
+    #: properties a bulk mapping created, name → type (the file's column names, never values).
+    created_properties: dict[str, str] = field(default_factory=dict)
+    #: the first records as they are stored, user's columns only; only when store.ui_preview_rows opts in.
+    preview: pl.DataFrame | None = None
 
 
 @dataclass
@@ -91,6 +98,8 @@ class ExportRun:
 class ConnectionRun:
     #: deliveries that wait (a missing partner, a marker, an upload in progress) and why.
     waiting: list[str] = field(default_factory=list)
+    #: partition keys of complete deliveries whose files the ledger has: not fetched again.
+    already_merged: list[str] = field(default_factory=list)
     imports: list[DeliveryRun] = field(default_factory=list)
     exports: list[ExportRun] = field(default_factory=list)
 
@@ -182,6 +191,9 @@ def import_one(
             item.quarantined = importing.quarantine_delivery(transport, goal, work_dir)
             raise
         item.warnings = list(staged.warnings)
+        item.created_properties = importing.created_properties(staged)
+        if project.store.ui_preview_rows:
+            item.preview = records_as_stored(staged, project.store.ui_preview_rows)
         step = f"{goal.name}: merge"
         outcome = importing.merge_staged(project, connection, goal, work_dir, run_id, started)
         step = "finish"
@@ -260,6 +272,7 @@ def run_connection(
     with open_source() as transport:
         found = importing.discover_deliveries(project, connection, transport, policy, merged=merged)
         result.waiting = found.reasons
+        result.already_merged = list(found.already_merged)
         # discover() returns requests in the connection's source order: groups, then profiles,
         # then the dialect's; each source's oldest delivery first.
         requests = [request for request in found.requests if request.goal in import_names]

@@ -26,6 +26,7 @@ from cdp_pipeline.errors import CdpError
 
 __all__ = [
     "NotificationError",
+    "SmtpNotConfigured",
     "SmtpSettings",
     "RunSummary",
     "should_notify",
@@ -45,6 +46,10 @@ MAX_ERROR_CHARS = 4000
 
 class NotificationError(CdpError):
     """A notification could not be sent (connection, TLS, login or a refused recipient)."""
+
+
+class SmtpNotConfigured(NotificationError):
+    """A connection asks for notifications but CDP_SMTP_HOST is not set."""
 
 
 @dataclass(frozen=True)

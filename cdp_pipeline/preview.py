@@ -30,7 +30,7 @@ from cdp_pipeline.deliveries import Delivery, Discovery, partition_key, split_pa
 from cdp_pipeline.errors import InputError, InputProblem, UnknownName
 from cdp_pipeline.store.ledger import merged_file_identities
 from cdp_pipeline.store.schema import event_table, group_table
-from cdp_pipeline.tables.staged import KEY, KEY_INDEX, StagedImport
+from cdp_pipeline.tables.staged import KEY, KEY_INDEX, StagedImport, records_as_stored
 from cdp_pipeline.transports.base import Transport, is_temporary_upload
 
 
@@ -191,22 +191,6 @@ def _event_counts(conn: duckdb.DuckDBPyConnection, staged: StagedImport, tables:
     return counts
 
 
-def _as_stored(staged: StagedImport, rows: int) -> pl.DataFrame:
-    """The first records in file order with the user's columns only: the identifier the record is
-    keyed on under its property's name (``property=value`` with several identifiers), then the
-    mapped properties; the pipeline's own ``_`` columns are not what a person configured."""
-    records = staged.records.sort("_line") if "_line" in staged.records.columns else staged.records
-    records = records.head(rows)
-    identifiers = staged.identifier_properties
-    if len(identifiers) == 1 or KEY_INDEX not in records.columns:
-        key = pl.col(KEY).cast(pl.String).alias(identifiers[0])
-    else:
-        names = pl.col(KEY_INDEX).replace_strict(dict(enumerate(identifiers)), return_dtype=pl.String)
-        key = pl.concat_str([names, pl.lit("="), pl.col(KEY).cast(pl.String)]).alias("identifier")
-    columns = [c for c in records.columns if not c.startswith("_") and c != key.meta.output_name()]
-    return records.select(key, *columns)
-
-
 def pick_delivery(found: Discovery, goal: str | None, named: str | None) -> Delivery | None:
     """The delivery to dry-run: the one named (goal:file), else the first complete one of the goal
     (or of the connection), merged or not."""
@@ -242,7 +226,7 @@ def dry_run(project: ProjectConfig, connection: Connection, transport: Transport
         tables = _tables(conn)
         create, match, ignore = _match_counts(conn, staged, tables)
         events = _event_counts(conn, staged, tables)
-    first = _as_stored(staged, rows)
+    first = records_as_stored(staged, rows)
     return DryRun(
         delivery=delivery.partition_key, files=files, rows_read=staged.rows_read,
         rows_rejected=staged.rows_rejected if staged.rows_rejected is not None else len(staged.rejects),

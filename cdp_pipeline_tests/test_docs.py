@@ -23,7 +23,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.config import catalog as catalog_module
 from cdp_pipeline.config import connection as connection_module
 from cdp_pipeline.config import csv_options as csv_options_module
@@ -99,7 +99,7 @@ def demo_store(tmp_path_factory) -> dict[str, Path]:
     with pytest.MonkeyPatch.context() as monkeypatch:
         prepare_demo_home(home, monkeypatch)
         try:
-            summary = run_connection("demo_local", echo=lambda *_: None)
+            summary = run_now("demo_local", echo=lambda *_: None)
         finally:
             project_config.cache_clear()
     assert summary["success"], summary

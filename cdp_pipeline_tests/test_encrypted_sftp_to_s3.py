@@ -9,7 +9,7 @@ import shutil
 import duckdb
 import yaml
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline.demo.generate import generate_delivery
@@ -58,7 +58,7 @@ def test_encrypted_sftp_delivery_to_encrypted_s3_export(tmp_path, monkeypatch, s
     (tmp_path / "dagster_home").mkdir()
     project_config.cache_clear()
     try:
-        summary = run_connection("partner_sftp", echo=lambda *_: None)
+        summary = run_now("partner_sftp", echo=lambda *_: None)
     finally:
         project_config.cache_clear()
 

@@ -1,4 +1,4 @@
-"""Through the real runs (``run_connection``): a PGP file that decrypts past ``max_file_gb`` is a
+"""Through the real runs (``run_now``): a PGP file that decrypts past ``max_file_gb`` is a
 bad file and goes to quarantine; a full local disk is ours, so the file stays where it is."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import dagster as dg
 import duckdb
 import yaml
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline.demo.generate import generate_delivery
@@ -54,7 +54,7 @@ def encrypted_profiles(tmp_path: Path, inbox: Path, gpg_cli: GpgCli, pgp_keys: P
 
 def run(connection: str) -> dict:
     try:
-        return run_connection(connection, echo=lambda *_: None)
+        return run_now(connection, echo=lambda *_: None)
     finally:
         project_config.cache_clear()
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
+import yaml
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline_tests.demo_home import prepare_demo_home
 
@@ -33,7 +34,7 @@ def _store_digest(path: Path) -> str:
 
 
 def test_demo_connection_end_to_end(demo_home: Path):
-    summary = run_connection("demo_local", echo=lambda *_: None)
+    summary = run_now("demo_local", echo=lambda *_: None)
     assert summary["success"], summary
     by_goal = {item["delivery"].split(":")[0]: item for item in summary["imports"]}
     assert by_goal["households"]["groups_created"] == 100
@@ -77,17 +78,38 @@ def test_demo_connection_end_to_end(demo_home: Path):
 
     # The runs are in the persistent instance, so `dagster dev` on the same DAGSTER_HOME shows them.
     instance = dg.DagsterInstance.get()
-    # three imports and the export; the store checks follow the merges in a run of their own
+    # One run of the Run now job (the three imports in goal order, then the export), as the UI's
+    # Run now and the schedules launch it; the store checks follow the merges in a run of their own.
     runs = instance.get_runs()
-    assert len([run for run in runs if run.job_name != "demo_local_store_checks"]) == 4
-    assert [run.job_name for run in runs].count("demo_local_store_checks") == 1
+    assert sorted(run.job_name for run in runs) == ["demo_local_run_now", "demo_local_store_checks"]
+    # Each delivery's materialisation is under its partition, as the sensor's runs record it.
+    partitions = instance.get_materialized_partitions(dg.AssetKey(["demo_local", "profile_store"]))
+    assert {key.split(":")[0] for key in partitions} == {"households", "customers", "orders"}
+    # One plot per goal: the UI draws a plot per numeric metadata key, and each goal's counters
+    # are under keys of their own, so no plot alternates between households, customers and orders.
+    numeric_keys: dict[str, set[str]] = {}
+    for partition in partitions:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(["demo_local", "profile_store"]), asset_partitions=[partition]), limit=1
+        ).records
+        materialization = records[0].asset_materialization
+        assert materialization is not None
+        numeric_keys[partition.split(":")[0]] = {
+            key for key, value in materialization.metadata.items()
+            if isinstance(value.value, (int, float)) and not isinstance(value.value, bool) and not key.startswith("segment_size/")
+        }
+    assert "households/groups_created" in numeric_keys["households"]
+    assert "customers/profiles_created" in numeric_keys["customers"] and "orders/events_created" in numeric_keys["orders"]
+    for goal, keys in numeric_keys.items():
+        assert keys and all(key.startswith(f"{goal}/") for key in keys), (goal, keys)
 
-    # Second run over the same files: every delivery is recognised in the ledger, nothing changes,
-    # and the export (changed profiles only) has nobody to send.
+    # Second run over the same files: every delivery is recognised in the ledger (not even fetched),
+    # nothing changes, and the export (changed profiles only) has nobody to send.
     before = _store_digest(store)
-    second = run_connection("demo_local", echo=lambda *_: None)
+    second = run_now("demo_local", echo=lambda *_: None)
     assert second["success"]
-    assert {item["status"] for item in second["imports"]} == {"skipped"}
+    assert second["imports"] == []
+    assert sorted(second["already_merged"]) == sorted(item["delivery"] for item in summary["imports"])
     assert _store_digest(store) == before
     segment_export = next(e for e in second["exports"] if e["asset"].endswith("segment_export"))
     assert segment_export["profiles_exported"] == 0
@@ -107,10 +129,10 @@ def test_import_chain_with_dg_materialize(demo_home: Path):
     result = dg.materialize(assets, partition_key=partition, instance=instance)
     assert result.success
     metadata = result.asset_materializations_for_node("demo_local__profile_store")[0].metadata
-    assert metadata["profiles_created"].value == 300
+    assert metadata["customers/profiles_created"].value == 300
     assert metadata["status"].value == "merged"
     tables = result.asset_materializations_for_node("demo_local__import_tables")[0].metadata
-    assert tables["rows_read"].value == 302 and tables["records"].value == 300
+    assert tables["customers/rows_read"].value == 302 and tables["customers/records"].value == 300
     assert "preview" not in tables  # no customer values in the event log unless store.ui_preview_rows opts in
 
 
@@ -140,10 +162,29 @@ def test_preview_of_customer_rows_can_be_turned_off(tmp_path, monkeypatch, rows)
         result = dg.materialize(steps, partition_key=partition, instance=instance)
         assert result.success
         metadata = result.asset_materializations_for_node("demo_local__import_tables")[0].metadata
-        assert metadata["records"].value == 20
+        assert metadata["customers/records"].value == 20
+        # The user's columns only: the identifier's property, then the mapped properties, as the
+        # goal in the YAML names them; none of the pipeline's hand-over columns.
+        goal = next(g for g in yaml.safe_load((config / "connections" / "demo_local.yaml").read_text())["goals"] if g["name"] == "customers")
+
+        def assert_user_columns_only(preview: str) -> None:
+            header = [cell.strip() for cell in preview.splitlines()[0].strip("|").split("|")]
+            assert header[0] == goal["identifiers"][0]["property"]
+            assert set(header[1:]) == {mapping["property"] for mapping in goal["mappings"]}, header
+            assert not [column for column in header if column.startswith("_")]
+            assert len(preview.splitlines()) == 2 + rows  # header, separator, rows
+
         if rows:
-            assert "|" in metadata["preview"].value  # a markdown table of the rows merged
+            assert_user_columns_only(metadata["preview"].value)
         else:
             assert "preview" not in metadata
+        # Run now (the engine's path) shows the same preview on the delivery's profile_store.
+        summary = run_now("demo_local", echo=lambda *_: None)
+        assert summary["success"], summary
+        customers = next(item for item in summary["imports"] if item["delivery"].startswith("customers"))
+        if rows:
+            assert_user_columns_only(customers["preview"])
+        else:
+            assert "preview" not in customers
     finally:
         project_config.cache_clear()

@@ -8,7 +8,7 @@ import shutil
 import duckdb
 import yaml
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline_tests.demo_home import prepare_demo_home
@@ -33,7 +33,7 @@ def test_failed_delivery_is_quarantined_and_the_rest_flow(tmp_path, monkeypatch)
     lines[3] = ",".join(lines[3].split(",")[:-1] + ["three"])
     households.write_text("\n".join(lines) + "\n")
     try:
-        summary = run_connection("demo_local", echo=lambda *_: None)
+        summary = run_now("demo_local", echo=lambda *_: None)
     finally:
         project_config.cache_clear()
     outcome = {item["delivery"].split(":")[0]: item["success"] for item in summary["imports"]}

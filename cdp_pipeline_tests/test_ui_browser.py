@@ -27,9 +27,9 @@ import urllib.request
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
-from cdp_pipeline.cli import run_connection
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline_tests.demo_home import prepare_demo_home
 
@@ -145,10 +145,9 @@ def _served_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (dagster_home / ".nux" / "nux.yaml").write_text("seen: 1\n")
 
     try:
-        summary = run_connection(CONNECTION, echo=lambda *_: None)
+        _run_as_the_sensor_does()
     finally:
         project_config.cache_clear()  # the webserver's code location loads this home's config anew
-    assert summary["success"], summary
     with dg.DagsterInstance.get() as instance:
         runs = {
             run.tags.get("dagster/partition", run.job_name): run.run_id
@@ -177,7 +176,22 @@ def _served_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         _stop(server)
 
 
-@pytest.mark.timeout(300)
+def _run_as_the_sensor_does() -> None:
+    """The runs the daemon launches for the demo: one import run per delivery (the sensor's
+    requests, in goal order), the store checks after the merges, then the export."""
+    from cdp_pipeline.definitions import defs
+
+    definitions = defs()
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions(f"{CONNECTION}__deliveries", list(DELIVERIES))
+        imports = definitions.resolve_job_def(f"{CONNECTION}_import")
+        for delivery in DELIVERIES:
+            assert imports.execute_in_process(instance=instance, partition_key=delivery, raise_on_error=False).success, delivery
+        assert definitions.resolve_job_def(f"{CONNECTION}_store_checks").execute_in_process(instance=instance, raise_on_error=False).success
+        assert definitions.resolve_job_def(f"{CONNECTION}_export").execute_in_process(instance=instance, raise_on_error=False).success
+
+
+@pytest.mark.timeout(600)
 def test_ui_shows_the_connection_graph_partitions_and_successful_runs(tmp_path, monkeypatch):
     # Before any work: a missing browser or client fails at once (FAILED, not skipped), with the fix.
     chromium = _chromium()
@@ -242,6 +256,38 @@ def test_ui_shows_the_connection_graph_partitions_and_successful_runs(tmp_path, 
             expect(page.get_by_text("Errored (0)")).to_be_visible()
             expect(page.get_by_text("RUN_SUCCESS", exact=True)).to_be_visible()
             page.screenshot(path=ARTIFACTS / "ui-run.png")
+
+            # 5. Run now from the Launchpad: a customers file that just arrived (no sensor tick has
+            # requested it) is imported by one run of demo_local_run_now, launched through the
+            # daemon's queue like any UI launch.
+            inbox = demo_ui["home"] / "demo" / "inbox"
+            header = (inbox / "profiles_20260115.csv").read_text().splitlines()[0]
+            assert header.startswith("customer_id,email,")
+            late = {"customer_id": "C9999999", "email": "late.arrival@example.com"}
+            row = [late.get(column, "") for column in header.split(",")]
+            (inbox / "profiles_20260116.csv").write_text(f"{header}\n{','.join(row)}\n")
+            page.goto(f"{base}/locations/{CODE_LOCATION}/jobs/{CONNECTION}_run_now/playground")
+            launch = page.get_by_role("button", name=re.compile(r"Launch run$", re.I)).last
+            expect(launch).to_be_enabled()
+            page.screenshot(path=ARTIFACTS / "ui-run-now-launchpad.png")
+            launch.click()
+            page.wait_for_url(re.compile(r".*/runs/[0-9a-f-]{36}.*"))
+            launched = re.search(r"/runs/([0-9a-f-]{36})", page.url)
+            assert launched is not None, page.url
+            expect(page.get_by_text("RUN_SUCCESS", exact=True)).to_be_visible(timeout=240_000)
+            page.screenshot(path=ARTIFACTS / "ui-run-now-run.png")
+            with dg.DagsterInstance.get() as instance:
+                run = instance.get_run_by_id(launched.group(1))
+                assert run is not None and run.job_name == f"{CONNECTION}_run_now" and run.status == dg.DagsterRunStatus.SUCCESS
+                merged = [
+                    record.event_log_entry.asset_materialization.partition
+                    for record in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+                    if record.event_log_entry.asset_materialization is not None
+                    and record.event_log_entry.asset_materialization.asset_key == dg.AssetKey([CONNECTION, "profile_store"])
+                ]
+            assert merged == ["customers:profiles_20260116.csv"], merged
+            with duckdb.connect(str(demo_ui["home"] / "store.duckdb"), read_only=True) as conn:
+                assert conn.execute("SELECT email FROM profiles WHERE customer_number = 'C9999999'").fetchall() == [(late["email"],)]
         except BaseException:
             if page is not None:
                 # The page may be gone; the original failure is the one to report.

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from cdp_pipeline.config.connection import Connection
-from cdp_pipeline.notifications import RunStatus, RunSummary, SmtpSettings, compose_message, send, should_notify
+from cdp_pipeline.notifications import RunStatus, RunSummary, SmtpNotConfigured, SmtpSettings, compose_message, send, should_notify
 
 
 def _utc(timestamp: float | None) -> datetime | None:
@@ -28,7 +28,12 @@ def run_summary(instance: dg.DagsterInstance, run: dg.DagsterRun, connection: st
             continue
         step = materialization.asset_key.path[-1]
         goal = (materialization.partition or "").partition(":")[0] or step
-        numbers = {k: int(v.value) for k, v in materialization.metadata.items() if isinstance(v.value, (int, float)) and not isinstance(v.value, bool)}
+        # A delivery's counters are under "<goal>/<counter>"; the message's table has the goal as its row.
+        numbers = {
+            k.removeprefix(f"{goal}/"): int(v.value)
+            for k, v in materialization.metadata.items()
+            if isinstance(v.value, (int, float)) and not isinstance(v.value, bool)
+        }
         if step == "profile_store" or step.endswith("_export"):
             counts.setdefault(goal, {}).update({k: v for k, v in numbers.items() if k != "seconds"})
         profiles = materialization.metadata.get("last_profiles")
@@ -62,21 +67,46 @@ def step_errors(instance: dg.DagsterInstance, run_id: str) -> str | None:
     return "\n".join(messages) or None
 
 
+def _run_failure_message(instance: dg.DagsterInstance, run_id: str) -> str:
+    records = instance.get_records_for_run(run_id=run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    return next((record.event_log_entry.message for record in records if record.event_log_entry.message), "run failed")
+
+
+def notify_run(instance: dg.DagsterInstance, run: dg.DagsterRun, connection: Connection, status: RunStatus, run_message: str | None = None) -> str | None:
+    """The connection's notification about one ended run, whoever started it (the daemon's
+    sensors for the runs they see, ``cdp-pipeline run`` for its own). Returns what was sent, None
+    when ``notifications.when`` asks for no mail for this status; raises ``NotificationError``
+    when mail should go out and cannot (``SmtpNotConfigured`` when CDP_SMTP_HOST is unset)."""
+    settings = connection.notifications
+    if settings is None or not should_notify(settings.when, status):
+        return None
+    smtp = SmtpSettings.from_env()
+    if smtp is None:
+        raise SmtpNotConfigured(f"{connection.name}: notifications are configured but CDP_SMTP_HOST is not set; no e-mail sent")
+    error = None
+    if status == "FAILURE":
+        run_message = run_message or _run_failure_message(instance, run.run_id)
+        details = step_errors(instance, run.run_id)
+        error = f"{run_message}\n{details}" if details else run_message
+    summary = run_summary(instance, run, connection.name, status, error)
+    send(smtp, compose_message(summary, settings.emails, smtp.sender))
+    return f"e-mailed {', '.join(settings.emails)} about run {run.run_id} ({status})"
+
+
 def build_notification_sensors(connection: Connection, jobs: list) -> list[dg.SensorDefinition]:
     settings = connection.notifications
     if settings is None or not jobs:
         return []
     status = dg.DefaultSensorStatus.RUNNING if connection.enabled else dg.DefaultSensorStatus.STOPPED
 
-    def notify(context, run_status: RunStatus, error: str | None) -> None:
-        if not should_notify(settings.when, run_status):
+    def notify(context, run_status: RunStatus, run_message: str | None) -> None:
+        try:
+            sent = notify_run(context.instance, context.dagster_run, connection, run_status, run_message)
+        except SmtpNotConfigured as unset:
+            context.log.warning(str(unset))
             return
-        smtp = SmtpSettings.from_env()
-        if smtp is None:
-            context.log.warning(f"{connection.name}: notifications are configured but CDP_SMTP_HOST is not set; no e-mail sent")
-            return
-        summary = run_summary(context.instance, context.dagster_run, connection.name, run_status, error)
-        send(smtp, compose_message(summary, settings.emails, smtp.sender))
+        if sent:
+            context.log.info(sent)
 
     @dg.run_failure_sensor(
         name=f"{connection.name}_email_on_failure",
@@ -85,9 +115,7 @@ def build_notification_sensors(connection: Connection, jobs: list) -> list[dg.Se
         description=f"E-mails {', '.join(settings.emails)} when a run of {connection.name} fails.",
     )
     def email_on_failure(context: dg.RunFailureSensorContext) -> None:
-        run_message = context.failure_event.message if context.failure_event else "run failed"
-        details = step_errors(context.instance, context.dagster_run.run_id)
-        notify(context, "FAILURE", f"{run_message}\n{details}" if details else run_message)
+        notify(context, "FAILURE", context.failure_event.message if context.failure_event else None)
 
     sensors = [email_on_failure]
     if settings.when == "always":

@@ -20,6 +20,7 @@ from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport
 from cdp_pipeline.deliveries import partition_set_name, split_partition_key
 from cdp_pipeline.disk_space import DiskSpaceError
 from cdp_pipeline.errors import CdpError, InputError, TransientError
+from cdp_pipeline.tables.staged import records_as_stored
 
 # Network steps retry transient failures; everything else fails once with its named error.
 NETWORK_RETRY = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
@@ -37,11 +38,26 @@ def source_kind(connection: Connection) -> str:
 
 
 def markdown_preview(frame: pl.DataFrame, rows: int = 10) -> str:
-    """The first rows as a markdown table for the asset page (no pandas needed)."""
+    """The first rows as a markdown table for the asset page: every column under its full name
+    (Polars' own table hides middle columns and cuts long names), values cut at 40 characters."""
     if frame.height == 0:
         return "(no rows)"
-    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True, tbl_rows=rows, fmt_str_lengths=40):
-        return str(frame.head(rows))
+
+    def cell(value: object) -> str:
+        text = "" if value is None else str(value)
+        text = text if len(text) <= 40 else text[:39] + "…"
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(name) for name in frame.columns) + " |", "|" + "|".join("---" for _ in frame.columns) + "|"]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in frame.head(rows).iter_rows()]
+    return "\n".join(lines)
+
+
+def per_goal(goal: str, numbers: dict[str, int | float]) -> dict[str, int | float]:
+    """A delivery's counters under ``<goal>/<counter>`` keys. The UI draws one plot per numeric
+    metadata key of an asset; with the goal in the key, households, customers and orders each get
+    their own series instead of alternating on one line."""
+    return {f"{goal}/{key}": value for key, value in numbers.items()}
 
 
 def _now() -> datetime:
@@ -122,8 +138,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
             raise _failed(project_, context, error, "fetch", connection=name, kind="import", goal=goal_name, started=started) from error
         return dg.MaterializeResult(
             metadata={
-                "files": len(fetched),
-                "bytes": sum(f.size for f in fetched),
+                **per_goal(split_partition_key(context.partition_key)[0], {"files": len(fetched), "bytes": sum(f.size for f in fetched)}),
                 "dagster/uri": f"{uri}/{delivery.root.path}",
                 "root_file": delivery.root.path,
                 "content_sha256": importing.content_sha256(fetched),
@@ -197,13 +212,15 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         preview_rows = project.store.ui_preview_rows
         return dg.MaterializeResult(
             metadata={
-                "rows_read": staged.rows_read,
-                "rows_rejected": staged.rows_rejected if staged.rows_rejected is not None else len({(p.file, p.line) for p in staged.rejects}),
-                "values_not_imported": staged.values_not_imported,
-                "records": staged.records.height,
-                "events": sum(f.height for f in staged.events.values()),
-                "nested_items": sum(f.height for f in staged.items.values()),
-                "warnings": len(staged.warnings),
+                **per_goal(goal.name, {
+                    "rows_read": staged.rows_read,
+                    "rows_rejected": staged.rows_rejected if staged.rows_rejected is not None else len({(p.file, p.line) for p in staged.rejects}),
+                    "values_not_imported": staged.values_not_imported,
+                    "records": staged.records.height,
+                    "events": sum(f.height for f in staged.events.values()),
+                    "nested_items": sum(f.height for f in staged.items.values()),
+                    "warnings": len(staged.warnings),
+                }),
                 # Property names and types only (the file's column names), never values.
                 **(
                     {"created_properties": dg.MetadataValue.json(created)}
@@ -211,7 +228,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
                     else {}
                 ),
                 # Customer values in Dagster's event log, for as long as it keeps runs: a setting.
-                **({"preview": dg.MetadataValue.md(markdown_preview(staged.records.drop("_line"), preview_rows))} if preview_rows else {}),
+                **({"preview": dg.MetadataValue.md(markdown_preview(records_as_stored(staged, preview_rows), preview_rows))} if preview_rows else {}),
             }
         )
 
@@ -262,13 +279,16 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
             context.log.info(f"{context.partition_key}: same content and configuration already merged as {outcome.duplicate_of}; skipped")
         return dg.MaterializeResult(
             metadata={
-                **counts.as_metadata(),
+                **per_goal(goal.name, {
+                    **counts.as_metadata(),
+                    "remote_files_finished": len(finished.finished),
+                    "seconds": round((_now() - started).total_seconds(), 3),
+                }),
                 "status": outcome.status,
                 "delivery_id": outcome.delivery_id,
-                "remote_files_finished": len(finished.finished),
                 "last_profiles": dg.MetadataValue.json(counts.last_profiles),
                 "dagster/table_name": "profiles",
-                "seconds": round((_now() - started).total_seconds(), 3),
+                # The store's segments after this merge: one series per segment, whichever goal merged.
                 **{f"segment_size/{segment}": size for segment, size in outcome.segment_sizes.items()},
             }
         )
@@ -338,7 +358,6 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
             raise
         except CdpError as error:
             raise _failed(project, context, error, f"export {goal.name}", connection=name, kind="export", goal=goal.name, started=now) from error
-        profile_file = outcome.profile_file
         try:
             connection_run.record_export(project, outcome, run_id=context.run.run_id, connection=name, goal=goal.name, started_at=now)
         except CdpError as error:
@@ -353,30 +372,35 @@ def _export_asset(project: ProjectConfig, connection: Connection, goal: ExportGo
                 ),
                 allow_retries=False,
             ) from error
-        yield dg.MaterializeResult(
-            asset_key=segment_key,
-            metadata={
-                "profiles_available": outcome.profiles_available,
-                "profiles_exported": outcome.profiles_exported,
-                "dagster/row_count": outcome.profile_rows,
-                "bytes": outcome.profile_bytes,
-                "files": len(outcome.profile_files),
-                "dagster/uri": f"{outcome.target_uri}/{profile_file.remote_path}" if profile_file else "",
-                "sha256": profile_file.sha256 if profile_file else "",
-                **({"pgp_key_days_left": key_days_left} if key_days_left is not None else {}),
-                **{f"diff_{change}": count for change, count in (outcome.diff_counts or {}).items()},
-            },
-        )
+        yield dg.MaterializeResult(asset_key=segment_key, metadata=segment_export_metadata(outcome, key_days_left))
         if goal.timeline is not None:
-            yield dg.MaterializeResult(
-                asset_key=timeline_key,
-                metadata={
-                    "files": len(outcome.timeline_files),
-                    "events_exported": outcome.events_exported,
-                    "rows": sum(f.rows for f in outcome.timeline_files),
-                    "bytes": sum(f.bytes for f in outcome.timeline_files),
-                    "paths": dg.MetadataValue.json([f.remote_path for f in outcome.timeline_files]),
-                },
-            )
+            yield dg.MaterializeResult(asset_key=timeline_key, metadata=timeline_export_metadata(outcome))
 
     return export
+
+
+def segment_export_metadata(outcome: exporting.ExportOutcome, key_days_left: int | None = None) -> dict[str, Any]:
+    """What the UI shows and plots of one export's profile file; the export asset and the Run now
+    job both record it so."""
+    profile_file = outcome.profile_file
+    return {
+        "profiles_available": outcome.profiles_available,
+        "profiles_exported": outcome.profiles_exported,
+        "dagster/row_count": outcome.profile_rows,
+        "bytes": outcome.profile_bytes,
+        "files": len(outcome.profile_files),
+        "dagster/uri": f"{outcome.target_uri}/{profile_file.remote_path}" if profile_file else "",
+        "sha256": profile_file.sha256 if profile_file else "",
+        **({"pgp_key_days_left": key_days_left} if key_days_left is not None else {}),
+        **{f"diff_{change}": count for change, count in (outcome.diff_counts or {}).items()},
+    }
+
+
+def timeline_export_metadata(outcome: exporting.ExportOutcome) -> dict[str, Any]:
+    return {
+        "files": len(outcome.timeline_files),
+        "events_exported": outcome.events_exported,
+        "rows": sum(f.rows for f in outcome.timeline_files),
+        "bytes": sum(f.bytes for f in outcome.timeline_files),
+        "paths": dg.MetadataValue.json([f.remote_path for f in outcome.timeline_files]),
+    }

@@ -13,6 +13,7 @@ import dagster as dg
 from cdp_pipeline import connection_run
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
+from cdp_pipeline.defs.assets import markdown_preview, per_goal, segment_export_metadata, timeline_export_metadata
 from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport_key
 from cdp_pipeline.deliveries import DeliveryRequest, partition_set_name
 
@@ -27,8 +28,18 @@ class RunNowConfig(dg.Config):
     full_export: bool = False
 
 
+#: how the op's log lines about deliveries that wait begin (the CLI prints them from the run's log).
+WAITING_PREFIX = "waiting: "
+#: how the op's log lines about deliveries the ledger has merged already begin.
+ALREADY_MERGED_PREFIX = "already merged (not fetched again): "
+
+
 def run_now_job_name(connection: str) -> str:
     return f"{connection}_run_now"
+
+
+def run_now_op_name(connection: str) -> str:
+    return f"{connection}__run_now"
 
 
 def build_run_now_job(project: ProjectConfig, connection: Connection) -> dg.JobDefinition:
@@ -37,7 +48,7 @@ def build_run_now_job(project: ProjectConfig, connection: Connection) -> dg.JobD
     target_keys = {goal.name: export_transport_key(name, goal.name) if goal.target.location else source_key for goal in connection.export_goals}
 
     @dg.op(
-        name=f"{name}__run_now",
+        name=run_now_op_name(name),
         # The whole run holds the store's one writer slot, as the sensor's merge and export steps
         # do: the two never write the store at the same time.
         pool="duckdb_write",
@@ -79,30 +90,10 @@ def build_run_now_job(project: ProjectConfig, connection: Connection) -> dg.JobD
             on_import=log_import,
         )
         for reason in result.waiting:
-            context.log.info(f"waiting: {reason}")
-        for item in result.imports:
-            if item.status != "failed":
-                yield dg.AssetMaterialization(
-                    asset_key=[name, "profile_store"],
-                    partition=item.partition_key,
-                    metadata={**item.counts, "status": item.status, "run_key": item.run_key, "last_profiles": dg.MetadataValue.json(item.last_profiles)},
-                )
-        for export in result.exports:
-            if export.outcome is not None:
-                outcome = export.outcome
-                yield dg.AssetMaterialization(
-                    asset_key=[name, f"{export.goal}_segment_export"],
-                    metadata={
-                        "profiles_available": outcome.profiles_available,
-                        "profiles_exported": outcome.profiles_exported,
-                        "dagster/row_count": outcome.profile_rows,
-                        "files": len(outcome.profile_files),
-                        "paths": dg.MetadataValue.json([f.remote_path for f in outcome.files]),
-                    },
-                )
-        causes = [f"{item.partition_key}: {item.error}" for item in result.imports if item.error] + [e.error for e in result.exports if e.error]
-        if causes:
-            raise dg.Failure(description="\n".join(causes), allow_retries=False)
+            context.log.info(f"{WAITING_PREFIX}{reason}")
+        for key in result.already_merged:
+            context.log.info(f"{ALREADY_MERGED_PREFIX}{key}")
+        yield from run_events(name, result)
 
     @dg.job(
         name=run_now_job_name(name),
@@ -117,3 +108,44 @@ def build_run_now_job(project: ProjectConfig, connection: Connection) -> dg.JobD
         run_now()
 
     return run_now_job
+
+
+def run_events(connection: str, result: connection_run.ConnectionRun):
+    """The run's result as Dagster events: a materialisation per delivery merged or skipped (under
+    its partition, as the sensor's runs record it) and per export; an observation, with its cause,
+    per delivery or export that failed (nothing was materialised, yet the partition's history
+    shows the attempt); then a failure naming every cause."""
+    for item in result.imports:
+        if item.status == "failed":
+            yield dg.AssetObservation(
+                asset_key=[connection, "profile_store"], partition=item.partition_key,
+                metadata={"status": "failed", "run_key": item.run_key, "error": dg.MetadataValue.text(item.error or "")},
+            )
+        else:
+            yield dg.AssetMaterialization(
+                asset_key=[connection, "profile_store"],
+                partition=item.partition_key,
+                metadata={
+                    **per_goal(item.goal, item.counts),
+                    "status": item.status,
+                    "run_key": item.run_key,
+                    "last_profiles": dg.MetadataValue.json(item.last_profiles),
+                    **({"created_properties": dg.MetadataValue.json(item.created_properties)} if item.created_properties else {}),
+                    # Customer values in Dagster's event log only when store.ui_preview_rows opts in.
+                    **({"preview": dg.MetadataValue.md(markdown_preview(item.preview, len(item.preview)))} if item.preview is not None else {}),
+                },
+            )
+    for export in result.exports:
+        segment_key = dg.AssetKey([connection, f"{export.goal}_segment_export"])
+        if export.outcome is None:
+            yield dg.AssetObservation(asset_key=segment_key, metadata={"status": "failed", "error": dg.MetadataValue.text(export.error or "")})
+            continue
+        yield dg.AssetMaterialization(asset_key=segment_key, metadata=segment_export_metadata(export.outcome))
+        if export.outcome.timeline_files:
+            yield dg.AssetMaterialization(asset_key=[connection, f"{export.goal}_timeline_export"], metadata=timeline_export_metadata(export.outcome))
+        if export.error is not None:
+            # Delivered, but not recorded in the store's history: a materialisation AND the failure.
+            yield dg.AssetObservation(asset_key=segment_key, metadata={"status": "failed", "error": dg.MetadataValue.text(export.error)})
+    causes = [f"{item.partition_key}: {item.error}" for item in result.imports if item.error] + [e.error for e in result.exports if e.error]
+    if causes:
+        raise dg.Failure(description="\n".join(causes), allow_retries=False)

@@ -48,11 +48,24 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
             # A server that is down for a moment is not a failed tick; credentials and host keys are
             # (they raise), because skipping those would look exactly like "no new files".
             return dg.SkipReason(f"{connection.name}: listing failed for now, retried next tick: {error}")
+        # The tick's log says what waits and why (the UI shows it under the tick), not only the
+        # daemon's terminal.
+        for reason in found.waiting:
+            context.log.info(f"waiting: {reason}")
         for problem in found.problems:
             context.log.warning(problem)
+        if found.already_merged:
+            context.log.info(f"{len(found.already_merged)} delivery(ies) already merged: {', '.join(found.already_merged)}")
         cursor = policy.cursor.to_json()
-        if not found.requests:
-            return dg.SensorResult(skip_reason=dg.SkipReason(found.skip_reason() or "no new deliveries"), cursor=cursor)
+        ran_before = earlier_runs(context.instance, [request.run_key for request in found.requests])
+        for request in found.requests:
+            if request.run_key in ran_before:
+                context.log.info(ran_before_reason(request.partition_key, ran_before[request.run_key]))
+        requests = [request for request in found.requests if request.run_key not in ran_before]
+        if not requests:
+            reasons = [ran_before_reason(request.partition_key, ran_before[request.run_key]) for request in found.requests]
+            why = "; ".join(part for part in [found.skip_reason(), *reasons[:5]] if part)
+            return dg.SensorResult(skip_reason=dg.SkipReason(why or "no files in the source folders"), cursor=cursor)
         return dg.SensorResult(
             run_requests=[
                 dg.RunRequest(
@@ -60,10 +73,32 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
                     partition_key=request.partition_key,
                     tags={"cdp/connection": connection.name, "cdp/goal": request.goal},
                 )
-                for request in found.requests
+                for request in requests
             ],
-            dynamic_partitions_requests=[partitions.build_add_request(sorted({request.partition_key for request in found.requests}))],
+            dynamic_partitions_requests=[partitions.build_add_request(sorted({request.partition_key for request in requests}))],
             cursor=cursor,
         )
 
     return deliveries_sensor
+
+
+def earlier_runs(instance: dg.DagsterInstance, run_keys: list[str]) -> dict[str, dg.DagsterRun]:
+    """The runs already launched under these run keys. Dagster drops a request whose run key was
+    used before without a word; naming them is what lets a tick that requests nothing say why."""
+    found = {}
+    for run_key in run_keys:
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+        if runs:
+            found[run_key] = runs[0]
+    return found
+
+
+def ran_before_reason(partition_key: str, run: dg.DagsterRun) -> str:
+    if run.status == dg.DagsterRunStatus.FAILURE:
+        return (
+            f"{partition_key}: this version of its files failed in run {run.run_id}; it is requested again when a file "
+            "changes (a corrected upload), or re-execute that run after fixing the cause"
+        )
+    if run.is_finished:
+        return f"{partition_key}: this version of its files ran in run {run.run_id} ({run.status.value}); it is not requested twice"
+    return f"{partition_key}: run {run.run_id} for this version of its files has not finished ({run.status.value})"

@@ -112,8 +112,12 @@ def discover(
 
         scan = source.scan(connection, listings[source.listing_goal.files.directory], is_ready, readiness.now)
         found.scans.append(SourceScan(source, scan))
+        # A goal that moves, renames or deletes its files after the merge: merged files still in
+        # place mean the run stopped between the merge's COMMIT and the finish. Requested again,
+        # the merge finds the delivery in the ledger (skipped) and the files are finished.
+        files_stay = source.listing_goal.files.after_import.action == "leave"
         for delivery in scan.deliveries:
-            if merged.covers(delivery):
+            if files_stay and merged.covers(delivery):
                 found.already_merged.append(delivery.partition_key)
             else:
                 found.requests.append(DeliveryRequest(delivery))

@@ -37,6 +37,8 @@ FILE_HASH_HI = "_file_hash_hi"
 FILE_HASH_LO = "_file_hash_lo"
 #: event and nested frames: the properties of the row whose cell did not parse.
 NOT_IMPORTED = "_not_imported"
+#: every hand-over column: the pipeline's own, never a column a person configured or sees.
+HANDOVER_COLUMNS = frozenset({KEY, LINE, KEY_INDEX, ROWS, HASH_HI, HASH_LO, SUM_KEYED, FILE_HASH_HI, FILE_HASH_LO, NOT_IMPORTED})
 
 
 @dataclass
@@ -182,3 +184,20 @@ def write_reject_report(rejects: StagedImport | Sequence[InputProblem], path: Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     report.write_csv(path)
     return report.height
+
+
+def records_as_stored(staged: StagedImport, rows: int) -> pl.DataFrame:
+    """The first records in file order with the user's columns only (``preview``, the UI's
+    preview): the identifier the record is keyed on under its property's name (``property=value``
+    with several identifiers), then the mapped properties. The hand-over columns, and any other
+    ``_`` column of the pipeline's, are not what a person configured."""
+    records = staged.records.sort(LINE) if LINE in staged.records.columns else staged.records
+    records = records.head(rows)
+    identifiers = staged.identifier_properties
+    if len(identifiers) == 1 or KEY_INDEX not in records.columns:
+        key = pl.col(KEY).cast(pl.String).alias(identifiers[0])
+    else:
+        names = pl.col(KEY_INDEX).replace_strict(dict(enumerate(identifiers)), return_dtype=pl.String)
+        key = pl.concat_str([names, pl.lit("="), pl.col(KEY).cast(pl.String)]).alias("identifier")
+    columns = [c for c in records.columns if c not in HANDOVER_COLUMNS and not c.startswith("_") and c != key.meta.output_name()]
+    return records.select(key, *columns)

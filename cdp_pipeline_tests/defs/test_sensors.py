@@ -76,10 +76,10 @@ def test_missing_linked_file_waits(sensor_and_inbox):
 def test_merged_deliveries_are_not_requested_again_even_without_run_keys(sensor_and_inbox):
     """A fresh Dagster instance (no run keys, no cursor) over an inbox whose files the ledger has:
     the sensor asks the ledger (published copy) and requests nothing."""
-    from cdp_pipeline.cli import run_connection
+    from cdp_pipeline.cli import run_now
 
     definitions, sensor, _ = sensor_and_inbox
-    assert run_connection("demo_local", echo=lambda *_: None)["success"]
+    assert run_now("demo_local", echo=lambda *_: None)["success"]
     with dg.instance_for_test() as instance:
         first = _tick(definitions, sensor, None, instance)
         second = _tick(definitions, sensor, _age_cursor(first.cursor, 10), instance)

@@ -9,7 +9,7 @@ import duckdb
 import yaml
 
 from cdp_pipeline import connection_run
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline.errors import TransientError
@@ -18,7 +18,7 @@ from cdp_pipeline_tests.demo_home import prepare_demo_home
 
 def run(connection: str = "demo_local") -> dict:
     try:
-        return run_connection(connection, echo=lambda *_: None)
+        return run_now(connection, echo=lambda *_: None)
     finally:
         project_config.cache_clear()
 

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 import yaml
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline_tests.dialects.test_netmera import SEED_PROFILE, SEED_PUSH
 from cdp_pipeline_tests.dialects.test_sare import SEED_CSV, SEED_SIDECAR
@@ -54,7 +54,7 @@ def test_sare_pair_through_the_pipeline(tmp_path, monkeypatch):
     (inbox / "exemple.import").write_text(SEED_SIDECAR, encoding="utf-8")
     (inbox / "lonely.csv").write_text(SEED_CSV, encoding="utf-8")  # no sidecar: waits, is reported
     messages: list[str] = []
-    summary = run_connection(name, echo=messages.append)
+    summary = run_now(name, echo=messages.append)
     assert summary["imports"] and all(item["success"] for item in summary["imports"]), summary
     assert [item["delivery"] for item in summary["imports"]] == ["sare_import:exemple.csv"]
     assert any("lonely.csv" in message for message in messages)
@@ -74,7 +74,7 @@ def test_netmera_push_and_profile_files_through_the_pipeline(tmp_path, monkeypat
     (home / "remote" / "Profile").mkdir()
     (home / "remote" / "Profile" / "attributes_20260302.txt").write_text(SEED_PROFILE, encoding="utf-8")
     (home / "remote" / "push" / "push_20260302.csv").write_text(SEED_PUSH, encoding="utf-8")
-    summary = run_connection(name, echo=lambda *_: None)
+    summary = run_now(name, echo=lambda *_: None)
     assert all(item["success"] for item in summary["imports"]), summary
     with duckdb.connect(str(home / "store.duckdb"), read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM profiles").fetchone()[0] >= 2

@@ -1,6 +1,6 @@
 """A Netmera connection over FTPS, end to end: the example connection (its source pointed at the
 test FTPS server, everything else as shipped) runs through the same engine and asset graph as
-every connection (``run_connection``). Push and ``Profile/`` files go in over FTPS, disappear
+every connection (``run_now``). Push and ``Profile/`` files go in over FTPS, disappear
 once processed, and the nightly report goes out over FTPS. Expectations are computed from the
 seed's rows with plain Python and read back with plain DuckDB SQL and the server's own disk."""
 
@@ -15,7 +15,7 @@ import duckdb
 import pytest
 import yaml
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline_tests.dialects.test_netmera import SEED_PROFILE, SEED_PUSH
 from cdp_pipeline_tests.fixtures.ftpd import HOST, PASSWORD_ENV, FtpAccount
@@ -58,7 +58,7 @@ def test_netmera_push_profile_and_report_over_ftps(netmera_over_ftps: tuple[Path
     (remote / "Profile" / "attributes_20260302.txt").write_text(SEED_PROFILE, encoding="utf-8")
     (remote / "push" / "push_20260302.csv").write_text(SEED_PUSH, encoding="utf-8")
 
-    summary = run_connection(name, echo=lambda *_: None)
+    summary = run_now(name, echo=lambda *_: None)
 
     assert summary["success"], summary
     # Attribute files before push files (import goals in their declared order), so the pushes find

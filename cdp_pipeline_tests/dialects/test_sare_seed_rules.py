@@ -1,4 +1,4 @@
-"""The SARE manual's rules (seed 004), each run through the asset graph (``run_connection``: fetch,
+"""The SARE manual's rules (seed 004), each run through the asset graph (``run_now``: fetch,
 decrypt, stage, merge, finish) over the example connection with a local folder as its remote and a
 real DuckDB store. Every expectation is written out from the rows of the files, never computed by
 the project's own code; each overwrite test quotes the mode's line of the manual's table."""
@@ -12,7 +12,7 @@ import duckdb
 import pytest
 import yaml
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.config.loading import load_project
 from cdp_pipeline.defs.connections import connection_definitions
 from cdp_pipeline.defs.project import project_config
@@ -43,7 +43,7 @@ def _deliver(sare, stem: str, sidecar: dict, csv_text: str, *, success: bool = T
     home, name, inbox = sare
     (inbox / f"{stem}.csv").write_text(csv_text, encoding="utf-8")
     (inbox / f"{stem}.import").write_text(json.dumps(sidecar), encoding="utf-8")
-    summary = run_connection(name, echo=(messages.append if messages is not None else lambda *_: None))
+    summary = run_now(name, echo=(messages.append if messages is not None else lambda *_: None))
     assert [item["success"] for item in summary["imports"]] == [success], summary
     return summary
 

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 import yaml
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.defs.project import project_config
 
 STORE = {
@@ -90,7 +90,7 @@ def shop(tmp_path, monkeypatch):
 def _run(home: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         (home / "remote" / "inbox" / name).write_text(text, encoding="utf-8")
-    summary = run_connection("shops", echo=lambda *_: None)
+    summary = run_now("shops", echo=lambda *_: None)
     assert summary["imports"] and all(item["success"] for item in summary["imports"]), summary
     assert summary["export_success"], summary
 

@@ -11,7 +11,7 @@ import duckdb
 import pytest
 import yaml
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.defs.project import project_config
 
 STORE = {
@@ -48,7 +48,7 @@ def crm(tmp_path, monkeypatch):
 def _run(home: Path, name: str, text: str) -> tuple[dict, list[str]]:
     (home / "remote" / "inbox" / name).write_text(text, encoding="utf-8")
     messages: list[str] = []
-    summary = run_connection("crm", echo=messages.append)
+    summary = run_now("crm", echo=messages.append)
     return summary, messages
 
 
@@ -87,7 +87,7 @@ def test_all_detected_fields_creates_the_properties_store_yaml_lacks(crm):
     # The import's metadata in the Dagster UI names them with their types.
     import dagster as dg
 
-    event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey(["crm", "import_tables"]))
+    event = dg.DagsterInstance.get().get_latest_materialization_event(dg.AssetKey(["crm", "profile_store"]))
     assert event is not None and event.asset_materialization is not None
     shown = event.asset_materialization.metadata["created_properties"].value
     assert shown == {name: kind for name, (kind, _) in expected_types.items()}
@@ -131,14 +131,14 @@ def test_the_existing_property_warning_fires_when_values_come_from_another_goal(
     (crm / "remote" / "shop").mkdir()
     (crm / "remote" / "shop" / "shop_1.csv").write_text("email,age\nz@example.com,30\n", encoding="utf-8")
     project_config.cache_clear()
-    summary = run_connection("shop", echo=lambda *_: None)
+    summary = run_now("shop", echo=lambda *_: None)
     assert [item["success"] for item in summary["imports"]] == [True]
     summary, messages = _run(crm, "people_1.csv", "email,age,city\na@example.com,41,Oslo\n")
     assert [item["success"] for item in summary["imports"]] == [True]
     import dagster as dg
 
     instance = dg.DagsterInstance.get()
-    (run,) = instance.get_runs(dg.RunsFilter(job_name="crm_import"), limit=1)
+    (run,) = instance.get_runs(dg.RunsFilter(job_name="crm_run_now"), limit=1)
     logs = instance.all_logs(run.run_id)
     warnings = [entry.user_message for entry in logs if "is also filled by" in entry.user_message]
     assert warnings == [
@@ -185,7 +185,7 @@ def test_all_detected_fields_of_an_event_file_create_event_properties(tmp_path, 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
     project_config.cache_clear()
-    summary = run_connection("web", echo=lambda *_: None)
+    summary = run_now("web", echo=lambda *_: None)
     project_config.cache_clear()
     assert [item["success"] for item in summary["imports"]] == [True], summary
     with duckdb.connect(str(home / "store.duckdb"), read_only=True) as conn:
