@@ -40,6 +40,8 @@ from cdp_pipeline.config.catalog import consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, ExportCollisionError, TransportError
+from cdp_pipeline.fault_injection import fault_point
+from cdp_pipeline.orphans import mark_owner, remove_orphans
 from cdp_pipeline.private_files import private_directory
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.exports import (
@@ -239,7 +241,10 @@ def run_export(
     consent_property = consent_property or project.store.consent_property
     work = project.work_dir / connection.name / f"export-{goal.name}-{run_id[:12]}"
     shutil.rmtree(work, ignore_errors=True)
+    # An export killed with SIGKILL left its plaintext files and their ciphertext behind.
+    remove_orphans(work.parent, f"export-{goal.name}-")
     private_directory(work)
+    mark_owner(work)
     os.chmod(project.work_dir, 0o700)
     try:
         file_name = render_name(goal.target.file_name, goal=goal.name, segment=goal.segment, run_id=run_id, now=now)
@@ -292,11 +297,13 @@ def run_export(
             exported_ids, snapshot_rows = save_selection(conn, work / "state", diff=goal.diff)
 
         # The writer is closed from here on: encoding, encryption and upload never hold the store.
+        fault_point("export")
         for item in plan:
             _finish_encoding(item.local, goal)
         if goal.target.encrypt:
             _encrypt_all(plan, goal, transport, keyring_factory)
         _avoid_existing_names(plan, goal, transport)
+        fault_point("upload")
         sent: list[ExportedFile] = []
         for item in plan:
             size, sha = item.local.stat().st_size, _sha256(item.local)

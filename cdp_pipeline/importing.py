@@ -39,6 +39,7 @@ from cdp_pipeline.deliveries import (
 from cdp_pipeline.dialects import dialect_sources
 from cdp_pipeline.disk_space import HEADROOM, DiskSpaceError, disk_full_error, is_disk_full, require_free_space
 from cdp_pipeline.errors import CdpError, FileVanishedError, InputError, InputProblem
+from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.private_files import private_directory
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.ledger import stored_property_writers
@@ -213,6 +214,7 @@ def fetch_delivery(transport: Transport, delivery: Delivery, work_dir: Path, max
             shutil.rmtree(target, ignore_errors=True)  # the files already down would only keep the disk full
             raise disk_full_error(work_dir, purpose) from None
         raise
+    fault_point("fetch")
     for name, remote in delivery.files.items():
         local = target / f"{name}.bin"
         fetched.append(
@@ -264,6 +266,8 @@ def decrypt_delivery(work_dir: Path, keyring_factory=None, max_file_bytes: int |
                 os.link(local, plain)  # no copy: the plaintext is already private (0600)
             os.chmod(plain, 0o600)
             out.append(FetchedFile(**{**vars(item), "local_path": str(plain)}))
+            if item in encrypted:
+                fault_point("decrypt")
     except Exception as exc:
         if is_disk_full(exc) or isinstance(exc, DiskSpaceError):
             shutil.rmtree(target, ignore_errors=True)  # no half-written plaintext stays behind
@@ -301,6 +305,7 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
         write_reject_report(error.problems, report)
         raise
     staged = result.staged
+    fault_point("tables")
     if source.generates_goal:
         (work_dir / GOAL_FILE).write_text(result.goal.model_dump_json())
     if result.skip_reason is not None:
@@ -407,6 +412,7 @@ def merge_staged(
             record_history=project.store.history,
             status="reprocessed" if already else "merged",
         )
+        fault_point("after_commit")
         sizes = refresh_memberships(conn, project.catalog, now)
     return MergeOutcome(status="merged", delivery_id=delivery_id, counts=counts, segment_sizes=sizes, reprocessed=already is not None)
 
