@@ -43,6 +43,7 @@ from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, ExportCollis
 from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.orphans import mark_owner, remove_orphans
 from cdp_pipeline.private_files import private_directory
+from cdp_pipeline.store.conflicts import retry_on_conflict
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.exports import (
     build_export_rows,
@@ -331,7 +332,10 @@ def run_export(
                 manifests.append(exported.remote_path + ".manifest.json")
 
         with open_writer(project.store_path, project.catalog, threads=project.store.threads) as conn:
-            record_export(conn, connection.name, goal.name, run_id, now, exported=exported_ids, rows=snapshot_rows)
+            retry_on_conflict(
+                lambda: record_export(conn, connection.name, goal.name, run_id, now, exported=exported_ids, rows=snapshot_rows),
+                what=f"recording export {goal.name}",
+            )
 
         profile_files = [f for f in sent if f.kind == "profiles"]
         return ExportOutcome(

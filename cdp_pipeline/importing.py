@@ -41,6 +41,7 @@ from cdp_pipeline.disk_space import HEADROOM, DiskSpaceError, disk_full_error, i
 from cdp_pipeline.errors import CdpError, FileVanishedError, InputError, InputProblem
 from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.private_files import private_directory
+from cdp_pipeline.store.conflicts import retry_on_conflict
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.ledger import stored_property_writers
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
@@ -405,12 +406,16 @@ def merge_staged(
         )
         if steps.prepare is not None:
             staged = steps.prepare(conn, staged)
-        counts = merge_delivery(
-            conn, project.catalog, staged, record, run_id, now,
-            before=steps.before, after=steps.after,
-            objectives=connection.objectives, consent_property=project.store.consent_property,
-            record_history=project.store.history,
-            status="reprocessed" if already else "merged",
+        merging = staged
+        counts = retry_on_conflict(
+            lambda: merge_delivery(
+                conn, project.catalog, merging, record, run_id, now,
+                before=steps.before, after=steps.after,
+                objectives=connection.objectives, consent_property=project.store.consent_property,
+                record_history=project.store.history,
+                status="reprocessed" if already else "merged",
+            ),
+            what=f"merging delivery {record.partition_key or record.root_file}",
         )
         fault_point("after_commit")
         sizes = refresh_memberships(conn, project.catalog, now)

@@ -18,6 +18,7 @@ import duckdb
 from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.store.conditions import ConditionError, ConditionSql, compile_conditions
+from cdp_pipeline.store.conflicts import retry_on_conflict
 from cdp_pipeline.store.schema import literal
 
 
@@ -40,8 +41,13 @@ def _declared(column: str, names: Iterable[str]) -> str:
 
 
 def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime) -> dict[str, int]:
-    """Recompute every segment (bases first) and lifecycle; returns segment sizes."""
+    """Recompute every segment (bases first) and lifecycle; returns segment sizes. A transaction
+    conflict runs the whole recomputation again (bounded, see store/conflicts.py)."""
     conditions = check_conditions(conn, catalog)
+    return retry_on_conflict(lambda: _refresh_once(conn, catalog, conditions, now), what="refreshing segment and lifecycle members")
+
+
+def _refresh_once(conn: duckdb.DuckDBPyConnection, catalog: Catalog, conditions: ConditionSql, now: datetime) -> dict[str, int]:
     sizes: dict[str, int] = {}
     conn.execute("BEGIN TRANSACTION")
     try:
