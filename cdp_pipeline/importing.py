@@ -48,7 +48,7 @@ from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_me
 from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
 from cdp_pipeline.store.schema import event_table
-from cdp_pipeline.store.segments import refresh_memberships
+from cdp_pipeline.store.segments import memberships_behind, refresh_memberships
 from cdp_pipeline.tables.staged import StagedImport, write_reject_report
 from cdp_pipeline.transports.base import EtagPinnedFinishing, ParallelDownloads, RemoteFile, Transport
 
@@ -397,7 +397,10 @@ def merge_staged(
         already = delivery_is_merged(conn, sha, config_hash, connection.name, goal.name)
         if already and not reprocess:
             # Same bytes, same configuration: nothing would change (sums skip counted rows anyway).
-            return MergeOutcome(status="skipped", delivery_id=already, counts=MergeCounts(rows_read=staged.rows_read), segment_sizes={}, duplicate_of=already)
+            # Unless the run that merged it died before refreshing the segments (a retry after a kill).
+            sizes = refresh_memberships(conn, project.catalog, now) if memberships_behind(conn, project.catalog) else {}
+            counts = MergeCounts(rows_read=staged.rows_read)
+            return MergeOutcome(status="skipped", delivery_id=already, counts=counts, segment_sizes=sizes, duplicate_of=already)
         steps = source.around_merge(
             MergeContext(
                 catalog=project.catalog, files=_local_files(files), connection=connection.name, goal=goal.name,

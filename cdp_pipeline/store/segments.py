@@ -19,6 +19,7 @@ from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.store.conditions import ConditionError, ConditionSql, compile_conditions
 from cdp_pipeline.store.conflicts import retry_on_conflict
+from cdp_pipeline.store.database import fetch_row
 from cdp_pipeline.store.schema import literal
 
 
@@ -45,6 +46,23 @@ def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: 
     conflict runs the whole recomputation again (bounded, see store/conflicts.py)."""
     conditions = check_conditions(conn, catalog)
     return retry_on_conflict(lambda: _refresh_once(conn, catalog, conditions, now), what="refreshing segment and lifecycle members")
+
+
+def memberships_behind(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> bool:
+    """Whether a merge committed after the last membership refresh: its run died between the two
+    (they are separate transactions), so segments and lifecycles still show the store before it."""
+    if not catalog.segments:
+        return bool(catalog.lifecycles)  # nothing measures lifecycle refreshes: refresh to be sure
+    (behind,) = fetch_row(
+        conn,
+        """
+        SELECT coalesce((SELECT max(merged_at) FROM deliveries WHERE status IN ('merged', 'reprocessed'))
+                        > (SELECT max(measured_at) FROM segment_sizes), FALSE)
+               OR ((SELECT count(*) FROM deliveries WHERE status IN ('merged', 'reprocessed')) > 0
+                   AND (SELECT count(*) FROM segment_sizes) = 0)
+        """,
+    )
+    return bool(behind)
 
 
 def _refresh_once(conn: duckdb.DuckDBPyConnection, catalog: Catalog, conditions: ConditionSql, now: datetime) -> dict[str, int]:

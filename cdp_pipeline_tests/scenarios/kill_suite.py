@@ -231,3 +231,35 @@ def pool_claims(dagster_home: Path) -> tuple[set[str], set[str]]:
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         info = instance.event_log_storage.get_concurrency_info("duckdb_write")
         return {slot.run_id for slot in info.claimed_slots}, {step.run_id for step in info.pending_steps if not step.assigned_timestamp}
+
+
+@dataclass
+class KillCase:
+    """What one kill point did: the killed run, the rerun, and how the rerun's result compares."""
+
+    point: str
+    killed: RunResult
+    killed_homes: list[Path]
+    rerun: RunResult
+    claims: tuple[set[str], set[str]]
+    differences: dict[str, str]
+    exports: dict[str, bytes]
+    leftovers: list[str]
+
+
+def run_case(setup: KillSetup, root: Path, point: str, clean_home: Path, gpg_cli, rerun_timeout: float = 400) -> KillCase:
+    """Kill a run at ``point`` in a fresh home, run again, and gather what the checks look at."""
+    home = new_home(setup, root / point)
+    killed = cli_run(setup, home, fault_at=KILL_POINTS[point])
+    killed_homes = gnupg_homes_of(killed.pid)
+    rerun = cli_run(setup, home, timeout=rerun_timeout)
+    return KillCase(
+        point=point,
+        killed=killed,
+        killed_homes=killed_homes,
+        rerun=rerun,
+        claims=pool_claims(home / "dagster_home"),
+        differences=table_differences(clean_home / "store.duckdb", home / "store.duckdb") if rerun.returncode == 0 else {},
+        exports=decrypted_exports(home, gpg_cli, root / f"{point}_exports") if rerun.returncode == 0 else {},
+        leftovers=leftovers(home, killed_homes),
+    )

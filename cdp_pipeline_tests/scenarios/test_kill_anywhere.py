@@ -33,21 +33,15 @@ def clean_run(tmp_path_factory, gpg_cli, pgp_keys):
 @pytest.mark.parametrize("point", list(kill_suite.KILL_POINTS))
 def test_a_run_killed_at_any_point_reruns_to_the_clean_result(clean_run, point, gpg_cli):
     root, setup, clean_home, clean_exports = clean_run
-    home = kill_suite.new_home(setup, root / point)
+    case = kill_suite.run_case(setup, root, point, clean_home, gpg_cli)
 
-    killed = kill_suite.cli_run(setup, home, fault_at=kill_suite.KILL_POINTS[point])
     # -9: the hook fired (a run that finished or failed on its own proves nothing here).
-    assert killed.returncode == -9, f"the run was not killed at {point}:\n{killed.output[-4000:]}"
-    killed_homes = kill_suite.gnupg_homes_of(killed.pid)
+    assert case.killed.returncode == -9, f"the run was not killed at {point}:\n{case.killed.output[-4000:]}"
     if point == "decrypt":
-        assert killed_homes, "the run died while decrypting, so its GnuPG home must still be there before the rerun"
-
-    rerun = kill_suite.cli_run(setup, home, timeout=400)
-    assert rerun.returncode == 0, rerun.output[-4000:]
-    assert kill_suite.pool_claims(home / "dagster_home") == (set(), set())
-
-    assert kill_suite.table_differences(clean_home / "store.duckdb", home / "store.duckdb") == {}
-    exports = kill_suite.decrypted_exports(home, gpg_cli, root / f"{point}_exports")
-    assert exports.keys() == clean_exports.keys()
-    assert exports == clean_exports
-    assert kill_suite.leftovers(home, killed_homes) == []
+        assert case.killed_homes, "the run died while decrypting, so its GnuPG home was still there before the rerun"
+    assert case.rerun.returncode == 0, case.rerun.output[-4000:]
+    assert case.claims == (set(), set())
+    assert case.differences == {}
+    assert case.exports.keys() == clean_exports.keys()
+    assert case.exports == clean_exports
+    assert case.leftovers == []
