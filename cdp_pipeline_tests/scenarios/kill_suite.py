@@ -44,8 +44,11 @@ KILL_POINTS = {
 #: columns that differ between two runs of the same input by design: times, run ids (and the
 #: delivery ids and file lists that contain them), mtimes.
 VOLATILE_PARTS = ("_at", "_since", "run_id", "delivery_id", "measured", "started", "ended", "timestamp", "seconds", "files")
-#: the run history is not compared row by row: a killed run is part of that history on purpose.
-HISTORY_TABLES = {"runs"}
+#: logs of what happened, not compared row by row: a killed run is part of the run history on
+#: purpose, and a killed export had measured the segment sizes before it died (the rerun measures
+#: again). Of segment_sizes the latest size of each segment is compared instead.
+HISTORY_TABLES = {"runs", "segment_sizes"}
+LATEST_SEGMENT_SIZES = "SELECT segment, arg_max(size, measured_at) AS size FROM {db}.segment_sizes GROUP BY segment"
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,10 @@ def table_differences(clean: Path, rerun: Path) -> dict[str, str]:
             counts.append(row[0] if row else -1)
         if counts != [0, 0]:
             differences[table] = f"{counts[0]} rows only in the clean store, {counts[1]} only in the rerun's"
+    if "segment_sizes" in left & right:
+        latest = [sorted(conn.execute(LATEST_SEGMENT_SIZES.format(db=db)).fetchall()) for db in ("clean", "rerun")]
+        if latest[0] != latest[1]:
+            differences["segment_sizes"] = f"latest sizes {latest[0]} in the clean store, {latest[1]} in the rerun's"
     conn.close()
     return differences
 
