@@ -9,8 +9,6 @@ test-only hook ``CDP_PIPELINE_FAULT_AT``. ``bench/kill_anywhere.py`` runs the sa
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 
 from cdp_pipeline_tests.scenarios import kill_suite
@@ -18,7 +16,6 @@ from cdp_pipeline_tests.scenarios import kill_suite
 #: small enough that the nine cases and the clean run fit CI; big enough that the segment export and
 #: both timeline files have rows (a kill cannot hide behind an empty export).
 PROFILES = 400
-PARALLEL_CASES = 2
 
 
 @pytest.fixture(scope="module")
@@ -34,33 +31,10 @@ def clean_run(tmp_path_factory, gpg_cli, pgp_keys):
     return root, setup, home, exports
 
 
-@pytest.fixture(scope="module")
-def kill_cases(request, clean_run, gpg_cli) -> dict[str, kill_suite.KillCase | BaseException]:
-    """Every selected kill point, two at a time: each case is two runs in a home of its own, and
-    running two side by side halves the suite's time on a two-core CI machine."""
-    root, setup, clean_home, _ = clean_run
-    selected = [
-        item.callspec.params["point"]
-        for item in request.session.items
-        if item.originalname == "test_a_run_killed_at_any_point_reruns_to_the_clean_result" and hasattr(item, "callspec")
-    ]
-    results: dict[str, kill_suite.KillCase | BaseException] = {}
-    with ThreadPoolExecutor(max_workers=PARALLEL_CASES) as pool:
-        futures = {point: pool.submit(kill_suite.run_case, setup, root, point, clean_home, gpg_cli) for point in selected}
-        for point, future in futures.items():
-            try:
-                results[point] = future.result()
-            except Exception as error:  # reported by the case's own test
-                results[point] = error
-    return results
-
-
 @pytest.mark.parametrize("point", list(kill_suite.KILL_POINTS))
-def test_a_run_killed_at_any_point_reruns_to_the_clean_result(kill_cases, clean_run, point):
-    clean_exports = clean_run[3]
-    case = kill_cases[point]
-    if isinstance(case, BaseException):
-        raise case
+def test_a_run_killed_at_any_point_reruns_to_the_clean_result(clean_run, point, gpg_cli):
+    root, setup, clean_home, clean_exports = clean_run
+    case = kill_suite.run_case(setup, root, point, clean_home, gpg_cli)
 
     # -9: the hook fired (a run that finished or failed on its own proves nothing here).
     assert case.killed.returncode == -9, f"the run was not killed at {point}:\n{case.killed.output[-4000:]}"
