@@ -43,7 +43,10 @@ from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.dialects.netmera import NetmeraSettings
 from cdp_pipeline.dialects.netmera_reports import report_period, write_netmera_reports
 from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, ExportCollisionError, TransportError
+from cdp_pipeline.fault_injection import fault_point
+from cdp_pipeline.orphans import mark_owner, remove_orphans
 from cdp_pipeline.private_files import private_directory
+from cdp_pipeline.store.conflicts import retry_on_conflict
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.exports import (
     build_export_rows,
@@ -244,7 +247,10 @@ def run_export(
     consent_property = consent_property or project.store.consent_property
     work = project.work_dir / connection.name / f"export-{goal.name}-{run_id[:12]}"
     shutil.rmtree(work, ignore_errors=True)
+    # An export killed with SIGKILL left its plaintext files and their ciphertext behind.
+    remove_orphans(work.parent, f"export-{goal.name}-")
     private_directory(work)
+    mark_owner(work)
     os.chmod(project.work_dir, 0o700)
     try:
         file_name = render_name(goal.target.file_name, goal=goal.name, segment=goal.segment, run_id=run_id, now=now)
@@ -312,11 +318,13 @@ def run_export(
             meter.done = sum(item.rows for item in plan)
 
         # The writer is closed from here on: encoding, encryption and upload never hold the store.
+        fault_point("export")
         for item in plan:
             _finish_encoding(item.local, goal)
         if goal.target.encrypt:
             _encrypt_all(plan, goal, transport, keyring_factory)
         _avoid_existing_names(plan, goal, transport)
+        fault_point("upload")
         sent: list[ExportedFile] = []
         with progress.stage("upload", subject, "bytes", measure=lambda: sum(f.bytes for f in sent)) as uploaded:
             for item in plan:
@@ -346,7 +354,10 @@ def run_export(
                 manifests.append(exported.remote_path + ".manifest.json")
 
         with open_writer(project.store_path, project.catalog, threads=project.store.threads) as conn:
-            record_export(conn, connection.name, goal.name, run_id, now, exported=exported_ids, rows=snapshot_rows)
+            retry_on_conflict(
+                lambda: record_export(conn, connection.name, goal.name, run_id, now, exported=exported_ids, rows=snapshot_rows),
+                what=f"recording export {goal.name}",
+            )
 
         profile_files = [f for f in sent if f.kind == "profiles"]
         return ExportOutcome(

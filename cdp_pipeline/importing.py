@@ -41,14 +41,16 @@ from cdp_pipeline.deliveries import (
 from cdp_pipeline.dialects import dialect_sources
 from cdp_pipeline.disk_space import HEADROOM, DiskSpaceError, disk_full_error, is_disk_full, require_free_space
 from cdp_pipeline.errors import CdpError, FileVanishedError, InputError, InputProblem
+from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.private_files import private_directory
+from cdp_pipeline.store.conflicts import retry_on_conflict
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.ledger import stored_property_writers
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
 from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
 from cdp_pipeline.store.schema import event_table
-from cdp_pipeline.store.segments import refresh_memberships
+from cdp_pipeline.store.segments import memberships_behind, refresh_memberships
 from cdp_pipeline.tables.staged import StagedImport, write_reject_report
 from cdp_pipeline.transports.base import EtagPinnedFinishing, ParallelDownloads, RemoteFile, Transport
 
@@ -216,6 +218,7 @@ def fetch_delivery(transport: Transport, delivery: Delivery, work_dir: Path, max
             shutil.rmtree(target, ignore_errors=True)  # the files already down would only keep the disk full
             raise disk_full_error(work_dir, purpose) from None
         raise
+    fault_point("fetch")
     for name, remote in delivery.files.items():
         local = target / f"{name}.bin"
         fetched.append(
@@ -246,6 +249,8 @@ def _decrypt_or_link(
             os.link(local, plain)  # no copy: the plaintext is already private (0600)
         os.chmod(plain, 0o600)
         out.append(FetchedFile(**{**vars(item), "local_path": str(plain)}))
+        if item in encrypted:
+            fault_point("decrypt")
 
 
 def decrypt_delivery(work_dir: Path, keyring_factory=None, max_file_bytes: int | None = None) -> tuple[list[FetchedFile], int]:
@@ -316,6 +321,7 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
         write_reject_report(error.problems, report)
         raise
     staged = result.staged
+    fault_point("tables")
     if source.generates_goal:
         (work_dir / GOAL_FILE).write_text(result.goal.model_dump_json())
     if result.skip_reason is not None:
@@ -406,7 +412,10 @@ def merge_staged(
         already = delivery_is_merged(conn, sha, config_hash, connection.name, goal.name)
         if already and not reprocess:
             # Same bytes, same configuration: nothing would change (sums skip counted rows anyway).
-            return MergeOutcome(status="skipped", delivery_id=already, counts=MergeCounts(rows_read=staged.rows_read), segment_sizes={}, duplicate_of=already)
+            # Unless the run that merged it died before refreshing the segments (a retry after a kill).
+            sizes = refresh_memberships(conn, project.catalog, now) if memberships_behind(conn, project.catalog) else {}
+            counts = MergeCounts(rows_read=staged.rows_read)
+            return MergeOutcome(status="skipped", delivery_id=already, counts=counts, segment_sizes=sizes, duplicate_of=already)
         steps = source.around_merge(
             MergeContext(
                 catalog=project.catalog, files=_local_files(files), connection=connection.name, goal=goal.name,
@@ -416,13 +425,18 @@ def merge_staged(
         with progress.stage("merge", record.partition_key or goal.name, "rows") as meter:
             if steps.prepare is not None:
                 staged = steps.prepare(conn, staged)
-            counts = merge_delivery(
-                conn, project.catalog, staged, record, run_id, now,
-                before=steps.before, after=steps.after,
-                objectives=connection.objectives, consent_property=project.store.consent_property,
-                record_history=project.store.history,
-                status="reprocessed" if already else "merged",
+            merging = staged
+            counts = retry_on_conflict(
+                lambda: merge_delivery(
+                    conn, project.catalog, merging, record, run_id, now,
+                    before=steps.before, after=steps.after,
+                    objectives=connection.objectives, consent_property=project.store.consent_property,
+                    record_history=project.store.history,
+                    status="reprocessed" if already else "merged",
+                ),
+                what=f"merging delivery {record.partition_key or record.root_file}",
             )
+            fault_point("after_commit")
             sizes = refresh_memberships(conn, project.catalog, now)
             meter.done = staged.rows_read
     return MergeOutcome(status="merged", delivery_id=delivery_id, counts=counts, segment_sizes=sizes, reprocessed=already is not None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -28,10 +29,13 @@ from cdp_pipeline.config.catalog import BUILT_IN_PERMISSION_LEVEL, DEFAULT_DOMAI
 from cdp_pipeline.config.connection import Connection, ExportGoal, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.csv_options import StrictModel
 from cdp_pipeline.errors import ConfigError
+from cdp_pipeline.filesystems import store_filesystem_problem
 
 if TYPE_CHECKING:  # the dialects import the configuration models; only their types are needed here
     from cdp_pipeline.dialects.netmera import NetmeraSettings
     from cdp_pipeline.dialects.sare import SareSettings
+
+logger = logging.getLogger(__name__)
 
 BUNDLED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "demo" / "config"
 
@@ -56,6 +60,8 @@ class StoreSettings(StrictModel):
     #: shows none: Dagster's event log keeps run metadata as long as run history, in files the
     #: store's permissions do not cover, so customer values go there only when asked for.
     ui_preview_rows: int = Field(default=0, ge=0, le=100)
+    #: use a store on NFS, SMB, sshfs ... anyway (refused by default: DuckDB's lock is not reliable there).
+    allow_network_filesystem: bool = False
 
 
 class StoreFile(StrictModel):
@@ -487,6 +493,12 @@ def inspect_project(config_dir: Path | None = None, home: Path | None = None) ->
             else:
                 project.store, project.catalog = store_file.store, store_file.catalog
                 _refuse_internal_names(store_file.catalog, str(store_yaml))
+                allowed = store_file.store.allow_network_filesystem
+                if (problem := store_filesystem_problem(project.store_path, allowed=allowed)) is not None:
+                    if allowed:
+                        logger.warning("%s: store.path: %s", store_yaml, problem)
+                    else:
+                        problems.append(f"{store_yaml}: store.path: {problem}")
         except ConfigError as error:
             problems += _problem_lines(error)
             catalog_usable = False

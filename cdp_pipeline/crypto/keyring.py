@@ -47,8 +47,12 @@ from cdp_pipeline.crypto.gpg_process import (
 from cdp_pipeline.crypto.key_import import ConfiguredKey, import_configured_keys, normalize_fingerprint
 from cdp_pipeline.crypto.key_validity import KeyInfo, as_utc, expiry_messages, key_info, recipient_problem
 from cdp_pipeline.errors import CryptoError
+from cdp_pipeline.orphans import mark_owner, remove_orphans
 
 logger = logging.getLogger(__name__)
+
+#: name prefix of every keyring's GnuPG home (the orphan sweep finds them by it).
+HOME_PREFIX = "cdpg-"
 
 
 def _check_passphrase(passphrase: str | None) -> str | None:
@@ -202,11 +206,17 @@ class PgpKeyring:
         if home is None:
             return
         try:
+            self._stop_agent(home, self._env or None)
+        finally:
+            self._remove_home(home)
+
+    def _stop_agent(self, home: Path, env: dict[str, str] | None = None) -> None:
+        try:
             gpgconf = str(Path(self._gpg_binary).with_name("gpgconf")) if os.sep in self._gpg_binary else "gpgconf"
             # An argument list without a shell; the binary is gpgconf beside the gpg this keyring runs.
             subprocess.run(  # noqa: S603
                 [gpgconf, "--homedir", str(home), "--kill", "all"],
-                env=self._env or None,
+                env=env or {"PATH": os.environ.get("PATH", os.defpath), "GNUPGHOME": str(home), "LC_ALL": "C"},
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 timeout=15,
@@ -214,8 +224,6 @@ class PgpKeyring:
             )
         except (OSError, subprocess.TimeoutExpired):
             logger.warning("could not stop gpg-agent of %s", home, exc_info=True)
-        finally:
-            self._remove_home(home)
 
     def _make_home(self) -> Path:
         base = self._base_dir
@@ -223,8 +231,13 @@ class PgpKeyring:
             # /tmp on purpose: a short path keeps the agent's socket paths under their length limit;
             # mkdtemp makes the home unguessable and private, which is what the rule guards against.
             base = Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())  # noqa: S108
-        home = Path(tempfile.mkdtemp(prefix="cdpg-", dir=base))
+        # A run killed with SIGKILL left its home (private keys included) and maybe its agent:
+        # the next keyring made here removes those whose process is gone.
+        for orphan in remove_orphans(base, HOME_PREFIX, before_remove=self._stop_agent):
+            logger.warning("removed the GnuPG home %s of a process that ended without cleaning up", orphan)
+        home = Path(tempfile.mkdtemp(prefix=HOME_PREFIX, dir=base))
         os.chmod(home, 0o700)  # mkdtemp already uses 0700; be explicit, gpg warns on anything wider
+        mark_owner(home)
         if len(str(home)) + len("/S.gpg-agent.browser") > 100:
             self._remove_home(home)
             raise CryptoError(

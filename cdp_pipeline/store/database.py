@@ -66,8 +66,9 @@ def _connect(path: Path, *, read_only: bool, threads: int | None, lock_wait_seco
             if path.exists():
                 raise unreadable_store(path, exc) from exc
             raise
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        # Only a lock held by another process gets here: wait before asking again (no busy loop).
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 class StoreUnreadableError(CdpError):

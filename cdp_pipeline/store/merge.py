@@ -51,6 +51,7 @@ import polars as pl
 
 from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition, consent_property_problem
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
+from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
 from cdp_pipeline.tables.staged import FILE_HASH_HI, FILE_HASH_LO, HASH_HI, HASH_LO, KEY_INDEX, NOT_IMPORTED, ROWS, SUM_KEYED, StagedImport
 
@@ -906,6 +907,7 @@ def merge_delivery(
     counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=rejected, values_not_imported=staged.values_not_imported)
     conn.execute("BEGIN TRANSACTION")
     try:
+        fault_point("merge_early")
         # Dialect hooks (SARE's group clears, consent withdrawals ...) share the transaction, so a
         # delivery and its side effects commit or vanish together.
         if before is not None:
@@ -975,6 +977,7 @@ def merge_delivery(
                 "now": now,
             },
         )
+        fault_point("merge_late")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

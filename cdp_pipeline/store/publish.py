@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 
+from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.store.database import fetch_row
 
 
@@ -27,12 +28,16 @@ def publish_copy(conn: duckdb.DuckDBPyConnection, target: Path) -> int:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.unlink(missing_ok=True)
+    # A writer killed mid-copy left its temporary copy (a full copy of the customer data). This
+    # connection is the store's only writer, so every other temporary copy here is such a leftover.
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
     (source_path,) = fetch_row(conn, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
     conn.execute("FORCE CHECKPOINT")
     try:
         shutil.copyfile(source_path, temporary)
         os.chmod(temporary, 0o640)
+        fault_point("publish")
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)

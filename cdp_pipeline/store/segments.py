@@ -18,6 +18,8 @@ import duckdb
 from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.store.conditions import ConditionError, ConditionSql, compile_conditions
+from cdp_pipeline.store.conflicts import retry_on_conflict
+from cdp_pipeline.store.database import fetch_row
 from cdp_pipeline.store.schema import literal
 
 
@@ -40,8 +42,30 @@ def _declared(column: str, names: Iterable[str]) -> str:
 
 
 def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime) -> dict[str, int]:
-    """Recompute every segment (bases first) and lifecycle; returns segment sizes."""
+    """Recompute every segment (bases first) and lifecycle; returns segment sizes. A transaction
+    conflict runs the whole recomputation again (bounded, see store/conflicts.py)."""
     conditions = check_conditions(conn, catalog)
+    return retry_on_conflict(lambda: _refresh_once(conn, catalog, conditions, now), what="refreshing segment and lifecycle members")
+
+
+def memberships_behind(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> bool:
+    """Whether a merge committed after the last membership refresh: its run died between the two
+    (they are separate transactions), so segments and lifecycles still show the store before it."""
+    if not catalog.segments:
+        return bool(catalog.lifecycles)  # nothing measures lifecycle refreshes: refresh to be sure
+    (behind,) = fetch_row(
+        conn,
+        """
+        SELECT coalesce((SELECT max(merged_at) FROM deliveries WHERE status IN ('merged', 'reprocessed'))
+                        > (SELECT max(measured_at) FROM segment_sizes), FALSE)
+               OR ((SELECT count(*) FROM deliveries WHERE status IN ('merged', 'reprocessed')) > 0
+                   AND (SELECT count(*) FROM segment_sizes) = 0)
+        """,
+    )
+    return bool(behind)
+
+
+def _refresh_once(conn: duckdb.DuckDBPyConnection, catalog: Catalog, conditions: ConditionSql, now: datetime) -> dict[str, int]:
     sizes: dict[str, int] = {}
     conn.execute("BEGIN TRANSACTION")
     try:

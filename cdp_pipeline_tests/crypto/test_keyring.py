@@ -442,3 +442,40 @@ def test_decrypt_streams_a_50_mb_file_with_flat_memory_and_no_dagster(pgp_keys, 
     assert report["after"] - report["before"] < size // 5, report  # far below the 50 MB file
     assert report["dagster"] is False  # the engine never imports dagster
     assert dst.stat().st_size == size
+
+
+KILLED_KEYRING = """
+import os, signal, sys
+from cdp_pipeline.crypto.keyring import PgpKeyring
+keyring = PgpKeyring([os.environ["KILLED_PRIVATE_KEY"]], passphrase=os.environ["KILLED_PASSPHRASE"], base_dir=sys.argv[1])
+keyring.open()
+print(keyring.home, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _agents_of(home: Path) -> list[str]:
+    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in listing.splitlines() if "gpg-agent" in line and str(home) in line]
+
+
+def test_the_home_of_a_killed_keyring_is_removed_by_the_next_one(pgp_keys, plain, tmp_path):
+    base = Path(os.path.realpath("/tmp")) / f"kr{os.getpid()}"
+    base.mkdir(mode=0o700)
+    try:
+        env = {**os.environ, "KILLED_PRIVATE_KEY": pgp_keys.recipient.private_key, "KILLED_PASSPHRASE": PASSPHRASE}
+        killed = subprocess.run([sys.executable, "-c", KILLED_KEYRING, str(base)], env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert killed.returncode == -9, killed.stderr
+        orphan = Path(killed.stdout.strip())
+        # kill -9 ran no finally: the home with the imported secret key is still there
+        assert orphan.parent == base and any((orphan / "private-keys-v1.d").iterdir())
+        assert _agents_of(orphan), "the killed keyring's gpg-agent outlives it (it runs detached)"
+
+        with keyring(pgp_keys, base_dir=base) as fresh:
+            assert fresh.home.exists()
+            assert not orphan.exists()
+            assert _agents_of(orphan) == []
+            assert [path for path in base.iterdir()] == [fresh.home]
+        assert list(base.iterdir()) == []
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
