@@ -427,12 +427,19 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
     ).fetchone() or ("",)
     changes = _migrate(conn, str(store_name))
     tables = {**FIXED_TABLES, **catalog_tables(catalog)}
-    existing = {
-        (row[0], row[1]): row[2]
-        for row in conn.execute(
-            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' AND database_name = current_database()"
+    columns_now = conn.execute(
+        "SELECT table_name, column_name, data_type, comment FROM duckdb_columns() WHERE schema_name = 'main' AND database_name = current_database()"
+    ).fetchall()
+    existing = {(table, name): data_type for table, name, data_type, _ in columns_now}
+    # Comments are written only where they differ: ~150 COMMENT statements at every writer open
+    # were most of the time a run spent opening the store (about twenty opens a job).
+    comments: dict[tuple[str, str | None], str | None] = {(table, name): comment for table, name, _, comment in columns_now}
+    comments.update(
+        ((table, None), comment)
+        for table, comment in conn.execute(
+            "SELECT table_name, comment FROM duckdb_tables() WHERE schema_name = 'main' AND database_name = current_database()"
         ).fetchall()
-    }
+    )
     existing_tables = {table for table, _ in existing}
     for table, (comment, columns) in tables.items():
         if table not in existing_tables:
@@ -455,9 +462,11 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
                         f"{quote(name)} SET DATA TYPE {sql_type} (a value that does not convert fails it, and nothing changes); "
                         "or give the property a new name, or put the old type back in store.yaml"
                     )
-        conn.execute(f"COMMENT ON TABLE {quote(table)} IS {literal(comment)}")
+        if comments.get((table, None)) != comment:
+            conn.execute(f"COMMENT ON TABLE {quote(table)} IS {literal(comment)}")
         for name, _, column_comment in columns:
-            conn.execute(f"COMMENT ON COLUMN {quote(table)}.{quote(name)} IS {literal(column_comment)}")
+            if comments.get((table, name)) != column_comment:
+                conn.execute(f"COMMENT ON COLUMN {quote(table)}.{quote(name)} IS {literal(column_comment)}")
     _create_views(conn, catalog)
     return changes
 
