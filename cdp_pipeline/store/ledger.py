@@ -30,14 +30,19 @@ def merged_file_identities(published: Path | None, connection: str) -> set[tuple
 
 def stored_property_writers(published: Path | None, entity: str, properties: list[str]) -> dict[str, set[tuple[str, str]]]:
     """Property → the (connection, goal) pairs whose deliveries set a value of it, from the value
-    history of the published copy (property_changes; ``entity`` is ``profile`` or
-    ``group:<type>``). Empty without a copy or history: the configuration's view still applies."""
+    history of the published copy (property_history: the changes and the values profiles were
+    created with; ``entity`` is ``profile`` or ``group:<type>``). Empty without a copy or history:
+    the configuration's view still applies."""
     if published is None or not published.exists() or not properties:
         return {}
     try:
         with duckdb.connect(str(published), read_only=True) as conn:
+            # A copy published by an older release has no property_history; its property_changes
+            # holds every value then.
+            (has_view,) = conn.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'property_history'").fetchall()[0]
             rows = conn.execute(
-                "SELECT DISTINCT property, connection, goal FROM property_changes WHERE entity = $entity AND list_contains($properties, property)",
+                f"SELECT DISTINCT property, connection, goal FROM {'property_history' if has_view else 'property_changes'} "
+                "WHERE entity = $entity AND list_contains($properties, property)",
                 {"entity": entity, "properties": properties},
             ).fetchall()
     except duckdb.Error:
