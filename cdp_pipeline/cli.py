@@ -82,9 +82,15 @@ def _run_jobs(project, connection, definitions, instance, *, full_export: bool, 
     # Outside a run, EnvVar fields resolve only through process_config_and_initialize.
     with transport_resource(connection.source, project.home).process_config_and_initialize().open() as transport:
         # "Run now": the operator says the deliveries are complete; the ledger still skips merged content.
-        found = importing.discover_deliveries(project, connection, transport)
+        # Files it merged under the current configuration are known from the listing alone: a re-run
+        # over files left in the folders fetches, decrypts and stages nothing of them again.
+        found = importing.discover_deliveries(project, connection, transport, merged=importing.merged_under_current_configuration(project, connection))
         for reason in found.reasons:
             echo(f"  waiting: {reason}")
+        for partition_key in found.already_merged:
+            summary["imports"].append({"delivery": partition_key, "success": True, "status": "skipped", "fetched": False})
+        if found.already_merged:
+            echo(f"  already merged, not fetched again: {len(found.already_merged)} delivery(ies) ({', '.join(found.already_merged[:3])})")
     deliveries = [request.delivery for request in found.requests]
     if deliveries:
         instance.add_dynamic_partitions(partitions_name, [d.partition_key for d in deliveries])

@@ -88,6 +88,9 @@ def test_demo_connection_end_to_end(demo_home: Path):
     second = run_connection("demo_local", echo=lambda *_: None)
     assert second["success"]
     assert {item["status"] for item in second["imports"]} == {"skipped"}
+    # Known from the listing and the ledger: nothing fetched again, no import run started.
+    assert [item["fetched"] for item in second["imports"]] == [False, False, False]
+    assert len([run for run in instance.get_runs() if run.job_name.endswith("_import")]) == 3
     assert _store_digest(store) == before
     segment_export = next(e for e in second["exports"] if e["asset"].endswith("segment_export"))
     assert segment_export["profiles_exported"] == 0

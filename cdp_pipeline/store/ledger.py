@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import duckdb
 
 
-def merged_file_identities(published: Path | None, connection: str) -> set[tuple[str, int, float]]:
+def merged_file_identities(
+    published: Path | None, connection: str, config_hashes: Mapping[str, str] | None = None
+) -> set[tuple[str, int, float]]:
     """(remote path, size, mtime) of every file of the connection's merged deliveries, read from
     the published copy (a read-only session on the live store would block the writer). Empty
-    when there is no copy yet; the merge step's own ledger check stays the authority."""
-    if published is None or not published.exists():
+    when there is no copy yet; the merge step's own ledger check stays the authority.
+
+    With ``config_hashes`` (goal → the goal's configuration hash now), only deliveries merged
+    under the goal's current configuration count: a changed configuration imports the files
+    still in the folders again, and leaving them out before the fetch must not prevent that."""
+    if published is None or not published.exists() or config_hashes == {}:
         return set()
+    hashes = [{"goal": goal, "config_hash": value} for goal, value in (config_hashes or {}).items()]
+    same_configuration = (
+        "AND struct_pack(goal := goal, config_hash := config_hash) IN (SELECT unnest($hashes))" if config_hashes is not None else ""
+    )
     try:
         with duckdb.connect(str(published), read_only=True) as conn:
             rows = conn.execute(
-                """
+                f"""
                 SELECT f->>'remote_path', CAST(f->>'size' AS BIGINT), round(CAST(f->>'mtime' AS DOUBLE), 3)
                 FROM (SELECT unnest(CAST(files AS JSON[])) AS f FROM deliveries
-                      WHERE connection = $c AND status IN ('merged', 'reprocessed'))
+                      WHERE connection = $c AND status IN ('merged', 'reprocessed') {same_configuration})
                 """,
-                {"c": connection},
+                {"c": connection, **({"hashes": hashes} if config_hashes is not None else {})},
             ).fetchall()
     except duckdb.Error:
         return set()
