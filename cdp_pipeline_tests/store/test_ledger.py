@@ -38,3 +38,25 @@ def test_merged_files_of_the_connection_and_only_under_the_current_configuration
     assert merged_file_identities(store, "shop", {"customers": "cfg-now"}) == {a}
     assert merged_file_identities(store, "shop", {}) == set()
     assert merged_file_identities(tmp_path / "missing.duckdb", "shop", {"customers": "cfg-now"}) == set()
+
+
+def test_a_connection_that_only_created_profiles_still_counts_as_a_writer(tmp_path: Path) -> None:
+    """New profiles write no property_changes rows; the values they were created with still name
+    their connection and goal as writers (read through property_history)."""
+    from datetime import datetime
+
+    import polars as pl
+
+    from cdp_pipeline.store.ledger import stored_property_writers
+    from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
+    from cdp_pipeline.tables.staged import StagedImport
+
+    store = tmp_path / "store.duckdb"
+    records = pl.DataFrame({"_key": ["p1", "p2"], "_line": [2, 3], "name": ["Ann", None]})
+    staged = StagedImport(target="profiles", identifier_property="profile_id", allow_create=True, rules={"name": "set"}, records=records, rows_read=2)
+    with open_writer(store, CATALOG) as conn:
+        merge_delivery(conn, CATALOG, staged, DeliveryRecord("d1", "crm", "customers", "customers:a.csv", "in/a.csv", [], "sha1", "cfg"), "r1",
+                       datetime(2026, 1, 15))
+        assert conn.execute("SELECT count(*) FROM property_changes").fetchone() == (0,)
+    assert stored_property_writers(store, "profile", ["name"]) == {"name": {("crm", "customers")}}
+    assert stored_property_writers(store, "group:household", ["name"]) == {}
