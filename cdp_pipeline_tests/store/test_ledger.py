@@ -42,7 +42,8 @@ def test_merged_files_of_the_connection_and_only_under_the_current_configuration
 
 def test_a_connection_that_only_created_profiles_still_counts_as_a_writer(tmp_path: Path) -> None:
     """New profiles write no property_changes rows; the values they were created with still name
-    their connection and goal as writers (read through property_history)."""
+    their connection and goal as writers, and only those: a value a profile was created without
+    and another connection set later is not the creator's."""
     from datetime import datetime
 
     import polars as pl
@@ -51,12 +52,24 @@ def test_a_connection_that_only_created_profiles_still_counts_as_a_writer(tmp_pa
     from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
     from cdp_pipeline.tables.staged import StagedImport
 
+    def staged(names: list[str | None]) -> StagedImport:
+        records = pl.DataFrame({"_key": ["p1", "p2"], "_line": [2, 3], "name": names}, schema={"_key": pl.String, "_line": pl.Int64, "name": pl.String})
+        return StagedImport(target="profiles", identifier_property="profile_id", allow_create=True, rules={"name": "set"}, records=records, rows_read=2)
+
     store = tmp_path / "store.duckdb"
-    records = pl.DataFrame({"_key": ["p1", "p2"], "_line": [2, 3], "name": ["Ann", None]})
-    staged = StagedImport(target="profiles", identifier_property="profile_id", allow_create=True, rules={"name": "set"}, records=records, rows_read=2)
     with open_writer(store, CATALOG) as conn:
-        merge_delivery(conn, CATALOG, staged, DeliveryRecord("d1", "crm", "customers", "customers:a.csv", "in/a.csv", [], "sha1", "cfg"), "r1",
-                       datetime(2026, 1, 15))
-        assert conn.execute("SELECT count(*) FROM property_changes").fetchone() == (0,)
-    assert stored_property_writers(store, "profile", ["name"]) == {"name": {("crm", "customers")}}
+        first = DeliveryRecord("d1", "crm", "customers", "k", "in/a.csv", [], "s1", "c")
+        merge_delivery(conn, CATALOG, staged([None, None]), first, "r1", datetime(2026, 1, 1))
+    assert stored_property_writers(store, "profile", ["name"]) == {}
+    with open_writer(store, CATALOG) as conn:
+        merge_delivery(conn, CATALOG, staged([None, "Bo"]), DeliveryRecord("d2", "shop", "orders", "k", "in/o.csv", [], "s2", "c"), "r2", datetime(2026, 1, 2))
+        merge_delivery(conn, CATALOG, staged([None, None]), DeliveryRecord("d3", "crm", "customers", "k", "in/b.csv", [], "s3", "c"), "r3",
+                       datetime(2026, 1, 3))
+    assert stored_property_writers(store, "profile", ["name"]) == {"name": {("shop", "orders")}}
+    with open_writer(store, CATALOG) as conn:
+        records = pl.DataFrame({"_key": ["p3"], "_line": [2], "name": ["Cy"]})
+        new = StagedImport(target="profiles", identifier_property="profile_id", allow_create=True, rules={"name": "set"}, records=records, rows_read=1)
+        merge_delivery(conn, CATALOG, new, DeliveryRecord("d4", "crm", "signups", "k", "in/c.csv", [], "s4", "c"), "r4", datetime(2026, 1, 4))
+        assert conn.execute("SELECT count(*) FROM property_changes").fetchone() == (1,)  # only shop's change of p2
+    assert stored_property_writers(store, "profile", ["name"]) == {"name": {("shop", "orders"), ("crm", "signups")}}
     assert stored_property_writers(store, "group:household", ["name"]) == {}
