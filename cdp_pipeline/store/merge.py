@@ -499,39 +499,26 @@ def _record_property_changes(
     (``_record_creation_values``), so the history of every value that ever changed is complete;
     the view property_history adds the values not changed since creation."""
     entity = "profile" if staged.target == "profiles" else f"group:{staged.group_type}"
-    # Never an empty INSERT ... SELECT before a large one into the same table within a transaction
-    # (DuckDB 2.0 then loses the large one, see store/segments.py): a changed existing profile has
-    # at least one changed value, so without one nothing is written.
-    (changed,) = conn.execute("SELECT count(*) FROM merged WHERE _consented AND NOT _is_new AND _changed").fetchall()[0]
-    if not changed:
-        return
-
-    def changed_values(columns: str, prop: str, condition: str = "") -> str:
-        return f"""
-            SELECT m._id AS entity_id, {literal(prop)} AS property, {columns}
-            FROM merged m JOIN {quote(table)} t ON t.{id_column} = m._id
-            WHERE m._consented AND NOT m._is_new AND m._changed AND m.{quote(prop)} IS DISTINCT FROM t.{quote(prop)}{condition}
-            """
-
-    # Only values that had one and whose creating delivery is known can need their creation row: a
-    # small table, where the changes themselves stream into property_changes (materialising them
-    # held every changed value twice at the orders merge's peak).
-    conn.execute(
-        "CREATE OR REPLACE TEMP TABLE changed_creation_values AS "
-        + " UNION ALL ".join(
-            changed_values(
-                f"{_as_text(f't.{quote(prop)}', properties[prop])} AS stored_value", prop,
-                f" AND t.{quote(prop)} IS NOT NULL AND t.created_delivery_id IS NOT NULL",
-            )
-            for prop in props
-        )
-    )
-    _record_creation_values(conn, table, id_column, entity, "changed_creation_values")
-    selects = [changed_values(f"{_as_text(f'm.{quote(prop)}', properties[prop])} AS value", prop) for prop in props]
-    conn.execute(
+    selects = [
         f"""
+        SELECT m._id AS entity_id, {literal(prop)} AS property, {_as_text(f"m.{quote(prop)}", properties[prop])} AS value,
+               {_as_text(f"t.{quote(prop)}", properties[prop])} AS stored_value
+        FROM merged m JOIN {quote(table)} t ON t.{id_column} = m._id
+        WHERE m._consented AND NOT m._is_new AND m._changed AND m.{quote(prop)} IS DISTINCT FROM t.{quote(prop)}
+        """
+        for prop in props
+    ]
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE value_changes AS {' UNION ALL '.join(selects)}")
+    # Never an empty INSERT ... SELECT before a large one into the same table within a transaction
+    # (DuckDB 2.0 then loses the large one, see store/segments.py): empty steps are skipped.
+    (pending,) = conn.execute("SELECT count(*) FROM value_changes").fetchall()[0]
+    if not pending:
+        return
+    _record_creation_values(conn, table, id_column, entity, "value_changes")
+    conn.execute(
+        """
         INSERT INTO property_changes
-        SELECT $entity, c.entity_id, c.property, c.value, $now, $connection, $goal, $delivery, $run FROM ({' UNION ALL '.join(selects)}) c
+        SELECT $entity, entity_id, property, value, $now, $connection, $goal, $delivery, $run FROM value_changes
         """,
         {"entity": entity, "now": now, "connection": delivery.connection, "goal": delivery.goal, "delivery": delivery.delivery_id, "run": run_id},
     )
