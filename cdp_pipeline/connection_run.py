@@ -26,12 +26,11 @@ import polars as pl
 from cdp_pipeline import exporting, importing
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
-from cdp_pipeline.deliveries import DeliveryRequest, ListedNow, MergedFiles, ReadinessPolicy, TwoListingsInTick
+from cdp_pipeline.deliveries import DeliveryRequest, ListedNow, ReadinessPolicy, TwoListingsInTick
 from cdp_pipeline.disk_space import DiskSpaceError
 from cdp_pipeline.errors import CdpError, InputError
 from cdp_pipeline.exporting import ExportOutcome
 from cdp_pipeline.store.database import open_writer
-from cdp_pipeline.store.ledger import merged_file_identities
 from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
 from cdp_pipeline.tables.staged import records_as_stored
@@ -268,7 +267,7 @@ def run_connection(
     registers their partitions), ``on_import`` each delivery's result as it ends."""
     import_names, export_goals = chosen_goals(project, connection, goals)
     result = ConnectionRun()
-    merged = MergedFiles.of(merged_file_identities(project.published_store_path, connection.name))
+    merged = importing.merged_under_current_configuration(project, connection)
     with open_source() as transport:
         found = importing.discover_deliveries(project, connection, transport, policy, merged=merged)
         result.waiting = found.reasons

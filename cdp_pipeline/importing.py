@@ -45,7 +45,7 @@ from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.private_files import private_directory
 from cdp_pipeline.store.conflicts import retry_on_conflict
 from cdp_pipeline.store.database import open_writer
-from cdp_pipeline.store.ledger import stored_property_writers
+from cdp_pipeline.store.ledger import merged_file_identities, stored_property_writers
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
 from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
@@ -138,6 +138,29 @@ def discover_deliveries(
 ) -> Discovery:
     """``deliveries.discover`` over every source of the connection (see there)."""
     return discover(connection.name, connection_sources(project, connection), transport, policy, merged=merged, max_requests=max_requests)
+
+
+def merged_under_current_configuration(project: ProjectConfig, connection: Connection) -> MergedFiles:
+    """The files of the connection's deliveries that the ledger (the analysts' copy) has merged
+    under their goal's current configuration: listing them is enough to know they would be
+    skipped, so nothing of them is fetched, decrypted or staged again.
+
+    Only goals that leave their files in place: a merged delivery still listed under a goal that
+    marks, moves or deletes its files is one whose finishing step did not happen (a crash after
+    the merge's commit), and its import run finishes it."""
+    goals = [goal.name for goal in connection.import_goals]
+    settings = project.dialects.get(connection.name)
+    if settings is not None:
+        goals += list(settings.goal_names)
+    hashes = {}
+    for goal in goals:
+        try:
+            leaves_files = goal_for(project, connection, goal).files.after_import.action == "leave"
+        except CdpError:  # a generated goal name no source lists: its deliveries go through the import
+            continue
+        if leaves_files:
+            hashes[goal] = project.goal_config_hash(connection.name, goal)
+    return MergedFiles.of(merged_file_identities(project.published_store_path, connection.name, hashes))
 
 
 def find_delivery(transport: Transport, project: ProjectConfig, connection: Connection, partition_key: str) -> Delivery:

@@ -14,7 +14,7 @@ import duckdb
 import pytest
 import yaml
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.defs.project import project_config
 
@@ -90,7 +90,7 @@ def test_every_store_has_a_permission_level_property_and_a_declared_one_must_be_
 def test_permission_level_is_imported_and_exported_as_its_own_property(home: Path):
     (home / "remote" / "inbox" / "people_1.csv").write_text(FILE, encoding="utf-8")
     messages: list[str] = []
-    summary = run_connection("crm", echo=messages.append)
+    summary = run_now("crm", echo=messages.append)
     assert summary["success"], (summary, messages)
 
     # Expected store, by hand from FILE: spellings folded, the empty cell and "gold" leave no level.

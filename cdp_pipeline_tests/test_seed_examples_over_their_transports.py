@@ -17,7 +17,7 @@ import duckdb
 import pytest
 import yaml
 
-from cdp_pipeline.cli import run_connection
+from cdp_pipeline.cli import run_now
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline_tests.dialects.test_sare import SEED_CSV, SEED_SIDECAR
 
@@ -74,7 +74,7 @@ def test_the_sare_manuals_import_example_over_sftp(tmp_path, monkeypatch, sshd_s
         goal.setdefault("target", {}).update(directory=outbox, encrypt=False)
     home = _environment(tmp_path, monkeypatch, EXAMPLES / "store_sare_netmera.yaml", connection["name"], connection)
     try:
-        summary = run_connection(connection["name"], echo=lambda *_: None)
+        summary = run_now(connection["name"], echo=lambda *_: None)
     finally:
         project_config.cache_clear()
     assert [(item["delivery"], item["success"]) for item in summary["imports"]] == [("sare_import:exemple.csv", True)], summary
@@ -140,7 +140,7 @@ def test_blueconics_csv_sample_over_s3_in_and_out_again(tmp_path, monkeypatch, s
     }
     home = _environment(tmp_path, monkeypatch, store, "blueconic_s3", connection)
     try:
-        summary = run_connection("blueconic_s3", echo=lambda *_: None)
+        summary = run_now("blueconic_s3", echo=lambda *_: None)
     finally:
         project_config.cache_clear()
     assert summary["success"], summary

@@ -24,9 +24,9 @@ from cdp_pipeline.config.csv_options import ColumnType, StrictModel
 DEFAULT_DOMAIN_GROUP = "default"
 
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-RESERVED_PROFILE_COLUMNS = {"profile_id", "created_at", "updated_at", "last_delivery_id", "last_run_id", "domain_group"}
+RESERVED_PROFILE_COLUMNS = {"profile_id", "created_at", "updated_at", "last_delivery_id", "last_run_id", "domain_group", "created_delivery_id"}
 #: the fixed columns of every groups_<group type> table; no group property may take these names.
-RESERVED_GROUP_COLUMNS = {"group_id", "created_at", "updated_at", "last_delivery_id"}
+RESERVED_GROUP_COLUMNS = {"group_id", "created_at", "updated_at", "last_delivery_id", "created_delivery_id"}
 #: the fixed columns of every timeline_<event type> table; no event property may take these names.
 RESERVED_EVENT_COLUMNS = {"event_id", "profile_id", "event_time", "delivery_id", "imported_at"}
 

@@ -13,10 +13,9 @@ from cdp_pipeline import importing
 from cdp_pipeline.config.connection import Connection
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.defs.resources import transport_key
-from cdp_pipeline.deliveries import MergedFiles, SensorCursor, SightingsOnOurClock
+from cdp_pipeline.deliveries import SensorCursor, SightingsOnOurClock
 from cdp_pipeline.dialects import sensor_interval_seconds
 from cdp_pipeline.errors import TransientError
-from cdp_pipeline.store.ledger import merged_file_identities
 
 
 def build_delivery_sensor(project: ProjectConfig, connection: Connection, import_job, partitions: dg.DynamicPartitionsDefinition) -> dg.SensorDefinition:
@@ -38,7 +37,7 @@ def build_delivery_sensor(project: ProjectConfig, connection: Connection, import
     def deliveries_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         policy = SightingsOnOurClock(previous=SensorCursor.from_json(context.cursor), max_keys_per_tick=settings.max_keys_per_tick)
         # The ledger is read from the analysts' copy, so the sensor never waits for the writer's lock.
-        merged = MergedFiles.of(merged_file_identities(project.published_store_path, connection.name))
+        merged = importing.merged_under_current_configuration(project, connection)
         try:
             with getattr(context.resources, resource_key).open() as transport:
                 found = importing.discover_deliveries(

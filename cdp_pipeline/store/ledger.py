@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import duckdb
 
+from cdp_pipeline.store.schema import group_table, literal, quote
 
-def merged_file_identities(published: Path | None, connection: str) -> set[tuple[str, int, float]]:
+
+def merged_file_identities(
+    published: Path | None, connection: str, config_hashes: Mapping[str, str] | None = None
+) -> set[tuple[str, int, float]]:
     """(remote path, size, mtime) of every file of the connection's merged deliveries, read from
     the published copy (a read-only session on the live store would block the writer). Empty
-    when there is no copy yet; the merge step's own ledger check stays the authority."""
-    if published is None or not published.exists():
+    when there is no copy yet; the merge step's own ledger check stays the authority.
+
+    With ``config_hashes`` (goal → the goal's configuration hash now), only deliveries merged
+    under the goal's current configuration count: a changed configuration imports the files
+    still in the folders again, and leaving them out before the fetch must not prevent that."""
+    if published is None or not published.exists() or config_hashes == {}:
         return set()
+    hashes = [{"goal": goal, "config_hash": value} for goal, value in (config_hashes or {}).items()]
+    same_configuration = (
+        "AND struct_pack(goal := goal, config_hash := config_hash) IN (SELECT unnest($hashes))" if config_hashes is not None else ""
+    )
     try:
         with duckdb.connect(str(published), read_only=True) as conn:
             rows = conn.execute(
-                """
+                f"""
                 SELECT f->>'remote_path', CAST(f->>'size' AS BIGINT), round(CAST(f->>'mtime' AS DOUBLE), 3)
                 FROM (SELECT unnest(CAST(files AS JSON[])) AS f FROM deliveries
-                      WHERE connection = $c AND status IN ('merged', 'reprocessed'))
+                      WHERE connection = $c AND status IN ('merged', 'reprocessed') {same_configuration})
                 """,
-                {"c": connection},
+                {"c": connection, **({"hashes": hashes} if config_hashes is not None else {})},
             ).fetchall()
     except duckdb.Error:
         return set()
@@ -30,14 +43,42 @@ def merged_file_identities(published: Path | None, connection: str) -> set[tuple
 
 def stored_property_writers(published: Path | None, entity: str, properties: list[str]) -> dict[str, set[tuple[str, str]]]:
     """Property → the (connection, goal) pairs whose deliveries set a value of it, from the value
-    history of the published copy (property_changes; ``entity`` is ``profile`` or
-    ``group:<type>``). Empty without a copy or history: the configuration's view still applies."""
+    history of the published copy (``entity`` is ``profile`` or ``group:<type>``): the rows of
+    property_changes, and the creating delivery of the values profiles still have from their
+    creation (what property_history adds, asked per property: the view would unpivot every
+    column of every profile). Empty without a copy or history: the configuration's view still
+    applies."""
     if published is None or not published.exists() or not properties:
         return {}
+    table, id_column = ("profiles", "profile_id") if entity == "profile" else (group_table(entity.removeprefix("group:")), "group_id")
     try:
         with duckdb.connect(str(published), read_only=True) as conn:
+            columns = {
+                name
+                for (name,) in conn.execute(
+                    "SELECT column_name FROM duckdb_columns() WHERE table_name = $table AND schema_name = 'main'", {"table": table}
+                ).fetchall()
+            }
+            # A copy published by an older release has no created_delivery_id; its property_changes
+            # holds every value then.
+            created = [p for p in properties if p in columns] if "created_delivery_id" in columns else []
+            parts = [
+                f"""
+                SELECT DISTINCT {literal(prop)} AS property, t.created_delivery_id FROM {quote(table)} t
+                WHERE t.{quote(prop)} IS NOT NULL AND t.created_delivery_id IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM property_changes c
+                                  WHERE c.entity = $entity AND c.property = {literal(prop)} AND c.entity_id = t.{id_column})
+                """
+                for prop in created
+            ]
+            creations = (
+                f" UNION SELECT x.property, d.connection, d.goal FROM ({' UNION ALL '.join(parts)}) x "
+                "JOIN deliveries d ON d.delivery_id = x.created_delivery_id"
+                if parts else ""
+            )
             rows = conn.execute(
-                "SELECT DISTINCT property, connection, goal FROM property_changes WHERE entity = $entity AND list_contains($properties, property)",
+                "SELECT DISTINCT property, connection, goal FROM property_changes WHERE entity = $entity AND list_contains($properties, property)"
+                + creations,
                 {"entity": entity, "properties": properties},
             ).fetchall()
     except duckdb.Error:

@@ -433,8 +433,8 @@ def _merge_records(
     extra_vals = f", $run, {literal(staged.domain_group)}" if profile_extra else ""
     conn.execute(
         f"""
-        INSERT INTO {quote(table)} ({id_column}, created_at, updated_at, last_delivery_id{extra_cols}{', ' + columns if columns else ''})
-        SELECT m._id, $now, $now, $delivery{extra_vals}{', ' + values if values else ''} FROM merged m WHERE m._is_new AND m._consented
+        INSERT INTO {quote(table)} ({id_column}, created_at, updated_at, last_delivery_id, created_delivery_id{extra_cols}{', ' + columns if columns else ''})
+        SELECT m._id, $now, $now, $delivery, $delivery{extra_vals}{', ' + values if values else ''} FROM merged m WHERE m._is_new AND m._consented
         """,
         params,
     )
@@ -474,6 +474,11 @@ def _merge_records(
     return sum_tables, not (ignored or skipped)
 
 
+def _as_text(expression: str, prop: PropertyDefinition) -> str:
+    """A value as property_changes holds it: text, lists as JSON arrays."""
+    return f"CAST(to_json({expression}) AS VARCHAR)" if prop.type == "list" else f"CAST({expression} AS VARCHAR)"
+
+
 def _record_property_changes(
     conn: duckdb.DuckDBPyConnection,
     staged: StagedImport,
@@ -485,29 +490,69 @@ def _record_property_changes(
     run_id: str,
     now: datetime,
 ) -> None:
-    """One history row per property value this delivery sets or changes, written before the
-    UPDATE (it compares with the stored value) and in the same transaction: history and profiles
-    can never disagree (issue G: provenance and values as of a past date)."""
+    """One history row per value this delivery changes on an existing profile (or group), written
+    before the UPDATE (it compares with the stored value) and in the same transaction: history and
+    profiles can never disagree (issue G: provenance and values as of a past date).
+
+    A new profile gets no rows: its values are in its row, with ``created_at`` and
+    ``created_delivery_id`` (one row per value of every new profile was half of a first load's
+    merge). When such a value first changes, the row its creation stands for is written first
+    (``_record_creation_values``), so the history of every value that ever changed is complete;
+    the view property_history adds the values not changed since creation."""
     entity = "profile" if staged.target == "profiles" else f"group:{staged.group_type}"
-
-    def as_text(expression: str, prop: str) -> str:
-        return f"CAST(to_json({expression}) AS VARCHAR)" if properties[prop].type == "list" else f"CAST({expression} AS VARCHAR)"
-
     selects = [
         f"""
-        SELECT m._id, {literal(prop)}, {as_text(f"m.{quote(prop)}", prop)}
-        FROM merged m LEFT JOIN {quote(table)} t ON t.{id_column} = m._id AND NOT m._is_new
-        WHERE m._consented AND CASE WHEN m._is_new THEN m.{quote(prop)} IS NOT NULL ELSE m.{quote(prop)} IS DISTINCT FROM t.{quote(prop)} END
+        SELECT m._id AS entity_id, {literal(prop)} AS property, {_as_text(f"m.{quote(prop)}", properties[prop])} AS value,
+               {_as_text(f"t.{quote(prop)}", properties[prop])} AS stored_value
+        FROM merged m JOIN {quote(table)} t ON t.{id_column} = m._id
+        WHERE m._consented AND NOT m._is_new AND m._changed AND m.{quote(prop)} IS DISTINCT FROM t.{quote(prop)}
         """
         for prop in props
     ]
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE value_changes AS {' UNION ALL '.join(selects)}")
+    # Never an empty INSERT ... SELECT before a large one into the same table within a transaction
+    # (DuckDB 2.0 then loses the large one, see store/segments.py): empty steps are skipped.
+    (pending,) = conn.execute("SELECT count(*) FROM value_changes").fetchall()[0]
+    if not pending:
+        return
+    _record_creation_values(conn, table, id_column, entity, "value_changes")
+    conn.execute(
+        """
+        INSERT INTO property_changes
+        SELECT $entity, entity_id, property, value, $now, $connection, $goal, $delivery, $run FROM value_changes
+        """,
+        {"entity": entity, "now": now, "connection": delivery.connection, "goal": delivery.goal, "delivery": delivery.delivery_id, "run": run_id},
+    )
+
+
+def _record_creation_values(conn: duckdb.DuckDBPyConnection, table: str, id_column: str, entity: str, changes: str) -> None:
+    """Before the first change of a value a profile was created with, the history row its creation
+    stands for: the stored value, at ``created_at``, by the creating delivery (its connection,
+    goal and run). ``changes`` holds ``entity_id``, ``property`` and ``stored_value`` (the value
+    as text before this change). Values that already have history rows, values that were empty,
+    and profiles without a known creating delivery (created before the column existed, when
+    their creation rows were written at once) get none."""
     conn.execute(
         f"""
-        INSERT INTO property_changes
-        SELECT {literal(entity)}, c.*, $now, $connection, $goal, $delivery, $run FROM ({' UNION ALL '.join(selects)}) c
+        CREATE OR REPLACE TEMP TABLE creation_values AS
+        SELECT c.entity_id, c.property, c.stored_value AS value, t.created_at, d.connection, d.goal, d.delivery_id, d.run_id
+        FROM {changes} c
+        JOIN {quote(table)} t ON t.{id_column} = c.entity_id
+        JOIN deliveries d ON d.delivery_id = t.created_delivery_id
+        WHERE c.stored_value IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM property_changes h WHERE h.entity = $entity AND h.entity_id = c.entity_id AND h.property = c.property)
         """,
-        {"now": now, "connection": delivery.connection, "goal": delivery.goal, "delivery": delivery.delivery_id, "run": run_id},
+        {"entity": entity},
     )
+    (pending,) = conn.execute("SELECT count(*) FROM creation_values").fetchall()[0]
+    if pending:
+        conn.execute(
+            """
+            INSERT INTO property_changes
+            SELECT $entity, entity_id, property, value, created_at, connection, goal, delivery_id, run_id FROM creation_values
+            """,
+            {"entity": entity},
+        )
 
 
 def _move_keyed_sums(
@@ -544,6 +589,19 @@ def _move_keyed_sums(
                 ) GROUP BY id
                 """
             )
+            if record_history:
+                # Profiles created before this delivery: the value they were created with gets its
+                # row before its first change (profiles created now keep theirs in their row).
+                conn.execute(
+                    f"""
+                    CREATE OR REPLACE TEMP TABLE moved_values AS
+                    SELECT t.{id_column} AS entity_id, $prop AS property, CAST(t.{quote(prop)} AS VARCHAR) AS stored_value
+                    FROM {quote(table)} t SEMI JOIN moved_totals m ON m.id = t.{id_column}
+                    WHERE t.created_at < $now
+                    """,
+                    {"prop": prop, "now": now},
+                )
+                _record_creation_values(conn, table, id_column, entity, "moved_values")
             conn.execute(
                 f"""
                 UPDATE {quote(table)} AS t SET {quote(prop)} = coalesce(t.{quote(prop)}, 0) + m.v, updated_at = $now, last_delivery_id = $delivery
@@ -554,18 +612,20 @@ def _move_keyed_sums(
             if record_history:
                 # One history row per value, as for the merge: the merge's row for these ids is replaced.
                 conn.execute(
-                    "DELETE FROM property_changes WHERE delivery_id = $delivery AND property = $prop AND entity = $entity "
+                    "DELETE FROM property_changes WHERE delivery_id = $delivery AND property = $prop AND entity = $entity AND changed_at = $now "
                     "AND entity_id IN (SELECT id FROM moved_totals)",
-                    {"delivery": delivery.delivery_id, "prop": prop, "entity": entity},
+                    {"delivery": delivery.delivery_id, "prop": prop, "entity": entity, "now": now},
                 )
-                conn.execute(
-                    f"""
-                    INSERT INTO property_changes
-                    SELECT $entity, t.{id_column}, $prop, CAST(t.{quote(prop)} AS VARCHAR), $now, $connection, $goal, $delivery, $run
-                    FROM {quote(table)} t SEMI JOIN moved_totals m ON m.id = t.{id_column}
-                    """,
-                    {**params, "entity": entity, "now": now, "delivery": delivery.delivery_id, "run": run_id},
-                )
+                (pending,) = conn.execute("SELECT count(*) FROM moved_values").fetchall()[0]
+                if pending:  # never an empty INSERT ... SELECT (see _record_property_changes)
+                    conn.execute(
+                        f"""
+                        INSERT INTO property_changes
+                        SELECT $entity, t.{id_column}, $prop, CAST(t.{quote(prop)} AS VARCHAR), $now, $connection, $goal, $delivery, $run
+                        FROM {quote(table)} t SEMI JOIN moved_values m ON m.entity_id = t.{id_column}
+                        """,
+                        {**params, "entity": entity, "now": now, "delivery": delivery.delivery_id, "run": run_id},
+                    )
         # The key's profile, also for keys whose value did not change (those are not written again).
         (pending,) = conn.execute("SELECT count(*) FROM moved_sums").fetchall()[0]
         if pending:

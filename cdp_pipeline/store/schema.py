@@ -137,8 +137,10 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         ],
     ),
     "property_changes": (
-        "History of every property value: one row per profile (or group) property a delivery set or "
-        "changed. The value as of a date is the latest row at or before it; see the view property_provenance.",
+        "History of property values: one row per value a delivery changed on an existing profile (or group). "
+        "A new profile's values are not written here when it is created: the first change of a value writes two rows, "
+        "the value it was created with (at created_at, by the creating delivery) and the new one. A value without rows "
+        "is the one the profile was created with. See the view property_provenance.",
         [
             ("entity", "VARCHAR", "profile, or group:<group type>."),
             ("entity_id", "VARCHAR", "profile_id or group_id."),
@@ -250,6 +252,13 @@ def _property_columns(properties: dict[str, PropertyDefinition]) -> list[tuple[s
     return [(name, SQL_TYPES[prop.type], prop.description or f"{prop.type} property") for name, prop in properties.items()]
 
 
+CREATED_DELIVERY_COMMENT = (
+    "Delivery that created the {entity} (see deliveries). Its values then are in property_changes only from their first "
+    "change on (with this delivery and created_at); until then the stored value is the one it was created with. "
+    "NULL for {entity}s created before this column existed, and after SARE's overwrite 3 cleared their history."
+)
+
+
 def catalog_tables(catalog: Catalog) -> dict[str, tuple[str, list[tuple[str, str, str]]]]:
     tables: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         "profiles": (
@@ -262,6 +271,7 @@ def catalog_tables(catalog: Catalog) -> dict[str, tuple[str, list[tuple[str, str
                 ("last_run_id", "VARCHAR", "Dagster run that last changed the profile."),
                 ("domain_group", "VARCHAR", "Domain group of the profile: identifiers match only within it (the same e-mail in two "
                  f"groups is two profiles). {DEFAULT_DOMAIN_GROUP!r} unless its import goal names another."),
+                ("created_delivery_id", "VARCHAR", CREATED_DELIVERY_COMMENT.format(entity="profile")),
                 *_property_columns(catalog.profile_properties),
             ],
         )
@@ -274,6 +284,7 @@ def catalog_tables(catalog: Catalog) -> dict[str, tuple[str, list[tuple[str, str
                 ("created_at", "TIMESTAMP", "When the group was created (UTC)."),
                 ("updated_at", "TIMESTAMP", "When a group property last changed (UTC)."),
                 ("last_delivery_id", "VARCHAR", "Delivery that last changed the group."),
+                ("created_delivery_id", "VARCHAR", CREATED_DELIVERY_COMMENT.format(entity="group")),
                 *_property_columns(group.properties),
             ],
         )
@@ -429,12 +440,19 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
     ).fetchone() or ("",)
     changes = _migrate(conn, str(store_name))
     tables = {**FIXED_TABLES, **catalog_tables(catalog)}
-    existing = {
-        (row[0], row[1]): row[2]
-        for row in conn.execute(
-            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' AND database_name = current_database()"
+    columns_now = conn.execute(
+        "SELECT table_name, column_name, data_type, comment FROM duckdb_columns() WHERE schema_name = 'main' AND database_name = current_database()"
+    ).fetchall()
+    existing = {(table, name): data_type for table, name, data_type, _ in columns_now}
+    # Comments are written only where they differ: ~150 COMMENT statements at every writer open
+    # were most of the time a run spent opening the store (about twenty opens a job).
+    comments: dict[tuple[str, str | None], str | None] = {(table, name): comment for table, name, _, comment in columns_now}
+    comments.update(
+        ((table, None), comment)
+        for table, comment in conn.execute(
+            "SELECT table_name, comment FROM duckdb_tables() WHERE schema_name = 'main' AND database_name = current_database()"
         ).fetchall()
-    }
+    )
     existing_tables = {table for table, _ in existing}
     for table, (comment, columns) in tables.items():
         if table not in existing_tables:
@@ -457,9 +475,11 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
                         f"{quote(name)} SET DATA TYPE {sql_type} (a value that does not convert fails it, and nothing changes); "
                         "or give the property a new name, or put the old type back in store.yaml"
                     )
-        conn.execute(f"COMMENT ON TABLE {quote(table)} IS {literal(comment)}")
+        if comments.get((table, None)) != comment:
+            conn.execute(f"COMMENT ON TABLE {quote(table)} IS {literal(comment)}")
         for name, _, column_comment in columns:
-            conn.execute(f"COMMENT ON COLUMN {quote(table)}.{quote(name)} IS {literal(column_comment)}")
+            if comments.get((table, name)) != column_comment:
+                conn.execute(f"COMMENT ON COLUMN {quote(table)}.{quote(name)} IS {literal(column_comment)}")
     _create_views(conn, catalog)
     return changes
 
@@ -487,6 +507,7 @@ def _create_views(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
             "CREATE OR REPLACE VIEW consents AS SELECT profile_id, unnest(consents) AS objective, updated_at FROM profiles"
         )
         conn.execute("COMMENT ON VIEW consents IS 'One row per profile and objective it consented to (from the consents list property).'")
+    _create_history_view(conn, catalog)
     conn.execute(
         """
         CREATE OR REPLACE VIEW property_provenance AS
@@ -494,11 +515,12 @@ def _create_views(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
                arg_max(value, changed_at) AS value, max(changed_at) AS changed_at,
                arg_max(connection, changed_at) AS connection, arg_max(delivery_id, changed_at) AS delivery_id,
                arg_max(run_id, changed_at) AS run_id
-        FROM property_changes GROUP BY entity, entity_id, property
+        FROM property_history GROUP BY entity, entity_id, property
         """
     )
     conn.execute(
-        "COMMENT ON VIEW property_provenance IS 'For each property value: which connection, delivery and run last set it.'"
+        "COMMENT ON VIEW property_provenance IS 'For each property value: which connection, delivery and run last set it "
+        "(from property_history, so also the values a profile still has from its creation).'"
     )
     conn.execute(
         """
@@ -510,3 +532,51 @@ def _create_views(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
         """
     )
     conn.execute("COMMENT ON VIEW data_exchange IS 'Unique profiles imported and exported per connection, each profile counted once.'")
+
+
+#: columns of profiles and groups_<type> that are not properties.
+_ENTITY_COLUMNS = {"profile_id", "group_id", "created_at", "updated_at", "last_delivery_id", "last_run_id", "domain_group", "created_delivery_id"}
+
+
+def _create_history_view(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
+    """property_history: property_changes plus, for every value not changed since its profile (or
+    group) was created, the row the creation would have written (at created_at, by the creating
+    delivery). The merge writes no history rows for new profiles (one per value of every new
+    profile was most of a first load's time) and writes a value's creation row only when the
+    value first changes; this view puts the unchanged creation values back, so it holds what the
+    history always held. Built from the tables' columns, so properties a bulk mapping created
+    are included."""
+    entities = [("profiles", "profile_id", "'profile'")]
+    entities += [(group_table(name), "group_id", literal(f"group:{name}")) for name in catalog.group_types]
+    columns: dict[str, list[tuple[str, str]]] = {}
+    for table, name, data_type in conn.execute(
+        "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' AND database_name = current_database() "
+        "ORDER BY table_name, column_index"
+    ).fetchall():
+        columns.setdefault(table, []).append((name, data_type))
+    parts = ["SELECT entity, entity_id, property, value, changed_at, connection, goal, delivery_id, run_id FROM property_changes"]
+    for table, id_column, entity in entities:
+        props = [(name, data_type) for name, data_type in columns.get(table, []) if name not in _ENTITY_COLUMNS]
+        if not props or "created_delivery_id" not in {name for name, _ in columns.get(table, [])}:
+            continue
+        texts = ", ".join(
+            f"CAST(to_json({quote(name)}) AS VARCHAR) AS {quote(name)}" if data_type.endswith("[]") else f"CAST({quote(name)} AS VARCHAR) AS {quote(name)}"
+            for name, data_type in props
+        )
+        # UNPIVOT leaves NULLs out: a value the profile was created without had no history row either.
+        parts.append(
+            f"""
+            SELECT {entity} AS entity, u.{id_column} AS entity_id, u.property, u.value, u.created_at AS changed_at,
+                   d.connection, d.goal, d.delivery_id, d.run_id
+            FROM (UNPIVOT (SELECT {id_column}, created_at, created_delivery_id, {texts} FROM {quote(table)} WHERE created_delivery_id IS NOT NULL)
+                  ON {', '.join(quote(name) for name, _ in props)} INTO NAME property VALUE value) u
+            JOIN deliveries d ON d.delivery_id = u.created_delivery_id
+            WHERE NOT EXISTS (SELECT 1 FROM property_changes c WHERE c.entity = {entity} AND c.entity_id = u.{id_column} AND c.property = u.property)
+            """
+        )
+    conn.execute(f"CREATE OR REPLACE VIEW property_history AS {' UNION ALL '.join(parts)}")
+    conn.execute(
+        "COMMENT ON VIEW property_history IS 'Every value a property had, with when and by which delivery it was set: "
+        "property_changes plus the values profiles and groups still have from their creation. The value as of a date "
+        "is the latest row at or before it.'"
+    )

@@ -127,12 +127,14 @@ def test_overwrite_2(sare):
 def test_overwrite_3(sare):
     """3: Nadpisz wszystkie dane (kasuj historię) — all the file's data, the status and the mail
     type are overwritten (an empty cell clears), and the history of the imported addresses is
-    deleted: their earlier rows of property_changes are gone, other addresses keep theirs."""
+    deleted: their earlier rows of the value history are gone, other addresses keep theirs. The
+    history is read from property_history: property_changes holds only changes of existing values,
+    the view adds the values a profile still has from its creation."""
     home = sare[0]
     _base(sare)
     with duckdb.connect(str(home / "store.duckdb"), read_only=True) as conn:
         history_before = conn.execute(
-            "SELECT p.email, count(*) FROM property_changes AS c JOIN profiles AS p ON p.profile_id = c.entity_id GROUP BY 1 ORDER BY 1"
+            "SELECT p.email, count(*) FROM property_history AS c JOIN profiles AS p ON p.profile_id = c.entity_id GROUP BY 1 ORDER BY 1"
         ).fetchall()
     assert [email for email, count in history_before if count > 0] == ["a@example.com", "b@example.com"]
     _deliver(sare, "second", {"import": True, "overwrite": 3, "status": 8, "mail_type": "text"}, "email;cecha7\na@example.com;\n")
@@ -141,7 +143,7 @@ def test_overwrite_3(sare):
     assert profiles["b@example.com"] == ("old B", "attr B", 5, "text,HTML", ["1"])
     with duckdb.connect(str(home / "store.duckdb"), read_only=True) as conn:
         rows = conn.execute(
-            "SELECT p.email, d.root_file FROM property_changes AS c JOIN profiles AS p ON p.profile_id = c.entity_id "
+            "SELECT p.email, d.root_file FROM property_history AS c JOIN profiles AS p ON p.profile_id = c.entity_id "
             "JOIN deliveries AS d ON d.delivery_id = c.delivery_id GROUP BY 1, 2 ORDER BY 1, 2"
         ).fetchall()
     assert rows == [("a@example.com", "in/import/second.csv"), ("b@example.com", "in/import/base.csv")]

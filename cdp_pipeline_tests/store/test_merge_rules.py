@@ -108,3 +108,58 @@ def test_history_and_provenance_answer_value_as_of_a_date(tmp_path):
         ).fetchone()
         assert as_of == ("first",)
         assert conn.execute("SELECT value, run_id, connection FROM property_provenance WHERE property = 'name'").fetchone() == ("second", "r3", "c")
+
+
+def _two_profiles(names: list[str | None], tags: list[list[str] | None]) -> StagedImport:
+    records = pl.DataFrame(
+        {"_key": ["p1", "p2"], "_line": [2, 3], "name": names, "tags": tags},
+        schema={"_key": pl.String, "_line": pl.Int64, "name": pl.String, "tags": pl.List(pl.String)},
+    )
+    return StagedImport(
+        target="profiles", identifier_property="profile_id", allow_create=True, rules={"name": "set", "tags": "set_or_clear"},
+        records=records, rows_read=2,
+    )
+
+
+def test_new_profiles_write_no_history_rows_and_property_history_still_holds_every_value(tmp_path):
+    """A first load writes no property_changes rows (the values are in profiles with created_at and
+    created_delivery_id); the first change of a value writes its creation row and the new one, and
+    property_history shows what the history held when every new value had its own row."""
+    day = [datetime(2026, 1, d) for d in range(1, 5)]
+    with open_writer(tmp_path / "store.duckdb", CATALOG) as conn:
+        merge_delivery(conn, CATALOG, _two_profiles(["Ann", "Bob"], [["x"], None]), _record(1), "r1", day[1])
+        assert conn.execute("SELECT count(*) FROM property_changes").fetchone() == (0,)
+        assert conn.execute("SELECT list(created_delivery_id ORDER BY profile_id) FROM profiles").fetchone() == (["d1", "d1"],)
+        # p1 keeps its name and gets new tags; p2 gets tags for the first time (it was created without).
+        merge_delivery(conn, CATALOG, _two_profiles(["Ann", "Bob"], [["y"], ["z"]]), _record(2), "r2", day[2])
+        merge_delivery(conn, CATALOG, _two_profiles(["Anna", None], [["y"], ["z"]]), _record(3), "r3", day[3])
+        changes = conn.execute(
+            "SELECT entity_id, property, value, changed_at, delivery_id, run_id FROM property_changes ORDER BY ALL"
+        ).fetchall()
+        history = conn.execute(
+            "SELECT entity_id, property, value, changed_at, delivery_id, run_id, connection, goal FROM property_history ORDER BY ALL"
+        ).fetchall()
+        provenance = conn.execute("SELECT entity_id, property, value, delivery_id FROM property_provenance ORDER BY ALL").fetchall()
+        as_of = conn.execute(
+            "SELECT arg_max(value, changed_at) FROM property_history WHERE entity_id = 'p1' AND property = 'tags' AND changed_at <= $t",
+            {"t": datetime(2026, 1, 2, 12)},
+        ).fetchone()
+    # Written out by hand: one row per value set or changed, as the history has always read.
+    assert history == [
+        ("p1", "name", "Ann", day[1], "d1", "r1", "c", "g"),
+        ("p1", "name", "Anna", day[3], "d3", "r3", "c", "g"),
+        ("p1", "tags", '["x"]', day[1], "d1", "r1", "c", "g"),
+        ("p1", "tags", '["y"]', day[2], "d2", "r2", "c", "g"),
+        ("p2", "name", "Bob", day[1], "d1", "r1", "c", "g"),
+        ("p2", "tags", '["z"]', day[2], "d2", "r2", "c", "g"),
+    ]
+    # Stored: only the changes of existing values, each first change with the creation row before it.
+    assert changes == [
+        ("p1", "name", "Ann", day[1], "d1", "r1"),
+        ("p1", "name", "Anna", day[3], "d3", "r3"),
+        ("p1", "tags", '["x"]', day[1], "d1", "r1"),
+        ("p1", "tags", '["y"]', day[2], "d2", "r2"),
+        ("p2", "tags", '["z"]', day[2], "d2", "r2"),
+    ]
+    assert provenance == [("p1", "name", "Anna", "d3"), ("p1", "tags", '["y"]', "d2"), ("p2", "name", "Bob", "d1"), ("p2", "tags", '["z"]', "d2")]
+    assert as_of == ('["x"]',)

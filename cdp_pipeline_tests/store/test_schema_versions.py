@@ -149,3 +149,31 @@ def test_a_damaged_store_file_is_named_with_the_runbook(tmp_path: Path, damage: 
     assert str(store) in message and "truncated or corrupt" in message
     assert "store_published.duckdb" in message and "docs/store.md" in message
     assert "A store that cannot be opened" in (Path(__file__).parents[2] / "docs" / "store.md").read_text()
+
+
+def test_comments_follow_store_yaml_and_are_kept_between_opens(tmp_path: Path) -> None:
+    """Comments are written only where they differ from store.yaml: a changed description reaches
+    the column at the next open, and an open with the same catalog leaves every comment in place."""
+    store = tmp_path / "store.duckdb"
+
+    def catalog(description: str) -> Catalog:
+        return Catalog.model_validate({"profile_properties": {"score": {"type": "integer", "description": description}}})
+
+    def comment() -> tuple:
+        with duckdb.connect(str(store), read_only=True) as conn:
+            return conn.execute(
+                "SELECT (SELECT comment FROM duckdb_columns() WHERE table_name = 'profiles' AND column_name = 'score'), "
+                "(SELECT comment FROM duckdb_tables() WHERE table_name = 'deliveries'), "
+                "(SELECT count(*) FROM duckdb_columns() WHERE table_name IN ('profiles', 'deliveries') AND comment IS NULL)"
+            ).fetchone()
+
+    with open_writer(store, catalog("points of the loyalty programme")):
+        pass
+    first = comment()
+    assert first[0] == "points of the loyalty programme" and first[1].startswith("The ledger") and first[2] == 0
+    with open_writer(store, catalog("points of the loyalty programme")):
+        pass
+    assert comment() == first
+    with open_writer(store, catalog("loyalty points, updated nightly")):
+        pass
+    assert comment() == ("loyalty points, updated nightly", first[1], 0)

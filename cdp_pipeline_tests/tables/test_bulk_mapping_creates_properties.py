@@ -257,11 +257,11 @@ def test_all_detected_fields_of_a_group_file_create_group_properties(tmp_path, m
     (tmp_path / "dagster_home").mkdir()
     project_config.cache_clear()
     messages: list[str] = []
-    summary = run_connection("groups", echo=messages.append)
+    summary = run_now("groups", echo=messages.append)
     assert [item["success"] for item in summary["imports"]] == [True], (summary, messages)
     # A second file: the created properties are found again (same types), and a new column adds one.
     (home / "remote" / "inbox" / "households_2.csv").write_text("household,members,pets\nH1,4,cat\n", encoding="utf-8")
-    summary = run_connection("groups", echo=messages.append)
+    summary = run_now("groups", echo=messages.append)
     project_config.cache_clear()
     assert all(item["success"] for item in summary["imports"]), (summary, messages)
     from decimal import Decimal

@@ -182,6 +182,9 @@ def apply_store_actions(
                 _perform(conn, catalog, actions, op, now)
             if actions.clear_value_history:
                 conn.execute(f"DELETE FROM property_changes WHERE entity = 'profile' AND entity_id IN ({_delivery_profiles(actions)})")
+                # The values a profile was created with count as history too (property_history
+                # shows them until they change): forgetting the creating delivery clears them.
+                conn.execute(f"UPDATE profiles SET created_delivery_id = NULL WHERE profile_id IN ({_delivery_profiles(actions)})")
             for event_type in actions.clear_history_event_types:
                 definition = catalog.event_types[event_type]
                 doomed = f"SELECT event_id FROM {quote(event_table(event_type))} WHERE profile_id IN ({_delivery_profiles(actions)})"
