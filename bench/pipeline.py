@@ -72,7 +72,8 @@ def _gpg(home: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
 def make_throwaway_key(gnupg_home: Path) -> tuple[str, str]:
     """A passphrase-less key pair in a temporary GNUPGHOME; returns (fingerprint, armoured secret key)."""
     gnupg_home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _gpg(gnupg_home, "--pinentry-mode", "loopback", "--passphrase", "", "--quick-generate-key", "cdp bench <bench@example.invalid>", "default", "default", "never")
+    _gpg(gnupg_home, "--pinentry-mode", "loopback", "--passphrase", "", "--quick-generate-key", "cdp bench <bench@example.invalid>",
+         "default", "default", "never")
     listing = _gpg(gnupg_home, "--with-colons", "--list-secret-keys", text=True).stdout
     fingerprint = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
     secret = _gpg(gnupg_home, "--pinentry-mode", "loopback", "--passphrase", "", "--armor", "--export-secret-keys", fingerprint, text=True).stdout
@@ -89,8 +90,9 @@ def encrypt_files(gnupg_home: Path, fingerprint: str, sources: list[Path], targe
 
 
 def changed_copy(source: Path, target: Path, share: float) -> int:
-    """The profiles file again with ``share`` of the profiles changed (city and first name), the
-    rest byte-for-byte the same values; returns how many rows changed."""
+    """The profiles file again with ``share`` of its rows changed (city and first name), the rest
+    the same values; returns how many profiles end up with other values (a changed row counts only
+    when it is its customer's last row in the file: repeated keys take the last row)."""
     import polars as pl
 
     frame = pl.read_csv(source, infer_schema=False)
@@ -101,7 +103,9 @@ def changed_copy(source: Path, target: Path, share: float) -> int:
         pl.when(changed).then(pl.col("first_name") + "-b").otherwise(pl.col("first_name")).alias("first_name"),
     )
     frame.write_csv(target, null_value="")
-    return int(frame.select(changed.sum()).item())
+    frame = frame.with_row_index("_row")
+    is_last = pl.col("_row") == pl.col("_row").max().over("customer_id")
+    return int(frame.select((((pl.col("_row") % every) == 0) & is_last).sum()).item())
 
 
 def _count_rows(path: Path) -> int:
@@ -163,7 +167,8 @@ def run_cli(home: Path, args: argparse.Namespace, label: str) -> dict:
         code, wall, peak = run_sampled(command, env=env, cwd=str(home), stdout=output, stderr=subprocess.STDOUT)
     if code != 0:
         raise SystemExit(f"cdp-pipeline run ({label}) failed with exit code {code}:\n{log.read_text(errors='replace')[-3000:]}")
-    return {"seconds": wall, "tree_peak_mb": peak, "load": load, "summary": [line for line in log.read_text().splitlines() if "imported" in line or "exported" in line]}
+    lines = [line for line in log.read_text().splitlines() if "imported" in line or "exported" in line]
+    return {"seconds": wall, "tree_peak_mb": peak, "load": load, "summary": lines}
 
 
 # ----------------------------------------------------------------------------- phase: engine (child)
@@ -519,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             report["rounds"] = rounds
         report["summary"] = summary(rounds)
         report["loadavg_end"] = os.getloadavg()
-        print(f"\nmedian ratios over {len(rounds)} interleaved rounds (min–max), load average {report['loadavg_start'][0]:.1f} → {report['loadavg_end'][0]:.1f}:")
+        load = f"{report['loadavg_start'][0]:.1f} → {report['loadavg_end'][0]:.1f}"
+        print(f"\nmedian ratios over {len(rounds)} interleaved rounds (min–max), load average {load}:")
         for key, value in report["summary"].items():
             print(f"  {key:<38} {value['median']:6.2f}  ({value['min']:.2f}–{value['max']:.2f})")
         peaks = [r["engine"]["peak_mb"] for r in rounds]
