@@ -353,7 +353,7 @@ def check_equal(project_store: str, baseline_store: str, what: str) -> dict:
 
 def one_round(index: int, root: Path, args: argparse.Namespace, files: dict) -> dict:
     homes = {name: root / f"round{index}" / name for name in ("engine", "baseline", "dagster", "dlt")}
-    for name in ("engine", "dagster"):
+    for name in ("engine",) if args.no_dagster else ("engine", "dagster"):
         (homes[name] / "demo" / "outbox").mkdir(parents=True)
         _link_all(files["drop"], homes[name] / "demo" / "inbox")
     order = ["engine", "baseline", "dagster", "dlt"] if index % 2 == 0 else ["baseline", "engine", "dlt", "dagster"]
