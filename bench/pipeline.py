@@ -536,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(stop.code, int) and stop.code:
             print(stop.code)
     finally:
+        if getattr(args, "gnupg_home", None):  # key generation started an agent for the throw-away home
+            subprocess.run(["gpgconf", "--homedir", str(args.gnupg_home), "--kill", "gpg-agent"], check=False, capture_output=True)
         if args.json:
             args.json.write_text(json.dumps(report, indent=1, default=str))
             print(f"JSON: {args.json}")
