@@ -510,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         args.gnupg_home = None
         drop = list(paths.values())
         if args.encrypt:
-            args.gnupg_home = root / "gnupg"
+            # Short and outside --tmp: gpg-agent's socket path must stay under the 108-byte limit.
+            args.gnupg_home = Path(tempfile.mkdtemp(prefix="cdpb-gpg-"))
             fingerprint, args.secret_key = make_throwaway_key(args.gnupg_home)
             encrypt_files(args.gnupg_home, fingerprint, drop, root / "encrypted", args.compress_algo)
             drop = [root / "encrypted" / p.name for p in drop]
@@ -538,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if getattr(args, "gnupg_home", None):  # key generation started an agent for the throw-away home
             subprocess.run(["gpgconf", "--homedir", str(args.gnupg_home), "--kill", "gpg-agent"], check=False, capture_output=True)
+            shutil.rmtree(args.gnupg_home, ignore_errors=True)
         if args.json:
             args.json.write_text(json.dumps(report, indent=1, default=str))
             print(f"JSON: {args.json}")
