@@ -112,6 +112,12 @@ def _sensor_cursor(instance: dg.DagsterInstance) -> str | None:
     return states[0].instigator_data.cursor if states and states[0].instigator_data else None
 
 
+def _first_seen(cursor: str | None, name: str) -> float | None:
+    """When the sensor first saw the file ``name`` unchanged, as its cursor holds it."""
+    seen = json.loads(cursor or "{}").get("seen", {})
+    return next((entry[1] for path, entry in seen.items() if path.endswith(name)), None)
+
+
 def _import_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     return list(instance.get_runs(filters=dg.RunsFilter(job_name=IMPORT_JOB)))
 
@@ -123,7 +129,8 @@ def _config(tmp_path: Path) -> Path:
     demo = yaml.safe_load((BUNDLED_CONFIG_DIR / "connections" / "demo_local.yaml").read_text())
     demo["sensor"] = {"minimum_interval_seconds": 5}
     demo["goals"] = [g for g in demo["goals"] if g["name"] == "customers"]
-    demo["goals"][0]["files"]["readiness"] = {"mode": "stable", "stable_seconds": 1}
+    # Long enough that a file seen once is still waiting in the sensor's cursor when the daemon stops.
+    demo["goals"][0]["files"]["readiness"] = {"mode": "stable", "stable_seconds": 30}
     demo["schedules"] = []
     (config / "connections" / "demo_local.yaml").write_text(yaml.safe_dump(demo, sort_keys=False))
     return config
@@ -182,6 +189,9 @@ def test_daemon_on_postgres_imports_under_multiprocess_and_keeps_history_across_
                 shutil.copy(first, inbox / first.name)
                 _wait_for("the first delivery in the store", lambda: _customer_numbers_in_store(published) == expected_first, list(logs.values()), every=3)
                 _wait_for("the webserver", lambda: _graphql(web_port, RUNS_QUERY), list(logs.values()))
+                # The second delivery arrives; the daemon stops while it waits to be seen stable.
+                shutil.copy(second, inbox / second.name)
+                _wait_for("the sensor to see the second delivery", lambda: _first_seen(_sensor_cursor(instance), second.name), list(logs.values()), every=1)
 
             [run] = _import_runs(instance)
             assert run.status == dg.DagsterRunStatus.SUCCESS
@@ -190,28 +200,33 @@ def test_daemon_on_postgres_imports_under_multiprocess_and_keeps_history_across_
             assert {record.event_log_entry.step_key for record in workers} == {
                 f"demo_local__{step}" for step in ("fetched_files", "decrypted_files", "import_tables", "profile_store")
             }
-            cursor = _sensor_cursor(instance)
-            assert cursor, "the sensor kept no cursor"
             # Read from PostgreSQL itself, not through Dagster: the run is stored there.
             with psycopg2.connect(host=postgresql_server.host, port=postgresql_server.port, user=postgresql_server.user, dbname="dagster") as pg:
                 with pg.cursor() as sql:
                     sql.execute("SELECT run_id, status FROM runs WHERE pipeline_name = %s", (IMPORT_JOB,))
                     assert sql.fetchall() == [(run.run_id, "SUCCESS")]
             assert not list(dagster_home.rglob("*.db")), "an SQLite file appeared under DAGSTER_HOME"
+            assert _customer_numbers_in_store(published) == expected_first, "the second delivery was imported before it was stable"
+            first_seen = _first_seen(_sensor_cursor(instance), second.name)
 
             # Restarted daemon and webserver: the history and the cursor are read back from PostgreSQL.
+            restarted_at = time.time()
             with _process(daemon_cmd, env, logs["daemon"]), _process(webserver_cmd, env, logs["webserver"]):
                 runs = _wait_for("the restarted webserver", lambda: _graphql(web_port, RUNS_QUERY), list(logs.values()))
                 listed = {(r["runId"], r["status"]) for r in runs["runsOrError"]["results"] if r["jobName"] == IMPORT_JOB}
                 assert listed == {(run.run_id, "SUCCESS")}
-                assert _sensor_cursor(instance) == cursor
-                shutil.copy(second, inbox / second.name)
                 _wait_for("the second delivery in the store", lambda: _customer_numbers_in_store(published) == expected_both, list(logs.values()), every=3)
                 # Give the sensor a few more ticks: the first delivery must not be requested again.
                 time.sleep(15)
             import_runs = _import_runs(instance)
             assert len(import_runs) == 2, [r.tags.get("dagster/partition") for r in import_runs]
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in import_runs)
-            assert _sensor_cursor(instance) != cursor
+            # The restarted daemon's first tick carried on from the stored cursor: it either requested
+            # the second delivery at once (a file first seen by that tick could not be stable yet, it
+            # needs two listings 30 s apart) or still counts its stability from before the restart.
+            [state] = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR) if s.name == SENSOR]
+            ticks = sorted(instance.get_ticks(state.instigator_origin_id, state.selector_id, after=restarted_at), key=lambda tick: tick.timestamp)
+            assert ticks, "the restarted daemon evaluated no tick of the sensor"
+            assert ticks[0].run_ids or _first_seen(ticks[0].cursor, second.name) == first_seen, ticks[0]
         finally:
             instance.dispose()
