@@ -11,6 +11,8 @@ command -v gpg >/dev/null 2>&1 || need_apt+=(gnupg)
 command -v sftp >/dev/null 2>&1 || need_apt+=(openssh-client)
 # The UI test drives Debian's Chromium through Playwright (no browser download is possible here).
 [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# The deployment test runs a throwaway PostgreSQL cluster for Dagster's instance.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing system packages: ${need_apt[*]} (install them with apt-get as root)" >&2
@@ -27,4 +29,9 @@ ensure_venv
 # Lint and types first: a finding fails the run before the slower tests start.
 .venv/bin/ruff check .
 .venv/bin/mypy
+# Docker's own reading of the compose file, where the compose plugin exists (the tests parse it
+# either way; no engine is needed for this).
+if docker compose version >/dev/null 2>&1; then
+  DAGSTER_PG_PASSWORD=unused docker compose -f docker-compose.yaml config --quiet
+fi
 exec .venv/bin/python -m pytest "$@"

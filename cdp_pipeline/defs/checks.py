@@ -6,6 +6,7 @@ import dagster as dg
 
 from cdp_pipeline.config.connection import Connection
 from cdp_pipeline.config.loading import ProjectConfig
+from cdp_pipeline.defs.executors import job_executor
 from cdp_pipeline.store import checks
 from cdp_pipeline.store.database import open_writer
 
@@ -62,7 +63,7 @@ def build_store_checks_runs(connection: Connection, monitored_jobs: list) -> tup
     job = dg.define_asset_job(
         store_checks_job_name(connection.name),
         selection=dg.AssetSelection.checks_for_assets(profile_store),
-        executor_def=dg.in_process_executor,
+        executor_def=job_executor(),
         description=f"{connection.name}: the store's invariants, checked after each run that merged a delivery.",
         tags={"cdp/connection": connection.name},
     )

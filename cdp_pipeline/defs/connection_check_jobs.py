@@ -11,6 +11,7 @@ import dagster as dg
 
 from cdp_pipeline.config.connection import Connection
 from cdp_pipeline.connection_check import CheckResult, all_passed, check_connection, markdown_table
+from cdp_pipeline.defs.executors import job_executor
 from cdp_pipeline.defs.project import project_config
 
 
@@ -55,7 +56,7 @@ def build_check_job(connection: Connection) -> dg.JobDefinition:
         name=check_job_name(name),
         description=f"{connection.description or name}: test the connection before any data moves (nothing is imported).",
         tags={"cdp/connection": name},
-        executor_def=dg.in_process_executor,
+        executor_def=job_executor(),
     )
     def check_job() -> None:
         check_connection_op()

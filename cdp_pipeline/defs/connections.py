@@ -12,6 +12,7 @@ from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.defs.alerts import build_notification_sensors
 from cdp_pipeline.defs.assets import build_connection_assets, deliveries_partitions
 from cdp_pipeline.defs.checks import build_store_checks, build_store_checks_runs
+from cdp_pipeline.defs.executors import job_executor
 from cdp_pipeline.defs.project import project_config
 from cdp_pipeline.defs.run_now import build_run_now_job
 from cdp_pipeline.defs.schedules import build_schedules
@@ -35,8 +36,9 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
         # The store checks run in a run of their own after a merge succeeded (defs/checks.py): planned
         # here, a failed merge showed them as failed although none had run.
         selection=dg.AssetSelection.assets(*import_keys).without_checks(),
-        # Small per-delivery steps: one process avoids per-step start-up cost and in-run DuckDB contention.
-        executor_def=dg.in_process_executor,
+        # In process by default (small steps, no per-step start-up); CDP_EXECUTOR=multiprocess runs each
+        # step in its own process, handing over through the delivery's work folder (defs/executors.py).
+        executor_def=job_executor(),
         description=f"{connection.description or connection.name}: import one delivery (choose the delivery partition).",
         tags={"cdp/connection": connection.name, **({"cdp/labels": ",".join(connection.labels)} if connection.labels else {})},
     )
@@ -47,7 +49,7 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
         export_job = dg.define_asset_job(
             export_job_name(connection.name),
             selection=dg.AssetSelection.assets(*export_assets),
-            executor_def=dg.in_process_executor,
+            executor_def=job_executor(),
             description=f"{connection.description or connection.name}: run now, export the segments and timeline events.",
             tags={"cdp/connection": connection.name},
         )

@@ -14,6 +14,7 @@ from cdp_pipeline import connection_run
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.defs.assets import markdown_preview, per_goal, segment_export_metadata, timeline_export_metadata
+from cdp_pipeline.defs.executors import job_executor
 from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport_key
 from cdp_pipeline.deliveries import DeliveryRequest, partition_set_name
 
@@ -97,7 +98,7 @@ def build_run_now_job(project: ProjectConfig, connection: Connection) -> dg.JobD
 
     @dg.job(
         name=run_now_job_name(name),
-        executor_def=dg.in_process_executor,
+        executor_def=job_executor(),
         description=(
             f"{connection.description or name}: Run now. Imports every complete delivery of the source in goal order "
             "(groups, then profiles, then the dialect's), then runs the export goals. Config `goals` limits it to some goals."

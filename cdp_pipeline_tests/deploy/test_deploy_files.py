@@ -1,0 +1,124 @@
+"""The deployment files agree with the code and with each other: the compose file, the Dockerfile and
+the Helm values name the module, location, ports, commands and environment variables the code
+location and deploy/dagster.yaml actually read. No Docker engine or cluster runs here, so the files
+are checked by parsing; scripts/test.sh also runs `docker compose config` where the compose plugin
+is installed."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from cdp_pipeline.defs.executors import EXECUTOR_ENV, EXECUTORS
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+
+
+def _yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _env_sources(node) -> set[str]:
+    """Every ``{env: NAME}`` in a Dagster YAML document."""
+    if isinstance(node, dict):
+        if set(node) == {"env"}:
+            return {node["env"]}
+        return set().union(*(_env_sources(value) for value in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(_env_sources(value) for value in node)) if node else set()
+    return set()
+
+
+def _code_location() -> tuple[str, str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["dg"]["project"]
+    return project["code_location_target_module"], project["code_location_name"]
+
+
+def _option(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+INSTANCE_ENV = _env_sources(_yaml(DEPLOY / "dagster.yaml"))
+WORKSPACE_ENV = _env_sources(_yaml(DEPLOY / "workspace.yaml"))
+
+
+def test_the_production_instance_shares_the_embedded_instances_run_rules():
+    embedded, production = _yaml(REPO / "dagster.yaml"), _yaml(DEPLOY / "dagster.yaml")
+    for section in ("concurrency", "run_monitoring", "run_retries", "telemetry"):
+        assert production[section] == embedded[section], section
+    assert set(production["storage"]) == {"postgres"}
+    assert INSTANCE_ENV == {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_DB", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD"}
+
+
+def test_the_workspace_loads_the_code_server_by_its_location_name():
+    [entry] = _yaml(DEPLOY / "workspace.yaml")["load_from"]
+    assert entry["grpc_server"]["location_name"] == _code_location()[1]
+    assert WORKSPACE_ENV == {"CDP_CODE_SERVER_HOST", "CDP_CODE_SERVER_PORT"}
+
+
+def test_compose_runs_the_four_services_with_the_settings_the_code_reads():
+    compose = _yaml(REPO / "docker-compose.yaml")
+    services = compose["services"]
+    assert set(services) == {"postgres", "code_server", "webserver", "daemon"}
+    module, location = _code_location()
+    code_server = services["code_server"]
+    command = code_server["command"]
+    assert command[:3] == ["dagster", "code-server", "start"]
+    assert (_option(command, "-m"), _option(command, "--location-name")) == (module, location)
+    port = _option(command, "-p")
+    for name in ("code_server", "webserver", "daemon"):
+        environment = services[name]["environment"]
+        # Every variable the instance and the workspace read is set, and the workspace points at
+        # the code server's service name and port.
+        assert INSTANCE_ENV | WORKSPACE_ENV <= set(environment), name
+        assert environment["CDP_CODE_SERVER_HOST"] == "code_server"
+        assert environment["CDP_CODE_SERVER_PORT"] == port
+        assert environment["DAGSTER_PG_HOST"] == "postgres"
+    assert services["webserver"]["command"][0] == "dagster-webserver"
+    assert services["daemon"]["command"][:2] == ["dagster-daemon", "run"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    workspace_in_image = re.search(r"^COPY deploy/workspace.yaml (\S+)$", dockerfile, re.M).group(1)
+    for name in ("webserver", "daemon"):
+        assert _option(services[name]["command"], "-w") == workspace_in_image
+    # The password is required from the environment, never written in the file.
+    assert services["code_server"]["environment"]["DAGSTER_PG_PASSWORD"].startswith("${DAGSTER_PG_PASSWORD:?")
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${DAGSTER_PG_PASSWORD:?")
+    executor = code_server["environment"][EXECUTOR_ENV]
+    assert re.fullmatch(r"\$\{CDP_EXECUTOR:-(\w+)\}", executor).group(1) in EXECUTORS
+    # The store, the work folders and the compute logs outlive the containers.
+    mounts = {volume.split(":")[1] for volume in code_server["volumes"]}
+    assert {"/var/lib/cdp", "/opt/dagster/dagster_home/storage"} <= mounts
+    assert code_server["environment"]["CDP_HOME"] == "/var/lib/cdp"
+
+
+def test_the_image_installs_the_deploy_extra_runs_as_a_user_and_serves_the_location():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
+    assert 'pip install --no-cache-dir ".[deploy]"' in dockerfile
+    assert "gnupg" in dockerfile
+    assert re.search(r"^USER (?!root)\w+$", dockerfile, re.M)
+    assert re.search(r"^COPY deploy/dagster.yaml /opt/dagster/dagster_home/dagster.yaml$", dockerfile, re.M)
+    assert "ENV DAGSTER_HOME=/opt/dagster/dagster_home" in dockerfile
+    module, location = _code_location()
+    assert f'"-m", "{module}", "--location-name", "{location}"' in dockerfile
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("dagster-postgres") for req in extras["deploy"])
+
+
+def test_helm_values_launch_runs_as_pods_from_the_code_location_image():
+    values = _yaml(DEPLOY / "helm" / "values.yaml")
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    module, location = _code_location()
+    args = deployment["codeServerArgs"]
+    assert (_option(args, "-m"), _option(args, "--location-name")) == (module, location)
+    env = {item["name"]: item["value"] for item in deployment["env"]}
+    assert env[EXECUTOR_ENV] in EXECUTORS
+    assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
+    assert values["postgresql"]["postgresqlScheme"] == _yaml(DEPLOY / "dagster.yaml")["storage"]["postgres"]["postgres_db"]["scheme"]
+    assert values["concurrency"]["pools"]["defaultLimit"] == _yaml(REPO / "dagster.yaml")["concurrency"]["pools"]["default_limit"]
+
