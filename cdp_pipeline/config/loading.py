@@ -19,14 +19,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.csv_options import StrictModel
+from cdp_pipeline.config.ducklake import DuckLakeLocation, DuckLakeSettings
 from cdp_pipeline.errors import ConfigError
 
 if TYPE_CHECKING:  # the dialects import the configuration models; only their types are needed here
@@ -41,6 +42,10 @@ _SECRET_TEXT = re.compile(r"-----BEGIN [A-Z ]*(PRIVATE KEY|PGP PRIVATE KEY BLOCK
 
 
 class StoreSettings(StrictModel):
+    #: ``duckdb``: one DuckDB file on this host (``path``). ``ducklake``: a shared lake (``ducklake``).
+    backend: Literal["duckdb", "ducklake"] = "duckdb"
+    #: the lake's catalog and data files; required with ``backend: ducklake``.
+    ducklake: DuckLakeSettings | None = None
     #: DuckDB file of the store; relative to CDP_HOME.
     path: str = "store.duckdb"
     #: read-only copy for analysts, replaced atomically after each merge; relative to CDP_HOME.
@@ -56,6 +61,12 @@ class StoreSettings(StrictModel):
     #: shows none: Dagster's event log keeps run metadata as long as run history, in files the
     #: store's permissions do not cover, so customer values go there only when asked for.
     ui_preview_rows: int = Field(default=0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _lake_settings_given(self) -> StoreSettings:
+        if self.backend == "ducklake" and self.ducklake is None:
+            raise ValueError("backend ducklake needs the ducklake settings (catalog_dsn_env and data_path or s3)")
+        return self
 
 
 class StoreFile(StrictModel):
@@ -81,7 +92,19 @@ class ProjectConfig:
         return self.resolve_local(self.store.path)
 
     @property
+    def store_location(self) -> Path | DuckLakeLocation:
+        """What ``open_writer`` opens: the DuckDB file, or the lake named by ``store.ducklake``."""
+        if self.store.backend == "ducklake" and self.store.ducklake is not None:
+            settings = self.store.ducklake
+            data_path = self.resolve_local(settings.data_path) if settings.data_path is not None else None
+            return DuckLakeLocation(settings=settings, data_folder=data_path)
+        return self.store_path
+
+    @property
     def published_store_path(self) -> Path | None:
+        # Analysts attach the lake itself (read-only, at a snapshot): no copy to publish.
+        if self.store.backend == "ducklake":
+            return None
         return self.resolve_local(self.store.published_path) if self.store.published_path else None
 
     @property

@@ -51,6 +51,7 @@ import polars as pl
 
 from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition, consent_property_problem
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
+from cdp_pipeline.store.lake import claim_write_turn, mark_commit, record_snapshot_ids
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
 from cdp_pipeline.tables.staged import FILE_HASH_HI, FILE_HASH_LO, HASH_HI, HASH_LO, KEY_INDEX, NOT_IMPORTED, ROWS, SUM_KEYED, StagedImport
 
@@ -461,7 +462,8 @@ def _merge_records(
         conn.execute(
             """
             MERGE INTO exchanged_profiles t
-            USING (SELECT DISTINCT _id AS profile_id FROM merged WHERE _consented) s
+            -- GROUP BY, not DISTINCT: DuckLake 1.5.5 fails a MERGE whose source is a DISTINCT ("Out of buffer").
+            USING (SELECT _id AS profile_id FROM merged WHERE _consented GROUP BY _id) s
             ON t.connection = $connection AND t.direction = 'imported' AND t.profile_id = s.profile_id
             WHEN MATCHED THEN UPDATE SET last_at = $now
             WHEN NOT MATCHED THEN INSERT VALUES ($connection, 'imported', s.profile_id, $now, $now)
@@ -897,6 +899,7 @@ def merge_delivery(
     counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=rejected, values_not_imported=staged.values_not_imported)
     conn.execute("BEGIN TRANSACTION")
     try:
+        claim_write_turn(conn)
         # Dialect hooks (SARE's group clears, consent withdrawals ...) share the transaction, so a
         # delivery and its side effects commit or vanish together.
         if before is not None:
@@ -966,6 +969,7 @@ def merge_delivery(
                 "now": now,
             },
         )
+        mark_commit(conn, delivery.delivery_id, now)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -976,4 +980,5 @@ def merge_delivery(
                 conn.unregister(view)
             except Exception:  # noqa: BLE001, S110 - a view that was never registered
                 pass
+    record_snapshot_ids(conn)
     return counts

@@ -86,6 +86,8 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("merged_at", "TIMESTAMP", "When the delivery's transaction ran (UTC, taken once the store's write lock was held)."),
             ("events_unchanged", "BIGINT", "Timeline events delivered again with the same values (left as they were)."),
             ("values_not_imported", "BIGINT", "Cells that did not parse for their property and were not imported (the rest of the row was); see rejects."),
+            ("lake_snapshot_id", "BIGINT", "store.backend ducklake: the lake snapshot the merge committed; query the store as it was "
+             "after this delivery with AT (VERSION => lake_snapshot_id). NULL on a DuckDB file store."),
         ],
     ),
     "delivery_rows": (
@@ -231,6 +233,15 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("created_at", "TIMESTAMP", "When it was created (UTC)."),
         ],
     ),
+    # DuckLake has no unique constraints and lets two appending transactions both commit; every
+    # merge on a lake also raises this counter, so two overlapping merges conflict and one retries.
+    "write_turn": (
+        "One row: a counter each merge into a shared (DuckLake) store raises, so overlapping merges are "
+        "committed one after the other. Unused on a DuckDB file store.",
+        [
+            ("turn", "BIGINT", "Number of merge transactions committed since the table was created."),
+        ],
+    ),
     "product_store": (
         "Per product: how often and how recently it was bought (\"add to product store\").",
         [
@@ -340,6 +351,7 @@ _LATER_DELIVERY_COLUMNS = ("events_unchanged", "values_not_imported")
 _LATER_DELIVERY_ROW_COLUMNS = ("value", "entity_id", "keyed")
 #: fixed tables that later migrations create.
 _LATER_TABLES = ("spamtraps", "catalog_properties")
+_LAKE_TABLES = ("write_turn",)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -347,12 +359,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the ledger, row delta, rejects, runs, property history, segments, lifecycles, export state and snapshots, "
         "data exchange and product store tables",
         lambda: [
-            _create_fixed("deliveries", _LATER_DELIVERY_COLUMNS),
+            _create_fixed("deliveries", (*_LATER_DELIVERY_COLUMNS, "lake_snapshot_id")),
             _create_fixed("delivery_rows", _LATER_DELIVERY_ROW_COLUMNS),
             *(
                 _create_fixed(table)
                 for table in FIXED_TABLES
-                if table not in ("schema_version", "deliveries", "delivery_rows", *_LATER_TABLES)
+                if table not in ("schema_version", "deliveries", "delivery_rows", *_LATER_TABLES, *_LAKE_TABLES)
             ),
         ],
     ),
@@ -370,6 +382,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         4,
         "spamtraps (addresses a SARE import refuses) and catalog_properties (properties bulk mapping created)",
         lambda: [_create_fixed(table) for table in _LATER_TABLES],
+    ),
+    Migration(
+        5,
+        "deliveries.lake_snapshot_id (the DuckLake snapshot of each merge) and write_turn (merges into a shared lake take turns)",
+        lambda: [
+            *_add_fixed("deliveries", "lake_snapshot_id"),
+            _create_fixed("write_turn"),
+            "INSERT INTO write_turn (turn) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM write_turn)",
+        ],
     ),
 )
 #: the schema version this code writes; a store with a higher one was written by newer code.
@@ -427,10 +448,17 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
     ).fetchone() or ("",)
     changes = _migrate(conn, str(store_name))
     tables = {**FIXED_TABLES, **catalog_tables(catalog)}
-    existing = {
-        (row[0], row[1]): row[2]
+    described = conn.execute(
+        "SELECT table_name, column_name, data_type, comment FROM duckdb_columns() WHERE schema_name = 'main' AND database_name = current_database()"
+    ).fetchall()
+    existing = {(row[0], row[1]): row[2] for row in described}
+    # Comments are written only when they differ: on a shared lake every catalog change is a
+    # commit that concurrent writers would conflict with, and opening the store changes nothing.
+    comments: dict[tuple[str, str | None], str | None] = {(row[0], row[1]): row[3] for row in described}
+    comments |= {
+        (row[0], None): row[1]
         for row in conn.execute(
-            "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' AND database_name = current_database()"
+            "SELECT table_name, comment FROM duckdb_tables() WHERE schema_name = 'main' AND database_name = current_database()"
         ).fetchall()
     }
     existing_tables = {table for table, _ in existing}
@@ -455,11 +483,33 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
                         f"{quote(name)} SET DATA TYPE {sql_type} (a value that does not convert fails it, and nothing changes); "
                         "or give the property a new name, or put the old type back in store.yaml"
                     )
-        conn.execute(f"COMMENT ON TABLE {quote(table)} IS {literal(comment)}")
+        if comments.get((table, None)) != comment:
+            conn.execute(f"COMMENT ON TABLE {quote(table)} IS {literal(comment)}")
         for name, _, column_comment in columns:
-            conn.execute(f"COMMENT ON COLUMN {quote(table)}.{quote(name)} IS {literal(column_comment)}")
-    _create_views(conn, catalog)
+            if comments.get((table, name)) != column_comment:
+                conn.execute(f"COMMENT ON COLUMN {quote(table)}.{quote(name)} IS {literal(column_comment)}")
+    views = {row[0] for row in conn.execute("SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND NOT internal").fetchall()}
+    # A lake's views are replaced only when the tables they read changed (or one is missing), for
+    # the same reason; a DuckDB file replaces them on every open, as it always did.
+    if not is_lake(conn) or changes or not views >= _expected_views(catalog):
+        _create_views(conn, catalog)
     return changes
+
+
+def _expected_views(catalog: Catalog) -> set[str]:
+    consents = catalog.profile_properties.get("consents")
+    return {
+        "property_provenance", "data_exchange",
+        *(["timeline_events"] if catalog.event_types else []),
+        *(["groups"] if catalog.group_types else []),
+        *(["consents"] if consents is not None and consents.type == "list" else []),
+    }
+
+
+def is_lake(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the connection's default catalog is a DuckLake (``store.backend: ducklake``)."""
+    rows = conn.execute("SELECT type FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+    return bool(rows) and rows[0][0] == "ducklake"
 
 
 def _create_views(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
