@@ -11,6 +11,8 @@ command -v gpg >/dev/null 2>&1 || need_apt+=(gnupg)
 command -v sftp >/dev/null 2>&1 || need_apt+=(openssh-client)
 # The UI test drives Debian's Chromium through Playwright (no browser download is possible here).
 [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# The DuckLake store tests keep the lake's catalog in a real PostgreSQL server (initdb + pg_ctl, no service).
+[ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing system packages: ${need_apt[*]} (install them with apt-get as root)" >&2

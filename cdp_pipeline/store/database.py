@@ -16,7 +16,7 @@ from cdp_pipeline.config.ducklake import DuckLakeLocation
 from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full, says_disk_full
 from cdp_pipeline.errors import CdpError, TransientError
 from cdp_pipeline.private_files import private_directory, private_umask
-from cdp_pipeline.store.lake import connect_lake, retry_write_conflicts
+from cdp_pipeline.store.lake import connect_lake, retry_write_conflicts, rollback
 from cdp_pipeline.store.schema import ensure_schema
 
 
@@ -139,7 +139,7 @@ def _open_lake_writer(location: DuckLakeLocation, catalog: Catalog, *, threads: 
                 ensure_schema(conn, catalog)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                rollback(conn)
                 raise
 
         # Two writers opening a new lake both create its tables: one commits, the other finds them.

@@ -113,6 +113,19 @@ def _without(text: str, secret: str) -> str:
     return text.replace(secret, "<catalog connection string>") if secret else text
 
 
+def _attach(conn: duckdb.DuckDBPyConnection, sql: str, attempts: int = 5) -> None:
+    """Attach; two writers that attach a new lake at once both create its catalog tables, and the
+    slower one fails on PostgreSQL's unique index. The catalog exists by then: attach again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            conn.execute(sql)
+            return
+        except duckdb.Error as exc:
+            if attempt == attempts or "duplicate key" not in str(exc):
+                raise
+            time.sleep(0.2 * attempt)
+
+
 def connect_lake(location: DuckLakeLocation, *, read_only: bool, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB session with the lake attached and made the default catalog."""
     variable = location.settings.catalog_dsn_env
@@ -130,7 +143,7 @@ def connect_lake(location: DuckLakeLocation, *, read_only: bool, threads: int | 
         _create_s3_secret(conn, location)
         if location.data_folder is not None and not read_only and not location.data_folder.exists():
             private_directory(location.data_folder)
-        conn.execute(_attach_sql(location, dsn, read_only=read_only))
+        _attach(conn, _attach_sql(location, dsn, read_only=read_only))
         conn.execute(f"USE {LAKE_ALIAS}")
     except duckdb.Error as exc:
         conn.close()
@@ -150,6 +163,17 @@ def is_write_conflict(exc: BaseException) -> bool:
     """DuckLake's refusal of a commit because an overlapping transaction committed a conflicting
     change first; the transaction was rolled back and may run again on the newer state."""
     return isinstance(exc, duckdb.Error) and "conflict" in str(exc).lower() and "transaction" in str(exc).lower()
+
+
+def rollback(conn: duckdb.DuckDBPyConnection) -> None:
+    """ROLLBACK after a failed statement. A COMMIT that failed (DuckLake's write conflict, a full
+    disk) has already ended the transaction; a ROLLBACK then fails with "no transaction is active",
+    and raising that would hide why the commit failed."""
+    try:
+        conn.execute("ROLLBACK")
+    except duckdb.TransactionException as exc:
+        if "no transaction is active" not in str(exc):
+            raise
 
 
 def retry_write_conflicts(step: Callable[[], T], attempts: int) -> T:
@@ -213,7 +237,7 @@ def record_snapshot_ids(conn: duckdb.DuckDBPyConnection, attempts: int = 30) -> 
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
 
     retry_write_conflicts(fill, attempts)

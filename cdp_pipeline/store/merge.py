@@ -51,7 +51,7 @@ import polars as pl
 
 from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition, consent_property_problem
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
-from cdp_pipeline.store.lake import claim_write_turn, mark_commit, record_snapshot_ids
+from cdp_pipeline.store.lake import claim_write_turn, mark_commit, record_snapshot_ids, rollback
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
 from cdp_pipeline.tables.staged import FILE_HASH_HI, FILE_HASH_LO, HASH_HI, HASH_LO, KEY_INDEX, NOT_IMPORTED, ROWS, SUM_KEYED, StagedImport
 
@@ -972,7 +972,7 @@ def merge_delivery(
         mark_commit(conn, delivery.delivery_id, now)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     finally:
         for view in ("incoming_records", "incoming_events", "incoming_items", "incoming_rejects", "incoming_sum_rows"):

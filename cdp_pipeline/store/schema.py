@@ -412,6 +412,19 @@ def _entity_of(table: str, catalog: Catalog) -> str:
     return "column"
 
 
+#: fixed columns whose type differs on a DuckLake store. DuckLake 1.5.5 writes a 128-bit integer to
+#: Parquet as a double, so a 128-bit hash would come back changed; its decimal text is exact, and
+#: DuckDB compares and inserts it against the merge's UHUGEINT values unchanged.
+LAKE_TYPES: dict[tuple[str, str], tuple[str, str]] = {("delivery_rows", "row_hash"): ("UHUGEINT", "VARCHAR")}
+
+
+def _on_lake(statement: str) -> str:
+    for (table, column), (file_type, lake_type) in LAKE_TYPES.items():
+        if quote(table) in statement:
+            statement = statement.replace(f"{quote(column)} {file_type}", f"{quote(column)} {lake_type}")
+    return statement
+
+
 def _migrate(conn: duckdb.DuckDBPyConnection, store_name: str) -> list[str]:
     conn.execute(_create_fixed("schema_version"))
     (current,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone() or (0,)
@@ -421,11 +434,12 @@ def _migrate(conn: duckdb.DuckDBPyConnection, store_name: str) -> list[str]:
             f"(version {SCHEMA_VERSION}): it was written by a newer release. Upgrade cdp_pipeline; the store was not changed"
         )
     changes: list[str] = []
+    lake = is_lake(conn)
     for migration in MIGRATIONS:
         if migration.version <= current:
             continue
         for statement in migration.statements():
-            conn.execute(statement)
+            conn.execute(_on_lake(statement) if lake else statement)
         conn.execute(
             "INSERT INTO schema_version (version, applied_at, description) VALUES (?, now()::TIMESTAMP, ?)",
             [migration.version, migration.description],
@@ -475,7 +489,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
                         raise RuntimeError(f"the schema migrations do not create {table}.{name}: add a migration for it")
                     conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {_column_sql(table, name, sql_type)}")
                     changes.append(f"added column {table}.{name}")
-                elif current.replace(" ", "") != sql_type.replace(" ", ""):
+                elif current.replace(" ", "") != sql_type.replace(" ", "") and current != LAKE_TYPES.get((table, name), ("", ""))[1]:
                     raise StoreSchemaError(
                         f"store.yaml declares the {_entity_of(table, catalog)} {name!r} as {sql_type}, but the store "
                         f"{store_name} holds it as {current} (column {table}.{name}); the store was not changed. To keep "

@@ -18,6 +18,7 @@ import duckdb
 from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.store.conditions import ConditionError, ConditionSql, compile_conditions
+from cdp_pipeline.store.lake import rollback
 from cdp_pipeline.store.schema import literal
 
 
@@ -123,7 +124,7 @@ def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: 
                 )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     finally:
         for table in scratch:
