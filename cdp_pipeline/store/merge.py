@@ -203,8 +203,9 @@ def _apply_sum_delta(
     Returns the temp tables holding each property's rows to remember (``sum_new_<n>``), recorded
     once the keys resolve, and the name of the relation holding the records to merge. Set-based:
     one join per sum property against the remembered identities."""
+    # row_hash is text on a DuckLake store (see schema.LAKE_TYPES); the casts are no-ops on a DuckDB file.
     scope = """
-        SELECT property, row_hash FROM delivery_rows
+        SELECT property, CAST(row_hash AS UHUGEINT) AS row_hash FROM delivery_rows
         WHERE connection = $connection AND goal = $goal AND property IN (SELECT unnest($properties)) AND NOT coalesce(keyed, false)
           AND (root_file = $root_file OR delivery_id IN (
                SELECT delivery_id FROM deliveries WHERE connection = $connection AND goal = $goal AND content_sha256 = $sha))
@@ -238,7 +239,7 @@ def _apply_sum_delta(
                 FROM incoming_sum_rows WHERE value IS NOT NULL
             ),
             known AS (
-                SELECT row_hash, value FROM delivery_rows
+                SELECT CAST(row_hash AS UHUGEINT) AS row_hash, value FROM delivery_rows
                 WHERE connection = $connection AND goal = $goal AND property = $prop AND keyed
             ),
             -- A keyed row this file (or the same content) already added under its per-file
@@ -599,7 +600,7 @@ def _record_counted_rows(
                 f"""
                 DELETE FROM delivery_rows
                 WHERE connection = $connection AND goal = $goal AND property = $prop AND keyed
-                  AND row_hash IN (SELECT s.row_hash FROM {table} s {accepted} WHERE s.known)
+                  AND CAST(row_hash AS UHUGEINT) IN (SELECT s.row_hash FROM {table} s {accepted} WHERE s.known)
                 """,
                 {k: v for k, v in params.items() if k in ("connection", "goal", "prop")},
             )
