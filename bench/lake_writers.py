@@ -126,9 +126,12 @@ def main() -> int:
     parser.add_argument("--profiles", type=int, default=20_000)
     parser.add_argument("--deliveries", type=int, default=8)
     parser.add_argument("--writers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--file-only", action="store_true", help="only the DuckDB file baseline (runs on any DuckDB version)")
     args = parser.parse_args()
-    server = os.environ.get("CDP_BENCH_LAKE_DSN")
-    if not server:
+    server = os.environ.get("CDP_BENCH_LAKE_DSN", "")
+    if args.file_only:
+        args.writers = []
+    elif not server:
         print("set CDP_BENCH_LAKE_DSN to a libpq string of a PostgreSQL server (without dbname)", file=sys.stderr)
         return 2
     root = Path(tempfile.mkdtemp(prefix="cdp-lake-bench-"))
