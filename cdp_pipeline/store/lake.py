@@ -77,7 +77,7 @@ def _secret_env(name: str | None, what: str) -> str | None:
     return value
 
 
-def _attach_sql(location: DuckLakeLocation, dsn: str, *, read_only: bool) -> str:
+def _attach_sql(location: DuckLakeLocation, dsn: str, *, read_only: bool, alias: str) -> str:
     settings = location.settings
     if settings.s3 is not None:
         prefix = settings.s3.prefix.strip("/")
@@ -87,7 +87,7 @@ def _attach_sql(location: DuckLakeLocation, dsn: str, *, read_only: bool) -> str
     options = [f"DATA_PATH {literal(data_path)}"]
     if read_only:
         options.append("READ_ONLY")
-    return f"ATTACH {literal('ducklake:postgres:' + dsn)} AS {LAKE_ALIAS} ({', '.join(options)})"
+    return f"ATTACH {literal('ducklake:postgres:' + dsn)} AS {alias} ({', '.join(options)})"
 
 
 def _create_s3_secret(conn: duckdb.DuckDBPyConnection, location: DuckLakeLocation) -> None:
@@ -126,8 +126,9 @@ def _attach(conn: duckdb.DuckDBPyConnection, sql: str, attempts: int = 5) -> Non
             time.sleep(0.2 * attempt)
 
 
-def connect_lake(location: DuckLakeLocation, *, read_only: bool, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB session with the lake attached and made the default catalog."""
+def connect_lake(location: DuckLakeLocation, *, read_only: bool, threads: int | None = None, alias: str = LAKE_ALIAS) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB session with the lake attached (as ``alias``) and made the default catalog.
+    The merge's own calls name the lake ``lake``; readers may choose another name."""
     variable = location.settings.catalog_dsn_env
     dsn = os.environ.get(variable, "")
     if not dsn:
@@ -143,8 +144,8 @@ def connect_lake(location: DuckLakeLocation, *, read_only: bool, threads: int | 
         _create_s3_secret(conn, location)
         if location.data_folder is not None and not read_only and not location.data_folder.exists():
             private_directory(location.data_folder)
-        _attach(conn, _attach_sql(location, dsn, read_only=read_only))
-        conn.execute(f"USE {LAKE_ALIAS}")
+        _attach(conn, _attach_sql(location, dsn, read_only=read_only, alias=alias))
+        conn.execute(f"USE {alias}")
     except duckdb.Error as exc:
         conn.close()
         # libpq and DuckDB may quote the connection string back; the password must not reach a log.

@@ -171,3 +171,15 @@ def test_an_analyst_reads_one_consistent_snapshot_while_a_merge_runs(lake_store:
     assert newcomer.execute(state).fetchall() == [(15, 15, 2)]
     analyst.close()
     newcomer.close()
+
+
+def test_a_preview_compares_with_the_lake_not_with_a_missing_file(tmp_path, lake_store: StoreBackend):
+    from cdp_pipeline.config.loading import ProjectConfig
+    from cdp_pipeline.preview import _store_reader
+
+    with open_writer(lake_store.target, CATALOG) as conn:
+        merge_delivery(conn, CATALOG, _staged({"p1": "a", "p2": "b"}), _record(1), "r1", datetime(2026, 1, 1))
+    project = ProjectConfig(config_dir=tmp_path, home=tmp_path, store=lake_store.settings, catalog=CATALOG)
+    with _store_reader(project) as (conn, compared_with):
+        assert compared_with == "the DuckLake store (latest snapshot)"
+        assert conn.execute("SELECT count(*) FROM store.profiles").fetchall() == [(2,)]
