@@ -130,7 +130,7 @@ def record_failure(
     failures beside successes (a history of successes only looks like nothing went wrong).
     A store that cannot be written is not allowed to hide the original failure."""
     try:
-        with open_writer(project.store_path, project.catalog) as conn:
+        with open_writer(project.store_location, project.catalog) as conn:
             record_run(
                 conn, run_id=run_id, connection=connection, kind=kind, goal=goal, partition_key=partition_key,
                 started_at=started_at, ended_at=_now(), status="FAILURE", counts={}, last_profiles=[], error=cause,
@@ -143,7 +143,7 @@ def record_failure(
 
 def record_export(project: ProjectConfig, outcome: ExportOutcome, *, run_id: str, connection: str, goal: str, started_at: datetime) -> None:
     """The export's row in the run history and the analysts' copy refreshed, in one writer session."""
-    with open_writer(project.store_path, project.catalog) as conn:
+    with open_writer(project.store_location, project.catalog) as conn:
         record_run(
             conn, run_id=run_id, connection=connection, kind="export", goal=goal, partition_key=None,
             started_at=started_at, ended_at=_now(), status="SUCCESS",

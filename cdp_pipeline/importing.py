@@ -45,6 +45,7 @@ from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.private_files import private_directory
 from cdp_pipeline.store.conflicts import retry_on_conflict
 from cdp_pipeline.store.database import open_writer
+from cdp_pipeline.store.lake import retry_write_conflicts
 from cdp_pipeline.store.ledger import merged_file_identities, stored_property_writers
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
 from cdp_pipeline.store.publish import publish_copy
@@ -428,39 +429,53 @@ def merge_staged(
         content_sha256=sha,
         config_hash=config_hash,
     )
-    with open_writer(project.store_path, project.catalog, threads=project.store.threads) as conn:
-        # Stamp changes with a time taken after the lock is ours: an export that ran while this
-        # merge waited must never have a later mark than the changes it did not see.
-        now = max(now, datetime.now(UTC).replace(tzinfo=None))
-        already = delivery_is_merged(conn, sha, config_hash, connection.name, goal.name)
-        if already and not reprocess:
-            # Same bytes, same configuration: nothing would change (sums skip counted rows anyway).
-            # Unless the run that merged it died before refreshing the segments (a retry after a kill).
-            sizes = refresh_memberships(conn, project.catalog, now) if memberships_behind(conn, project.catalog) else {}
-            counts = MergeCounts(rows_read=staged.rows_read)
-            return MergeOutcome(status="skipped", delivery_id=already, counts=counts, segment_sizes=sizes, duplicate_of=already)
-        steps = source.around_merge(
-            MergeContext(
-                catalog=project.catalog, files=_local_files(files), connection=connection.name, goal=goal.name,
-                root_file=root.remote_path, content_sha256=sha, now=now,
+    # A DuckLake store may refuse a commit because another writer committed first: the whole
+    # transaction runs again on the newer state (its ledger check included). A DuckDB file has one writer.
+    attempts = project.store.ducklake.write_attempts if project.store.backend == "ducklake" and project.store.ducklake else 1
+    with open_writer(project.store_location, project.catalog, threads=project.store.threads) as conn:
+
+        def merge_once() -> tuple[str | None, MergeCounts | None]:
+            # Stamp changes with a time taken after the lock is ours: an export that ran while this
+            # merge waited must never have a later mark than the changes it did not see.
+            stamp = max(now, datetime.now(UTC).replace(tzinfo=None))
+            already = delivery_is_merged(conn, sha, config_hash, connection.name, goal.name)
+            if already and not reprocess:
+                return already, None
+            steps = source.around_merge(
+                MergeContext(
+                    catalog=project.catalog, files=_local_files(files), connection=connection.name, goal=goal.name,
+                    root_file=root.remote_path, content_sha256=sha, now=stamp,
+                )
             )
-        )
+            prepared = steps.prepare(conn, staged) if steps.prepare is not None else staged
+            return already, merge_delivery(
+                conn, project.catalog, prepared, record, run_id, stamp,
+                before=steps.before, after=steps.after,
+                objectives=connection.objectives, consent_property=project.store.consent_property,
+                record_history=project.store.history,
+                status="reprocessed" if already else "merged",
+            )
+
         with progress.stage("merge", record.partition_key or goal.name, "rows") as meter:
-            if steps.prepare is not None:
-                staged = steps.prepare(conn, staged)
-            merging = staged
-            counts = retry_on_conflict(
-                lambda: merge_delivery(
-                    conn, project.catalog, merging, record, run_id, now,
-                    before=steps.before, after=steps.after,
-                    objectives=connection.objectives, consent_property=project.store.consent_property,
-                    record_history=project.store.history,
-                    status="reprocessed" if already else "merged",
-                ),
+            # Two kinds of refused commits, both rolled back whole and run again from the ledger
+            # check: a DuckLake writer that committed first, and a same-process session that
+            # wrote the same rows of a DuckDB file.
+            already, counts = retry_on_conflict(
+                lambda: retry_write_conflicts(merge_once, attempts),
                 what=f"merging delivery {record.partition_key or record.root_file}",
             )
+            if counts is None and already is not None:
+                # Same bytes, same configuration: nothing would change (sums skip counted rows anyway),
+                # unless the run that merged it died before refreshing the segments (a retry after a kill).
+                behind = memberships_behind(conn, project.catalog)
+                sizes = retry_write_conflicts(lambda: refresh_memberships(conn, project.catalog, now), attempts) if behind else {}
+                return MergeOutcome(
+                    status="skipped", delivery_id=already, counts=MergeCounts(rows_read=staged.rows_read), segment_sizes=sizes, duplicate_of=already
+                )
+            if counts is None:
+                raise AssertionError("a merge that neither ran nor found its delivery merged")
             fault_point("after_commit")
-            sizes = refresh_memberships(conn, project.catalog, now)
+            sizes = retry_write_conflicts(lambda: refresh_memberships(conn, project.catalog, now), attempts)
             meter.done = staged.rows_read
     return MergeOutcome(status="merged", delivery_id=delivery_id, counts=counts, segment_sizes=sizes, reprocessed=already is not None)
 
@@ -547,7 +562,7 @@ def record_import(
 ) -> None:
     """The import's row in the run ledger and, in the same writer session, the analysts' copy of
     the store refreshed (so what they query includes this delivery)."""
-    with open_writer(project.store_path, project.catalog) as conn:
+    with open_writer(project.store_location, project.catalog) as conn:
         record_run(
             conn, run_id=run_id, connection=connection, kind="import", goal=goal, partition_key=partition_key,
             started_at=started_at, ended_at=datetime.now(UTC).replace(tzinfo=None),

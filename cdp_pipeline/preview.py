@@ -23,11 +23,13 @@ import polars as pl
 
 from cdp_pipeline import importing
 from cdp_pipeline.config.connection import Connection
+from cdp_pipeline.config.ducklake import DuckLakeLocation
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.connection_check import open_transport
 from cdp_pipeline.crypto.keyring import PgpKeyring
 from cdp_pipeline.deliveries import Delivery, Discovery, partition_key, split_partition_key
 from cdp_pipeline.errors import InputError, InputProblem, UnknownName
+from cdp_pipeline.store.lake import connect_lake
 from cdp_pipeline.store.ledger import merged_file_identities
 from cdp_pipeline.store.schema import event_table, group_table
 from cdp_pipeline.tables.staged import KEY, KEY_INDEX, StagedImport, records_as_stored
@@ -129,6 +131,15 @@ def _private_work_dir(project: ProjectConfig) -> Iterator[Path]:
 def _store_reader(project: ProjectConfig) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
     """An in-memory session with the store attached read-only as ``store``, when there is one.
     The analysts' copy is preferred: a read-only session on the live store would block a merge."""
+    location = project.store_location
+    if isinstance(location, DuckLakeLocation):
+        # A lake is read at its latest snapshot; a reader never holds up its writers.
+        lake = connect_lake(location, read_only=True, alias="store")
+        try:
+            yield lake, "the DuckLake store (latest snapshot)"
+        finally:
+            lake.close()
+        return
     conn = duckdb.connect()
     try:
         published = project.published_store_path

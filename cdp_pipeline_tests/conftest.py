@@ -11,4 +11,6 @@ pytest_plugins = [
     "cdp_pipeline_tests.fixtures.smtp",
     "cdp_pipeline_tests.fixtures.small_disk",
     "cdp_pipeline_tests.fixtures.ftpd",
+    "cdp_pipeline_tests.fixtures.postgres_server",
+    "cdp_pipeline_tests.fixtures.store_backends",
 ]

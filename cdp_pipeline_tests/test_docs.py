@@ -27,6 +27,7 @@ from cdp_pipeline.cli import run_now
 from cdp_pipeline.config import catalog as catalog_module
 from cdp_pipeline.config import connection as connection_module
 from cdp_pipeline.config import csv_options as csv_options_module
+from cdp_pipeline.config import ducklake as ducklake_module
 from cdp_pipeline.config import loading as loading_module
 from cdp_pipeline.config import processors as processors_module
 from cdp_pipeline.config import schedules as schedules_module
@@ -231,7 +232,7 @@ def _reachable_models() -> list[type[BaseModel]]:
 
 
 def _model_named(name: str) -> type[BaseModel]:
-    for module in (loading_module, catalog_module, connection_module, csv_options_module, processors_module, schedules_module):
+    for module in (loading_module, ducklake_module, catalog_module, connection_module, csv_options_module, processors_module, schedules_module):
         model = getattr(module, name, None)
         if isinstance(model, type) and issubclass(model, StrictModel):
             return model

@@ -11,7 +11,7 @@ command -v gpg >/dev/null 2>&1 || need_apt+=(gnupg)
 command -v sftp >/dev/null 2>&1 || need_apt+=(openssh-client)
 # The UI test drives Debian's Chromium through Playwright (no browser download is possible here).
 [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
-# The deployment test runs a throwaway PostgreSQL cluster for Dagster's instance.
+# Dagster instance deployment test and the DuckLake store tests run throwaway PostgreSQL clusters (initdb + pg_ctl, no service).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -20,14 +20,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from cdp_pipeline.config.catalog import BUILT_IN_PERMISSION_LEVEL, DEFAULT_DOMAIN_GROUP, PERMISSION_LEVEL, Catalog, consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.csv_options import StrictModel
+from cdp_pipeline.config.ducklake import DuckLakeLocation, DuckLakeSettings
 from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.filesystems import store_filesystem_problem
 
@@ -45,6 +46,10 @@ _SECRET_TEXT = re.compile(r"-----BEGIN [A-Z ]*(PRIVATE KEY|PGP PRIVATE KEY BLOCK
 
 
 class StoreSettings(StrictModel):
+    #: ``duckdb``: one DuckDB file on this host (``path``). ``ducklake``: a shared lake (``ducklake``).
+    backend: Literal["duckdb", "ducklake"] = "duckdb"
+    #: the lake's catalog and data files; required with ``backend: ducklake``.
+    ducklake: DuckLakeSettings | None = None
     #: DuckDB file of the store; relative to CDP_HOME.
     path: str = "store.duckdb"
     #: read-only copy for analysts, replaced atomically after each merge; relative to CDP_HOME.
@@ -62,6 +67,12 @@ class StoreSettings(StrictModel):
     ui_preview_rows: int = Field(default=0, ge=0, le=100)
     #: use a store on NFS, SMB, sshfs ... anyway (refused by default: DuckDB's lock is not reliable there).
     allow_network_filesystem: bool = False
+
+    @model_validator(mode="after")
+    def _lake_settings_given(self) -> StoreSettings:
+        if self.backend == "ducklake" and self.ducklake is None:
+            raise ValueError("backend ducklake needs the ducklake settings (catalog_dsn_env and data_path or s3)")
+        return self
 
 
 class StoreFile(StrictModel):
@@ -87,7 +98,19 @@ class ProjectConfig:
         return self.resolve_local(self.store.path)
 
     @property
+    def store_location(self) -> Path | DuckLakeLocation:
+        """What ``open_writer`` opens: the DuckDB file, or the lake named by ``store.ducklake``."""
+        if self.store.backend == "ducklake" and self.store.ducklake is not None:
+            settings = self.store.ducklake
+            data_path = self.resolve_local(settings.data_path) if settings.data_path is not None else None
+            return DuckLakeLocation(settings=settings, data_folder=data_path)
+        return self.store_path
+
+    @property
     def published_store_path(self) -> Path | None:
+        # Analysts attach the lake itself (read-only, at a snapshot): no copy to publish.
+        if self.store.backend == "ducklake":
+            return None
         return self.resolve_local(self.store.published_path) if self.store.published_path else None
 
     @property

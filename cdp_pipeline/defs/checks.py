@@ -38,7 +38,7 @@ def _store_check(project: ProjectConfig, connection: Connection, name: str) -> d
     # the writers' pool and never collide with a merge.
     @dg.asset_check(asset=dg.AssetKey([connection.name, "profile_store"]), name=name, pool="duckdb_write", description=description)
     def store_check() -> dg.AssetCheckResult:
-        with open_writer(project.store_path, project.catalog) as conn:
+        with open_writer(project.store_location, project.catalog) as conn:
             outcome = run(conn, project, connection)
         return dg.AssetCheckResult(passed=outcome.passed, description=outcome.description, metadata=outcome.metadata, severity=severity)
 

@@ -12,9 +12,11 @@ from typing import Any
 import duckdb
 
 from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.config.ducklake import DuckLakeLocation
 from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full, says_disk_full
 from cdp_pipeline.errors import CdpError, TransientError
 from cdp_pipeline.private_files import private_directory, private_umask
+from cdp_pipeline.store.lake import connect_lake, retry_write_conflicts, rollback
 from cdp_pipeline.store.schema import ensure_schema
 
 
@@ -88,9 +90,16 @@ def unreadable_store(path: Path, exc: BaseException) -> StoreUnreadableError:
 
 
 @contextlib.contextmanager
-def open_writer(path: Path, catalog: Catalog, *, threads: int | None = None, lock_wait_seconds: float = 120) -> Iterator[duckdb.DuckDBPyConnection]:
+def open_writer(
+    path: Path | DuckLakeLocation, catalog: Catalog, *, threads: int | None = None, lock_wait_seconds: float = 120
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """The writing connection, schema brought up to date; always closed, even when the body raises,
-    so a failed step never keeps the single-writer lock from the next run."""
+    so a failed step never keeps the single-writer lock from the next run. ``path`` is the DuckDB
+    file, or the lake (``store.backend: ducklake``), which many writers may open at once."""
+    if isinstance(path, DuckLakeLocation):
+        with _open_lake_writer(path, catalog, threads=threads) as conn:
+            yield conn
+        return
     if not path.parent.exists():
         private_directory(path.parent)
     conn = _connect(path, read_only=False, threads=threads, lock_wait_seconds=lock_wait_seconds)
@@ -121,8 +130,32 @@ def _disk_full_named(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def open_reader(path: Path, *, lock_wait_seconds: float = 120) -> Iterator[duckdb.DuckDBPyConnection]:
-    conn = _connect(path, read_only=True, threads=None, lock_wait_seconds=lock_wait_seconds)
+def _open_lake_writer(location: DuckLakeLocation, catalog: Catalog, *, threads: int | None) -> Iterator[duckdb.DuckDBPyConnection]:
+    conn = connect_lake(location, read_only=False, threads=threads)
+    try:
+
+        def bring_up_to_date() -> None:
+            conn.execute("BEGIN")
+            try:
+                ensure_schema(conn, catalog)
+                conn.execute("COMMIT")
+            except BaseException:
+                rollback(conn)
+                raise
+
+        # Two writers opening a new lake both create its tables: one commits, the other finds them.
+        retry_write_conflicts(bring_up_to_date, location.settings.write_attempts)
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def open_reader(path: Path | DuckLakeLocation, *, lock_wait_seconds: float = 120) -> Iterator[duckdb.DuckDBPyConnection]:
+    if isinstance(path, DuckLakeLocation):
+        conn = connect_lake(path, read_only=True)
+    else:
+        conn = _connect(path, read_only=True, threads=None, lock_wait_seconds=lock_wait_seconds)
     try:
         yield conn
     finally:

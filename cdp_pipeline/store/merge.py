@@ -52,6 +52,7 @@ import polars as pl
 from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition, consent_property_problem
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.fault_injection import fault_point
+from cdp_pipeline.store.lake import claim_write_turn, mark_commit, record_snapshot_ids, rollback
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
 from cdp_pipeline.tables.staged import FILE_HASH_HI, FILE_HASH_LO, HASH_HI, HASH_LO, KEY_INDEX, NOT_IMPORTED, ROWS, SUM_KEYED, StagedImport
 
@@ -203,8 +204,9 @@ def _apply_sum_delta(
     Returns the temp tables holding each property's rows to remember (``sum_new_<n>``), recorded
     once the keys resolve, and the name of the relation holding the records to merge. Set-based:
     one join per sum property against the remembered identities."""
+    # row_hash is text on a DuckLake store (see schema.LAKE_TYPES); the casts are no-ops on a DuckDB file.
     scope = """
-        SELECT property, row_hash FROM delivery_rows
+        SELECT property, CAST(row_hash AS UHUGEINT) AS row_hash FROM delivery_rows
         WHERE connection = $connection AND goal = $goal AND property IN (SELECT unnest($properties)) AND NOT coalesce(keyed, false)
           AND (root_file = $root_file OR delivery_id IN (
                SELECT delivery_id FROM deliveries WHERE connection = $connection AND goal = $goal AND content_sha256 = $sha))
@@ -238,7 +240,7 @@ def _apply_sum_delta(
                 FROM incoming_sum_rows WHERE value IS NOT NULL
             ),
             known AS (
-                SELECT row_hash, value FROM delivery_rows
+                SELECT CAST(row_hash AS UHUGEINT) AS row_hash, value FROM delivery_rows
                 WHERE connection = $connection AND goal = $goal AND property = $prop AND keyed
             ),
             -- A keyed row this file (or the same content) already added under its per-file
@@ -462,7 +464,8 @@ def _merge_records(
         conn.execute(
             """
             MERGE INTO exchanged_profiles t
-            USING (SELECT DISTINCT _id AS profile_id FROM merged WHERE _consented) s
+            -- GROUP BY, not DISTINCT: DuckLake 1.5.5 fails a MERGE whose source is a DISTINCT ("Out of buffer").
+            USING (SELECT _id AS profile_id FROM merged WHERE _consented GROUP BY _id) s
             ON t.connection = $connection AND t.direction = 'imported' AND t.profile_id = s.profile_id
             WHEN MATCHED THEN UPDATE SET last_at = $now
             WHEN NOT MATCHED THEN INSERT VALUES ($connection, 'imported', s.profile_id, $now, $now)
@@ -658,7 +661,7 @@ def _record_counted_rows(
                 f"""
                 DELETE FROM delivery_rows
                 WHERE connection = $connection AND goal = $goal AND property = $prop AND keyed
-                  AND row_hash IN (SELECT s.row_hash FROM {table} s {accepted} WHERE s.known)
+                  AND CAST(row_hash AS UHUGEINT) IN (SELECT s.row_hash FROM {table} s {accepted} WHERE s.known)
                 """,
                 {k: v for k, v in params.items() if k in ("connection", "goal", "prop")},
             )
@@ -967,6 +970,7 @@ def merge_delivery(
     counts = MergeCounts(rows_read=staged.rows_read, rows_rejected=rejected, values_not_imported=staged.values_not_imported)
     conn.execute("BEGIN TRANSACTION")
     try:
+        claim_write_turn(conn)
         fault_point("merge_early")
         # Dialect hooks (SARE's group clears, consent withdrawals ...) share the transaction, so a
         # delivery and its side effects commit or vanish together.
@@ -1037,10 +1041,11 @@ def merge_delivery(
                 "now": now,
             },
         )
+        mark_commit(conn, delivery.delivery_id, now)
         fault_point("merge_late")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     finally:
         for view in ("incoming_records", "incoming_events", "incoming_items", "incoming_rejects", "incoming_sum_rows"):
@@ -1048,4 +1053,5 @@ def merge_delivery(
                 conn.unregister(view)
             except Exception:  # noqa: BLE001, S110 - a view that was never registered
                 pass
+    record_snapshot_ids(conn)
     return counts

@@ -86,6 +86,8 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("merged_at", "TIMESTAMP", "When the delivery's transaction ran (UTC, taken once the store's write lock was held)."),
             ("events_unchanged", "BIGINT", "Timeline events delivered again with the same values (left as they were)."),
             ("values_not_imported", "BIGINT", "Cells that did not parse for their property and were not imported (the rest of the row was); see rejects."),
+            ("lake_snapshot_id", "BIGINT", "store.backend ducklake: the lake snapshot the merge committed; query the store as it was "
+             "after this delivery with AT (VERSION => lake_snapshot_id). NULL on a DuckDB file store."),
         ],
     ),
     "delivery_rows": (
@@ -235,6 +237,15 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("created_at", "TIMESTAMP", "When it was created (UTC)."),
         ],
     ),
+    # DuckLake has no unique constraints and lets two appending transactions both commit; every
+    # merge on a lake also raises this counter, so two overlapping merges conflict and one retries.
+    "write_turn": (
+        "One row: a counter each merge into a shared (DuckLake) store raises, so overlapping merges are "
+        "committed one after the other. Unused on a DuckDB file store.",
+        [
+            ("turn", "BIGINT", "Number of merge transactions committed since the table was created."),
+        ],
+    ),
     "product_store": (
         "Per product: how often and how recently it was bought (\"add to product store\").",
         [
@@ -353,6 +364,7 @@ _LATER_DELIVERY_COLUMNS = ("events_unchanged", "values_not_imported")
 _LATER_DELIVERY_ROW_COLUMNS = ("value", "entity_id", "keyed")
 #: fixed tables that later migrations create.
 _LATER_TABLES = ("spamtraps", "catalog_properties")
+_LAKE_TABLES = ("write_turn",)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -360,12 +372,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the ledger, row delta, rejects, runs, property history, segments, lifecycles, export state and snapshots, "
         "data exchange and product store tables",
         lambda: [
-            _create_fixed("deliveries", _LATER_DELIVERY_COLUMNS),
+            _create_fixed("deliveries", (*_LATER_DELIVERY_COLUMNS, "lake_snapshot_id")),
             _create_fixed("delivery_rows", _LATER_DELIVERY_ROW_COLUMNS),
             *(
                 _create_fixed(table)
                 for table in FIXED_TABLES
-                if table not in ("schema_version", "deliveries", "delivery_rows", *_LATER_TABLES)
+                if table not in ("schema_version", "deliveries", "delivery_rows", *_LATER_TABLES, *_LAKE_TABLES)
             ),
         ],
     ),
@@ -383,6 +395,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         4,
         "spamtraps (addresses a SARE import refuses) and catalog_properties (properties bulk mapping created)",
         lambda: [_create_fixed(table) for table in _LATER_TABLES],
+    ),
+    Migration(
+        5,
+        "deliveries.lake_snapshot_id (the DuckLake snapshot of each merge) and write_turn (merges into a shared lake take turns)",
+        lambda: [
+            *_add_fixed("deliveries", "lake_snapshot_id"),
+            _create_fixed("write_turn"),
+            "INSERT INTO write_turn (turn) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM write_turn)",
+        ],
     ),
 )
 #: the schema version this code writes; a store with a higher one was written by newer code.
@@ -404,6 +425,19 @@ def _entity_of(table: str, catalog: Catalog) -> str:
     return "column"
 
 
+#: fixed columns whose type differs on a DuckLake store. DuckLake 1.5.5 writes a 128-bit integer to
+#: Parquet as a double, so a 128-bit hash would come back changed; its decimal text is exact, and
+#: DuckDB compares and inserts it against the merge's UHUGEINT values unchanged.
+LAKE_TYPES: dict[tuple[str, str], tuple[str, str]] = {("delivery_rows", "row_hash"): ("UHUGEINT", "VARCHAR")}
+
+
+def _on_lake(statement: str) -> str:
+    for (table, column), (file_type, lake_type) in LAKE_TYPES.items():
+        if quote(table) in statement:
+            statement = statement.replace(f"{quote(column)} {file_type}", f"{quote(column)} {lake_type}")
+    return statement
+
+
 def _migrate(conn: duckdb.DuckDBPyConnection, store_name: str) -> list[str]:
     conn.execute(_create_fixed("schema_version"))
     (current,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone() or (0,)
@@ -413,11 +447,12 @@ def _migrate(conn: duckdb.DuckDBPyConnection, store_name: str) -> list[str]:
             f"(version {SCHEMA_VERSION}): it was written by a newer release. Upgrade cdp_pipeline; the store was not changed"
         )
     changes: list[str] = []
+    lake = is_lake(conn)
     for migration in MIGRATIONS:
         if migration.version <= current:
             continue
         for statement in migration.statements():
-            conn.execute(statement)
+            conn.execute(_on_lake(statement) if lake else statement)
         conn.execute(
             "INSERT INTO schema_version (version, applied_at, description) VALUES (?, now()::TIMESTAMP, ?)",
             [migration.version, migration.description],
@@ -467,7 +502,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
                         raise RuntimeError(f"the schema migrations do not create {table}.{name}: add a migration for it")
                     conn.execute(f"ALTER TABLE {quote(table)} ADD COLUMN {_column_sql(table, name, sql_type)}")
                     changes.append(f"added column {table}.{name}")
-                elif current.replace(" ", "") != sql_type.replace(" ", ""):
+                elif current.replace(" ", "") != sql_type.replace(" ", "") and current != LAKE_TYPES.get((table, name), ("", ""))[1]:
                     raise StoreSchemaError(
                         f"store.yaml declares the {_entity_of(table, catalog)} {name!r} as {sql_type}, but the store "
                         f"{store_name} holds it as {current} (column {table}.{name}); the store was not changed. To keep "
@@ -480,8 +515,28 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
         for name, _, column_comment in columns:
             if comments.get((table, name)) != column_comment:
                 conn.execute(f"COMMENT ON COLUMN {quote(table)}.{quote(name)} IS {literal(column_comment)}")
-    _create_views(conn, catalog)
+    views = {row[0] for row in conn.execute("SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND NOT internal").fetchall()}
+    # A lake's views are replaced only when the tables they read changed (or one is missing), for
+    # the same reason; a DuckDB file replaces them on every open, as it always did.
+    if not is_lake(conn) or changes or not views >= _expected_views(catalog):
+        _create_views(conn, catalog)
     return changes
+
+
+def _expected_views(catalog: Catalog) -> set[str]:
+    consents = catalog.profile_properties.get("consents")
+    return {
+        "property_provenance", "data_exchange",
+        *(["timeline_events"] if catalog.event_types else []),
+        *(["groups"] if catalog.group_types else []),
+        *(["consents"] if consents is not None and consents.type == "list" else []),
+    }
+
+
+def is_lake(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the connection's default catalog is a DuckLake (``store.backend: ducklake``)."""
+    rows = conn.execute("SELECT type FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+    return bool(rows) and rows[0][0] == "ducklake"
 
 
 def _create_views(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:

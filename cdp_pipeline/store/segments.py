@@ -20,6 +20,7 @@ from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.store.conditions import ConditionError, ConditionSql, compile_conditions
 from cdp_pipeline.store.conflicts import retry_on_conflict
 from cdp_pipeline.store.database import fetch_row
+from cdp_pipeline.store.lake import rollback
 from cdp_pipeline.store.schema import literal
 
 
@@ -147,7 +148,7 @@ def _refresh_once(conn: duckdb.DuckDBPyConnection, catalog: Catalog, conditions:
                 )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
     finally:
         for table in scratch:

@@ -3,7 +3,8 @@ increments, overlapping extracts under new names, an identical copy, corrections
 an old order, an order re-sent with fewer lines, a row without id, a non-numeric amount, a file
 in another encoding, a broken file the reject guard stops, and a reprocess.
 
-After every step the store (a real DuckDB file) is compared with an expectation computed in plain
+After every step the store (a real DuckDB file, and a real DuckLake: catalog in PostgreSQL, data on
+the S3 server) is compared with an expectation computed in plain
 DuckDB SQL over the union of the rows of every delivery that was accepted: every profile
 property, every event, every nested row and every sum to the cent. The expectation never goes
 through the project's code; it states the rules directly:
@@ -34,6 +35,7 @@ from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.config.connection import Connection
 from cdp_pipeline.config.loading import ProjectConfig, StoreSettings
 from cdp_pipeline.errors import InputError
+from cdp_pipeline_tests.fixtures.store_backends import StoreBackend
 
 NOW = datetime(2026, 1, 15, 12, 0)
 
@@ -108,15 +110,17 @@ class Shop:
 
     tmp_path: Path
     goals: list[dict]
+    #: the store's backend (a DuckDB file unless a test passes the ``store_backend`` fixture's).
+    backend: StoreBackend | None = None
     project: ProjectConfig = field(init=False)
     expected: duckdb.DuckDBPyConnection = field(init=False)
     deliveries: int = 0
 
     def __post_init__(self) -> None:
-        self.project = ProjectConfig(
-            config_dir=self.tmp_path, home=self.tmp_path / "home",
-            store=StoreSettings(path=str(self.tmp_path / "store.duckdb"), published_path=None), catalog=CATALOG,
-        )
+        if self.backend is None:
+            path = self.tmp_path / "store.duckdb"
+            self.backend = StoreBackend(name="duckdb", settings=StoreSettings(path=str(path), published_path=None), target=path)
+        self.project = ProjectConfig(config_dir=self.tmp_path, home=self.tmp_path / "home", store=self.backend.settings, catalog=CATALOG)
         connection = Connection.model_validate({"name": "acme", "source": {"type": "local", "path": "remote"}, "goals": self.goals})
         self.project.connections["acme"] = connection
         self.expected = duckdb.connect()
@@ -225,8 +229,8 @@ class Shop:
         """
 
     def assert_store_matches(self, step: str) -> None:
-        store = str(self.project.store_path)
-        self.expected.execute(f"ATTACH '{store}' AS store (READ_ONLY)")
+        assert self.backend is not None
+        self.backend.attach(self.expected, "store")
         try:
             comparisons = {
                 "profiles": (
@@ -254,8 +258,8 @@ class Shop:
             self.expected.execute("DETACH store")
 
     def store(self, sql: str) -> list[tuple]:
-        with duckdb.connect(str(self.project.store_path), read_only=True) as conn:
-            return conn.execute(sql).fetchall()
+        assert self.backend is not None
+        return self.backend.read(sql)
 
 
 # ------------------------------------------------------------ the partner's data
@@ -278,8 +282,8 @@ def items_of(i: int, lines: int) -> list[tuple]:
     return [item(i, line) for line in range(1, lines + 1)]
 
 
-def test_a_fortnight_of_deliveries_matches_plain_sql_after_every_step(tmp_path):
-    shop = Shop(tmp_path, [SHOP_GOAL])
+def test_a_fortnight_of_deliveries_matches_plain_sql_after_every_step(tmp_path, store_backend):
+    shop = Shop(tmp_path, [SHOP_GOAL], store_backend)
     everyone = [customer(i) for i in range(1, 25)]
     owner = {i: (i - 1) % 12 + 1 for i in range(1, 13)}  # O1..O12 → customers 001..012
 

@@ -1,4 +1,5 @@
-"""The merge rule truth table, every cell against a real DuckDB file: incoming value / empty /
+"""The merge rule truth table, every cell against a real DuckDB file and a real DuckLake (catalog in
+PostgreSQL, data on S3): incoming value / empty /
 column absent × stored value / empty, for set, set_if_empty, set_or_clear, add and sum."""
 
 from __future__ import annotations
@@ -63,9 +64,8 @@ def _record(n: int) -> DeliveryRecord:
 
 
 @pytest.mark.parametrize("rule,prop,incoming,stored,expected", CELLS, ids=[f"{c[0]}-{c[2]}-over-{c[3]}" for c in CELLS])
-def test_truth_table_cell(tmp_path, rule, prop, incoming, stored, expected):
-    path = tmp_path / "store.duckdb"
-    with open_writer(path, CATALOG) as conn:
+def test_truth_table_cell(store_backend, rule, prop, incoming, stored, expected):
+    with open_writer(store_backend.target, CATALOG) as conn:
         # Store the starting value with set_or_clear (writes exactly what it is given).
         starting = VALUES[prop][0] if stored == "value" else EMPTY[prop]
         merge_delivery(conn, CATALOG, _staged(prop, "set_or_clear", starting), _record(1), "r1", datetime(2026, 1, 1))
@@ -81,19 +81,18 @@ def test_truth_table_cell(tmp_path, rule, prop, incoming, stored, expected):
     assert value == expected
 
 
-def test_failed_merge_leaves_nothing_behind(tmp_path):
-    path = tmp_path / "store.duckdb"
+def test_failed_merge_leaves_nothing_behind(store_backend):
     bad = _staged("spend", "sum", 1.0)
     bad.events = {"order": pl.DataFrame({"event_id": ["e1"], "_key": ["p1"], "event_time": [datetime(2026, 1, 1)]})}
-    with open_writer(path, CATALOG) as conn:
+    with open_writer(store_backend.target, CATALOG) as conn:
         with pytest.raises(KeyError):  # "order" is not an event type of this catalog: fails mid-transaction
             merge_delivery(conn, CATALOG, bad, _record(1), "r1", datetime(2026, 1, 1))
         assert conn.execute("SELECT count(*) FROM profiles").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
 
 
-def test_history_and_provenance_answer_value_as_of_a_date(tmp_path):
-    with open_writer(tmp_path / "store.duckdb", CATALOG) as conn:
+def test_history_and_provenance_answer_value_as_of_a_date(store_backend):
+    with open_writer(store_backend.target, CATALOG) as conn:
         merge_delivery(conn, CATALOG, _staged("name", "set", "first"), _record(1), "r1", datetime(2026, 1, 1))
         merge_delivery(conn, CATALOG, _staged("name", "set", "first"), _record(2), "r2", datetime(2026, 1, 2))  # unchanged: no row
         merge_delivery(conn, CATALOG, _staged("name", "set", "second"), _record(3), "r3", datetime(2026, 1, 3))

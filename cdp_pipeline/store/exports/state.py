@@ -9,6 +9,7 @@ from pathlib import Path
 
 import duckdb
 
+from cdp_pipeline.store.lake import rollback
 from cdp_pipeline.store.schema import literal
 
 
@@ -65,5 +66,5 @@ def record_export(
             )
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback(conn)
         raise
