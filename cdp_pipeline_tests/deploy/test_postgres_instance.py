@@ -31,7 +31,7 @@ from dagster._core.scheduler.instigation import InstigatorType
 
 from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR
 from cdp_pipeline.demo.generate import generate_delivery
-from cdp_pipeline_tests.fixtures.postgresql_server import PostgresServer
+from cdp_pipeline_tests.fixtures.postgres_server import PostgresServer
 from cdp_pipeline_tests.fixtures.sshd import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,8 +139,8 @@ def _config(tmp_path: Path) -> Path:
 # Under the multiprocess executor each step is a process that loads the code location first (about
 # 20 s per step on a loaded 2-core host), and the store checks run queues between the two imports.
 @pytest.mark.timeout(1500)
-def test_daemon_on_postgres_imports_under_multiprocess_and_keeps_history_across_restarts(tmp_path, monkeypatch, postgresql_server: PostgresServer):
-    postgresql_server.create_database("dagster")
+def test_daemon_on_postgres_imports_under_multiprocess_and_keeps_history_across_restarts(tmp_path, monkeypatch, postgres_server: PostgresServer):
+    database = postgres_server.create_database()
     home, dagster_home = tmp_path / "home", tmp_path / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
@@ -149,10 +149,10 @@ def test_daemon_on_postgres_imports_under_multiprocess_and_keeps_history_across_
     grpc_port, web_port = free_port(), free_port()
     deployment = {
         "DAGSTER_HOME": str(dagster_home),
-        "DAGSTER_PG_HOST": postgresql_server.host,
-        "DAGSTER_PG_PORT": str(postgresql_server.port),
-        "DAGSTER_PG_DB": "dagster",
-        "DAGSTER_PG_USERNAME": postgresql_server.user,
+        "DAGSTER_PG_HOST": postgres_server.host,
+        "DAGSTER_PG_PORT": str(postgres_server.port),
+        "DAGSTER_PG_DB": database,
+        "DAGSTER_PG_USERNAME": postgres_server.user,
         # The throwaway cluster trusts local connections; the setting is still required.
         "DAGSTER_PG_PASSWORD": "not-checked",
         "CDP_CODE_SERVER_HOST": "127.0.0.1",
@@ -201,7 +201,7 @@ def test_daemon_on_postgres_imports_under_multiprocess_and_keeps_history_across_
                 f"demo_local__{step}" for step in ("fetched_files", "decrypted_files", "import_tables", "profile_store")
             }
             # Read from PostgreSQL itself, not through Dagster: the run is stored there.
-            with psycopg2.connect(host=postgresql_server.host, port=postgresql_server.port, user=postgresql_server.user, dbname="dagster") as pg:
+            with psycopg2.connect(host=postgres_server.host, port=postgres_server.port, user=postgres_server.user, dbname=database) as pg:
                 with pg.cursor() as sql:
                     sql.execute("SELECT run_id, status FROM runs WHERE pipeline_name = %s", (IMPORT_JOB,))
                     assert sql.fetchall() == [(run.run_id, "SUCCESS")]
