@@ -297,10 +297,15 @@ def run_export(
                     plan.append(_Planned(path, posixpath.join(goal.target.directory, path.name), sum(diff_counts.values()), "diff"))
             if goal.timeline is not None:
                 timeline = write_timeline_csvs(conn, project.catalog, goal, work / "timeline", since=since, until=until)
-                plan += [
-                    _Planned(path, posixpath.join(timeline_directory, path.name), count, "items" if "/" in key else "events")
-                    for key, (path, count) in timeline.items()
-                ]
+                # As the profile file: a run that has no event to send sends no header-only files
+                # (a second run the same day must not leave the partner an empty set next to the
+                # morning's). When any event goes out, the whole set goes, so a consumer always
+                # finds every type's file beside the others.
+                if any(count for _, count in timeline.values()) or goal.target.write_empty_files:
+                    plan += [
+                        _Planned(path, posixpath.join(timeline_directory, path.name), count, "items" if "/" in key else "events")
+                        for key, (path, count) in timeline.items()
+                    ]
             if goal.netmera_reports:
                 dialect = project.dialects.get(connection.name)
                 first, last = report_period(since, until, now)

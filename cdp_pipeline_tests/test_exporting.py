@@ -526,6 +526,12 @@ def test_timeline_export_one_type_and_a_period(run: Runner):
     assert [(f.remote_path.rsplit("/", 1)[1], f.rows) for f in window.timeline_files] == [
         ("order.csv", 1), ("order_line.csv", 0), ("visit.csv", 2),  # until is exclusive: O1 at 10:00 is out
     ]
+    # No event in the period: no header-only files, unless the goal asks for empty files.
+    nothing = run(make_goal(name="nothing", segment="buyers", changed_only=False, timeline={"since": "2030-01-01"}))
+    assert nothing.timeline_files == [] and not (run.root / "out" / "nothing_timeline_20260115").exists()
+    asked = run(make_goal(name="asked", segment="buyers", changed_only=False, timeline={"since": "2030-01-01"}, target={"write_empty_files": True}))
+    assert [(f.remote_path.rsplit("/", 1)[1], f.rows) for f in asked.timeline_files] == [("order.csv", 0), ("order_line.csv", 0), ("visit.csv", 0)]
+    assert run.read(asked.timeline_files[0].remote_path).splitlines()[0].startswith(b"event_id,profile_id,event_time")
     recent = run(make_goal(name="recent", segment="buyers", timeline={"event_types": ["order"], "last_days": 10}), T0)
     assert [f.rows for f in recent.timeline_files] == [2, 3]  # since 2026-01-05 06:00: O1 and O2
 
