@@ -8,12 +8,16 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends gnupg \
  && rm -rf /var/lib/apt/lists/*
 
-# No lock file in the project yet: the install resolves pyproject.toml's ranges at build time. Tag
-# images by version and promote the tested image, never rebuild it for production.
+# Every package from the hash-locked tree (requirements.lock: the project with its deploy extra), then
+# the project itself without resolving anything: a file whose hash differs fails the build, and
+# nothing outside the lock gets in (docs/security.md, Supply chain). Tag images by version and
+# promote the tested image, never rebuild it for production.
 WORKDIR /opt/cdp_pipeline
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY cdp_pipeline ./cdp_pipeline
-RUN pip install --no-cache-dir ".[deploy]"
+RUN pip install --no-cache-dir --no-deps .
 
 # The instance settings (PostgreSQL, from DAGSTER_PG_* at run time) and the workspace that loads
 # the code server over gRPC.

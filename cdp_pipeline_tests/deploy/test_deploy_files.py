@@ -95,10 +95,15 @@ def test_compose_runs_the_four_services_with_the_settings_the_code_reads():
     assert code_server["environment"]["CDP_HOME"] == "/var/lib/cdp"
 
 
-def test_the_image_installs_the_deploy_extra_runs_as_a_user_and_serves_the_location():
+def test_the_image_installs_the_locked_deploy_tree_runs_as_a_user_and_serves_the_location():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
-    assert 'pip install --no-cache-dir ".[deploy]"' in dockerfile
+    # Every package from the hash-locked tree, the project without resolving anything more.
+    installs = re.findall(r"^RUN pip install (.+)$", dockerfile, re.M)
+    assert installs == ["--no-cache-dir --require-hashes --no-deps -r requirements.lock", "--no-cache-dir --no-deps ."]
+    lock_header = (REPO / "requirements.lock").read_text().splitlines()[1]
+    assert "--extra deploy" in lock_header and "--generate-hashes" in lock_header
+    assert re.search(r"^dagster-postgres==", (REPO / "requirements.lock").read_text(), re.M)
     assert "gnupg" in dockerfile
     assert re.search(r"^USER (?!root)\w+$", dockerfile, re.M)
     assert re.search(r"^COPY deploy/dagster.yaml /opt/dagster/dagster_home/dagster.yaml$", dockerfile, re.M)
