@@ -15,14 +15,19 @@ import duckdb
 VOLATILE = ("_at", "_since", "run_id", "delivery_id", "measured", "started", "ended", "timestamp", "seconds", "path", "files", "config_hash")
 
 
+
+def _sql_text(value: str) -> str:
+    """A SQL string literal: ATTACH takes no parameters on DuckDB 1.5."""
+    return "'" + str(value).replace("'", "''") + "'"
+
 def _names(conn: duckdb.DuckDBPyConnection, sql: str, *parameters: str) -> list[str]:
     return [row[0] for row in conn.execute(sql, list(parameters)).fetchall()]
 
 
 def compare(before: str, after: str) -> int:
     conn = duckdb.connect()
-    conn.execute("ATTACH ? AS a (READ_ONLY)", [before])
-    conn.execute("ATTACH ? AS b (READ_ONLY)", [after])
+    conn.execute("ATTACH " + _sql_text(before) + " AS a (READ_ONLY)")
+    conn.execute("ATTACH " + _sql_text(after) + " AS b (READ_ONLY)")
     tables_sql = "SELECT table_name FROM duckdb_tables() WHERE database_name = ?"
     columns_sql = "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND table_name = ?"
     in_a, in_b = set(_names(conn, tables_sql, "a")), set(_names(conn, tables_sql, "b"))

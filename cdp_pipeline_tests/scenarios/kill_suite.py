@@ -58,6 +58,11 @@ class KillSetup:
     env: dict[str, str]
 
 
+
+def _sql_text(value: str) -> str:
+    """A SQL string literal: ATTACH takes no parameters on DuckDB 1.5."""
+    return "'" + str(value).replace("'", "''") + "'"
+
 def write_setup(root: Path, *, profiles: int, gpg_cli, keys) -> KillSetup:
     """The encrypted delivery and a configuration directory with the connection ``kill_drop``."""
     plain = generate_delivery(root / "plain", profiles=profiles, seed=11, date="20260301")
@@ -142,8 +147,8 @@ def cli_run(setup: KillSetup, home: Path, fault_at: str | None = None, timeout: 
 def table_differences(clean: Path, rerun: Path) -> dict[str, str]:
     """Tables whose rows differ (volatile columns left out), by table, as plain DuckDB SQL."""
     conn = duckdb.connect()
-    conn.execute("ATTACH ? AS clean (READ_ONLY)", [str(clean)])
-    conn.execute("ATTACH ? AS rerun (READ_ONLY)", [str(rerun)])
+    conn.execute("ATTACH " + _sql_text(str(clean)) + " AS clean (READ_ONLY)")
+    conn.execute("ATTACH " + _sql_text(str(rerun)) + " AS rerun (READ_ONLY)")
 
     def tables(database: str) -> set[str]:
         return {row[0] for row in conn.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [database]).fetchall()}
