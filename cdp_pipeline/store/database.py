@@ -81,6 +81,14 @@ def unreadable_store(path: Path, exc: BaseException) -> StoreUnreadableError:
     """Every run would fail the same way on such a file, so the message is the runbook's pointer,
     not DuckDB's bare I/O error."""
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "newer version of duckdb" in str(exc).lower():
+        # Not damage: restoring the published copy would not help (the same release wrote it).
+        return StoreUnreadableError(
+            f"the store file {path} was written by a newer DuckDB than the one installed here ({duckdb.__version__}; DuckDB: {first}). "
+            "Nothing was imported or exported, and the file is intact. Run the pipeline with the DuckDB release that wrote it "
+            "(pip install -U duckdb); note that the [ducklake] extra pins an older DuckDB, so install it in an environment "
+            "of its own, not in the one that runs a file store; see docs/store.md, 'A store written by a newer DuckDB'"
+        )
     return StoreUnreadableError(
         f"the store file {path} cannot be opened: it is truncated or corrupt, or its write-ahead log (.wal) cannot be replayed (DuckDB: {first}). Nothing was "
         "imported or exported. Stop the runs, keep the damaged file aside, and restore the store from the "

@@ -4,6 +4,7 @@ a property type change is refused with the migration to run, and a damaged file 
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import duckdb
@@ -177,3 +178,26 @@ def test_comments_follow_store_yaml_and_are_kept_between_opens(tmp_path: Path) -
     with open_writer(store, catalog("loyalty points, updated nightly")):
         pass
     assert comment() == ("loyalty points, updated nightly", first[1], 0)
+
+
+
+def test_a_store_written_by_a_newer_duckdb_is_named_as_such_not_as_damage(tmp_path: Path) -> None:
+    """A store created under DuckDB 2 (the file in data/ was written by DuckDB 2.0.1) opened by 1.5,
+    the [ducklake] extra's pin and the test environment's: the file is intact, so the message must
+    not send the user to restore a backup."""
+    store = tmp_path / "store.duckdb"
+    store.write_bytes(gzip.decompress((Path(__file__).parent / "data" / "store_written_by_duckdb_2.0.1.duckdb.gz").read_bytes()))
+    if int(duckdb.__version__.split(".")[0]) >= 2:
+        # An installation on DuckDB 2 (no extras) reads it like any other store.
+        with duckdb.connect(str(store), read_only=True) as conn:
+            assert conn.execute("SELECT release FROM written_by").fetchall() == [("2.0.1",)]
+        return
+
+    with pytest.raises(StoreUnreadableError) as caught:
+        with open_writer(store, _catalog()):
+            pass
+
+    message = str(caught.value)
+    assert str(store) in message and "written by a newer DuckDB" in message and duckdb.__version__ in message
+    assert "truncated or corrupt" not in message and "A store written by a newer DuckDB" in message
+    assert "## A store written by a newer DuckDB" in (Path(__file__).parents[2] / "docs" / "store.md").read_text()
