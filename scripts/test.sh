@@ -34,4 +34,6 @@ ensure_venv
 if docker compose version >/dev/null 2>&1; then
   DAGSTER_PG_PASSWORD=unused docker compose -f docker-compose.yaml config --quiet
 fi
-exec .venv/bin/python -m pytest "$@"
+# Two workers, a test module each at a time (its module-scoped servers stay in one process);
+# CDP_TEST_WORKERS=0 runs everything in this process, and arguments given here come last and win.
+exec .venv/bin/python -m pytest -n "${CDP_TEST_WORKERS:-2}" --dist loadfile "$@"
