@@ -38,8 +38,8 @@ import polars as pl  # noqa: E402
 
 from cdp_pipeline.config.catalog import Catalog  # noqa: E402
 from cdp_pipeline.config.ducklake import DuckLakeLocation, DuckLakeSettings  # noqa: E402
+from cdp_pipeline.store.conflicts import is_conflict  # noqa: E402
 from cdp_pipeline.store.database import open_writer  # noqa: E402
-from cdp_pipeline.store.lake import is_write_conflict  # noqa: E402
 from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery  # noqa: E402
 from cdp_pipeline.tables.staged import StagedImport  # noqa: E402
 
@@ -79,7 +79,7 @@ def _merge(target: Path | DuckLakeLocation, staged: StagedImport, index: int) ->
                 merge_delivery(conn, CATALOG, staged, record, f"run{index}", datetime(2026, 1, 1))
                 return time.perf_counter() - started, conflicts
             except duckdb.Error as exc:
-                if not is_write_conflict(exc):
+                if not is_conflict(exc):
                     raise
                 conflicts += 1
                 time.sleep(0.05)

@@ -43,9 +43,9 @@ from cdp_pipeline.disk_space import HEADROOM, DiskSpaceError, disk_full_error, i
 from cdp_pipeline.errors import CdpError, FileVanishedError, InputError, InputProblem
 from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.private_files import private_directory
-from cdp_pipeline.store.conflicts import retry_on_conflict
+from cdp_pipeline.store.conflicts import ATTEMPTS, FIRST_DELAY_SECONDS, retry_on_conflict
 from cdp_pipeline.store.database import open_writer
-from cdp_pipeline.store.lake import retry_write_conflicts
+from cdp_pipeline.store.lake import LAKE_FIRST_DELAY_SECONDS
 from cdp_pipeline.store.ledger import merged_file_identities, stored_property_writers
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
 from cdp_pipeline.store.publish import publish_copy
@@ -429,9 +429,11 @@ def merge_staged(
         content_sha256=sha,
         config_hash=config_hash,
     )
-    # A DuckLake store may refuse a commit because another writer committed first: the whole
-    # transaction runs again on the newer state (its ledger check included). A DuckDB file has one writer.
-    attempts = project.store.ducklake.write_attempts if project.store.backend == "ducklake" and project.store.ducklake else 1
+    # A refused commit (a DuckLake writer that committed first, a same-process session that wrote
+    # the same rows of a DuckDB file) runs the whole transaction again on the newer state, its
+    # ledger check included; a lake with several writers is given more attempts.
+    lake = project.store.ducklake if project.store.backend == "ducklake" else None
+    attempts, first_delay = (lake.write_attempts, LAKE_FIRST_DELAY_SECONDS) if lake else (ATTEMPTS, FIRST_DELAY_SECONDS)
     with open_writer(project.store_location, project.catalog, threads=project.store.threads) as conn:
 
         def merge_once() -> tuple[str | None, MergeCounts | None]:
@@ -457,25 +459,21 @@ def merge_staged(
             )
 
         with progress.stage("merge", record.partition_key or goal.name, "rows") as meter:
-            # Two kinds of refused commits, both rolled back whole and run again from the ledger
-            # check: a DuckLake writer that committed first, and a same-process session that
-            # wrote the same rows of a DuckDB file.
             already, counts = retry_on_conflict(
-                lambda: retry_write_conflicts(merge_once, attempts),
-                what=f"merging delivery {record.partition_key or record.root_file}",
+                merge_once, what=f"merging delivery {record.partition_key or record.root_file}", attempts=attempts, first_delay=first_delay
             )
             if counts is None and already is not None:
                 # Same bytes, same configuration: nothing would change (sums skip counted rows anyway),
                 # unless the run that merged it died before refreshing the segments (a retry after a kill).
                 behind = memberships_behind(conn, project.catalog)
-                sizes = retry_write_conflicts(lambda: refresh_memberships(conn, project.catalog, now), attempts) if behind else {}
+                sizes = refresh_memberships(conn, project.catalog, now, attempts=attempts, first_delay=first_delay) if behind else {}
                 return MergeOutcome(
                     status="skipped", delivery_id=already, counts=MergeCounts(rows_read=staged.rows_read), segment_sizes=sizes, duplicate_of=already
                 )
             if counts is None:
                 raise AssertionError("a merge that neither ran nor found its delivery merged")
             fault_point("after_commit")
-            sizes = retry_write_conflicts(lambda: refresh_memberships(conn, project.catalog, now), attempts)
+            sizes = refresh_memberships(conn, project.catalog, now, attempts=attempts, first_delay=first_delay)
             meter.done = staged.rows_read
     return MergeOutcome(status="merged", delivery_id=delivery_id, counts=counts, segment_sizes=sizes, reprocessed=already is not None)
 

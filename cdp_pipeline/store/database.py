@@ -152,7 +152,7 @@ def _open_lake_writer(location: DuckLakeLocation, catalog: Catalog, *, threads: 
                 raise
 
         # Two writers opening a new lake both create its tables: one commits, the other finds them.
-        retry_write_conflicts(bring_up_to_date, location.settings.write_attempts)
+        retry_write_conflicts(bring_up_to_date, location.settings.write_attempts, what="bringing the lake's schema up to date")
         yield conn
     finally:
         conn.close()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import random
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -34,6 +33,7 @@ import duckdb
 from cdp_pipeline.config.ducklake import DuckLakeLocation
 from cdp_pipeline.errors import CdpError, ConfigError, TransientError
 from cdp_pipeline.private_files import private_directory
+from cdp_pipeline.store.conflicts import retry_on_conflict
 from cdp_pipeline.store.schema import is_lake, literal
 
 #: the name the lake is attached under; analysts may use any name.
@@ -41,6 +41,8 @@ LAKE_ALIAS = "lake"
 COMMIT_AUTHOR = "cdp_pipeline"
 
 T = TypeVar("T")
+#: lake writers collide often and commit quickly: the first retry waits little.
+LAKE_FIRST_DELAY_SECONDS = 0.05
 
 
 class LakeUnavailableError(CdpError):
@@ -160,12 +162,6 @@ def connect_lake(location: DuckLakeLocation, *, read_only: bool, threads: int | 
     return conn
 
 
-def is_write_conflict(exc: BaseException) -> bool:
-    """DuckLake's refusal of a commit because an overlapping transaction committed a conflicting
-    change first; the transaction was rolled back and may run again on the newer state."""
-    return isinstance(exc, duckdb.Error) and "conflict" in str(exc).lower() and "transaction" in str(exc).lower()
-
-
 def rollback(conn: duckdb.DuckDBPyConnection) -> None:
     """ROLLBACK after a failed statement. A COMMIT that failed (DuckLake's write conflict, a full
     disk) has already ended the transaction; a ROLLBACK then fails with "no transaction is active",
@@ -177,25 +173,11 @@ def rollback(conn: duckdb.DuckDBPyConnection) -> None:
             raise
 
 
-def retry_write_conflicts(step: Callable[[], T], attempts: int) -> T:
-    """Run ``step`` (one whole transaction: it must read what it writes from the store again) until
-    it commits without a write conflict, at most ``attempts`` times, with jittered back-off so that
-    writers that collided do not collide again in lockstep."""
-    delay = 0.05
-    for attempt in range(1, attempts + 1):
-        try:
-            return step()
-        except duckdb.Error as exc:
-            if not is_write_conflict(exc) or attempt == attempts:
-                if is_write_conflict(exc):
-                    raise TransientError(
-                        f"the DuckLake store refused the commit {attempts} times because other writers committed first "
-                        f"(DuckLake: {str(exc).splitlines()[0]}); raise store.ducklake.write_attempts or run fewer writers at once"
-                    ) from exc
-                raise
-        time.sleep(delay * (1 + random.random()))  # noqa: S311 - back-off jitter, not security
-        delay = min(delay * 2, 2.0)
-    raise AssertionError("unreachable")
+def retry_write_conflicts(step: Callable[[], T], attempts: int, *, what: str) -> T:
+    """``step`` (one whole transaction) run again while another writer's commit refuses it, at most
+    ``attempts`` times (``store.ducklake.write_attempts``), with a short first wait: lake writers
+    retry often."""
+    return retry_on_conflict(step, what=what, attempts=attempts, first_delay=LAKE_FIRST_DELAY_SECONDS)
 
 
 def claim_write_turn(conn: duckdb.DuckDBPyConnection) -> None:
@@ -241,4 +223,4 @@ def record_snapshot_ids(conn: duckdb.DuckDBPyConnection, attempts: int = 30) -> 
             rollback(conn)
             raise
 
-    retry_write_conflicts(fill, attempts)
+    retry_write_conflicts(fill, attempts, what="recording the lake snapshot ids of merged deliveries")

@@ -18,7 +18,7 @@ import duckdb
 from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.store.conditions import ConditionError, ConditionSql, compile_conditions
-from cdp_pipeline.store.conflicts import retry_on_conflict
+from cdp_pipeline.store.conflicts import ATTEMPTS, FIRST_DELAY_SECONDS, retry_on_conflict
 from cdp_pipeline.store.database import fetch_row
 from cdp_pipeline.store.lake import rollback
 from cdp_pipeline.store.schema import literal
@@ -42,11 +42,15 @@ def _declared(column: str, names: Iterable[str]) -> str:
     return f"{column} IN ({listed})" if listed else "FALSE"
 
 
-def refresh_memberships(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime) -> dict[str, int]:
+def refresh_memberships(
+    conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime, *, attempts: int = ATTEMPTS, first_delay: float = FIRST_DELAY_SECONDS
+) -> dict[str, int]:
     """Recompute every segment (bases first) and lifecycle; returns segment sizes. A transaction
-    conflict runs the whole recomputation again (bounded, see store/conflicts.py)."""
+    conflict runs the whole recomputation again, at most ``attempts`` times (store/conflicts.py)."""
     conditions = check_conditions(conn, catalog)
-    return retry_on_conflict(lambda: _refresh_once(conn, catalog, conditions, now), what="refreshing segment and lifecycle members")
+    return retry_on_conflict(
+        lambda: _refresh_once(conn, catalog, conditions, now), what="refreshing segment and lifecycle members", attempts=attempts, first_delay=first_delay
+    )
 
 
 def memberships_behind(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> bool:

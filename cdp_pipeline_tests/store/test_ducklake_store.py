@@ -13,8 +13,9 @@ import pytest
 
 from cdp_pipeline import importing
 from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.store.conflicts import is_conflict
 from cdp_pipeline.store.database import open_writer
-from cdp_pipeline.store.lake import claim_write_turn, is_write_conflict
+from cdp_pipeline.store.lake import claim_write_turn
 from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
 from cdp_pipeline.tables.staged import StagedImport
 from cdp_pipeline_tests.fixtures.store_backends import StoreBackend
@@ -78,7 +79,7 @@ def test_two_merges_that_create_the_same_profile_cannot_both_commit(lake_store: 
         first.execute("COMMIT")
         with pytest.raises(duckdb.Error) as refused:
             second.execute("COMMIT")
-        assert is_write_conflict(refused.value), str(refused.value)
+        assert is_conflict(refused.value), str(refused.value)
         assert first.execute("SELECT count(*) FROM profiles WHERE profile_id = 'p9'").fetchall() == [(1,)]
 
 
