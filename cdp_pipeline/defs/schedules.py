@@ -14,13 +14,14 @@ from __future__ import annotations
 import dagster as dg
 
 from cdp_pipeline.config.connection import Connection
+from cdp_pipeline.defs.run_now import run_now_op_name
 from cdp_pipeline.scheduling import cron_specs, describe
 
 
 def build_schedules(connection: Connection, run_now_job: dg.JobDefinition) -> list[dg.ScheduleDefinition]:
     schedules = []
     status = dg.DefaultScheduleStatus.RUNNING if connection.enabled else dg.DefaultScheduleStatus.STOPPED
-    op_name = f"{connection.name}__run_now"
+    op_name = run_now_op_name(connection.name)
     for index, schedule in enumerate(connection.schedules, start=1):
         specs = cron_specs(schedule)
         cron = [spec.cron for spec in specs] if len(specs) > 1 else specs[0].cron
