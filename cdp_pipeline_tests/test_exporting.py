@@ -514,6 +514,13 @@ def test_timeline_export_one_file_per_event_and_nested_type(run: Runner):
     assert [f.rows for f in outcome.timeline_files] == [3, 3, 2]
     assert [f.kind for f in outcome.timeline_files] == ["events", "items", "events"]
     assert outcome.events_exported == 5 and outcome.bytes == outcome.profile_file.bytes + sum(f.bytes for f in outcome.timeline_files)
+    # A second run the same day with nothing changed: no profile file and no header-only timeline
+    # files beside the morning's; the files the partner has not fetched yet keep their rows.
+    before = {name: run.read(f"out/crm_timeline_20260115/{name}") for name in ("order.csv", "order_line.csv", "visit.csv")}
+    again = run(goal, T0 + timedelta(hours=2))
+    assert again.profiles_exported == 0 and again.profile_file is None and again.timeline_files == []
+    assert {name: run.read(f"out/crm_timeline_20260115/{name}") for name in before} == before
+    assert sorted(p.name for p in (run.root / "out" / "crm_timeline_20260115").iterdir()) == sorted(before)
 
 
 def test_timeline_export_one_type_and_a_period(run: Runner):
