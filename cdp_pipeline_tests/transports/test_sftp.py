@@ -320,9 +320,13 @@ def test_upload_goes_through_part_then_rename(sshd_server: SshdServer, tmp_path:
         while not done.is_set():
             if part.exists():
                 try:
-                    seen_part_while_old_target.append(final.read_bytes() == b"old export")
+                    old_target = final.read_bytes() == b"old export"
                 except FileNotFoundError:
-                    seen_part_while_old_target.append(False)
+                    old_target = False
+                # Only a read made while the .part still existed says anything: the rename may
+                # land between the two looks, and then the new target is right.
+                if part.exists():
+                    seen_part_while_old_target.append(old_target)
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch)
