@@ -13,6 +13,9 @@ command -v sftp >/dev/null 2>&1 || need_apt+=(openssh-client)
 [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # Dagster instance deployment test and the DuckLake store tests run throwaway PostgreSQL clusters (initdb + pg_ctl, no service).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
+# The deployment test has Compose itself read docker-compose.yaml (`config` needs no Docker engine):
+# Docker's compose plugin where it is installed, else Debian's standalone docker-compose.
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing system packages: ${need_apt[*]} (install them with apt-get as root)" >&2
@@ -29,11 +32,6 @@ ensure_venv
 # Lint and types first: a finding fails the run before the slower tests start.
 .venv/bin/ruff check .
 .venv/bin/mypy
-# Docker's own reading of the compose file, where the compose plugin exists (the tests parse it
-# either way; no engine is needed for this).
-if docker compose version >/dev/null 2>&1; then
-  DAGSTER_PG_PASSWORD=unused docker compose -f docker-compose.yaml config --quiet
-fi
 # Two workers, a test module each at a time (its module-scoped servers stay in one process);
 # CDP_TEST_WORKERS=0 runs everything in this process, and arguments given here come last and win.
 exec .venv/bin/python -m pytest -n "${CDP_TEST_WORKERS:-2}" --dist loadfile "$@"

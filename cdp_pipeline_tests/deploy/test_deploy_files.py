@@ -1,12 +1,14 @@
 """The deployment files agree with the code and with each other: the compose file, the Dockerfile and
 the Helm values name the module, location, ports, commands and environment variables the code
 location and deploy/dagster.yaml actually read. No Docker engine or cluster runs here, so the files
-are checked by parsing; scripts/test.sh also runs `docker compose config` where the compose plugin
-is installed."""
+are checked by parsing, and the compose file also by Compose's own `config` (which needs no engine)."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -127,3 +129,59 @@ def test_helm_values_launch_runs_as_pods_from_the_code_location_image():
     assert values["postgresql"]["postgresqlScheme"] == _yaml(DEPLOY / "dagster.yaml")["storage"]["postgres"]["postgres_db"]["scheme"]
     assert values["concurrency"]["pools"]["defaultLimit"] == _yaml(REPO / "dagster.yaml")["concurrency"]["pools"]["default_limit"]
 
+
+
+def _compose_command() -> list[str]:
+    """Docker's own reader of the compose file: the v2 plugin where it is installed, else the
+    standalone `docker-compose` that scripts/test.sh installs from Debian. Neither needs an engine."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    standalone = shutil.which("docker-compose")
+    assert standalone, "no Compose CLI: install Debian's docker-compose (scripts/test.sh does) or Docker's compose plugin"
+    return [standalone]
+
+
+def _compose_project(tmp_path: Path, *, with_env: bool) -> Path:
+    """The compose file as a user lays it out: .env copied from the example, deploy/secrets.env from
+    its example plus one secret, so the check sees what `docker compose up` would start."""
+    shutil.copy(REPO / "docker-compose.yaml", tmp_path / "docker-compose.yaml")
+    (tmp_path / "deploy").mkdir()
+    secrets = (DEPLOY / "secrets.env.example").read_text() + "CDP_TEST_CONNECTION_SECRET=only-for-run-workers\n"
+    (tmp_path / "deploy" / "secrets.env").write_text(secrets)
+    if with_env:
+        shutil.copy(DEPLOY / ".env.example", tmp_path / ".env")
+    return tmp_path
+
+
+def _compose_env() -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "LC_ALL")
+    return {name: value for name, value in os.environ.items() if name in keep}
+
+
+def test_docker_compose_reads_the_file_and_gives_secrets_only_to_the_code_server(tmp_path):
+    project = _compose_project(tmp_path, with_env=True)
+    result = subprocess.run(
+        [*_compose_command(), "-f", str(project / "docker-compose.yaml"), "config"],
+        cwd=project, env=_compose_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert set(services) == {"postgres", "code_server", "webserver", "daemon"}
+    example_password = dict(
+        line.split("=", 1) for line in (DEPLOY / ".env.example").read_text().splitlines() if line and not line.startswith("#")
+    )["DAGSTER_PG_PASSWORD"]
+    for name in ("code_server", "webserver", "daemon"):
+        assert services[name]["environment"]["DAGSTER_PG_PASSWORD"] == example_password, name
+    assert services["code_server"]["environment"]["CDP_TEST_CONNECTION_SECRET"] == "only-for-run-workers"
+    for name in ("webserver", "daemon", "postgres"):
+        assert "CDP_TEST_CONNECTION_SECRET" not in services[name].get("environment", {}), name
+
+
+def test_docker_compose_refuses_to_start_without_the_instance_password(tmp_path):
+    project = _compose_project(tmp_path, with_env=False)
+    result = subprocess.run(
+        [*_compose_command(), "-f", str(project / "docker-compose.yaml"), "config"],
+        cwd=project, env=_compose_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "set DAGSTER_PG_PASSWORD in .env" in result.stderr
