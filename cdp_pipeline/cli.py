@@ -500,7 +500,7 @@ def _history(args: argparse.Namespace) -> int:
         print(f"cdp-pipeline history: no connection named {args.connection!r}; connections: {', '.join(sorted(project.connections))}", file=sys.stderr)
         return 2
     try:
-        rows = read_history(project.published_store_path or project.store_path, args.connection, args.limit)
+        rows = read_history(project.read_location, args.connection, args.limit)
     except CdpError as error:
         print(error, file=sys.stderr)
         return 2

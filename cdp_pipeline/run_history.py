@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import duckdb
-
+from cdp_pipeline.config.ducklake import DuckLakeLocation
 from cdp_pipeline.errors import CdpError
+from cdp_pipeline.store.database import open_reader
 
 #: column headers of the printed table, in order.
 HEADERS = (
@@ -51,12 +51,12 @@ class HistoryRow:
         ]
 
 
-def read_history(store: Path, connection: str, limit: int = 50) -> list[HistoryRow]:
-    """The connection's last ``limit`` runs, newest first. ``store`` is the analysts' copy when
-    there is one: reading the live file would wait for (or block) a run that is writing."""
-    if not store.exists():
+def read_history(store: Path | DuckLakeLocation, connection: str, limit: int = 50) -> list[HistoryRow]:
+    """The connection's last ``limit`` runs, newest first, from ``store``: the project's
+    ``read_location`` (the analysts' copy, the live file, or the lake at its latest snapshot)."""
+    if isinstance(store, Path) and not store.exists():
         raise CdpError(f"{store}: no store yet; run the connection first (cdp-pipeline run {connection})")
-    with duckdb.connect(str(store), read_only=True) as conn:
+    with open_reader(store) as conn:
         rows = conn.execute(
             """
             SELECT r.started_at, r.kind, r.goal, r.status, r.partition_key, r.counts, r.error,

@@ -114,6 +114,16 @@ class ProjectConfig:
         return self.resolve_local(self.store.published_path) if self.store.published_path else None
 
     @property
+    def read_location(self) -> Path | DuckLakeLocation:
+        """What a reader (run history, checks by hand) opens: the analysts' copy when there is one,
+        since reading the live file would wait for, or block, a run that is writing; otherwise the
+        store itself, which for a lake is its latest snapshot."""
+        published = self.published_store_path
+        if published is not None and published.exists():
+            return published
+        return self.store_location
+
+    @property
     def work_dir(self) -> Path:
         """Private landing area for downloads, decrypted files and staged tables (mode 0700)."""
         return self.home / "work"

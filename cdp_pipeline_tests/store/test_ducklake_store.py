@@ -184,3 +184,23 @@ def test_a_preview_compares_with_the_lake_not_with_a_missing_file(tmp_path, lake
     with _store_reader(project) as (conn, compared_with):
         assert compared_with == "the DuckLake store (latest snapshot)"
         assert conn.execute("SELECT count(*) FROM store.profiles").fetchall() == [(2,)]
+
+
+def test_run_history_is_read_from_the_lake_not_from_a_missing_file(tmp_path, lake_store: StoreBackend):
+    from cdp_pipeline.config.loading import ProjectConfig
+    from cdp_pipeline.run_history import read_history
+    from cdp_pipeline.store.runs import record_run
+
+    started = datetime(2026, 1, 2, 3, 4, 5)
+    with open_writer(lake_store.target, CATALOG) as conn:
+        merge_delivery(conn, CATALOG, _staged({"p1": "a", "p2": "b"}), _record(1), "r1", started)
+        record_run(
+            conn, run_id="r1", connection="acme", kind="import", goal="customers", partition_key="customers:d1",
+            started_at=started, ended_at=started, status="SUCCESS", counts={"rows_read": 2, "profiles_created": 2},
+            last_profiles=[], error=None,
+        )
+    project = ProjectConfig(config_dir=tmp_path, home=tmp_path, store=lake_store.settings, catalog=CATALOG)
+    assert not project.store_path.exists()
+    [row] = read_history(project.read_location, "acme")
+    assert (row.started_at, row.kind, row.goal, row.status, row.partition_key) == (started, "import", "customers", "SUCCESS", "customers:d1")
+    assert row.counts == {"rows_read": 2, "profiles_created": 2}
