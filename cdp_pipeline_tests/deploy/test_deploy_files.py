@@ -185,3 +185,55 @@ def test_docker_compose_refuses_to_start_without_the_instance_password(tmp_path)
     )
     assert result.returncode != 0
     assert "set DAGSTER_PG_PASSWORD in .env" in result.stderr
+
+
+def test_helm_values_mirror_the_instance_run_rules():
+    """The chart writes the instance file from these keys; they must say what deploy/dagster.yaml says."""
+    values, instance = _yaml(DEPLOY / "helm" / "values.yaml"), _yaml(DEPLOY / "dagster.yaml")
+    daemon = values["dagsterDaemon"]
+    queued = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert (daemon["runCoordinator"]["type"], queued["maxConcurrentRuns"]) == (
+        instance["run_coordinator"]["class"],
+        instance["concurrency"]["runs"]["max_concurrent_runs"],
+    )
+    monitoring = daemon["runMonitoring"]
+    assert (monitoring["enabled"], monitoring["maxRuntimeSeconds"], monitoring["freeSlotsAfterRunEndSeconds"]) == (
+        instance["run_monitoring"]["enabled"],
+        instance["run_monitoring"]["max_runtime_seconds"],
+        instance["run_monitoring"]["free_slots_after_run_end_seconds"],
+    )
+    retries = daemon["runRetries"]
+    assert (retries["enabled"], retries["maxRetries"], retries["retryOnAssetOrOpFailure"]) == (
+        instance["run_retries"]["enabled"],
+        instance["run_retries"]["max_retries"],
+        instance["run_retries"]["retry_on_asset_or_op_failure"],
+    )
+    pools = values["concurrency"]["pools"]
+    assert values["concurrency"]["enabled"] is True
+    assert (pools["defaultLimit"], pools["granularity"]) == (
+        instance["concurrency"]["pools"]["default_limit"],
+        instance["concurrency"]["pools"]["granularity"],
+    )
+    assert values["telemetry"]["enabled"] == instance["telemetry"]["enabled"]
+
+
+def test_helm_run_pods_run_as_the_code_servers_user():
+    """The chart hands run pods the deployment's env and volumes but not its pod security context."""
+    values = _yaml(DEPLOY / "helm" / "values.yaml")
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    run_pod = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]
+    assert run_pod["securityContext"] == deployment["podSecurityContext"]
+    image_uid = re.search(r"useradd .*--uid (\d+)", (REPO / "Dockerfile").read_text())
+    assert image_uid is not None
+    assert deployment["podSecurityContext"]["runAsUser"] == int(image_uid.group(1))
+
+
+def test_helm_install_pins_the_chart_to_the_locked_dagster_version():
+    """The chart's version is Dagster's and sets the webserver and daemon images' tag."""
+    locked = re.search(r"^dagster==(\S+) ", (REPO / "requirements.lock").read_text(), re.M)
+    assert locked is not None
+    for path in (DEPLOY / "helm" / "values.yaml", REPO / "docs" / "deployment.md"):
+        installs = re.findall(r"helm upgrade --install dagster dagster/dagster (.*)", path.read_text())
+        assert installs, path
+        for install in installs:
+            assert f"--version {locked.group(1)} " in install, (path, install)
