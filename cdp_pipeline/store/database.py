@@ -49,7 +49,8 @@ def _connect(path: Path, *, read_only: bool, threads: int | None, lock_wait_seco
             # A store DuckDB creates is 0600 from its first byte, and an existing one is narrowed
             # before anything is written: a writer killed mid-merge leaves no readable customer data.
             with private_umask():
-                conn = duckdb.connect(str(path), read_only=False, config=config)
+                # Applies only when the file is created; an existing store keeps its format.
+                conn = duckdb.connect(str(path), read_only=False, config={**config, "storage_compatibility_version": STORE_STORAGE_VERSION})
             path.chmod(0o600)
             return conn
         except duckdb.IOException as exc:
@@ -73,6 +74,14 @@ def _connect(path: Path, *, read_only: bool, threads: int | None, lock_wait_seco
         delay = min(delay * 2, 5.0)
 
 
+#: the on-disk format a new store file is written in: the oldest that every DuckDB this package
+#: accepts (1.2 and newer) reads and writes. DuckDB 2's own format cannot be opened by 1.x, so
+#: without this a store created on a plain install (DuckDB 2) could no longer be opened after the
+#: ``ducklake`` extra (which pins 1.5.5) was installed, nor by an analyst's DuckDB 1.x tools (the
+#: published copy is a byte copy of the store). Measured no slower for the merge (docs/store.md).
+STORE_STORAGE_VERSION = "v1.2.0"
+
+
 class StoreUnreadableError(CdpError):
     """The store file exists but DuckDB cannot open it: truncated, overwritten or corrupt."""
 
@@ -86,8 +95,8 @@ def unreadable_store(path: Path, exc: BaseException) -> StoreUnreadableError:
         return StoreUnreadableError(
             f"the store file {path} was written by a newer DuckDB than the one installed here ({duckdb.__version__}; DuckDB: {first}). "
             "Nothing was imported or exported, and the file is intact. Run the pipeline with the DuckDB release that wrote it "
-            "(pip install -U duckdb); note that the [ducklake] extra pins an older DuckDB, so install it in an environment "
-            "of its own, not in the one that runs a file store; see docs/store.md, 'A store written by a newer DuckDB'"
+            "(pip install -U duckdb; the [ducklake] extra pins an older one), or rewrite the store once in the format every "
+            "DuckDB from 1.2 reads, as docs/store.md, 'A store written by a newer DuckDB', shows"
         )
     return StoreUnreadableError(
         f"the store file {path} cannot be opened: it is truncated or corrupt, or its write-ahead log (.wal) cannot be replayed (DuckDB: {first}). Nothing was "

@@ -201,3 +201,59 @@ def test_a_store_written_by_a_newer_duckdb_is_named_as_such_not_as_damage(tmp_pa
     assert str(store) in message and "written by a newer DuckDB" in message and duckdb.__version__ in message
     assert "truncated or corrupt" not in message and "A store written by a newer DuckDB" in message
     assert "## A store written by a newer DuckDB" in (Path(__file__).parents[2] / "docs" / "store.md").read_text()
+
+
+def _format_number(path: Path) -> int:
+    """The storage format number DuckDB writes after its magic bytes at the start of a database
+    file: what decides which DuckDB releases can open it."""
+    header = path.read_bytes()[:20]
+    assert header[8:12] == b"DUCK", header
+    return int.from_bytes(header[12:20], "little")
+
+
+def test_a_new_store_is_written_in_the_format_every_supported_duckdb_reads(tmp_path: Path) -> None:
+    """Whatever DuckDB creates the store, it is written in the oldest format the supported releases
+    (1.2 and newer) share: a plain install (DuckDB 2) that later takes the [ducklake] extra (1.5.5),
+    or an analyst on a DuckDB 1.x tool reading the published copy, can still open it."""
+    store = tmp_path / "store.duckdb"
+    with open_writer(store, _catalog()):
+        pass
+    reference = tmp_path / "reference.duckdb"
+    with duckdb.connect() as conn:
+        conn.execute(f"ATTACH '{reference}' AS reference (STORAGE_VERSION 'v1.2.0')")
+        conn.execute("CREATE TABLE reference.t (i INTEGER)")
+    assert _format_number(store) == _format_number(reference)
+    native = gzip.decompress((Path(__file__).parent / "data" / "store_written_by_duckdb_2.0.1.duckdb.gz").read_bytes())
+    assert _format_number(store) != int.from_bytes(native[12:20], "little")  # what DuckDB 2 writes by default
+
+
+def test_a_store_this_release_created_on_duckdb_2_opens_on_the_installed_duckdb(tmp_path: Path) -> None:
+    """The file in data/ was created by open_writer under DuckDB 2.0.1 (two profiles, a written_by
+    table); the tests' DuckDB (the [ducklake] extra's 1.5.5) opens, migrates and writes it."""
+    store = tmp_path / "store.duckdb"
+    store.write_bytes(gzip.decompress((Path(__file__).parent / "data" / "store_created_here_by_duckdb_2.0.1.duckdb.gz").read_bytes()))
+    with open_writer(store, _catalog()) as conn:
+        assert conn.execute("SELECT release FROM written_by").fetchall() == [("2.0.1",)]
+        conn.execute("UPDATE profiles SET score = score + 1")
+        assert conn.execute("SELECT customer_number, score FROM profiles ORDER BY 1").fetchall() == [("C001", 8), ("C002", 10)]
+
+
+def test_the_documented_rewrite_gives_a_store_in_the_shared_format_with_everything_in_it(tmp_path: Path, monkeypatch) -> None:
+    """docs/store.md's statements, run as written in the store's folder: the copy has the shared
+    format, and the pipeline opens it with the same profiles and ledger."""
+    text = (Path(__file__).parents[2] / "docs" / "store.md").read_text()
+    statements = text.split("<!-- store-rewrite -->\n```text\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    with open_writer(tmp_path / "store.duckdb", _catalog()) as conn:
+        conn.execute("INSERT INTO profiles (profile_id, customer_number, score) VALUES ('p1', 'C001', 7), ('p2', 'C002', 9)")
+    with duckdb.connect() as conn:
+        conn.execute(statements)
+    copy = tmp_path / "store_v12.duckdb"
+    reference = tmp_path / "reference.duckdb"
+    with duckdb.connect() as conn:
+        conn.execute(f"ATTACH '{reference}' AS reference (STORAGE_VERSION 'v1.2.0')")
+        conn.execute("CREATE TABLE reference.t (i INTEGER)")
+    assert _format_number(copy) == _format_number(reference)
+    with open_writer(copy, _catalog()) as conn:
+        assert conn.execute("SELECT profile_id, customer_number, score FROM profiles ORDER BY 1").fetchall() == [("p1", "C001", 7), ("p2", "C002", 9)]
+        assert conn.execute("SELECT count(*) FROM deliveries").fetchall() == [(0,)]
