@@ -99,6 +99,9 @@ class WorkBucket:
                 Bucket=self.settings.bucket, Key=self.key(relative),
                 CopySource={"Bucket": self.settings.bucket, "Key": self.key(source_relative)},
                 MetadataDirective="REPLACE", Metadata={COPY_OF: source_relative}, **self._encryption(),
+                # A checksum of the copy's own: a multipart source's per-part checksum would not
+                # match the whole object a later download verifies.
+                ChecksumAlgorithm="CRC32",
             )
         except (ClientError, BotoCoreError) as error:
             raise _failure(error, f"copying to {self.uri(relative)}") from None

@@ -116,3 +116,20 @@ def test_an_unset_key_variable_is_named(project, monkeypatch):
     with pytest.raises(CdpError, match="CDP_TEST_S3_SECRET_ACCESS_KEY .secret_access_key_env. is not set"):
         with work_storage.delivery_work(project, "demo", PARTITION, "fetch"):
             pass
+
+
+def test_a_large_plain_file_passed_through_decryption_downloads_intact(project, tmp_path, s3_bucket: S3Bucket):
+    """Above boto3's multipart threshold (8 MiB) the download of the server-side copy is verified
+    against a checksum of the copy's own, not the source's per-part one."""
+    content = bytes(range(256)) * (9 * 4096)  # 9 MiB
+    with work_storage.delivery_work(project, "demo", PARTITION, "fetch") as work:
+        _fake_fetch(work.path, content)
+    with work_storage.delivery_work(project, "demo", PARTITION, "decrypt") as work:
+        (work.path / "decrypted").mkdir(mode=0o700)
+        files, extra = importing.read_manifest(work.path / "fetched.json")
+        (work.path / "decrypted" / "profiles.plain").hardlink_to(work.path / "fetched" / "profiles.bin")
+        plain = dataclasses.replace(files[0], local_path=str(work.path / "decrypted" / "profiles.plain"))
+        (work.path / "decrypted.json").write_text(json.dumps({"files": [vars(plain)], **extra}))
+    s3_bucket.put(f"{PREFIX}/{work.folder}tables/manifest.json", b"{}")
+    with work_storage.delivery_work(project, "demo", PARTITION, "merge") as work:
+        assert (work.path / "decrypted" / "profiles.plain").read_bytes() == content
