@@ -88,13 +88,15 @@ def _quarantine(context: dg.AssetExecutionContext, transport_resource_key: str, 
     try:
         with getattr(context.resources, transport_resource_key).open() as transport:
             moved = importing.quarantine_delivery(transport, goal, work.path)
-        if moved:
-            work.quarantined()
     except CdpError as error:
         context.log.error(f"could not quarantine the files of {work.path.name}: {error}")
         return []
     if moved:
         context.log.warning(f"quarantined {moved} into {goal.files.after_import.quarantine_directory}/")
+        try:
+            work.quarantined()
+        except CdpError as error:
+            context.log.error(f"could not delete the quarantined delivery's customer data from {work.location}: {error}")
     return moved
 
 

@@ -25,6 +25,7 @@ from typing import Literal
 
 from cdp_pipeline import importing
 from cdp_pipeline.config.loading import ProjectConfig
+from cdp_pipeline.disk_space import HEADROOM, require_free_space
 from cdp_pipeline.errors import CdpError
 from cdp_pipeline.private_files import private_directory
 from cdp_pipeline.work_storage.bucket import WorkBucket
@@ -130,24 +131,34 @@ def delivery_work(project: ProjectConfig, connection: str, partition_key: str, s
 
 
 def _pull(bucket: WorkBucket, work: DeliveryWork, files: StepFiles) -> None:
-    stored = {item.key[len(work.folder) :] for item in bucket.objects(work.folder)}
-    missing = [name for name in files.required if not any(key == name or (name.endswith("/") and key.startswith(name)) for key in stored)]
+    sizes = {item.key[len(work.folder) :]: item.size for item in bucket.objects(work.folder)}
+    stored = set(sizes)
+    unsafe = [key for key in stored if key.startswith("/") or {"", ".", ".."} & set(key.split("/"))]
+    if unsafe:  # the keys become local paths: none may leave the step's folder
+        raise CdpError(f"{work.location}: object {unsafe[0]!r} is not a work folder's file; remove it from the bucket")
+    missing = [name for name in files.required if not any(_within(key, name) for key in stored)]
     if missing:
         raise CdpError(
             f"{work.location}: {', '.join(missing)} missing; the step before this one did not finish for this delivery "
             "(or its folder was cleaned after a day): run the import of the delivery again from its first step"
         )
+    wanted = [key for name in files.pulls for key in sorted(stored) if _within(key, name)]
+    require_free_space(work.path, int(sum(sizes[key] for key in wanted) * HEADROOM), f"download the work of {work.location}")
     pulled: dict[str, Path] = {}
-    for name in files.pulls:
-        for key in sorted(k for k in stored if k == name or (name.endswith("/") and k.startswith(name))):
-            local = work.path / key
-            if "/" in key:
-                private_directory(local.parent)
-            bucket.get_file(work.folder + key, local, {work.folder + k: p for k, p in pulled.items()})
-            pulled[key] = local
+    for key in wanted:
+        local = work.path / key
+        if "/" in key:
+            private_directory(local.parent)
+        bucket.get_file(work.folder + key, local, {work.folder + k: p for k, p in pulled.items()})
+        pulled[key] = local
     for manifest in _MANIFESTS:
         if manifest in pulled:
             _relocate(work.path / manifest, work.path)
+
+
+def _within(key: str, name: str) -> bool:
+    """Whether ``key`` is the file ``name`` or a file in the folder ``name`` (ending in ``/``)."""
+    return key == name or (name.endswith("/") and key.startswith(name))
 
 
 def _relocate(manifest: Path, work_dir: Path) -> None:

@@ -133,3 +133,14 @@ def test_a_large_plain_file_passed_through_decryption_downloads_intact(project, 
     s3_bucket.put(f"{PREFIX}/{work.folder}tables/manifest.json", b"{}")
     with work_storage.delivery_work(project, "demo", PARTITION, "merge") as work:
         assert (work.path / "decrypted" / "profiles.plain").read_bytes() == content
+
+
+def test_an_object_whose_key_would_leave_the_step_folder_is_refused(project, tmp_path, s3_bucket: S3Bucket):
+    with work_storage.delivery_work(project, "demo", PARTITION, "fetch") as work:
+        _fake_fetch(work.path)
+    s3_bucket.put(f"{PREFIX}/{work.folder}fetched/../../../../escaped.txt", b"x")
+    with pytest.raises(CdpError, match=r"object 'fetched/\.\./.*' is not a work folder's file"):
+        with work_storage.delivery_work(project, "demo", PARTITION, "decrypt"):
+            pass
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert files_below(tmp_path / "scratch") == []
