@@ -174,6 +174,9 @@ def _relocate(manifest: Path, work_dir: Path) -> None:
 def _push(bucket: WorkBucket, work: DeliveryWork, names: tuple[str, ...]) -> None:
     """Make the bucket hold what the step left of ``names``: new and changed files written, files
     the step removed (a skip marker of an earlier attempt) deleted."""
+    # The manifests and markers go first and come back last: a push cut short (a killed pod) must
+    # not leave an earlier attempt's manifest naming files this attempt replaced.
+    bucket.delete([work.folder + name for name in names if not name.endswith("/")])
     pulled = _links_by_inode(work.path)
     for name in names:
         local = work.path / name
@@ -186,8 +189,6 @@ def _push(bucket: WorkBucket, work: DeliveryWork, names: tuple[str, ...]) -> Non
                 _put(bucket, work, path, pulled)
         elif local.is_file():
             _put(bucket, work, local, pulled)
-        else:
-            bucket.delete([work.folder + name])
 
 
 def _put(bucket: WorkBucket, work: DeliveryWork, path: Path, pulled: dict[tuple[int, int], str]) -> None:

@@ -144,3 +144,4 @@ def test_an_object_whose_key_would_leave_the_step_folder_is_refused(project, tmp
             pass
     assert not list(tmp_path.rglob("escaped.txt"))
     assert files_below(tmp_path / "scratch") == []
+
