@@ -22,6 +22,7 @@ FAULT_ENV = "CDP_PIPELINE_FAULT_AT"
 #: where a run can be killed, in the order a run passes them.
 FAULT_POINTS = (
     "fetch",  # files downloaded, the manifest not yet written
+    "work_push",  # work_storage s3: a step's folders uploaded, its manifests and markers not yet
     "decrypt",  # the keyring's GnuPG home exists and the first plaintext file is written
     "tables",  # the import tables built, not yet saved for the merge
     "merge_early",  # inside the merge transaction, before any row is written

@@ -27,6 +27,7 @@ from cdp_pipeline import importing
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.disk_space import HEADROOM, require_free_space
 from cdp_pipeline.errors import CdpError
+from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.private_files import private_directory
 from cdp_pipeline.work_storage.bucket import WorkBucket
 
@@ -44,8 +45,8 @@ _MANIFESTS = ("fetched.json", "decrypted.json")
 @dataclass(frozen=True)
 class StepFiles:
     """What a step reads of the work folder and what it leaves there; a name ending in ``/`` is a
-    folder. Pushes are in order: a folder before the manifest that lists it, so a manifest never
-    names files that are not there yet."""
+    folder. A push writes the folders before the files (manifests, markers, the reject report), so
+    a manifest never names files that are not there yet."""
 
     pulls: tuple[str, ...]
     required: tuple[str, ...]
@@ -178,17 +179,17 @@ def _push(bucket: WorkBucket, work: DeliveryWork, names: tuple[str, ...]) -> Non
     # not leave an earlier attempt's manifest naming files this attempt replaced.
     bucket.delete([work.folder + name for name in names if not name.endswith("/")])
     pulled = _links_by_inode(work.path)
-    for name in names:
+    for name in (name for name in names if name.endswith("/")):
         local = work.path / name
-        if name.endswith("/"):
-            present = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
-            keep = {str(p.relative_to(work.path)) for p in present}
-            stale = [item.key for item in bucket.objects(work.folder + name) if item.key[len(work.folder) :] not in keep]
-            bucket.delete(stale)
-            for path in present:
-                _put(bucket, work, path, pulled)
-        elif local.is_file():
-            _put(bucket, work, local, pulled)
+        present = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
+        keep = {str(p.relative_to(work.path)) for p in present}
+        bucket.delete([item.key for item in bucket.objects(work.folder + name) if item.key[len(work.folder) :] not in keep])
+        for path in present:
+            _put(bucket, work, path, pulled)
+    fault_point("work_push")
+    for name in (name for name in names if not name.endswith("/")):
+        if (work.path / name).is_file():
+            _put(bucket, work, work.path / name, pulled)
 
 
 def _put(bucket: WorkBucket, work: DeliveryWork, path: Path, pulled: dict[tuple[int, int], str]) -> None:

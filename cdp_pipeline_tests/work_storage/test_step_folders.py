@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +23,7 @@ from cdp_pipeline_tests.fixtures.moto_s3 import S3Bucket
 from cdp_pipeline_tests.work_storage.s3_project import PREFIX, files_below, work_storage_yaml
 
 PARTITION = "customers:../../etc/profiles_1.csv"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -145,3 +152,32 @@ def test_an_object_whose_key_would_leave_the_step_folder_is_refused(project, tmp
     assert not list(tmp_path.rglob("escaped.txt"))
     assert files_below(tmp_path / "scratch") == []
 
+
+
+def test_a_step_killed_mid_push_leaves_no_earlier_manifest_and_its_scratch_is_swept(project, tmp_path, s3_bucket: S3Bucket):
+    with work_storage.delivery_work(project, "demo", PARTITION, "fetch") as work:
+        _fake_fetch(work.path, b"id\n1\n")
+    env = {
+        **os.environ, "PYTHONPATH": str(REPO), "CDP_PIPELINE_FAULT_AT": "work_push",
+        "CDP_TEST_WORK_STORAGE": project.work_storage.model_dump_json(),
+    }
+    killed = subprocess.run(
+        [sys.executable, "-m", "cdp_pipeline_tests.work_storage.killed_push", str(project.home), PARTITION, "id\n2\n"],
+        env=env, capture_output=True, timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    # The new download is in, the earlier manifest (naming the earlier bytes) is gone with it.
+    assert [key.removeprefix(f"{PREFIX}/{work.folder}") for key in s3_bucket.keys(f"{PREFIX}/")] == ["fetched/profiles.bin"]
+    assert s3_bucket.get(f"{PREFIX}/{work.folder}fetched/profiles.bin") == b"id\n2\n"
+    with pytest.raises(CdpError, match="fetched.json missing"):
+        with work_storage.delivery_work(project, "demo", PARTITION, "decrypt"):
+            pass
+    # A killed step cannot remove its scratch folder; the sweep does, a day later.
+    left = files_below(tmp_path / "scratch")
+    assert sorted(path.name for path in left) == ["fetched.json", "profiles.bin"]
+    assert work_storage.sweep_stale_work(project, "demo") == []
+    assert files_below(tmp_path / "scratch") == left
+    swept = work_storage.sweep_stale_work(project, "demo", now=time.time() + 25 * 3600)
+    assert swept == [f"s3://{s3_bucket.name}/{PREFIX}/{work.folder}"]
+    assert files_below(tmp_path / "scratch") == []
+    assert s3_bucket.keys(f"{PREFIX}/") == []
