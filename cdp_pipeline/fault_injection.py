@@ -22,7 +22,6 @@ FAULT_ENV = "CDP_PIPELINE_FAULT_AT"
 #: where a run can be killed, in the order a run passes them.
 FAULT_POINTS = (
     "fetch",  # files downloaded, the manifest not yet written
-    "work_push",  # work_storage s3: a step's folders uploaded, its manifests and markers not yet
     "decrypt",  # the keyring's GnuPG home exists and the first plaintext file is written
     "tables",  # the import tables built, not yet saved for the merge
     "merge_early",  # inside the merge transaction, before any row is written
@@ -31,6 +30,8 @@ FAULT_POINTS = (
     "publish",  # the analysts' copy half made: its temporary file written, not yet renamed
     "export",  # export files written in plaintext in the work folder, not yet encrypted
     "upload",  # export files encrypted, nothing uploaded yet
+    # Passed by every import step with work_storage s3, so it has no place in the order above.
+    "work_push",  # a step's folders uploaded to the work bucket, its manifests and markers not yet
 )
 
 _reached: dict[str, int] = {}
