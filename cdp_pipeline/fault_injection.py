@@ -30,6 +30,8 @@ FAULT_POINTS = (
     "publish",  # the analysts' copy half made: its temporary file written, not yet renamed
     "export",  # export files written in plaintext in the work folder, not yet encrypted
     "upload",  # export files encrypted, nothing uploaded yet
+    # Passed by every import step with work_storage s3, so it has no place in the order above.
+    "work_push",  # a step's folders uploaded to the work bucket, its manifests and markers not yet
 )
 
 _reached: dict[str, int] = {}

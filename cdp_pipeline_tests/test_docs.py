@@ -31,6 +31,7 @@ from cdp_pipeline.config import ducklake as ducklake_module
 from cdp_pipeline.config import loading as loading_module
 from cdp_pipeline.config import processors as processors_module
 from cdp_pipeline.config import schedules as schedules_module
+from cdp_pipeline.config import work_storage as work_storage_module
 from cdp_pipeline.config.connection import Connection, MergeRule
 from cdp_pipeline.config.csv_options import StrictModel
 from cdp_pipeline.config.loading import BUNDLED_CONFIG_DIR, StoreFile, load_project
@@ -232,7 +233,9 @@ def _reachable_models() -> list[type[BaseModel]]:
 
 
 def _model_named(name: str) -> type[BaseModel]:
-    for module in (loading_module, ducklake_module, catalog_module, connection_module, csv_options_module, processors_module, schedules_module):
+    for module in (
+        loading_module, ducklake_module, catalog_module, connection_module, csv_options_module, processors_module, schedules_module, work_storage_module,
+    ):
         model = getattr(module, name, None)
         if isinstance(model, type) and issubclass(model, StrictModel):
             return model

@@ -29,6 +29,7 @@ from cdp_pipeline.config.catalog import BUILT_IN_PERMISSION_LEVEL, DEFAULT_DOMAI
 from cdp_pipeline.config.connection import Connection, ExportGoal, GroupImportGoal, ProfileImportGoal
 from cdp_pipeline.config.csv_options import StrictModel
 from cdp_pipeline.config.ducklake import DuckLakeLocation, DuckLakeSettings
+from cdp_pipeline.config.work_storage import WorkStorageSettings
 from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.filesystems import store_filesystem_problem
 
@@ -78,6 +79,8 @@ class StoreSettings(StrictModel):
 class StoreFile(StrictModel):
     store: StoreSettings = StoreSettings()
     catalog: Catalog = Field(default_factory=Catalog)
+    #: where a delivery's intermediate files live between the steps of an import (this host or S3).
+    work_storage: WorkStorageSettings = WorkStorageSettings()
 
 
 @dataclass
@@ -92,6 +95,7 @@ class ProjectConfig:
     connection_files: dict[str, Path] = field(default_factory=dict)
     #: connection name → its ``dialect:`` settings (SARE sidecars, Netmera files), when it has one.
     dialects: dict[str, SareSettings | NetmeraSettings] = field(default_factory=dict)
+    work_storage: WorkStorageSettings = field(default_factory=WorkStorageSettings)
 
     @property
     def store_path(self) -> Path:
@@ -525,6 +529,7 @@ def inspect_project(config_dir: Path | None = None, home: Path | None = None) ->
                     project.catalog = lenient
             else:
                 project.store, project.catalog = store_file.store, store_file.catalog
+                project.work_storage = store_file.work_storage
                 _refuse_internal_names(store_file.catalog, str(store_yaml))
                 allowed = store_file.store.allow_network_filesystem
                 if (problem := store_filesystem_problem(project.store_path, allowed=allowed)) is not None:

@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from cdp_pipeline import connection_run, exporting, importing
+from cdp_pipeline import connection_run, exporting, importing, work_storage
 from cdp_pipeline.config.connection import Connection, ExportGoal, FtpLocation, LocalLocation, S3Location, SftpLocation
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport_key
@@ -82,17 +82,21 @@ def _failed(
     return failure
 
 
-def _quarantine(context: dg.AssetExecutionContext, transport_resource_key: str, goal, work_dir) -> list[str]:
+def _quarantine(context: dg.AssetExecutionContext, transport_resource_key: str, goal, work: work_storage.DeliveryWork) -> list[str]:
     """``importing.quarantine_delivery`` with its outcome in the run's log; a failure to move the
     files aside is logged, never hides the delivery's own error."""
     try:
         with getattr(context.resources, transport_resource_key).open() as transport:
-            moved = importing.quarantine_delivery(transport, goal, work_dir)
+            moved = importing.quarantine_delivery(transport, goal, work.path)
     except CdpError as error:
-        context.log.error(f"could not quarantine the files of {work_dir.name}: {error}")
+        context.log.error(f"could not quarantine the files of {work.path.name}: {error}")
         return []
     if moved:
         context.log.warning(f"quarantined {moved} into {goal.files.after_import.quarantine_directory}/")
+        try:
+            work.quarantined()
+        except CdpError as error:
+            context.log.error(f"could not delete the quarantined delivery's customer data from {work.location}: {error}")
     return moved
 
 
@@ -123,11 +127,14 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
     def fetched_files(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         project_ = context.resources.cdp_project.load()
         started = _now()
-        for stale in importing.sweep_stale_work(project_, name):
-            context.log.info(f"removed the downloaded and decrypted files of {stale.name}, left by a run more than a day ago")
-        work_dir = importing.delivery_work_dir(project_, name, context.partition_key)
+        for stale in work_storage.sweep_stale_work(project_, name):
+            context.log.info(f"removed the downloaded and decrypted files of {stale}, left by a run more than a day ago")
         try:
-            with getattr(context.resources, transport_resource_key).open() as transport:
+            with (
+                work_storage.delivery_work(project_, name, context.partition_key, "fetch") as work,
+                getattr(context.resources, transport_resource_key).open() as transport,
+            ):
+                work_dir = work.path
                 delivery = importing.find_delivery(transport, project_, connection, context.partition_key)
                 fetched = importing.fetch_delivery(transport, delivery, work_dir, connection.max_file_bytes)
                 uri = transport.uri
@@ -160,18 +167,18 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
     )
     def decrypted_files(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         project_ = project
-        work_dir = importing.delivery_work_dir(project_, name, context.partition_key)
         pgp = getattr(context.resources, pgp_resource_key)
         started = _now()
         goal_name = split_partition_key(context.partition_key)[0]
-        try:
-            files, encrypted = importing.decrypt_delivery(work_dir, pgp.keyring if pgp.can_decrypt else None, connection.max_file_bytes)
-        except DiskSpaceError as error:
-            # Our disk, not the partner's file: the delivery stays where it is and is offered again.
-            raise _failed(project_, context, error, "decrypt", connection=name, kind="import", goal=goal_name, started=started) from error
-        except CdpError as error:
-            _quarantine(context, transport_resource_key, goal_of(context), work_dir)
-            raise _failed(project_, context, error, "decrypt", connection=name, kind="import", goal=goal_name, started=started) from error
+        with work_storage.delivery_work(project_, name, context.partition_key, "decrypt") as work:
+            try:
+                files, encrypted = importing.decrypt_delivery(work.path, pgp.keyring if pgp.can_decrypt else None, connection.max_file_bytes)
+            except DiskSpaceError as error:
+                # Our disk, not the partner's file: the delivery stays where it is and is offered again.
+                raise _failed(project_, context, error, "decrypt", connection=name, kind="import", goal=goal_name, started=started) from error
+            except CdpError as error:
+                _quarantine(context, transport_resource_key, goal_of(context), work)
+                raise _failed(project_, context, error, "decrypt", connection=name, kind="import", goal=goal_name, started=started) from error
         metadata: dict = {"files": len(files), "encrypted_files": encrypted}
         if pgp.can_decrypt:
             # Keys expire (SARE rotates yearly with three weeks' notice): show the days left so the UI
@@ -198,15 +205,15 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         **common,
     )
     def import_tables(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        work_dir = importing.delivery_work_dir(project, name, context.partition_key)
         goal = goal_of(context)
         started = _now()
-        try:
-            staged = importing.stage_delivery(project, connection, goal, work_dir, started)
-        except InputError as error:
-            _quarantine(context, transport_resource_key, goal, work_dir)
-            what = f"{goal.name}: the delivery cannot be imported"
-            raise _failed(project, context, error, what, connection=name, kind="import", goal=goal.name, started=started) from error
+        with work_storage.delivery_work(project, name, context.partition_key, "stage") as work:
+            try:
+                staged = importing.stage_delivery(project, connection, goal, work.path, started)
+            except InputError as error:
+                _quarantine(context, transport_resource_key, goal, work)
+                what = f"{goal.name}: the delivery cannot be imported"
+                raise _failed(project, context, error, what, connection=name, kind="import", goal=goal.name, started=started) from error
         for warning in staged.warnings:
             context.log.warning(warning)
         preview_rows = project.store.ui_preview_rows
@@ -254,21 +261,22 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         **common,
     )
     def profile_store(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        work_dir = importing.delivery_work_dir(project, name, context.partition_key)
         goal = goal_of(context)
         started = _now()
         reprocess = context.run.tags.get("cdp/reprocess") == "true"
-        try:
-            outcome = importing.merge_staged(project, connection, goal, work_dir, context.run.run_id, started, reprocess=reprocess)
-        except TransientError as error:
-            # The store is locked by a process outside the pool (an analyst on the live file): the
-            # merge is atomic, so trying again later is safe.
-            context.log.warning(str(error))
-            raise dg.RetryRequested(max_retries=3, seconds_to_wait=60) from error
-        except CdpError as error:
-            raise _failed(project, context, error, f"{goal.name}: merge", connection=name, kind="import", goal=goal.name, started=started) from error
-        with getattr(context.resources, transport_resource_key).open() as transport:
-            finished = importing.finish_delivery(transport, goal, work_dir)
+        with work_storage.delivery_work(project, name, context.partition_key, "merge") as work:
+            try:
+                outcome = importing.merge_staged(project, connection, goal, work.path, context.run.run_id, started, reprocess=reprocess)
+            except TransientError as error:
+                # The store is locked by a process outside the pool (an analyst on the live file): the
+                # merge is atomic, so trying again later is safe.
+                context.log.warning(str(error))
+                raise dg.RetryRequested(max_retries=3, seconds_to_wait=60) from error
+            except CdpError as error:
+                raise _failed(project, context, error, f"{goal.name}: merge", connection=name, kind="import", goal=goal.name, started=started) from error
+            with getattr(context.resources, transport_resource_key).open() as transport:
+                finished = importing.finish_delivery(transport, goal, work.path)
+            work.finished()
         for path in finished.left_changed:
             context.log.warning(f"{path}: a new version was uploaded after this delivery was fetched; it was left in place for the next listing")
         importing.record_import(

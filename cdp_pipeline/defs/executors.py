@@ -4,8 +4,8 @@
 process, no per-step start-up cost, nothing to share. ``multiprocess``: each step in a process of
 its own (memory of a large delivery freed after its step; one step's crash does not take the
 others). The steps hand each other files in the delivery's work folder, never Python objects, so
-both work on one host; a step in another pod needs that folder on shared storage
-(docs/deployment.md).
+both work on one host; a step in another pod needs that folder on shared storage: a shared volume,
+or ``work_storage: s3`` (docs/deployment.md).
 """
 
 from __future__ import annotations
