@@ -61,13 +61,13 @@ def run_now(connection_name: str, *, full_export: bool = False, echo=print) -> d
     never see a run executed in this process)."""
     import dagster as dg
 
-    from cdp_pipeline.definitions import defs as load_defs
+    from cdp_pipeline.defs.connections import one_connection_definitions
     from cdp_pipeline.defs.pool_claims import ends_on_sigterm, process_tags, release_dead_claims
     from cdp_pipeline.defs.project import project_config
     from cdp_pipeline.defs.run_now import run_now_job_name, run_now_op_name
 
     connection = project_config().connections[connection_name]
-    definitions = load_defs()
+    definitions = one_connection_definitions(connection_name)
     instance = dg.DagsterInstance.get()
     for line in release_dead_claims(instance):
         echo(f"  {line}")
@@ -217,8 +217,7 @@ def reprocess_delivery(connection_name: str, partition_key: str, echo=print) -> 
     skips the rows it already counted, so the delivery's earlier contribution is never added twice."""
     import dagster as dg
 
-    from cdp_pipeline.definitions import defs as load_defs
-    from cdp_pipeline.defs.connections import import_job_name
+    from cdp_pipeline.defs.connections import import_job_name, one_connection_definitions
     from cdp_pipeline.defs.pool_claims import ends_on_sigterm, process_tags, release_dead_claims
     from cdp_pipeline.deliveries import partition_set_name
 
@@ -226,7 +225,7 @@ def reprocess_delivery(connection_name: str, partition_key: str, echo=print) -> 
     for line in release_dead_claims(instance):
         echo(f"  {line}")
     instance.add_dynamic_partitions(partition_set_name(connection_name), [partition_key])
-    job = load_defs().resolve_job_def(import_job_name(connection_name))
+    job = one_connection_definitions(connection_name).resolve_job_def(import_job_name(connection_name))
     with ends_on_sigterm(instance, echo):
         result = job.execute_in_process(
             instance=instance, partition_key=partition_key, tags={**process_tags(), "cdp/reprocess": "true"}, raise_on_error=False,

@@ -71,3 +71,18 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
 def defs() -> dg.Definitions:
     project = project_config()
     return dg.Definitions.merge(*(connection_definitions(project, c) for c in project.connections.values()))
+
+
+def one_connection_definitions(name: str) -> dg.Definitions:
+    """The definitions of one connection with its resources, built by the same functions as the
+    code location's, for a command that runs that connection's jobs in its own process.
+
+    ``load_from_defs_folder`` also imports every installed Dagster integration (its component
+    registry, for the UI): 1-2 s of each command line start, more than an unchanged re-run needs
+    for everything else, and nothing a run of one connection uses."""
+    from cdp_pipeline.defs.resources import connection_resources
+
+    project = project_config()
+    return dg.Definitions.merge(
+        connection_definitions(project, project.connections[name]), dg.Definitions(resources=connection_resources(project, only=name))
+    )
