@@ -311,9 +311,35 @@ def _known_partition(home: Path, connection_name: str, key: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     home = Path(args.home).expanduser().resolve()
     _prepare_environment(home)
-    _known_connection(home, args.connection)
+    project, connection = _known_connection(home, args.connection)
+    if _nothing_to_run(project, connection):
+        return 0
     summary = run_now(args.connection, full_export=args.full_export)
     return 0 if summary["success"] else 1
+
+
+def _nothing_to_run(project, connection, echo=print) -> bool:
+    """True when a Run now would import nothing, export nothing and record nothing (no export
+    goal, nothing new in the source, no mail after every run): what it would have said is printed
+    and no run is started, so Dagster is not even imported. Starting Python, Dagster and its
+    instance is seconds; listing a folder and reading the ledger is a fraction of one. Anything
+    unexpected while looking (a source that cannot be listed) leaves the decision to the run,
+    which records and reports the failure the usual way."""
+    from cdp_pipeline.connection_check import open_transport
+    from cdp_pipeline.connection_run import ALREADY_MERGED_PREFIX, WAITING_PREFIX, nothing_to_run
+
+    try:
+        idle = nothing_to_run(project, connection, lambda: open_transport(project, connection.source))
+    except Exception:  # the run meets the same problem and records it; this look only saves time
+        return False
+    if idle is None:
+        return False
+    for reason in idle.waiting:
+        echo(f"  {WAITING_PREFIX}{reason}")
+    for key in idle.already_merged:
+        echo(f"  {ALREADY_MERGED_PREFIX}{key}")
+    echo(f"  nothing to import and no export goal: no run started ({connection.name} has nothing new in its source)")
+    return True
 
 
 def _validate(args: argparse.Namespace) -> int:
