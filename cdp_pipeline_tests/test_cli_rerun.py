@@ -80,6 +80,24 @@ def test_an_unchanged_rerun_of_an_import_only_connection_starts_no_run_and_a_new
     assert _cli(tmp_path, config, "history", "shop").stdout == history  # the run history says what it said
     assert _cities(tmp_path) == [("C1", "Oslo"), ("C2", "Rome")]
 
+    # A command killed while it executed runs here may still hold the store's write pool: the
+    # next command starts a run (which frees such claims) even with nothing new, and then forgets it.
+    dagster_home = tmp_path / "dagster_home"
+    killed = subprocess.run(
+        [sys.executable, "-c", f"import os; from pathlib import Path; from cdp_pipeline.orphans import mark_owner; "
+         f"d = Path({str(dagster_home)!r}) / f'cdp-executing-{{os.getpid()}}'; d.mkdir(); mark_owner(d)"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert killed.returncode == 0, killed.stderr
+    assert len(list(dagster_home.glob("cdp-executing-*"))) == 1
+    after_kill = _cli(tmp_path, config, "run", "shop")
+    assert after_kill.returncode == 0, after_kill.stdout[-3000:] + after_kill.stderr[-3000:]
+    assert "no run started" not in after_kill.stdout
+    assert "already merged (not fetched again): people:people_1.csv" in after_kill.stdout
+    assert _runs(dagster_home) == runs_after_first + 1
+    assert list(dagster_home.glob("cdp-executing-*")) == []
+    runs_after_first += 1
+
     (drop / "people_2.csv").write_text("customer_id,city\nC2,Lima\n")
     new = _cli(tmp_path, config, "run", "shop")
     assert new.returncode == 0, new.stdout[-3000:] + new.stderr[-3000:]
