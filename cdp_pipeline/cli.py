@@ -8,6 +8,7 @@ persistent instance under DAGSTER_HOME, so ``dagster dev`` shows them afterwards
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +19,40 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The terminal shows this command's own summary; every step's events stay in the run's log in the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+#: a folder in DAGSTER_HOME per command process that executes runs, for as long as it does: one
+#: left behind by a killed process says its pool claims may still be held (see _nothing_to_run).
+EXECUTING_MARK_PREFIX = "cdp-executing-"
+
+
+@contextlib.contextmanager
+def _executing_runs():
+    """Mark this process as executing runs in DAGSTER_HOME (removed when it ends, unless killed)."""
+    from cdp_pipeline.orphans import mark_owner
+
+    dagster_home = os.environ.get("DAGSTER_HOME")
+    if not dagster_home:
+        yield
+        return
+    folder = Path(dagster_home) / f"{EXECUTING_MARK_PREFIX}{os.getpid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    mark_owner(folder)
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _release_dead_claims(instance, echo) -> None:
+    """Free the pool claims of runs whose process is gone, then forget those processes' marks."""
+    from cdp_pipeline.defs.pool_claims import release_dead_claims
+    from cdp_pipeline.orphans import remove_orphans
+
+    for line in release_dead_claims(instance):
+        echo(f"  {line}")
+    if os.environ.get("DAGSTER_HOME"):
+        remove_orphans(Path(os.environ["DAGSTER_HOME"]), EXECUTING_MARK_PREFIX)
 
 
 class UnusableFolder(Exception):
@@ -61,19 +96,18 @@ def run_now(connection_name: str, *, full_export: bool = False, echo=print) -> d
     never see a run executed in this process)."""
     import dagster as dg
 
-    from cdp_pipeline.definitions import defs as load_defs
-    from cdp_pipeline.defs.pool_claims import ends_on_sigterm, process_tags, release_dead_claims
+    from cdp_pipeline.defs.connections import one_connection_definitions
+    from cdp_pipeline.defs.pool_claims import ends_on_sigterm, process_tags
     from cdp_pipeline.defs.project import project_config
     from cdp_pipeline.defs.run_now import run_now_job_name, run_now_op_name
 
     connection = project_config().connections[connection_name]
-    definitions = load_defs()
+    definitions = one_connection_definitions(connection_name)
     instance = dg.DagsterInstance.get()
-    for line in release_dead_claims(instance):
-        echo(f"  {line}")
+    _release_dead_claims(instance, echo)
     job = definitions.resolve_job_def(run_now_job_name(connection_name))
     run_config = {**QUIET, "ops": {run_now_op_name(connection_name): {"config": {"full_export": full_export}}}}
-    with ends_on_sigterm(instance, echo) as stopping:
+    with _executing_runs(), ends_on_sigterm(instance, echo) as stopping:
         result = job.execute_in_process(instance=instance, run_config=run_config, tags=process_tags(), raise_on_error=False)
         summary = _summary_of_run(instance, result.run_id, connection_name, echo)
         if any(item["success"] and item.get("status") == "merged" for item in summary["imports"]) and not stopping.is_set():
@@ -217,17 +251,15 @@ def reprocess_delivery(connection_name: str, partition_key: str, echo=print) -> 
     skips the rows it already counted, so the delivery's earlier contribution is never added twice."""
     import dagster as dg
 
-    from cdp_pipeline.definitions import defs as load_defs
-    from cdp_pipeline.defs.connections import import_job_name
-    from cdp_pipeline.defs.pool_claims import ends_on_sigterm, process_tags, release_dead_claims
+    from cdp_pipeline.defs.connections import import_job_name, one_connection_definitions
+    from cdp_pipeline.defs.pool_claims import ends_on_sigterm, process_tags
     from cdp_pipeline.deliveries import partition_set_name
 
     instance = dg.DagsterInstance.get()
-    for line in release_dead_claims(instance):
-        echo(f"  {line}")
+    _release_dead_claims(instance, echo)
     instance.add_dynamic_partitions(partition_set_name(connection_name), [partition_key])
-    job = load_defs().resolve_job_def(import_job_name(connection_name))
-    with ends_on_sigterm(instance, echo):
+    job = one_connection_definitions(connection_name).resolve_job_def(import_job_name(connection_name))
+    with _executing_runs(), ends_on_sigterm(instance, echo):
         result = job.execute_in_process(
             instance=instance, partition_key=partition_key, tags={**process_tags(), "cdp/reprocess": "true"}, raise_on_error=False,
             run_config=QUIET,
@@ -312,9 +344,41 @@ def _known_partition(home: Path, connection_name: str, key: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     home = Path(args.home).expanduser().resolve()
     _prepare_environment(home)
-    _known_connection(home, args.connection)
+    project, connection = _known_connection(home, args.connection)
+    if _nothing_to_run(project, connection):
+        return 0
     summary = run_now(args.connection, full_export=args.full_export)
     return 0 if summary["success"] else 1
+
+
+def _nothing_to_run(project, connection, echo=print) -> bool:
+    """True when a Run now would import nothing, export nothing and record nothing (no export
+    goal, nothing new in the source, no mail after every run): what it would have said is printed
+    and no run is started, so Dagster is not even imported. Starting Python, Dagster and its
+    instance is seconds; listing a folder and reading the ledger is a fraction of one. Anything
+    unexpected while looking (a source that cannot be listed) leaves the decision to the run,
+    which records and reports the failure the usual way. So does an earlier command of this
+    DAGSTER_HOME killed while executing runs: its claims on the store's write pool would hold
+    every later writer until a run of this command frees them."""
+    from cdp_pipeline.connection_check import open_transport
+    from cdp_pipeline.connection_run import ALREADY_MERGED_PREFIX, WAITING_PREFIX, nothing_to_run
+    from cdp_pipeline.orphans import owner_gone
+
+    dagster_home = os.environ.get("DAGSTER_HOME")
+    if dagster_home and any(owner_gone(mark) for mark in Path(dagster_home).glob(f"{EXECUTING_MARK_PREFIX}*")):
+        return False
+    try:
+        idle = nothing_to_run(project, connection, lambda: open_transport(project, connection.source))
+    except Exception:  # the run meets the same problem and records it; this look only saves time
+        return False
+    if idle is None:
+        return False
+    for reason in idle.waiting:
+        echo(f"  {WAITING_PREFIX}{reason}")
+    for key in idle.already_merged:
+        echo(f"  {ALREADY_MERGED_PREFIX}{key}")
+    echo(f"  nothing to import and no export goal: no run started ({connection.name} has nothing new in its source)")
+    return True
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -45,6 +45,11 @@ KeyringFactory = Callable[[], AbstractContextManager[Any]]
 # so the mtime alone never decides.
 SECOND_LISTING_AFTER_SECONDS = 10.0
 
+#: how a run's lines about deliveries that wait, and about deliveries the ledger has merged
+#: already, begin (the Run now job's log lines, and the CLI's when no run was needed).
+WAITING_PREFIX = "waiting: "
+ALREADY_MERGED_PREFIX = "already merged (not fetched again): "
+
 
 def readiness_policy(project: ProjectConfig, connection: Connection, *, scheduled: bool) -> ReadinessPolicy:
     """When a delivery counts as complete in a run: for "Run now" whatever is listed (the operator
@@ -287,3 +292,23 @@ def run_connection(
             export_one(project, connection, goal, open_target(goal), encrypt_keyring=encrypt_keyring, run_id=run_id, full=full_export)
         )
     return result
+
+
+def nothing_to_run(project: ProjectConfig, connection: Connection, open_source: OpenTransport) -> ConnectionRun | None:
+    """What a Run now of ``connection`` would find when it would do nothing at all, else None.
+
+    Nothing at all: the connection has no export goal (an export is always due on Run now: it
+    decides itself what changed), no delivery of its sources waits to be imported, and its
+    notifications do not ask for a mail after every run. Such a run would import nothing, export
+    nothing and write nothing to the store's run history; the caller may then skip starting one.
+    Listed as the run would list (every listed file complete, the same ledger check before fetch).
+    """
+    if connection.export_goals or (connection.notifications is not None and connection.notifications.when == "always"):
+        return None
+    import_names, _ = chosen_goals(project, connection, None)
+    merged = importing.merged_under_current_configuration(project, connection)
+    with open_source() as transport:
+        found = importing.discover_deliveries(project, connection, transport, ListedNow(), merged=merged)
+    if any(request.goal in import_names for request in found.requests):
+        return None
+    return ConnectionRun(waiting=found.reasons, already_merged=list(found.already_merged))

@@ -71,3 +71,18 @@ def connection_definitions(project: ProjectConfig, connection: Connection) -> dg
 def defs() -> dg.Definitions:
     project = project_config()
     return dg.Definitions.merge(*(connection_definitions(project, c) for c in project.connections.values()))
+
+
+def one_connection_definitions(name: str) -> dg.Definitions:
+    """The definitions of one connection with its resources, built by the same functions as the
+    code location's, for a command that runs that connection's jobs in its own process.
+
+    ``load_from_defs_folder`` also loads every installed package registered as a Dagster component
+    library (``dagster_aws`` with boto3 among them), to describe them to the UI: about 1 s of CPU
+    at every command line start, for nothing a run of one connection uses."""
+    from cdp_pipeline.defs.resources import connection_resources
+
+    project = project_config()
+    return dg.Definitions.merge(
+        connection_definitions(project, project.connections[name]), dg.Definitions(resources=connection_resources(project, only=name))
+    )

@@ -166,11 +166,14 @@ def pgp_key(connection: str) -> str:
     return f"{connection}_pgp"
 
 
-def connection_resources(project: ProjectConfig) -> dict[str, dg.ConfigurableResource]:
+def connection_resources(project: ProjectConfig, only: str | None = None) -> dict[str, dg.ConfigurableResource]:
+    """Every connection's resources, or with ``only`` that connection's (the CLI runs one)."""
     resources: dict[str, dg.ConfigurableResource] = {
         "cdp_project": CdpProjectResource(config_dir=str(project.config_dir), home=str(project.home))
     }
     for connection in project.connections.values():
+        if only is not None and connection.name != only:
+            continue
         resources[transport_key(connection.name)] = transport_resource(connection.source, project.home)
         resources[pgp_key(connection.name)] = pgp_resource(connection)
         for goal in connection.export_goals:

@@ -29,10 +29,10 @@ class RunNowConfig(dg.Config):
     full_export: bool = False
 
 
-#: how the op's log lines about deliveries that wait begin (the CLI prints them from the run's log).
-WAITING_PREFIX = "waiting: "
-#: how the op's log lines about deliveries the ledger has merged already begin.
-ALREADY_MERGED_PREFIX = "already merged (not fetched again): "
+#: how the op's log lines about deliveries that wait, and about deliveries the ledger has merged
+#: already, begin (the CLI prints them from the run's log, or itself when no run was needed).
+WAITING_PREFIX = connection_run.WAITING_PREFIX
+ALREADY_MERGED_PREFIX = connection_run.ALREADY_MERGED_PREFIX
 
 
 def run_now_job_name(connection: str) -> str:

@@ -59,6 +59,31 @@ def test_each_connection_has_its_chain_sensor_schedule_and_jobs(cdp_env):
     assert definitions.resolve_job_def("demo_local_export") is not None
 
 
+def test_the_cli_builds_one_connections_jobs_as_the_code_location_does(cdp_env):
+    """`cdp-pipeline run` and `reprocess` resolve their jobs from the connection's own definitions
+    (no component registry, which imports every installed Dagster integration): the same jobs,
+    ops, resources and tags as the code location's."""
+    from cdp_pipeline.definitions import defs
+    from cdp_pipeline.defs.connections import one_connection_definitions
+
+    everything, one = defs(), one_connection_definitions("demo_local")
+    for name in ("demo_local_run_now", "demo_local_import", "demo_local_export", "demo_local_store_checks"):
+        full_job, own_job = everything.resolve_job_def(name), one.resolve_job_def(name)
+        assert sorted(own_job.graph.node_dict) == sorted(full_job.graph.node_dict), name
+        assert own_job.tags == full_job.tags, name
+        assert set(own_job.resource_defs) == set(full_job.resource_defs), name
+        for key in own_job.resource_defs:
+            assert type(own_job.resource_defs[key]) is type(full_job.resource_defs[key]), (name, key)
+    probe = (
+        "import sys; from cdp_pipeline.defs.connections import one_connection_definitions; "
+        "one_connection_definitions('demo_local').resolve_job_def('demo_local_run_now'); "
+        "print(sorted(m for m in sys.modules if m.startswith('dagster_aws')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=cdp_env, capture_output=True, text=True, timeout=180)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,0 +1,124 @@
+"""`cdp-pipeline run` again over a source with nothing new: for a connection without export goals
+no run is started (nothing would be imported, exported or recorded), and a new file still is."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+
+
+def _config(tmp_path: Path, drop: Path, *, export: bool = False, notify: str | None = None) -> Path:
+    config = tmp_path / "config"
+    (config / "connections").mkdir(parents=True, exist_ok=True)
+    (config / "store.yaml").write_text(
+        "catalog:\n  profile_properties:\n    customer_number: {type: text, unique: true}\n    city: {type: text}\n"
+        "  segments:\n    everyone: {condition: \"customer_number IS NOT NULL\"}\n"
+    )
+    goals = (
+        "goals:\n"
+        "  - name: people\n    type: import_profiles\n"
+        "    files: {root: {name: people, pattern: 'people_*.csv'}, readiness: {stable_seconds: 0}}\n"
+        "    identifiers: [{column: customer_id, property: customer_number}]\n    allow_new_profiles: true\n"
+        "    mappings: [{column: city, property: city, rule: set}]\n"
+    )
+    if export:
+        goals += (
+            "  - name: out\n    type: export_profiles\n    segment: everyone\n"
+            "    target: {directory: out, file_name: 'everyone_{date}.csv'}\n"
+            "    columns: [{header: customer_number, property: customer_number}, {header: city, property: city}]\n"
+        )
+    notifications = f"notifications: {{emails: [ops@example.invalid], when: {notify}}}\n" if notify else ""
+    (config / "connections" / "shop.yaml").write_text(f"name: shop\nsource: {{type: local, path: {drop}}}\n{notifications}{goals}")
+    return config
+
+
+def _runs(dagster_home: Path) -> int:
+    """Runs recorded in the Dagster instance, counted in its SQLite run storage (plain SQL)."""
+    database = dagster_home / "history" / "runs.db"
+    if not database.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        return conn.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+
+def _cli(tmp_path: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CDP_CONFIG_DIR": str(config), "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    return subprocess.run(
+        [sys.executable, "-m", "cdp_pipeline.cli", "--home", str(tmp_path / "home"), *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def _cities(tmp_path: Path) -> list[tuple[str, str]]:
+    with duckdb.connect(str(tmp_path / "home" / "store.duckdb"), read_only=True) as conn:
+        return conn.execute("SELECT customer_number, city FROM profiles ORDER BY customer_number").fetchall()
+
+
+def test_an_unchanged_rerun_of_an_import_only_connection_starts_no_run_and_a_new_file_does(tmp_path):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "people_1.csv").write_text("customer_id,city\nC1,Oslo\nC2,Rome\n")
+    config = _config(tmp_path, drop)
+    first = _cli(tmp_path, config, "run", "shop")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "imported people:people_1.csv: merged" in first.stdout
+    runs_after_first = _runs(tmp_path / "dagster_home")
+    assert runs_after_first >= 1
+    history = _cli(tmp_path, config, "history", "shop").stdout
+
+    again = _cli(tmp_path, config, "run", "shop")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "already merged (not fetched again): people:people_1.csv" in again.stdout
+    assert "no run started" in again.stdout
+    assert _runs(tmp_path / "dagster_home") == runs_after_first
+    assert _cli(tmp_path, config, "history", "shop").stdout == history  # the run history says what it said
+    assert _cities(tmp_path) == [("C1", "Oslo"), ("C2", "Rome")]
+
+    # A command killed while it executed runs here may still hold the store's write pool: the
+    # next command starts a run (which frees such claims) even with nothing new, and then forgets it.
+    dagster_home = tmp_path / "dagster_home"
+    killed = subprocess.run(
+        [sys.executable, "-c", f"import os; from pathlib import Path; from cdp_pipeline.orphans import mark_owner; "
+         f"d = Path({str(dagster_home)!r}) / f'cdp-executing-{{os.getpid()}}'; d.mkdir(); mark_owner(d)"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert killed.returncode == 0, killed.stderr
+    assert len(list(dagster_home.glob("cdp-executing-*"))) == 1
+    after_kill = _cli(tmp_path, config, "run", "shop")
+    assert after_kill.returncode == 0, after_kill.stdout[-3000:] + after_kill.stderr[-3000:]
+    assert "no run started" not in after_kill.stdout
+    assert "already merged (not fetched again): people:people_1.csv" in after_kill.stdout
+    assert _runs(dagster_home) == runs_after_first + 1
+    assert list(dagster_home.glob("cdp-executing-*")) == []
+    runs_after_first += 1
+
+    (drop / "people_2.csv").write_text("customer_id,city\nC2,Lima\n")
+    new = _cli(tmp_path, config, "run", "shop")
+    assert new.returncode == 0, new.stdout[-3000:] + new.stderr[-3000:]
+    assert "imported people:people_2.csv: merged" in new.stdout
+    assert "no run started" not in new.stdout
+    assert _runs(tmp_path / "dagster_home") > runs_after_first
+    assert _cities(tmp_path) == [("C1", "Oslo"), ("C2", "Lima")]
+
+
+def test_a_connection_with_an_export_goal_or_a_mail_after_every_run_still_runs(tmp_path):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "people_1.csv").write_text("customer_id,city\nC1,Oslo\n")
+    for case, kwargs in (("export", {"export": True}), ("mail", {"notify": "always"})):
+        home = tmp_path / case
+        home.mkdir()
+        config = _config(home, drop, **kwargs)
+        first = _cli(home, config, "run", "shop")
+        assert "imported people:people_1.csv: merged" in first.stdout, first.stdout[-3000:] + first.stderr[-3000:]
+        runs = _runs(home / "dagster_home")
+        again = _cli(home, config, "run", "shop")
+        assert "already merged (not fetched again): people:people_1.csv" in again.stdout, case
+        assert "no run started" not in again.stdout, case
+        assert _runs(home / "dagster_home") == runs + 1, case
