@@ -39,8 +39,10 @@ def cell_text(expression: str, sql_type: str) -> str:
     if sql_type == "decimal":
         # DECIMAL(18,4) prints 19.9900; consumers expect 19.99 (and 614.0 for a whole number).
         # Trimming the text keeps all 18 digits, where a detour through DOUBLE rounded values
-        # above ~15 significant digits.
-        return f"regexp_replace(regexp_replace(CAST({expression} AS VARCHAR), '0+$', ''), '\\.$', '.0')"
+        # above ~15 significant digits. rtrim and ends_with give the text two regular
+        # expressions gave (trailing zeros off, a bare "." closed with 0) at a third of the cost.
+        text = f"rtrim(CAST({expression} AS VARCHAR), '0')"
+        return f"(CASE WHEN ends_with({text}, '.') THEN {text} || '0' ELSE {text} END)"
     if sql_type == "datetime":
         return f"strftime({expression}, '%Y-%m-%d %H:%M:%S')"
     return f"CAST({expression} AS VARCHAR)"
@@ -59,6 +61,17 @@ def formula_guarded(expression: str, *, typed: bool) -> str:
 
 def is_typed(prop: PropertyDefinition) -> bool:
     return prop.type not in ("text", "list")
+
+
+#: stored types whose text (``cell_text``) is always a well-formed number or true/false, so the
+#: formula guard can never change it: -5 and -0.5 are left alone by the guard anyway.
+_NEVER_FORMULA = ("integer", "decimal", "boolean")
+
+
+def never_formula(sql_type: str) -> bool:
+    """Whether ``cell_text`` of a stored value of ``sql_type`` is always left alone by the guard.
+    Only for cells written straight from the store: a processor may put any text in a column."""
+    return sql_type in _NEVER_FORMULA
 
 
 def cell_names(count: int) -> list[str]:

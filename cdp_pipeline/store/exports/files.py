@@ -15,11 +15,14 @@ import duckdb
 from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
 from cdp_pipeline.config.connection import ExportGoal
 from cdp_pipeline.errors import ConfigError
-from cdp_pipeline.store.exports.columns import cell_names, cell_text, formula_guarded, is_typed
+from cdp_pipeline.store.exports.columns import cell_names, cell_text, formula_guarded, is_typed, never_formula
 from cdp_pipeline.store.schema import event_table, item_table, literal, quote
 
 #: header of the first column of a diff file.
 DIFF_CHANGE_COLUMN = "change"
+#: the events' rank in file order, a column of ``export_events``; the "-" keeps it apart from every
+#: property name (lower case letters, digits and "_").
+_EVENT_RANK = '"export-rank"'
 
 
 def check_unquoted(conn: duckdb.DuckDBPyConnection, goal: ExportGoal, relation: str, columns: list[tuple[str, str]], what: str) -> None:
@@ -173,7 +176,10 @@ def write_timeline_csvs(
         out = []
         for name, prop in properties.items():
             cell = cell_text(f"{alias}.{quote(name)}", prop.type)
-            out.append(f"{formula_guarded(cell, typed=is_typed(prop)) if goal.formula_guard else cell} AS {quote(name)}")
+            # Timeline cells come straight from the store (no processors): a number's text is
+            # never changed by the guard, so it is not evaluated on every row.
+            guard = goal.formula_guard and not never_formula(prop.type)
+            out.append(f"{formula_guarded(cell, typed=is_typed(prop)) if guard else cell} AS {quote(name)}")
         return out
 
     def guarded(expression: str, header: str) -> str:
@@ -181,10 +187,15 @@ def write_timeline_csvs(
 
     for event_type in event_types:
         definition = catalog.event_types[event_type]
+        # File order is (event_time, event_id), and item files follow their events. Ranking the
+        # events once here lets both files sort on one integer (dense_rank: equal time and id
+        # share a rank, as they tie in that order); sorting the joined item rows on the
+        # timestamp and text id measured ~2x the cost of the COPY itself.
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE export_events AS
-            SELECT e.* FROM {quote(event_table(event_type))} e
+            SELECT e.*, dense_rank() OVER (ORDER BY e.event_time, e.event_id) AS {_EVENT_RANK}
+            FROM {quote(event_table(event_type))} e
             WHERE e.profile_id IN (SELECT _profile_id FROM export_rows WHERE _changed) AND {period_sql}
             """,
             params,
@@ -197,7 +208,7 @@ def write_timeline_csvs(
                 *cells("e", definition.properties),
             ]
         )
-        query = f"SELECT {select} FROM export_events e ORDER BY e.event_time, e.event_id"
+        query = f"SELECT {select} FROM export_events e ORDER BY e.{_EVENT_RANK}"
         _check_query_unquoted(conn, goal, query, ["event_id", *definition.properties], f"export goal {goal.name!r}, {event_type}.csv")
         path = directory / f"{event_type}{suffix}"
         written[event_type] = (path, _copy(conn, query, path, goal))
@@ -205,7 +216,7 @@ def write_timeline_csvs(
             select = ", ".join([guarded("i.event_id", "event_id"), "i.item_index", *cells("i", nested.properties)])
             query = f"""
                 SELECT {select} FROM {quote(item_table(event_type, nested_type))} i
-                JOIN export_events e ON e.event_id = i.event_id ORDER BY e.event_time, i.event_id, i.item_index
+                JOIN export_events e ON e.event_id = i.event_id ORDER BY e.{_EVENT_RANK}, i.item_index
             """
             _check_query_unquoted(conn, goal, query, ["event_id", *nested.properties], f"export goal {goal.name!r}, {nested_type}.csv")
             nested_path = directory / f"{nested_type}{suffix}"
