@@ -40,8 +40,6 @@ from cdp_pipeline import progress
 from cdp_pipeline.config.catalog import consent_property_problem
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
-from cdp_pipeline.dialects.netmera import NetmeraSettings
-from cdp_pipeline.dialects.netmera_reports import report_period, write_netmera_reports
 from cdp_pipeline.errors import CdpError, ConfigError, CryptoError, ExportCollisionError, TransportError
 from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.orphans import mark_owner, remove_orphans
@@ -307,6 +305,11 @@ def run_export(
                         for key, (path, count) in timeline.items()
                     ]
             if goal.netmera_reports:
+                # Imported here: the dialects package loads the whole import side (discovery,
+                # staging, Polars), which an ordinary export never needs.
+                from cdp_pipeline.dialects.netmera import NetmeraSettings
+                from cdp_pipeline.dialects.netmera_reports import report_period, write_netmera_reports
+
                 dialect = project.dialects.get(connection.name)
                 first, last = report_period(since, until, now)
                 reports = write_netmera_reports(

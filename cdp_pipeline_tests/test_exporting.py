@@ -28,8 +28,10 @@ import io
 import json
 import os
 import posixpath
+import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -546,6 +548,56 @@ def test_timeline_export_one_type_and_a_period(run: Runner):
         run(make_goal(name="bad", timeline={"event_types": ["click"]}))
     with pytest.raises(ConfigError, match="timeline.since 'yesterday'"):
         run(make_goal(name="bad", timeline={"since": "yesterday"}))
+
+
+def test_timeline_files_match_plain_python_order_and_text(run: Runner, project: ProjectConfig):
+    """Many events with equal times, items stored out of order, formula-like and non-ASCII text,
+    and decimals of every shape: the files are the rows plain Python sorts by (event_time,
+    event_id[, item_index]) and formats (trailing zeros trimmed, '-prefix on text that starts
+    like a formula, never on numbers)."""
+    texts = ["web", "=1+1", "+31", "-x", "@a", "\tt", "\rr", "é=", "😀", "", "a,b", 'q"q', None]
+    prices = ["0", "100", "-0.5", "12345678901234.5678", "0.0001", "-100", "19.99", None]
+    shuffle = random.Random(15)
+    times = [datetime(2026, 1, d, h, 0, 0) for d in (3, 4) for h in (8, 9)]
+    orders = [(f"E{n:03d}", times[n % len(times)], prices[n % len(prices)], texts[n % len(texts)]) for n in range(60)]
+    lines = [(event_id, index, texts[(n + index) % len(texts)], (n % 5) - 2, prices[(n + index) % len(prices)])
+             for n, (event_id, *_) in enumerate(orders) for index in range(1, 1 + n % 4)]
+    shuffle.shuffle(orders)
+    shuffle.shuffle(lines)
+    store(project, "DELETE FROM timeline_order")
+    store(project, "DELETE FROM timeline_order__order_line")
+    with duckdb.connect(str(project.store_path)) as conn:
+        conn.executemany(
+            "INSERT INTO timeline_order (event_id, profile_id, event_time, total, currency, channel, delivery_id, imported_at) "
+            "VALUES (?, 'p01', ?, ?, 'EUR', ?, 'd1', ?)",
+            [[*row, T0] for row in orders],
+        )
+        conn.executemany(
+            "INSERT INTO timeline_order__order_line (event_id, item_index, product_name, quantity, unit_price) VALUES (?, ?, ?, ?, ?)", lines
+        )
+
+    def text(value: str | None) -> str:
+        return "" if value is None else ("'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value)
+
+    def number(value: str | None) -> str:
+        if value is None:
+            return ""
+        trimmed = str(Decimal(value).quantize(Decimal("0.0001"))).rstrip("0")
+        return trimmed + "0" if trimmed.endswith(".") else trimmed
+
+    outcome = run(make_goal(segment="buyers", timeline={"event_types": ["order"], "directory": "out/t"}))
+    assert [f.rows for f in outcome.timeline_files] == [len(orders), len(lines)]
+    by_event = {event_id: time for event_id, time, *_ in orders}
+    expected_orders = [
+        [event_id, "p01", time.strftime("%Y-%m-%d %H:%M:%S"), number(total), "EUR", text(channel)]
+        for event_id, time, total, channel in sorted(orders, key=lambda o: (o[1], o[0]))
+    ]
+    assert rows_of(run.read("out/t/order.csv"))[1:] == expected_orders
+    expected_lines = [
+        [event_id, str(index), "", text(name), str(quantity), number(price)]
+        for event_id, index, name, quantity, price in sorted(lines, key=lambda line: (by_event[line[0]], line[0], line[1]))
+    ]
+    assert rows_of(run.read("out/t/order_line.csv"))[1:] == expected_lines
 
 
 # ---------------------------------------------------------------- spreadsheet safety

@@ -15,7 +15,7 @@ import duckdb
 from cdp_pipeline.config.catalog import Catalog, PropertyDefinition
 from cdp_pipeline.config.connection import ExportGoal
 from cdp_pipeline.errors import ConfigError
-from cdp_pipeline.store.exports.columns import cell_names, cell_text, formula_guarded, is_typed
+from cdp_pipeline.store.exports.columns import cell_names, cell_text, formula_guarded, is_typed, never_formula
 from cdp_pipeline.store.schema import event_table, item_table, literal, quote
 
 #: header of the first column of a diff file.
@@ -173,7 +173,10 @@ def write_timeline_csvs(
         out = []
         for name, prop in properties.items():
             cell = cell_text(f"{alias}.{quote(name)}", prop.type)
-            out.append(f"{formula_guarded(cell, typed=is_typed(prop)) if goal.formula_guard else cell} AS {quote(name)}")
+            # Timeline cells come straight from the store (no processors): a number's text is
+            # never changed by the guard, so it is not evaluated on every row.
+            guard = goal.formula_guard and not never_formula(prop.type)
+            out.append(f"{formula_guarded(cell, typed=is_typed(prop)) if guard else cell} AS {quote(name)}")
         return out
 
     def guarded(expression: str, header: str) -> str:
@@ -181,10 +184,12 @@ def write_timeline_csvs(
 
     for event_type in event_types:
         definition = catalog.event_types[event_type]
+        # Only the columns the files write (not the delivery and import bookkeeping of each event).
+        kept = ", ".join(f"e.{quote(name)}" for name in ["event_id", "profile_id", "event_time", *definition.properties])
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE export_events AS
-            SELECT e.* FROM {quote(event_table(event_type))} e
+            SELECT {kept} FROM {quote(event_table(event_type))} e
             WHERE e.profile_id IN (SELECT _profile_id FROM export_rows WHERE _changed) AND {period_sql}
             """,
             params,

@@ -8,14 +8,15 @@ from datetime import datetime
 from typing import Any
 
 import duckdb
-import polars as pl
 
 from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.config.connection import ExportGoal
 from cdp_pipeline.errors import ConfigError, InputError
 from cdp_pipeline.store.exports.columns import ExportColumn, cell_names, export_columns, formula_guarded
 from cdp_pipeline.store.exports.files import check_unquoted
-from cdp_pipeline.tables.processors import apply_processors, processors_in_sql, processors_sql
+
+# The processors (and Polars under them) are imported only by a goal that has processors: an
+# export without them, the common case, does not pay for loading Polars.
 
 #: rows handed to Polars at a time when a custom processor runs (memory stays bounded by it).
 POLARS_BATCH_ROWS = 100_000
@@ -53,9 +54,12 @@ def build_export_rows(
     """
     columns, joins = export_columns(catalog, goal, consent_property)
     names = cell_names(len(columns))
-    if use_polars is None:
-        use_polars = not processors_in_sql(goal.processors)
-    use_polars = use_polars and bool(goal.processors)
+    if goal.processors:
+        from cdp_pipeline.tables.processors import processors_in_sql
+
+        if use_polars is None:
+            use_polars = not processors_in_sql(goal.processors)
+    use_polars = bool(use_polars) and bool(goal.processors)
     base = base_sql(columns, joins, include_unchanged=include_unchanged, numbered=use_polars)
     params: dict[str, Any] = {}
     if not goal.processors:
@@ -66,8 +70,10 @@ def build_export_rows(
     else:
         processed = _processors_sql(goal, columns, base, run_time, params)
     # The guard comes last, after the processors: a processor may write a formula-like value.
+    # Without processors a stored number's text is left alone by the guard: not evaluated.
     cells = ", ".join(
-        f"{formula_guarded(name, typed=column.typed) if goal.formula_guard else name} AS {name}" for column, name in zip(columns, names, strict=True)
+        f"{formula_guarded(name, typed=column.typed) if goal.formula_guard and (goal.processors or not column.never_formula) else name} AS {name}"
+        for column, name in zip(columns, names, strict=True)
     )
     # The diff compares what the consumer received: the hash is over the cells as written.
     row_hash = f", md5(to_json(list_value({', '.join(names)}))) AS _hash" if goal.diff else ""
@@ -91,6 +97,8 @@ def build_export_rows(
 def _processors_sql(goal: ExportGoal, columns: list[ExportColumn], base: str, run_time: datetime, params: dict[str, Any]) -> str:
     """The goal's chain in SQL over ``base``: processors name the export's headers, which stand
     for the columns ``c1 … cN`` (a repeated header for each of its columns)."""
+    from cdp_pipeline.tables.processors import processors_sql
+
     by_header: dict[str, list[str]] = {}
     for column, name in zip(columns, cell_names(len(columns)), strict=True):
         by_header.setdefault(column.header, []).append(name)
@@ -101,6 +109,10 @@ def _process_with_polars(conn: duckdb.DuckDBPyConnection, goal: ExportGoal, colu
     """Run the whole chain with the import's Polars processors over batches of
     ``POLARS_BATCH_ROWS`` rows into ``export_processed``. Used when a ``custom`` processor is
     present; a custom processor therefore sees one batch at a time (document it for authors)."""
+    import polars as pl
+
+    from cdp_pipeline.tables.processors import apply_processors
+
     headers = [c.header for c in columns]
     names = cell_names(len(columns))
     reserved = {"_rn", "_profile_id", "_changed"}
