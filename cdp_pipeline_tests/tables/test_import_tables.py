@@ -278,6 +278,27 @@ def test_processors_run_on_the_files_they_name(tmp_path):
     assert staged.items["order/order_line"]["product_id"].to_list() == ["SKU-A"]
 
 
+def test_nested_rows_without_a_key_are_keyed_by_content_and_numbered_where_it_repeats(tmp_path):
+    """Order lines without a key column: the key is the row's content, and the same content twice
+    in one order is two rows (occurrence 1 and 2); the same content in another order, or once,
+    is occurrence 1."""
+    paths = _orders(
+        tmp_path,
+        "order_id,customer_id,order_date,total\n1,C1,2026-01-01T10:00:00,5\n2,C1,2026-01-02T10:00:00,7\n",
+        "order_id,product_id,quantity\n1,A,1\n1,B,2\n1,A,1\n2,A,1\n1,A,1\n",
+    )
+    goal = _profiles_goal(files=ORDERS_FILES, timeline=ORDERS_TIMELINE, mappings=[])
+    items = _build(goal, paths).items["order/order_line"].sort("event_id", "item_index")
+    cell, part = "\x1f", "\x1e"
+    assert items.select("event_id", "item_index", "item_key").rows() == [
+        ("1", 1, f"content{part}A{cell}1{part}1"),
+        ("1", 2, f"content{part}B{cell}2{part}1"),
+        ("1", 3, f"content{part}A{cell}1{part}2"),
+        ("1", 4, f"content{part}A{cell}1{part}3"),
+        ("2", 1, f"content{part}A{cell}1{part}1"),
+    ]
+
+
 def test_processor_naming_an_unknown_file_is_refused_at_load():
     with pytest.raises(ValueError, match=r"processors.0.files: \['lines'\] are not files of this goal"):
         _profiles_goal(processors=[{"type": "trim", "columns": ["a"], "files": ["lines"]}])
