@@ -457,6 +457,21 @@ def test_identifiers_and_links_match_in_unicode_nfc(tmp_path):
     assert list(records) == [composed] and records[composed]["spend"] == Decimal("5")
 
 
+def test_nfc_in_a_column_of_ascii_and_accented_keys(tmp_path):
+    """Only non-ASCII cells are normalised: in a column mixing both, each accented key still
+    finds its composed form and each ASCII key stays as written."""
+    paths = _customers_and_orders(
+        tmp_path,
+        "customer_id,first_name\nC1,Ann\ncaf\u00e9,Bo\n C2 ,Cy\nno\u00ebl,Di\n",
+        "order_id,customer_id,total\nA,cafe\u0301,5\nB,C1,2\nC,noe\u0308l ,3\nD,C2,4\n",
+    )
+    goal = _profiles_goal(files=CUSTOMER_FILES, mappings=[{"column": "total", "property": "spend", "rule": "sum", "file": "orders"}])
+    records = _by_key(_build(goal, paths))
+    assert {key: records[key]["spend"] for key in records} == {
+        "C1": Decimal("2"), "caf\u00e9": Decimal("5"), "C2": Decimal("4"), "no\u00ebl": Decimal("3"),
+    }
+
+
 def test_padded_link_values_link_and_keep_their_text(tmp_path):
     """Reliability #48: identifiers are trimmed, so link values are compared trimmed too; a value
     that is only blanks links nothing."""
