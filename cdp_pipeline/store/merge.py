@@ -809,16 +809,18 @@ def _merge_nested(
     if item_frame is not None:
         conn.register("incoming_items", item_frame)
         casts = "".join(f", CAST(i.{quote(p)} AS {sql_types[p]}) AS {quote(p)}" for p in item_props)
+        # A view, not a copy: the delivered rows are read where they are (the staged frame), which
+        # kept a second copy of every nested row in memory at the run's peak (the orders merge).
         conn.execute(
             f"""
-            CREATE OR REPLACE TEMP TABLE item_rows AS
+            CREATE OR REPLACE TEMP VIEW item_rows AS
             SELECT i.event_id, i.item_index, i.item_key{casts}, coalesce(i.{NOT_IMPORTED}, []::VARCHAR[]) AS {NOT_IMPORTED}
             FROM incoming_items i SEMI JOIN event_rows e USING (event_id)
             """
         )
     else:
         conn.execute(
-            f"CREATE OR REPLACE TEMP TABLE item_rows AS SELECT event_id, item_index, item_key, []::VARCHAR[] AS {NOT_IMPORTED} FROM {items_table} LIMIT 0"
+            f"CREATE OR REPLACE TEMP VIEW item_rows AS SELECT event_id, item_index, item_key, []::VARCHAR[] AS {NOT_IMPORTED} FROM {items_table} LIMIT 0"
         )
     # The stored rows this delivery overwrites or removes: under replace every row of the delivered
     # events; under merge the rows whose key comes again, and rows stored before items had keys
