@@ -42,45 +42,23 @@ def merged_file_identities(
 
 
 def stored_property_writers(published: Path | None, entity: str, properties: list[str]) -> dict[str, set[tuple[str, str]]]:
-    """Property → the (connection, goal) pairs whose deliveries set a value of it, from the value
-    history of the published copy (``entity`` is ``profile`` or ``group:<type>``): the rows of
-    property_changes, and the creating delivery of the values profiles still have from their
-    creation (what property_history adds, asked per property: the view would unpivot every
-    column of every profile). Empty without a copy or history: the configuration's view still
+    """Property → the (connection, goal) pairs whose deliveries set a value of it, from the
+    published copy's ``property_writers`` (``entity`` is ``profile`` or ``group:<type>``): a few
+    rows, whatever the size of the store. Empty without a copy: the configuration's view still
     applies."""
     if published is None or not published.exists() or not properties:
         return {}
-    table, id_column = ("profiles", "profile_id") if entity == "profile" else (group_table(entity.removeprefix("group:")), "group_id")
     try:
         with duckdb.connect(str(published), read_only=True) as conn:
-            columns = {
-                name
-                for (name,) in conn.execute(
-                    "SELECT column_name FROM duckdb_columns() WHERE table_name = $table AND schema_name = 'main'", {"table": table}
+            if conn.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'property_writers' AND schema_name = 'main'"
+            ).fetchone() == (1,):
+                rows = conn.execute(
+                    "SELECT DISTINCT property, connection, goal FROM property_writers WHERE entity = $entity AND list_contains($properties, property)",
+                    {"entity": entity, "properties": properties},
                 ).fetchall()
-            }
-            # A copy published by an older release has no created_delivery_id; its property_changes
-            # holds every value then.
-            created = [p for p in properties if p in columns] if "created_delivery_id" in columns else []
-            parts = [
-                f"""
-                SELECT DISTINCT {literal(prop)} AS property, t.created_delivery_id FROM {quote(table)} t
-                WHERE t.{quote(prop)} IS NOT NULL AND t.created_delivery_id IS NOT NULL
-                  AND NOT EXISTS (SELECT 1 FROM property_changes c
-                                  WHERE c.entity = $entity AND c.property = {literal(prop)} AND c.entity_id = t.{id_column})
-                """
-                for prop in created
-            ]
-            creations = (
-                f" UNION SELECT x.property, d.connection, d.goal FROM ({' UNION ALL '.join(parts)}) x "
-                "JOIN deliveries d ON d.delivery_id = x.created_delivery_id"
-                if parts else ""
-            )
-            rows = conn.execute(
-                "SELECT DISTINCT property, connection, goal FROM property_changes WHERE entity = $entity AND list_contains($properties, property)"
-                + creations,
-                {"entity": entity, "properties": properties},
-            ).fetchall()
+            else:
+                rows = _writers_from_history(conn, entity, properties)
     except duckdb.Error:
         return {}
     writers: dict[str, set[tuple[str, str]]] = {}
@@ -88,3 +66,38 @@ def stored_property_writers(published: Path | None, entity: str, properties: lis
         writers.setdefault(prop, set()).add((connection, goal))
     return writers
 
+
+def _writers_from_history(conn: duckdb.DuckDBPyConnection, entity: str, properties: list[str]) -> list[tuple[str, str, str]]:
+    """A copy published before ``property_writers`` existed: the rows of property_changes, and the
+    creating delivery of the values profiles still have from their creation (what
+    property_history adds, asked per property: the view would unpivot every column of every
+    profile)."""
+    table, id_column = ("profiles", "profile_id") if entity == "profile" else (group_table(entity.removeprefix("group:")), "group_id")
+    columns = {
+        name
+        for (name,) in conn.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = $table AND schema_name = 'main'", {"table": table}
+        ).fetchall()
+    }
+    # A copy published by an older release has no created_delivery_id; its property_changes
+    # holds every value then.
+    created = [p for p in properties if p in columns] if "created_delivery_id" in columns else []
+    parts = [
+        f"""
+        SELECT DISTINCT {literal(prop)} AS property, t.created_delivery_id FROM {quote(table)} t
+        WHERE t.{quote(prop)} IS NOT NULL AND t.created_delivery_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM property_changes c
+                          WHERE c.entity = $entity AND c.property = {literal(prop)} AND c.entity_id = t.{id_column})
+        """
+        for prop in created
+    ]
+    creations = (
+        f" UNION SELECT x.property, d.connection, d.goal FROM ({' UNION ALL '.join(parts)}) x "
+        "JOIN deliveries d ON d.delivery_id = x.created_delivery_id"
+        if parts else ""
+    )
+    return conn.execute(
+        "SELECT DISTINCT property, connection, goal FROM property_changes WHERE entity = $entity AND list_contains($properties, property)"
+        + creations,
+        {"entity": entity, "properties": properties},
+    ).fetchall()

@@ -417,6 +417,9 @@ def _merge_records(
     _check_sum_range(conn, rules, properties, delivery)
     profile_extra = staged.target == "profiles"
     params = {"now": now, "delivery": delivery.delivery_id, **({"run": run_id} if profile_extra else {})}
+    if rules:
+        entity = "profile" if staged.target == "profiles" else f"group:{staged.group_type}"
+        _record_property_writers(conn, entity, table, id_column, list(rules), delivery, now)
     if rules and record_history:
         _record_property_changes(conn, staged, table, id_column, list(rules), properties, delivery, run_id, now)
     if rules:
@@ -475,6 +478,44 @@ def _merge_records(
     else:
         counts.groups_created, counts.groups_updated = created, updated
     return sum_tables, not (ignored or skipped)
+
+
+def _known_writers(conn: duckdb.DuckDBPyConnection, entity: str, delivery: DeliveryRecord) -> set[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT property FROM property_writers WHERE entity = $entity AND connection = $connection AND goal = $goal",
+        {"entity": entity, "connection": delivery.connection, "goal": delivery.goal},
+    ).fetchall()
+    return {prop for (prop,) in rows}
+
+
+def _add_writers(conn: duckdb.DuckDBPyConnection, entity: str, props: list[str], delivery: DeliveryRecord, now: datetime) -> None:
+    if props:  # never an empty INSERT ... SELECT (see _record_property_changes)
+        conn.execute(
+            "INSERT INTO property_writers (entity, property, connection, goal, delivery_id, first_written_at) "
+            "SELECT $entity, unnest($props), $connection, $goal, $delivery, $now",
+            {"entity": entity, "props": props, "connection": delivery.connection, "goal": delivery.goal, "delivery": delivery.delivery_id, "now": now},
+        )
+
+
+def _record_property_writers(
+    conn: duckdb.DuckDBPyConnection, entity: str, table: str, id_column: str, props: list[str], delivery: DeliveryRecord, now: datetime
+) -> None:
+    """The properties of ``props`` this delivery is the first of its goal to write (a new profile
+    or group created with a value, or a stored value changed), in ``property_writers``: staging
+    reads that small table to warn about properties other goals fill, instead of scanning every
+    profile. Written before the UPDATE (it compares with the stored value); properties the goal
+    is already listed for cost nothing, so only a goal's first deliveries pay for the check."""
+    pending = [p for p in props if p not in _known_writers(conn, entity, delivery)]
+    if not pending:
+        return
+    written = ", ".join(
+        f"coalesce(bool_or(CASE WHEN m._is_new THEN m.{quote(p)} IS NOT NULL ELSE m.{quote(p)} IS DISTINCT FROM t.{quote(p)} END), false)"
+        for p in pending
+    )
+    row = conn.execute(
+        f"SELECT {written} FROM merged m LEFT JOIN {quote(table)} t ON t.{id_column} = m._id AND NOT m._is_new WHERE m._consented"
+    ).fetchone()
+    _add_writers(conn, entity, [p for p, wrote in zip(pending, row or (), strict=False) if wrote], delivery, now)
 
 
 def _as_text(expression: str, prop: PropertyDefinition) -> str:
@@ -612,6 +653,8 @@ def _move_keyed_sums(
                 """,
                 {"now": now, "delivery": delivery.delivery_id},
             )
+            if prop not in _known_writers(conn, entity, delivery):
+                _add_writers(conn, entity, [prop], delivery, now)
             if record_history:
                 # One history row per value, as for the merge: the merge's row for these ids is replaced.
                 conn.execute(
@@ -766,16 +809,18 @@ def _merge_nested(
     if item_frame is not None:
         conn.register("incoming_items", item_frame)
         casts = "".join(f", CAST(i.{quote(p)} AS {sql_types[p]}) AS {quote(p)}" for p in item_props)
+        # A view, not a copy: the delivered rows are read where they are (the staged frame), which
+        # kept a second copy of every nested row in memory at the run's peak (the orders merge).
         conn.execute(
             f"""
-            CREATE OR REPLACE TEMP TABLE item_rows AS
+            CREATE OR REPLACE TEMP VIEW item_rows AS
             SELECT i.event_id, i.item_index, i.item_key{casts}, coalesce(i.{NOT_IMPORTED}, []::VARCHAR[]) AS {NOT_IMPORTED}
             FROM incoming_items i SEMI JOIN event_rows e USING (event_id)
             """
         )
     else:
         conn.execute(
-            f"CREATE OR REPLACE TEMP TABLE item_rows AS SELECT event_id, item_index, item_key, []::VARCHAR[] AS {NOT_IMPORTED} FROM {items_table} LIMIT 0"
+            f"CREATE OR REPLACE TEMP VIEW item_rows AS SELECT event_id, item_index, item_key, []::VARCHAR[] AS {NOT_IMPORTED} FROM {items_table} LIMIT 0"
         )
     # The stored rows this delivery overwrites or removes: under replace every row of the delivered
     # events; under merge the rows whose key comes again, and rows stored before items had keys

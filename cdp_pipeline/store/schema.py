@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition
+from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, RESERVED_GROUP_COLUMNS, RESERVED_PROFILE_COLUMNS, Catalog, PropertyDefinition
 from cdp_pipeline.errors import CdpError
 
 SQL_TYPES = {
@@ -153,6 +153,20 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("goal", "VARCHAR", "Goal that set it."),
             ("delivery_id", "VARCHAR", "Delivery that set it (see deliveries)."),
             ("run_id", "VARCHAR", "Dagster run that set it."),
+        ],
+    ),
+    "property_writers": (
+        "Which goals have written each property: one row per (entity, property, connection, goal) that set a value of it "
+        "(created with a value, or changed it), kept by the merge in the delivery's transaction. An import reads it to warn "
+        "that another connection or goal already fills a property, without scanning the profiles.",
+        [
+            ("entity", "VARCHAR", "profile, or group:<group type>."),
+            ("property", "VARCHAR", "Property name."),
+            ("connection", "VARCHAR", "Connection whose delivery wrote it."),
+            ("goal", "VARCHAR", "Goal whose delivery wrote it."),
+            ("delivery_id", "VARCHAR", "The first delivery of that goal that wrote it (see deliveries); NULL when taken from the "
+             "value history of a store made before this table."),
+            ("first_written_at", "TIMESTAMP", "When that delivery was merged (UTC)."),
         ],
     ),
     "segment_members": (
@@ -346,6 +360,8 @@ class Migration:
     version: int
     description: str
     statements: Callable[[], list[str]]
+    #: fills what the step created from what the store already holds, after its statements.
+    backfill: Callable[[duckdb.DuckDBPyConnection], None] | None = None
 
 
 def _create_fixed(table: str, leave_out: tuple[str, ...] = ()) -> str:
@@ -365,6 +381,7 @@ _LATER_DELIVERY_ROW_COLUMNS = ("value", "entity_id", "keyed")
 #: fixed tables that later migrations create.
 _LATER_TABLES = ("spamtraps", "catalog_properties")
 _LAKE_TABLES = ("write_turn",)
+_WRITER_TABLES = ("property_writers",)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -377,7 +394,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             *(
                 _create_fixed(table)
                 for table in FIXED_TABLES
-                if table not in ("schema_version", "deliveries", "delivery_rows", *_LATER_TABLES, *_LAKE_TABLES)
+                if table not in ("schema_version", "deliveries", "delivery_rows", *_LATER_TABLES, *_LAKE_TABLES, *_WRITER_TABLES)
             ),
         ],
     ),
@@ -404,6 +421,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             _create_fixed("write_turn"),
             "INSERT INTO write_turn (turn) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM write_turn)",
         ],
+    ),
+    Migration(
+        6,
+        "property_writers (which goals have written each property), filled from the value history and the stored values",
+        lambda: [_create_fixed("property_writers")],
+        backfill=lambda conn: _backfill_property_writers(conn),
     ),
 )
 #: the schema version this code writes; a store with a higher one was written by newer code.
@@ -438,6 +461,43 @@ def _on_lake(statement: str) -> str:
     return statement
 
 
+def _backfill_property_writers(conn: duckdb.DuckDBPyConnection) -> None:
+    """The writers a store already knows: every (connection, goal) in the value history, and the
+    creating delivery of each value a profile (or group) still holds from its creation. Runs once,
+    when the table is created; from then on the merge keeps it."""
+    columns = conn.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = 'main' AND database_name = current_database() "
+        "AND (table_name = 'profiles' OR starts_with(table_name, 'groups_'))"
+    ).fetchall()
+    by_table: dict[str, list[str]] = {}
+    for table, column in columns:
+        by_table.setdefault(table, []).append(column)
+    parts = ["SELECT DISTINCT entity, property, connection, goal FROM property_changes"]
+    for table, names in by_table.items():
+        if "created_delivery_id" not in names:
+            continue  # made before creations stopped writing history: property_changes holds them
+        entity, id_column, reserved = (
+            ("profile", "profile_id", RESERVED_PROFILE_COLUMNS) if table == "profiles"
+            else (f"group:{table.removeprefix('groups_')}", "group_id", RESERVED_GROUP_COLUMNS)
+        )
+        for name in names:
+            if name in reserved:
+                continue
+            parts.append(
+                f"""
+                SELECT DISTINCT {literal(entity)}, {literal(name)}, d.connection, d.goal
+                FROM {quote(table)} t JOIN deliveries d ON d.delivery_id = t.created_delivery_id
+                WHERE t.{quote(name)} IS NOT NULL AND NOT EXISTS (
+                    SELECT 1 FROM property_changes c WHERE c.entity = {literal(entity)} AND c.property = {literal(name)} AND c.entity_id = t.{id_column})
+                """
+            )
+    (pending,) = conn.execute(f"SELECT count(*) FROM ({' UNION '.join(parts)})").fetchone() or (0,)
+    if pending:  # never an empty INSERT ... SELECT (see store/segments.py)
+        conn.execute(
+            f"INSERT INTO property_writers (entity, property, connection, goal) SELECT * FROM ({' UNION '.join(parts)})"
+        )
+
+
 def _migrate(conn: duckdb.DuckDBPyConnection, store_name: str) -> list[str]:
     conn.execute(_create_fixed("schema_version"))
     (current,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone() or (0,)
@@ -453,6 +513,8 @@ def _migrate(conn: duckdb.DuckDBPyConnection, store_name: str) -> list[str]:
             continue
         for statement in migration.statements():
             conn.execute(_on_lake(statement) if lake else statement)
+        if migration.backfill is not None:
+            migration.backfill(conn)
         conn.execute(
             "INSERT INTO schema_version (version, applied_at, description) VALUES (?, now()::TIMESTAMP, ?)",
             [migration.version, migration.description],

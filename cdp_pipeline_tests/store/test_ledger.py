@@ -73,3 +73,45 @@ def test_a_connection_that_only_created_profiles_still_counts_as_a_writer(tmp_pa
         assert conn.execute("SELECT count(*) FROM property_changes").fetchone() == (1,)  # only shop's change of p2
     assert stored_property_writers(store, "profile", ["name"]) == {"name": {("shop", "orders"), ("crm", "signups")}}
     assert stored_property_writers(store, "group:household", ["name"]) == {}
+
+
+def test_a_store_from_before_property_writers_is_filled_from_its_history_and_values(tmp_path: Path) -> None:
+    """A store (and its published copy) made before property_writers: the copy is still read by
+    scanning its history and values, and the store's migration fills the table with the same
+    writers, so the warnings do not change across the upgrade."""
+    import shutil
+    from datetime import datetime
+
+    import duckdb
+    import polars as pl
+
+    from cdp_pipeline.store.ledger import stored_property_writers
+    from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
+    from cdp_pipeline.tables.staged import StagedImport
+
+    def staged(keys: list[str], names: list[str | None]) -> StagedImport:
+        records = pl.DataFrame({"_key": keys, "_line": list(range(2, 2 + len(keys))), "name": names},
+                               schema={"_key": pl.String, "_line": pl.Int64, "name": pl.String})
+        return StagedImport(target="profiles", identifier_property="profile_id", allow_create=True, rules={"name": "set"}, records=records,
+                            rows_read=len(keys))
+
+    store = tmp_path / "store.duckdb"
+    with open_writer(store, CATALOG) as conn:
+        merge_delivery(conn, CATALOG, staged(["p1", "p2"], ["Al", None]), DeliveryRecord("d1", "crm", "customers", "k", "a", [], "s1", "c"), "r1",
+                       datetime(2026, 1, 1))
+        merge_delivery(conn, CATALOG, staged(["p2"], ["Bo"]), DeliveryRecord("d2", "shop", "orders", "k", "o", [], "s2", "c"), "r2", datetime(2026, 1, 2))
+        merge_delivery(conn, CATALOG, staged(["p3"], [None]), DeliveryRecord("d3", "web", "signups", "k", "w", [], "s3", "c"), "r3", datetime(2026, 1, 3))
+        # As a release before the table left the store: no table, schema version 5.
+        conn.execute("DROP TABLE property_writers")
+        conn.execute("DELETE FROM schema_version WHERE version = 6")
+    old_copy = tmp_path / "published.duckdb"
+    shutil.copyfile(store, old_copy)
+    expected = {"name": {("crm", "customers"), ("shop", "orders")}}  # web/signups created p3 without a name
+    assert stored_property_writers(old_copy, "profile", ["name"]) == expected
+
+    with open_writer(store, CATALOG):
+        pass
+    with duckdb.connect(str(store), read_only=True) as conn:
+        rows = conn.execute("SELECT entity, property, connection, goal FROM property_writers ORDER BY ALL").fetchall()
+    assert rows == [("profile", "name", "crm", "customers"), ("profile", "name", "shop", "orders")]
+    assert stored_property_writers(store, "profile", ["name"]) == expected

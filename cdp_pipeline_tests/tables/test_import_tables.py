@@ -278,6 +278,27 @@ def test_processors_run_on_the_files_they_name(tmp_path):
     assert staged.items["order/order_line"]["product_id"].to_list() == ["SKU-A"]
 
 
+def test_nested_rows_without_a_key_are_keyed_by_content_and_numbered_where_it_repeats(tmp_path):
+    """Order lines without a key column: the key is the row's content, and the same content twice
+    in one order is two rows (occurrence 1 and 2); the same content in another order, or once,
+    is occurrence 1."""
+    paths = _orders(
+        tmp_path,
+        "order_id,customer_id,order_date,total\n1,C1,2026-01-01T10:00:00,5\n2,C1,2026-01-02T10:00:00,7\n",
+        "order_id,product_id,quantity\n1,A,1\n1,B,2\n1,A,1\n2,A,1\n1,A,1\n",
+    )
+    goal = _profiles_goal(files=ORDERS_FILES, timeline=ORDERS_TIMELINE, mappings=[])
+    items = _build(goal, paths).items["order/order_line"].sort("event_id", "item_index")
+    cell, part = "\x1f", "\x1e"
+    assert items.select("event_id", "item_index", "item_key").rows() == [
+        ("1", 1, f"content{part}A{cell}1{part}1"),
+        ("1", 2, f"content{part}B{cell}2{part}1"),
+        ("1", 3, f"content{part}A{cell}1{part}2"),
+        ("1", 4, f"content{part}A{cell}1{part}3"),
+        ("2", 1, f"content{part}A{cell}1{part}1"),
+    ]
+
+
 def test_processor_naming_an_unknown_file_is_refused_at_load():
     with pytest.raises(ValueError, match=r"processors.0.files: \['lines'\] are not files of this goal"):
         _profiles_goal(processors=[{"type": "trim", "columns": ["a"], "files": ["lines"]}])
@@ -434,6 +455,21 @@ def test_identifiers_and_links_match_in_unicode_nfc(tmp_path):
     goal = _profiles_goal(files=CUSTOMER_FILES, mappings=[{"column": "total", "property": "spend", "rule": "sum", "file": "orders"}])
     records = _by_key(_build(goal, paths))
     assert list(records) == [composed] and records[composed]["spend"] == Decimal("5")
+
+
+def test_nfc_in_a_column_of_ascii_and_accented_keys(tmp_path):
+    """Only non-ASCII cells are normalised: in a column mixing both, each accented key still
+    finds its composed form and each ASCII key stays as written."""
+    paths = _customers_and_orders(
+        tmp_path,
+        "customer_id,first_name\nC1,Ann\ncaf\u00e9,Bo\n C2 ,Cy\nno\u00ebl,Di\n",
+        "order_id,customer_id,total\nA,cafe\u0301,5\nB,C1,2\nC,noe\u0308l ,3\nD,C2,4\n",
+    )
+    goal = _profiles_goal(files=CUSTOMER_FILES, mappings=[{"column": "total", "property": "spend", "rule": "sum", "file": "orders"}])
+    records = _by_key(_build(goal, paths))
+    assert {key: records[key]["spend"] for key in records} == {
+        "C1": Decimal("2"), "caf\u00e9": Decimal("5"), "C2": Decimal("4"), "no\u00ebl": Decimal("3"),
+    }
 
 
 def test_padded_link_values_link_and_keep_their_text(tmp_path):

@@ -18,6 +18,9 @@ from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.store.exports.columns import cell_names, cell_text, formula_guarded, is_typed, never_formula
 from cdp_pipeline.store.schema import event_table, item_table, literal, quote
 
+#: catalog types whose stored value is always written as a number (see ``cell_text``).
+_NUMBER_TYPES = ("integer", "decimal")
+
 #: header of the first column of a diff file.
 DIFF_CHANGE_COLUMN = "change"
 
