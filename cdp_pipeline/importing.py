@@ -161,7 +161,7 @@ def merged_under_current_configuration(project: ProjectConfig, connection: Conne
             continue
         if leaves_files:
             hashes[goal] = project.goal_config_hash(connection.name, goal)
-    return MergedFiles.of(merged_file_identities(project.published_store_path, connection.name, hashes))
+    return MergedFiles.of(merged_file_identities(project.ledger_location, connection.name, hashes))
 
 
 def find_delivery(transport: Transport, project: ProjectConfig, connection: Connection, partition_key: str) -> Delivery:
@@ -355,7 +355,7 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
     if not source.generates_goal:  # a generated goal is not in the connection's goals
         entity = "profile" if staged.target == "profiles" else f"group:{staged.group_type}"
         written = list(staged.rules)
-        stored = stored_property_writers(project.published_store_path, entity, written)
+        stored = stored_property_writers(project.ledger_location, entity, written)
         staged.warnings.extend(shared_property_warnings(project, connection.name, goal.name, written=written, stored=stored))
     staged.save(work_dir / "tables")
     return staged

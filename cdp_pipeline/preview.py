@@ -257,7 +257,7 @@ def preview(
     if goal is not None and goal not in goals:
         raise UnknownName.of("import goal", goal, goals)
     sources = [s for s in importing.connection_sources(project, connection) if goal is None or s.goal_name == goal]
-    merged = merged_file_identities(project.published_store_path, connection.name)
+    merged = merged_file_identities(project.ledger_location, connection.name)
     from cdp_pipeline.deliveries import MergedFiles, discover
 
     with open_transport(project, connection.source) as transport:

@@ -118,6 +118,15 @@ class ProjectConfig:
         return self.resolve_local(self.store.published_path) if self.store.published_path else None
 
     @property
+    def ledger_location(self) -> Path | DuckLakeLocation | None:
+        """Where the ledger is read before a merge without waiting for the writer: the analysts'
+        copy of a DuckDB file (a session on the live file would block the writer; None when no
+        copy is configured), or the lake itself, whose readers see a snapshot and block nobody."""
+        if self.store.backend == "ducklake":
+            return self.store_location
+        return self.published_store_path
+
+    @property
     def read_location(self) -> Path | DuckLakeLocation:
         """What a reader (run history, checks by hand) opens: the analysts' copy when there is one,
         since reading the live file would wait for, or block, a run that is writing; otherwise the

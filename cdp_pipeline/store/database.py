@@ -17,7 +17,7 @@ from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full, says_disk_full
 from cdp_pipeline.errors import CdpError, TransientError
 from cdp_pipeline.private_files import private_directory, private_umask
 from cdp_pipeline.store.lake import connect_lake, retry_write_conflicts, rollback
-from cdp_pipeline.store.schema import ensure_schema
+from cdp_pipeline.store.schema import ensure_schema, literal
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
@@ -38,6 +38,15 @@ def lock_holder(message: str) -> str:
     return f"process {pid} ({command[:200]})" if command else f"process {pid}"
 
 
+def _create_store_file(path: Path) -> None:
+    """An empty store file in ``STORE_STORAGE_VERSION``. Created by a session of its own rather than
+    with a connection setting: DuckDB refuses a second connection to a file in the same process
+    when the settings differ, and readers open the store without it."""
+    with duckdb.connect(":memory:") as creator:
+        creator.execute(f"ATTACH {literal(str(path))} AS new_store (STORAGE_VERSION {literal(STORE_STORAGE_VERSION)})")
+        creator.execute("DETACH new_store")
+
+
 def _connect(path: Path, *, read_only: bool, threads: int | None, lock_wait_seconds: float) -> duckdb.DuckDBPyConnection:
     config: dict[str, str | bool | int | float | list[str]] = {"threads": threads} if threads else {}
     deadline = time.monotonic() + lock_wait_seconds
@@ -49,8 +58,9 @@ def _connect(path: Path, *, read_only: bool, threads: int | None, lock_wait_seco
             # A store DuckDB creates is 0600 from its first byte, and an existing one is narrowed
             # before anything is written: a writer killed mid-merge leaves no readable customer data.
             with private_umask():
-                # Applies only when the file is created; an existing store keeps its format.
-                conn = duckdb.connect(str(path), read_only=False, config={**config, "storage_compatibility_version": STORE_STORAGE_VERSION})
+                if not path.exists():
+                    _create_store_file(path)
+                conn = duckdb.connect(str(path), read_only=False, config=config)
             path.chmod(0o600)
             return conn
         except duckdb.IOException as exc:

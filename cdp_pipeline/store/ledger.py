@@ -1,33 +1,63 @@
-"""Reading the ledger without the writer's lock: from the analysts' published copy."""
+"""Reading the ledger without waiting for the writer: from the analysts' published copy of a
+DuckDB file store (a read-only session on the live file would block the writer), or from the lake
+itself (a reader sees a committed snapshot and never blocks a writer)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import duckdb
 
+from cdp_pipeline.config.ducklake import DuckLakeLocation
+from cdp_pipeline.errors import CdpError
+from cdp_pipeline.store.lake import connect_lake
 from cdp_pipeline.store.schema import group_table, literal, quote
+
+#: where the ledger is read: ``ProjectConfig.ledger_location``.
+LedgerLocation = Path | DuckLakeLocation | None
+
+
+@contextlib.contextmanager
+def _ledger_reader(location: LedgerLocation) -> Iterator[duckdb.DuckDBPyConnection | None]:
+    """A read-only session, or None where there is nothing to read yet (no copy published) or the
+    lake cannot be reached now: these reads only save work, and the merge's own ledger check in
+    the writer's transaction stays the authority."""
+    if location is None or (isinstance(location, Path) and not location.exists()):
+        yield None
+        return
+    try:
+        conn = connect_lake(location, read_only=True) if isinstance(location, DuckLakeLocation) else duckdb.connect(str(location), read_only=True)
+    except (duckdb.Error, CdpError):
+        yield None
+        return
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 def merged_file_identities(
-    published: Path | None, connection: str, config_hashes: Mapping[str, str] | None = None
+    location: LedgerLocation, connection: str, config_hashes: Mapping[str, str] | None = None
 ) -> set[tuple[str, int, float]]:
     """(remote path, size, mtime) of every file of the connection's merged deliveries, read from
-    the published copy (a read-only session on the live store would block the writer). Empty
-    when there is no copy yet; the merge step's own ledger check stays the authority.
+    ``location`` (the published copy, or the lake). Empty when there is no copy yet; the merge
+    step's own ledger check stays the authority.
 
     With ``config_hashes`` (goal → the goal's configuration hash now), only deliveries merged
     under the goal's current configuration count: a changed configuration imports the files
     still in the folders again, and leaving them out before the fetch must not prevent that."""
-    if published is None or not published.exists() or config_hashes == {}:
+    if config_hashes == {}:
         return set()
     hashes = [{"goal": goal, "config_hash": value} for goal, value in (config_hashes or {}).items()]
     same_configuration = (
         "AND struct_pack(goal := goal, config_hash := config_hash) IN (SELECT unnest($hashes))" if config_hashes is not None else ""
     )
     try:
-        with duckdb.connect(str(published), read_only=True) as conn:
+        with _ledger_reader(location) as conn:
+            if conn is None:
+                return set()
             rows = conn.execute(
                 f"""
                 SELECT f->>'remote_path', CAST(f->>'size' AS BIGINT), round(CAST(f->>'mtime' AS DOUBLE), 3)
@@ -41,17 +71,19 @@ def merged_file_identities(
     return {(path, size, mtime) for path, size, mtime in rows}
 
 
-def stored_property_writers(published: Path | None, entity: str, properties: list[str]) -> dict[str, set[tuple[str, str]]]:
-    """Property → the (connection, goal) pairs whose deliveries set a value of it, from the
-    published copy's ``property_writers`` (``entity`` is ``profile`` or ``group:<type>``): a few
-    rows, whatever the size of the store. Empty without a copy: the configuration's view still
-    applies."""
-    if published is None or not published.exists() or not properties:
+def stored_property_writers(location: LedgerLocation, entity: str, properties: list[str]) -> dict[str, set[tuple[str, str]]]:
+    """Property → the (connection, goal) pairs whose deliveries set a value of it, from
+    ``property_writers`` in ``location`` (the published copy, or the lake; ``entity`` is
+    ``profile`` or ``group:<type>``): a few rows, whatever the size of the store. Empty without a
+    copy: the configuration's view still applies."""
+    if not properties:
         return {}
     try:
-        with duckdb.connect(str(published), read_only=True) as conn:
+        with _ledger_reader(location) as conn:
+            if conn is None:
+                return {}
             if conn.execute(
-                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'property_writers' AND schema_name = 'main'"
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'property_writers' AND schema_name = 'main' AND database_name = current_database()"
             ).fetchone() == (1,):
                 rows = conn.execute(
                     "SELECT DISTINCT property, connection, goal FROM property_writers WHERE entity = $entity AND list_contains($properties, property)",

@@ -204,3 +204,22 @@ def test_run_history_is_read_from_the_lake_not_from_a_missing_file(tmp_path, lak
     [row] = read_history(project.read_location, "acme")
     assert (row.started_at, row.kind, row.goal, row.status, row.partition_key) == (started, "import", "customers", "SUCCESS", "customers:d1")
     assert row.counts == {"rows_read": 2, "profiles_created": 2}
+
+
+def test_the_ledger_is_read_before_a_merge_from_the_lake_itself(tmp_path, lake_store: StoreBackend):
+    """A lake has no published copy: what discovery skips before fetching, and which goals wrote a
+    property, are read from the lake's latest snapshot (a file store reads them from its copy)."""
+    from cdp_pipeline.config.loading import ProjectConfig
+    from cdp_pipeline.store.ledger import merged_file_identities, stored_property_writers
+
+    files = [{"remote_path": "in/f1.csv", "size": 120, "mtime": 1767225600.5}, {"remote_path": "in/f1.csv.done", "size": 0, "mtime": 1767225601.0}]
+    with open_writer(lake_store.target, CATALOG) as conn:
+        record = DeliveryRecord("d1", "c", "g", "g:f1", "f1.csv", files, "sha1", "cfg")
+        merge_delivery(conn, CATALOG, _staged({"p1": "a", "p2": "b"}), record, "r1", datetime(2026, 1, 1))
+    project = ProjectConfig(config_dir=tmp_path, home=tmp_path, store=lake_store.settings, catalog=CATALOG)
+    assert project.ledger_location == lake_store.target
+    expected = {(f["remote_path"], f["size"], round(f["mtime"], 3)) for f in files}
+    assert merged_file_identities(project.ledger_location, "c") == expected
+    assert merged_file_identities(project.ledger_location, "c", {"g": "cfg"}) == expected
+    assert merged_file_identities(project.ledger_location, "c", {"g": "another configuration"}) == set()
+    assert stored_property_writers(project.ledger_location, "profile", ["name"]) == {"name": {("c", "g")}}
