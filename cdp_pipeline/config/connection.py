@@ -11,7 +11,7 @@ import builtins
 import logging
 import re
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -42,6 +42,21 @@ def _env_name(value: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------- locations (transports)
+
+
+def endpoint_parts(value: str) -> SplitResult:
+    """An S3 ``endpoint_url`` split, once it is known to name a server and to carry no secret."""
+    parts = urlsplit(value)
+    # A bare ``host:port`` reads as a scheme and no host: the server would silently not be reached.
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("endpoint_url must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        # Credentials in the URL would be logged and shown with the connection; the value is not repeated here.
+        raise ValueError(
+            "endpoint_url must not carry credentials (user:password@); name them with access_key_id_env and "
+            "secret_access_key_env, and rotate the ones that were in the file"
+        )
+    return parts
 
 
 class LocalLocation(StrictModel):
@@ -118,17 +133,8 @@ class S3Location(StrictModel):
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("endpoint_url must be an http:// or https:// URL with a host")
-        if parts.username is not None or parts.password is not None:
-            # Credentials in the URL would be logged and shown with the connection; the value is not repeated here.
-            raise ValueError(
-                "endpoint_url must not carry credentials (user:password@); name them with access_key_id_env and "
-                "secret_access_key_env, and rotate the ones that were in the file"
-            )
+        if value is not None:
+            endpoint_parts(value)
         return value
 
 

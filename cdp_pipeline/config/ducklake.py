@@ -10,24 +10,14 @@ from pydantic import Field, field_validator, model_validator
 
 from cdp_pipeline.config.connection import _env_name
 from cdp_pipeline.config.csv_options import StrictModel
+from cdp_pipeline.config.s3_endpoint import S3Endpoint
 
 
-class DuckLakeS3(StrictModel):
+class DuckLakeS3(S3Endpoint):
     """Where the lake's Parquet files live on S3 (or MinIO, Ceph ... through ``endpoint_url``)."""
 
-    bucket: str = Field(min_length=1)
     #: folder inside the bucket; the lake writes below ``<prefix>/``.
     prefix: str = ""
-    region: str = "us-east-1"
-    #: ``http(s)://host:port`` of an S3-compatible server; none for AWS itself.
-    endpoint_url: str | None = None
-    #: path-style URLs (``host/bucket/key``), as most S3-compatible servers want.
-    path_style: bool = True
-    #: environment variables holding the keys; none: DuckDB's default credential chain.
-    access_key_id_env: str | None = None
-    secret_access_key_env: str | None = None
-
-    _names = field_validator("access_key_id_env", "secret_access_key_env")(_env_name)
 
 
 class DuckLakeSettings(StrictModel):

@@ -34,6 +34,28 @@ def test_a_lake_needs_its_settings_and_exactly_one_data_location():
         DuckLakeSettings.model_validate({"catalog_dsn_env": "DSN", "s3": {"bucket": "b", "access_key_id_env": "AKIAABCDEFGHIJKLMNOP"}})
 
 
+@pytest.mark.parametrize(
+    ("s3", "message"),
+    [
+        ({"endpoint_url": "http://minio.internal:9000"}, "customer data would cross the network unencrypted"),
+        ({"endpoint_url": "minio.internal:9000"}, "must be an http:// or https:// URL with a host"),
+        ({"endpoint_url": "https://key:secret@minio.internal"}, "must not carry credentials"),
+        ({"access_key_id_env": "LAKE_KEY"}, "give both access_key_id_env and secret_access_key_env"),
+    ],
+)
+def test_the_lake_bucket_follows_the_same_rules_as_the_work_bucket(s3, message):
+    # The lake's Parquet files are customer data, as the work folders are: TLS off this host, and a
+    # URL the S3 secret can really use (a bare host:port gave DuckDB an empty endpoint before).
+    with pytest.raises(ValidationError, match=message):
+        DuckLakeSettings.model_validate({"catalog_dsn_env": "DSN", "s3": {"bucket": "b", **s3}})
+
+
+def test_a_lake_bucket_on_this_host_may_use_http():
+    for endpoint in ("http://127.0.0.1:9000", "http://localhost:9000", "https://minio.internal:9000"):
+        settings = DuckLakeSettings.model_validate({"catalog_dsn_env": "DSN", "s3": {"bucket": "b", "endpoint_url": endpoint}})
+        assert settings.s3 is not None and settings.s3.endpoint_url == endpoint
+
+
 def test_a_lake_store_has_no_published_copy_and_resolves_its_folder(tmp_path):
     settings = DuckLakeSettings(catalog_dsn_env="DSN", data_path="lake")
     project = ProjectConfig(config_dir=tmp_path, home=tmp_path, store=StoreSettings(backend="ducklake", ducklake=settings), catalog=Catalog())

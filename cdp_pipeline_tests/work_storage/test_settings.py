@@ -47,7 +47,7 @@ def test_s3_settings_load(tmp_path):
         (_s3(bucket=None), r"work_storage\.s3\.bucket: required key is missing"),
         ({"type": "s3"}, r"work_storage: .*type s3 needs the s3 settings"),
         (_s3(kms_key_id="alias/cdp"), r"kms_key_id is used with server_side_encryption: aws:kms only"),
-        (_s3(endpoint_url="http://minio.internal:9000"), r"work_storage\.s3\.endpoint_url: .*plaintext would cross the network unencrypted"),
+        (_s3(endpoint_url="http://minio.internal:9000"), r"work_storage\.s3\.endpoint_url: .*customer data would cross the network unencrypted"),
         (_s3(access_key_id_env="WORK_KEY"), r"give both access_key_id_env and secret_access_key_env"),
     ],
 )
