@@ -391,6 +391,7 @@ def _validate(args: argparse.Namespace) -> int:
     from cdp_pipeline.config.loading import inspect_project
     from cdp_pipeline.connection_check import unset_variables
     from cdp_pipeline.sample_check import check_sample
+    from cdp_pipeline.store_access_check import store_variables
 
     project, problems = inspect_project(home=Path(args.home).expanduser().resolve())
     warnings = [
@@ -398,6 +399,11 @@ def _validate(args: argparse.Namespace) -> int:
         f"is not set or empty ({purpose}); set it where the code location and the CLI run"
         for name, connection in project.connections.items()
         for variable, purpose in unset_variables(connection, os.environ)
+    ]
+    warnings += [
+        f"store.yaml: environment variable {variable} is not set or empty ({purpose}); set it where the code location and the CLI run"
+        for variable, purpose in store_variables(project)
+        if not os.environ.get(variable)
     ]
     for sample in args.sample or []:
         # In the same pass as the configuration's own problems: a person fixes all of them at once.

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cdp_pipeline.check_results import CheckResult, variable_checks
 from cdp_pipeline.config.connection import (
     Connection,
     ExportGoal,
@@ -45,6 +46,7 @@ from cdp_pipeline.crypto.key_validity import KeyInfo
 from cdp_pipeline.crypto.keyring import PgpKeyring
 from cdp_pipeline.deliveries import goal_claims
 from cdp_pipeline.errors import CdpError
+from cdp_pipeline.store_access_check import store_checks
 from cdp_pipeline.transports.base import RemoteFile, Transport, is_temporary_upload
 
 ImportGoal = GroupImportGoal | ProfileImportGoal
@@ -54,16 +56,6 @@ ImportGoal = GroupImportGoal | ProfileImportGoal
 PROBE_PREFIX = ".cdp_check_"
 PROBE_SUFFIX = ".tmp"
 _PROBE_BYTES = b"cdp_pipeline connection check: this file is removed again at once\n"
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One check: what was checked, whether it passed, what was seen, and what to change if not."""
-
-    name: str
-    passed: bool
-    detail: str
-    fix: str = ""
 
 
 @dataclass
@@ -90,6 +82,9 @@ def check_connection(project: ProjectConfig, connection: Connection) -> list[Che
         results += _remote_checks(project, connection, target)
     if connection.pgp is not None:
         results += _pgp_checks(connection, connection.pgp, env)
+    # Every import of the connection goes through the store's own buckets too: a missing key or
+    # permission there would fail the first step of the first delivery instead.
+    results += store_checks(project, env)
     return results
 
 
@@ -162,17 +157,7 @@ def unset_variables(connection: Connection, env: Mapping[str, str]) -> list[tupl
 
 
 def _environment_checks(connection: Connection, env: Mapping[str, str]) -> list[CheckResult]:
-    results = []
-    for name, purpose in _named_variables(connection):
-        if env.get(name):
-            # Only whether it is set: the value, its length or a hash would all tell something about a secret.
-            results.append(CheckResult(f"env {name}", True, f"set ({purpose})"))
-        else:
-            results.append(CheckResult(
-                f"env {name}", False, f"not set or empty ({purpose})",
-                f"set {name} in the environment of the Dagster code location and of the CLI",
-            ))
-    return results
+    return variable_checks(_named_variables(connection), env)
 
 
 # ---------------------------------------------------------------- what each remote must allow

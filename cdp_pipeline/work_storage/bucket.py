@@ -127,6 +127,14 @@ class WorkBucket:
         finally:
             body.close()
 
+    def encryption_of(self, relative: str) -> str | None:
+        """The server-side encryption S3 reports for a stored object (None: stored unencrypted)."""
+        try:
+            head = self._client.head_object(Bucket=self.settings.bucket, Key=self.key(relative))
+        except (ClientError, BotoCoreError) as error:
+            raise _failure(error, f"reading {self.uri(relative)}") from None
+        return head.get("ServerSideEncryption")
+
     def objects(self, relative_prefix: str) -> Iterator[StoredObject]:
         """Objects below ``relative_prefix`` (a folder: ends with ``/``), keys relative to the prefix."""
         strip = len(self.key(""))
