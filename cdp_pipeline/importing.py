@@ -314,7 +314,8 @@ def decrypt_delivery(work_dir: Path, keyring_factory=None, max_file_bytes: int |
     finally:
         if keyring is not None:
             keyring.__exit__(None, None, None)
-    _write_manifest(work_dir / "decrypted.json", out, **extra, encrypted_files=len(encrypted))
+    # Which files arrived encrypted, so staging (a SARE sidecar must agree) need not read the downloads again.
+    _write_manifest(work_dir / "decrypted.json", out, **extra, encrypted_files=len(encrypted), encrypted_names=sorted(f.name for f in encrypted))
     return out, len(encrypted)
 
 
@@ -333,7 +334,7 @@ def stage_delivery(project: ProjectConfig, connection: Connection, goal: ImportG
         catalog=project.catalog,
         files=_local_files(files),
         run_time=run_time,
-        root_was_encrypted=_root_was_encrypted(work_dir, goal),
+        root_was_encrypted=_root_was_encrypted(work_dir, goal, extra),
         max_file_bytes=connection.max_file_bytes,
     )
     (work_dir / SKIP_FILE).unlink(missing_ok=True)
@@ -365,9 +366,13 @@ def _local_files(files: list[FetchedFile]) -> dict[str, LocalFile]:
     return {f.name: LocalFile(path=Path(f.local_path), remote_path=f.remote_path, remote_mtime=f.mtime) for f in files}
 
 
-def _root_was_encrypted(work_dir: Path, goal: ImportGoal) -> bool:
-    """Whether the delivery's root file arrived PGP-encrypted (a SARE sidecar must agree); False
-    when the downloads are gone (a staging step re-run from the decrypted files alone)."""
+def _root_was_encrypted(work_dir: Path, goal: ImportGoal, decrypted: dict) -> bool:
+    """Whether the delivery's root file arrived PGP-encrypted (a SARE sidecar must agree), as the
+    decryption recorded it. A work folder decrypted by an earlier release has no such record: its
+    downloads are sniffed again, and without them (a staging step re-run from the decrypted files
+    alone) the answer is False."""
+    if "encrypted_names" in decrypted:
+        return goal.files.root.name in decrypted["encrypted_names"]
     if not (work_dir / "fetched.json").exists():
         return False
     fetched, _ = read_manifest(work_dir / "fetched.json")

@@ -38,3 +38,31 @@ def test_sweep_removes_the_data_of_runs_older_than_a_day(tmp_path: Path) -> None
     assert (recent / "decrypted" / "customers.bin").exists()
     assert importing.sweep_stale_work(project, "acme", older_than_hours=1) == [recent]  # type: ignore[arg-type]
     assert importing.sweep_stale_work(project, "other") == []  # type: ignore[arg-type]
+
+
+def test_the_decryption_records_which_files_arrived_encrypted(tmp_path: Path, pgp_keys, gpg_cli) -> None:
+    # Staging asks whether the root arrived encrypted (a SARE sidecar must agree); on S3 work
+    # storage it no longer downloads the ciphertext again to find out, so the record must be right.
+    import json
+
+    from cdp_pipeline.crypto.keyring import PgpKeyring
+    from cdp_pipeline.deliveries import Delivery
+    from cdp_pipeline.transports.base import RemoteFile
+    from cdp_pipeline.transports.local import LocalTransport
+    from cdp_pipeline_tests.fixtures.gpg_keys import PASSPHRASE
+
+    source = tmp_path / "remote"
+    source.mkdir()
+    (tmp_path / "orders.csv").write_text("order_id,email\n1,a@example.com\n")
+    gpg_cli.encrypt(tmp_path / "orders.csv", source / "orders.csv.gpg", pgp_keys.recipient)
+    (source / "lines.csv").write_text("order_id,sku\n1,X\n")
+    files = {
+        "orders": RemoteFile("orders.csv.gpg", (source / "orders.csv.gpg").stat().st_size, 0.0),
+        "lines": RemoteFile("lines.csv", (source / "lines.csv").stat().st_size, 0.0),
+    }
+    work = tmp_path / "work"
+    importing.fetch_delivery(LocalTransport(source), Delivery(connection="c", goal="orders", files=files, root_name="orders"), work)
+    importing.decrypt_delivery(work, lambda: PgpKeyring([pgp_keys.recipient.private_key], PASSPHRASE))
+
+    recorded = json.loads((work / "decrypted.json").read_text())
+    assert recorded["encrypted_names"] == ["orders"] and recorded["encrypted_files"] == 1

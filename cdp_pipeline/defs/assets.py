@@ -7,6 +7,8 @@ turn its results into metadata the UI plots.
 """
 
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -80,6 +82,30 @@ def _failed(
         partition_key=context.partition_key if kind == "import" else None, started_at=started, cause=failure.description or what,
     )
     return failure
+
+
+@contextmanager
+def _delivery_work(
+    project: ProjectConfig, context: dg.AssetExecutionContext, *, connection: str, step: work_storage.Step, goal: str, started: datetime
+) -> Iterator[work_storage.DeliveryWork]:
+    """``delivery_work``, with a failure of the work folder itself (on S3: the download at the
+    step's start, the upload at its end) in the run history like the step's own failures; without
+    it such a run would be missing from ``cdp-pipeline history``. A slow or busy server stays a
+    retry."""
+    from_the_step = False
+    try:
+        with work_storage.delivery_work(project, connection, context.partition_key, step) as work:
+            try:
+                yield work
+            except BaseException:
+                from_the_step = True  # the step's own errors are the step's to record (or not)
+                raise
+    except TransientError:
+        raise
+    except CdpError as error:
+        if from_the_step:
+            raise
+        raise _failed(project, context, error, f"{goal}: {step}", connection=connection, kind="import", goal=goal, started=started) from error
 
 
 def _quarantine(context: dg.AssetExecutionContext, transport_resource_key: str, goal, work: work_storage.DeliveryWork) -> list[str]:
@@ -170,7 +196,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         pgp = getattr(context.resources, pgp_resource_key)
         started = _now()
         goal_name = split_partition_key(context.partition_key)[0]
-        with work_storage.delivery_work(project_, name, context.partition_key, "decrypt") as work:
+        with _delivery_work(project_, context, connection=name, step="decrypt", goal=goal_name, started=started) as work:
             try:
                 files, encrypted = importing.decrypt_delivery(work.path, pgp.keyring if pgp.can_decrypt else None, connection.max_file_bytes)
             except DiskSpaceError as error:
@@ -207,7 +233,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
     def import_tables(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         goal = goal_of(context)
         started = _now()
-        with work_storage.delivery_work(project, name, context.partition_key, "stage") as work:
+        with _delivery_work(project, context, connection=name, step="stage", goal=goal.name, started=started) as work:
             try:
                 staged = importing.stage_delivery(project, connection, goal, work.path, started)
             except InputError as error:
@@ -264,7 +290,7 @@ def build_connection_assets(project: ProjectConfig, connection: Connection) -> l
         goal = goal_of(context)
         started = _now()
         reprocess = context.run.tags.get("cdp/reprocess") == "true"
-        with work_storage.delivery_work(project, name, context.partition_key, "merge") as work:
+        with _delivery_work(project, context, connection=name, step="merge", goal=goal.name, started=started) as work:
             try:
                 outcome = importing.merge_staged(project, connection, goal, work.path, context.run.run_id, started, reprocess=reprocess)
             except TransientError as error:

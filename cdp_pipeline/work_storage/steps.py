@@ -58,10 +58,10 @@ class StepFiles:
 STEPS: dict[Step, StepFiles] = {
     "fetch": StepFiles(pulls=(), required=(), pushes=("fetched/", "fetched.json")),
     "decrypt": StepFiles(pulls=("fetched.json", "fetched/"), required=("fetched.json",), pushes=("decrypted/", "decrypted.json")),
-    # The downloads too: whether the root file arrived encrypted is read from them (a SARE sidecar
-    # must agree); a plain file costs no second download, its decrypted copy becomes a hard link.
+    # The downloads' manifest names the files a quarantine moves; the downloads themselves are not
+    # needed (decrypted.json records which files arrived encrypted).
     "stage": StepFiles(
-        pulls=("fetched.json", "fetched/", "decrypted.json", "decrypted/"),
+        pulls=("fetched.json", "decrypted.json", "decrypted/"),
         required=("decrypted.json",),
         pushes=("tables/", importing.REJECT_REPORT, importing.GOAL_FILE, importing.SKIP_FILE),
         pushes_on_failure=(importing.REJECT_REPORT,),
@@ -154,7 +154,15 @@ def _pull(bucket: WorkBucket, work: DeliveryWork, files: StepFiles) -> None:
         pulled[key] = local
     for manifest in _MANIFESTS:
         if manifest in pulled:
-            _relocate(work.path / manifest, work.path)
+            named = _relocate(work.path / manifest, work.path)
+            # A file its manifest names that is gone from the bucket (deleted by hand, a lifecycle
+            # rule) would otherwise surface as a bare "no such file" deep inside the step.
+            lost = [path for path in named if path.parent.name + "/" in files.pulls and not path.is_file()]
+            if lost:
+                raise CdpError(
+                    f"{work.location}: {lost[0].parent.name}/{lost[0].name}, named by {manifest}, is missing from the bucket "
+                    "(removed by hand or by a lifecycle rule?): run the import of the delivery again from its first step"
+                )
 
 
 def _within(key: str, name: str) -> bool:
@@ -162,14 +170,17 @@ def _within(key: str, name: str) -> bool:
     return key == name or (name.endswith("/") and key.startswith(name))
 
 
-def _relocate(manifest: Path, work_dir: Path) -> None:
+def _relocate(manifest: Path, work_dir: Path) -> list[Path]:
     """A manifest names each file by the local path of the step that wrote it; here it is the same
-    file below this step's folder."""
+    file below this step's folder. Returns those paths."""
     data = json.loads(manifest.read_text())
+    named = []
     for entry in data["files"]:
         written = Path(entry["local_path"])
-        entry["local_path"] = str(work_dir / written.parent.name / written.name)
+        named.append(work_dir / written.parent.name / written.name)
+        entry["local_path"] = str(named[-1])
     manifest.write_text(json.dumps(data, indent=2))
+    return named
 
 
 def _push(bucket: WorkBucket, work: DeliveryWork, names: tuple[str, ...]) -> None:

@@ -13,6 +13,7 @@ import pytest
 from cdp_pipeline import work_storage
 from cdp_pipeline.config.loading import load_project
 from cdp_pipeline.defs.project import project_config
+from cdp_pipeline.run_history import read_history
 from cdp_pipeline_tests.demo_home import prepare_demo_home
 from cdp_pipeline_tests.fixtures.gpg_keys import GpgCli, PgpTestKeys
 from cdp_pipeline_tests.fixtures.moto_s3 import S3Bucket
@@ -30,12 +31,12 @@ def s3_home(tmp_path, monkeypatch) -> Path:
     project_config.cache_clear()
 
 
-def _run(partition: str) -> dg.ExecuteInProcessResult:
+def _run(partition: str, steps: list[str] = STEPS) -> dg.ExecuteInProcessResult:
     project_config.cache_clear()
     from cdp_pipeline.definitions import defs
 
     definitions = defs()
-    assets = [definitions.resolve_assets_def(dg.AssetKey(["demo_local", step])) for step in STEPS]
+    assets = [definitions.resolve_assets_def(dg.AssetKey(["demo_local", step])) for step in steps]
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("demo_local__deliveries", [partition])
     return dg.materialize(assets, partition_key=partition, instance=instance, raise_on_error=False)
@@ -104,3 +105,24 @@ def test_a_failure_without_quarantine_keeps_the_work_for_a_retry_until_the_sweep
     swept = work_storage.sweep_stale_work(project, "demo_local", now=time.time() + 25 * 3600)
     assert len(swept) == 1 and swept[0].startswith(f"s3://{s3_bucket.name}/{PREFIX}/demo_local/households_")
     assert s3_bucket.keys(f"{PREFIX}/") == []
+
+
+def test_work_that_cannot_be_downloaded_at_a_steps_start_is_a_failed_run_in_the_history(tmp_path, monkeypatch, s3_home, s3_bucket: S3Bucket):
+    # The bucket, not the partner's file, failed: the history a person reads must still show the run.
+    monkeypatch.setenv("CDP_CONFIG_DIR", str(s3_work_config(tmp_path, s3_bucket, ["households"], QUARANTINE)))
+    partition = "households:households_20260115.csv"
+    assert _run(partition, ["fetched_files"]).success
+    downloads = [key for key in s3_bucket.keys(f"{PREFIX}/demo_local/") if "/fetched/" in key]
+    assert downloads
+    s3_bucket.client.delete_objects(Bucket=s3_bucket.name, Delete={"Objects": [{"Key": key} for key in downloads]})
+
+    result = _run(partition, ["decrypted_files"])
+    assert not result.success
+    project = load_project()
+    rows = [row for row in read_history(project.read_location, "demo_local") if row.kind == "import"]
+    assert [(row.goal, row.status, row.partition_key) for row in rows] == [("households", "FAILURE", partition)]
+    cause = rows[0].error or ""
+    assert "named by fetched.json, is missing from the bucket" in cause and "run the import of the delivery again" in cause
+    # Our storage failed, not the file: it is not quarantined.
+    assert (s3_home / "demo" / "inbox" / "households_20260115.csv").exists()
+    assert files_below(tmp_path / "scratch") == []
