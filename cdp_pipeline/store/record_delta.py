@@ -40,8 +40,7 @@ import duckdb
 from cdp_pipeline.store.schema import is_lake, literal, quote
 from cdp_pipeline.tables.staged import LINE, ROWS, StagedImport
 
-#: the statements' temp tables: every resolved record's key, profile and content hash; the records left out.
-HASHES = "delta_hashes"
+#: the temp table of the records left out (their ``_id``).
 SKIPPED = "delta_skipped"
 
 
@@ -79,11 +78,14 @@ def _signed(expression: str) -> str:
 
 
 def _values_hash(alias: str, properties: list[str]) -> str:
-    return _signed(f"hash({', '.join(f'{alias}.{quote(p)}' for p in properties)})")
+    # A goal that writes no property (only links keys) has nothing to compare: a constant.
+    return _signed(f"hash({', '.join(f'{alias}.{quote(p)}' for p in properties) or literal('')})")
 
 
-def _content_hash(alias: str, columns: list[str], scope: str) -> str:
-    return _signed(f"hash({literal(scope)}, {', '.join(f'{alias}.{quote(c)}' for c in columns)})")
+def _content_hash(alias: str, staged: StagedImport, scope: DeltaScope, rules: dict[str, str]) -> str:
+    """The record as staged (not its line or row count) with what decides how it merges."""
+    columns = sorted(c for c in staged.records.columns if c not in (LINE, ROWS))
+    return _signed(f"hash({literal(_scope_text(staged, scope, rules))}, {', '.join(f'{alias}.{quote(c)}' for c in columns)})")
 
 
 def _scope_text(staged: StagedImport, scope: DeltaScope, rules: dict[str, str]) -> str:
@@ -94,32 +96,26 @@ def _scope_text(staged: StagedImport, scope: DeltaScope, rules: dict[str, str]) 
     )
 
 
+def _single(resolved: str, doubled: bool) -> str:
+    """The condition that a resolved record is the only one of the delivery reaching its profile."""
+    return f"AND r._id IN (SELECT _id FROM {resolved} WHERE _id IS NOT NULL GROUP BY _id HAVING count(*) = 1)" if doubled else ""
+
+
 def leave_out_unchanged(
-    conn: duckdb.DuckDBPyConnection, staged: StagedImport, scope: DeltaScope, rules: dict[str, str], resolved: str
+    conn: duckdb.DuckDBPyConnection, staged: StagedImport, scope: DeltaScope, rules: dict[str, str], resolved: str, *, doubled: bool
 ) -> int:
-    """Hash every resolved record (``HASHES``, also what ``record_states_after_merge`` writes) and
-    put the records that would change nothing in ``SKIPPED`` (``_id``, ``_key``, ``_key_index``).
-    ``rules``: every property the merge writes, the carried identifiers included. Returns how
-    many were left out."""
-    columns = sorted(c for c in staged.records.columns if c not in (LINE, ROWS))
-    content = _content_hash("r", columns, _scope_text(staged, scope, rules))
-    conn.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE {HASHES} AS
-        SELECT r._id, CAST(r._key AS VARCHAR) AS _key, r._key_index, r._is_new,
-               count(*) OVER (PARTITION BY r._id) = 1 AS _single, {content} AS content_hash
-        FROM {resolved} r WHERE r._id IS NOT NULL
-        """
-    )
+    """Put the resolved records that would change nothing in ``SKIPPED``. ``rules``: every
+    property the merge writes, the carried identifiers included; ``doubled``: some profile is
+    reached by several records. Returns how many were left out."""
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE {SKIPPED} AS
-        SELECT h._id, h._key, h._key_index
-        FROM {HASHES} h
-        JOIN record_states s ON s.connection = $connection AND s.goal = $goal AND s.key_index = h._key_index AND s.key = h._key
-        JOIN profiles p ON p.profile_id = h._id
-        WHERE h._single AND NOT h._is_new AND s.profile_id = h._id AND s.content_hash = h.content_hash
-          AND p.updated_at = s.profile_updated_at AND {_values_hash("p", sorted(rules))} = s.values_hash
+        SELECT r._id FROM {resolved} r
+        JOIN record_states s ON s.connection = $connection AND s.goal = $goal AND s.key_index = r._key_index
+             AND s.key = CAST(r._key AS VARCHAR) AND s.profile_id = r._id
+        JOIN profiles p ON p.profile_id = r._id
+        WHERE NOT r._is_new AND s.content_hash = {_content_hash("r", staged, scope, rules)}
+          AND p.updated_at = s.profile_updated_at AND s.values_hash = {_values_hash("p", sorted(rules))} {_single(resolved, doubled)}
         """,
         {"connection": scope.connection, "goal": scope.goal},
     )
@@ -127,7 +123,9 @@ def leave_out_unchanged(
     return int(skipped)
 
 
-def record_states_after_merge(conn: duckdb.DuckDBPyConnection, scope: DeltaScope, rules: dict[str, str], merged: str) -> None:
+def record_states_after_merge(
+    conn: duckdb.DuckDBPyConnection, staged: StagedImport, scope: DeltaScope, rules: dict[str, str], resolved: str, merged: str, *, doubled: bool
+) -> None:
     """After the merge wrote its values: the state of every record that reached its profile alone
     (the rows of ``merged`` that went through the merge, consented), replacing the key's older
     state. Records merged together with others into one profile get none (their older state, if
@@ -136,9 +134,9 @@ def record_states_after_merge(conn: duckdb.DuckDBPyConnection, scope: DeltaScope
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE delta_written AS
-        SELECT h._key, h._key_index, h.content_hash, h._id FROM {HASHES} h
-        SEMI JOIN (SELECT _id FROM {merged} WHERE _consented) m ON m._id = h._id
-        WHERE h._single
+        SELECT CAST(r._key AS VARCHAR) AS _key, r._key_index, {_content_hash("r", staged, scope, rules)} AS content_hash, r._id
+        FROM {resolved} r SEMI JOIN (SELECT _id FROM {merged} WHERE _consented) m ON m._id = r._id
+        WHERE TRUE {_single(resolved, doubled)}
         """
     )
     ((pending,),) = conn.execute("SELECT count(*) FROM delta_written").fetchall()
