@@ -53,7 +53,6 @@ from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyD
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.store.lake import claim_write_turn, mark_commit, record_snapshot_ids, rollback
-from cdp_pipeline.store.record_delta import SKIPPED, DeltaScope, delta_applies, leave_out_unchanged, record_states_after_merge
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
 from cdp_pipeline.tables.staged import FILE_HASH_HI, FILE_HASH_LO, HASH_HI, HASH_LO, KEY_INDEX, NOT_IMPORTED, ROWS, SUM_KEYED, StagedImport
 
@@ -325,7 +324,6 @@ def _merge_records(
     objectives: Sequence[str],
     consent_property: str,
     record_history: bool = True,
-    delta: DeltaScope | None = None,
 ) -> tuple[list[tuple[str, str]], bool]:
     """Resolve, combine and write the records; returns the new sum rows' tables and whether every
     key reached the store (none ignored or consent-skipped)."""
@@ -389,14 +387,8 @@ def _merge_records(
     )
     (doubled,) = conn.execute("SELECT count(_id) - count(DISTINCT _id) FROM resolved").fetchall()[0]
     source = "resolved"
-    # Row-level delta (store/record_delta.py): records that would change nothing skip the rest of
-    # the merge; they are stamped and counted below as the full merge would.
-    left_out = leave_out_unchanged(conn, staged, delta, rules, "resolved", doubled=bool(doubled)) if delta is not None else 0
-    if left_out:
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW resolved_changing AS SELECT r.* FROM resolved r ANTI JOIN {SKIPPED} s ON s._id = r._id")
-        source = "resolved_changing"
     if doubled:
-        conn.execute(f"CREATE OR REPLACE TEMP TABLE resolved_by_id AS {_regroup_sql({p: staged.rules[p] for p in staged.rules}, len(identifiers), source)}")
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE resolved_by_id AS {_regroup_sql({p: staged.rules[p] for p in staged.rules}, len(identifiers), 'resolved')}")
         source = "resolved_by_id"
 
     def new_value(prop: str) -> str:
@@ -451,14 +443,11 @@ def _merge_records(
         """,
         params,
     )
-    if delta is not None:
-        record_states_after_merge(conn, staged, delta, rules, "resolved", "merged", doubled=bool(doubled))
-    left_out_ids = f" UNION ALL SELECT _id FROM {SKIPPED}" if left_out else ""
     # Keys whose rows reach the store: events and sum identities follow them.
     conn.execute(
-        f"""
+        """
         CREATE OR REPLACE TEMP TABLE accepted_keys AS
-        SELECT r._key, r._key_index, r._id FROM resolved r WHERE r._id IN (SELECT _id FROM merged WHERE _consented{left_out_ids})
+        SELECT r._key, r._key_index, r._id FROM resolved r WHERE r._id IN (SELECT _id FROM merged WHERE _consented)
         """
     )
     created, updated, unchanged, skipped = conn.execute(
@@ -468,7 +457,7 @@ def _merge_records(
     (ignored,) = conn.execute("SELECT coalesce(sum(_rows), 0) FROM resolved WHERE _id IS NULL").fetchall()[0]
     if staged.target == "profiles":
         counts.profiles_created, counts.profiles_updated = created, updated
-        counts.profiles_unchanged, counts.profiles_ignored, counts.consent_skipped = unchanged + left_out, int(ignored), int(skipped)
+        counts.profiles_unchanged, counts.profiles_ignored, counts.consent_skipped = unchanged, int(ignored), int(skipped)
         counts.last_profiles = [
             row[0]
             for row in conn.execute(
@@ -476,10 +465,10 @@ def _merge_records(
             ).fetchall()
         ]
         conn.execute(
-            f"""
+            """
             MERGE INTO exchanged_profiles t
             -- GROUP BY, not DISTINCT: DuckLake 1.5.5 fails a MERGE whose source is a DISTINCT ("Out of buffer").
-            USING (SELECT _id AS profile_id FROM (SELECT _id FROM merged WHERE _consented{left_out_ids}) GROUP BY _id) s
+            USING (SELECT _id AS profile_id FROM merged WHERE _consented GROUP BY _id) s
             ON t.connection = $connection AND t.direction = 'imported' AND t.profile_id = s.profile_id
             WHEN MATCHED THEN UPDATE SET last_at = $now
             WHEN NOT MATCHED THEN INSERT VALUES ($connection, 'imported', s.profile_id, $now, $now)
@@ -1019,16 +1008,13 @@ def merge_delivery(
     record_history: bool = True,
     before=None,
     after=None,
-    row_delta: bool = True,
 ) -> MergeCounts:
     """Merge a staged delivery and write its ledger row, atomically. Nothing of it stays if any
     statement fails.
 
     ``objectives``: the connection's objectives; profiles that consented to none of them (in
     ``consent_property``) are skipped. ``status``: the ledger status, ``reprocessed`` when an
-    operator merges a delivery the ledger already has (sums still count each row once).
-    ``row_delta``: leave out records that would change nothing (store/record_delta.py), where
-    that is proven to give the same store; False merges every record."""
+    operator merges a delivery the ledger already has (sums still count each row once)."""
     # Rows the import tables rejected, counted in full there (the listed problems are capped); a
     # dialect hook may add rejects of its own after staging, which only the list holds.
     listed = len({(p.file, p.line) for p in staged.rejects if p.line})
@@ -1045,13 +1031,9 @@ def merge_delivery(
         if before is not None:
             before(conn, staged)
         _create_detected_properties(conn, staged, delivery, now)
-        applies = delta_applies(
-            conn, staged, objectives=objectives, hooks=before is not None or after is not None, status=status, enabled=row_delta
-        )
         sum_tables, every_key_accepted = _merge_records(
             conn, catalog, staged, delivery, run_id, now, counts,
             objectives=objectives, consent_property=consent_property, record_history=record_history,
-            delta=DeltaScope(delivery.connection, delivery.goal, delivery.config_hash) if applies else None,
         )
         _move_keyed_sums(conn, staged, sum_tables, delivery, run_id, now, record_history)
         _record_counted_rows(conn, sum_tables, every_key_accepted, delivery, counts)

@@ -169,23 +169,6 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("first_written_at", "TIMESTAMP", "When that delivery was merged (UTC)."),
         ],
     ),
-    "record_states": (
-        "The row-level delta of profile imports: per (connection, goal, key) the content of the record a goal last merged "
-        "alone into a profile, and that profile's values right after. A re-delivered record whose content, profile and "
-        "profile values are all as recorded would change nothing, so the merge leaves it out (counting it as unchanged "
-        "and stamping exchanged_profiles as before). Kept by the merge in the delivery's transaction; deleting rows "
-        "only makes the next delivery merge those records in full.",
-        [
-            ("connection", "VARCHAR", "Connection of the goal."),
-            ("goal", "VARCHAR", "Profile import goal."),
-            ("key_index", "INTEGER", "Which identifier of the goal (0-based, declared order) the key is a value of."),
-            ("key", "VARCHAR", "The record's identifier value."),
-            ("content_hash", "BIGINT", "Hash of the record as staged (identifiers, mapped values) and of the goal's configuration and rules."),
-            ("profile_id", "VARCHAR", "The profile the record resolved to."),
-            ("values_hash", "BIGINT", "Hash of that profile's values of the goal's properties right after the merge."),
-            ("profile_updated_at", "TIMESTAMP", "That profile's updated_at right after the merge."),
-        ],
-    ),
     "segment_members": (
         "Current members of each segment, refreshed after every merge.",
         [
@@ -399,7 +382,6 @@ _LATER_DELIVERY_ROW_COLUMNS = ("value", "entity_id", "keyed")
 _LATER_TABLES = ("spamtraps", "catalog_properties")
 _LAKE_TABLES = ("write_turn",)
 _WRITER_TABLES = ("property_writers",)
-_DELTA_TABLES = ("record_states",)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -412,7 +394,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             *(
                 _create_fixed(table)
                 for table in FIXED_TABLES
-                if table not in ("schema_version", "deliveries", "delivery_rows", *_LATER_TABLES, *_LAKE_TABLES, *_WRITER_TABLES, *_DELTA_TABLES)
+                if table not in ("schema_version", "deliveries", "delivery_rows", *_LATER_TABLES, *_LAKE_TABLES, *_WRITER_TABLES)
             ),
         ],
     ),
@@ -445,11 +427,6 @@ MIGRATIONS: tuple[Migration, ...] = (
         "property_writers (which goals have written each property), filled from the value history and the stored values",
         lambda: [_create_fixed("property_writers")],
         backfill=lambda conn: _backfill_property_writers(conn),
-    ),
-    Migration(
-        7,
-        "record_states (the row-level delta: the content each profile import goal last merged per key, and the profile's values after)",
-        lambda: [_create_fixed(table) for table in _DELTA_TABLES],
     ),
 )
 #: the schema version this code writes; a store with a higher one was written by newer code.
