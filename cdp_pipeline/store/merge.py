@@ -544,14 +544,25 @@ def _record_property_changes(
     (``_record_creation_values``), so the history of every value that ever changed is complete;
     the view property_history adds the values not changed since creation."""
     entity = "profile" if staged.target == "profiles" else f"group:{staged.group_type}"
+    # The changed rows with their new and stored values, joined once: one join of ``merged`` with
+    # the whole table per property scanned both once per property, the main cost of the history
+    # when a delivery changes few rows.
+    pairs = ", ".join(f"m.{quote(p)} AS _new_{i}, t.{quote(p)} AS _stored_{i}" for i, p in enumerate(props))
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE changed_values AS
+        SELECT m._id, {pairs}
+        FROM merged m JOIN {quote(table)} t ON t.{id_column} = m._id
+        WHERE m._consented AND NOT m._is_new AND m._changed
+        """
+    )
     selects = [
         f"""
-        SELECT m._id AS entity_id, {literal(prop)} AS property, {_as_text(f"m.{quote(prop)}", properties[prop])} AS value,
-               {_as_text(f"t.{quote(prop)}", properties[prop])} AS stored_value
-        FROM merged m JOIN {quote(table)} t ON t.{id_column} = m._id
-        WHERE m._consented AND NOT m._is_new AND m._changed AND m.{quote(prop)} IS DISTINCT FROM t.{quote(prop)}
+        SELECT _id AS entity_id, {literal(prop)} AS property, {_as_text(f"_new_{i}", properties[prop])} AS value,
+               {_as_text(f"_stored_{i}", properties[prop])} AS stored_value
+        FROM changed_values WHERE _new_{i} IS DISTINCT FROM _stored_{i}
         """
-        for prop in props
+        for i, prop in enumerate(props)
     ]
     conn.execute(f"CREATE OR REPLACE TEMP TABLE value_changes AS {' UNION ALL '.join(selects)}")
     # Never an empty INSERT ... SELECT before a large one into the same table within a transaction

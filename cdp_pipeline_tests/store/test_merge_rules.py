@@ -162,3 +162,33 @@ def test_new_profiles_write_no_history_rows_and_property_history_still_holds_eve
     ]
     assert provenance == [("p1", "name", "Anna", "d3"), ("p1", "tags", '["y"]', "d2"), ("p2", "name", "Bob", "d1"), ("p2", "tags", '["z"]', "d2")]
     assert as_of == ('["x"]',)
+
+
+def test_group_history_has_one_row_per_changed_value(tmp_path):
+    """The history of a group type's values: only values that change, with the creation row
+    before each first change, for the changed groups only (expected rows written out by hand)."""
+    catalog = Catalog.model_validate(
+        {
+            "profile_properties": {"household_id": {"type": "text"}},
+            "group_types": {"household": {"profile_property": "household_id", "properties": {"name": {"type": "text"}, "size": {"type": "integer"}}}},
+        }
+    )
+    schema = {"_key": pl.String, "_line": pl.Int64, "name": pl.String, "size": pl.Int64}
+
+    def groups(names: list[str], sizes: list[int]) -> StagedImport:
+        frame = pl.DataFrame({"_key": ["h1", "h2", "h3"], "_line": [2, 3, 4], "name": names, "size": sizes}, schema=schema)
+        return StagedImport(target="groups", group_type="household", identifier_property="group_id", allow_create=True,
+                            rules={"name": "set", "size": "set"}, records=frame, rows_read=3)
+
+    day = [datetime(2026, 1, d) for d in range(1, 4)]
+    with open_writer(tmp_path / "store.duckdb", catalog) as conn:
+        merge_delivery(conn, catalog, groups(["A", "B", "C"], [1, 2, 3]), _record(1), "r1", day[0])
+        merge_delivery(conn, catalog, groups(["A", "B2", "C"], [1, 2, 4]), _record(2), "r2", day[1])
+        merge_delivery(conn, catalog, groups(["A", "B2", "C"], [1, 2, 4]), _record(3), "r3", day[2])
+        changes = conn.execute("SELECT entity, entity_id, property, value, changed_at, delivery_id FROM property_changes ORDER BY ALL").fetchall()
+    assert changes == [
+        ("group:household", "h2", "name", "B", day[0], "d1"),
+        ("group:household", "h2", "name", "B2", day[1], "d2"),
+        ("group:household", "h3", "size", "3", day[0], "d1"),
+        ("group:household", "h3", "size", "4", day[1], "d2"),
+    ]
