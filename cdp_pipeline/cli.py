@@ -91,8 +91,8 @@ def run_now(connection_name: str, *, full_export: bool = False, echo=print) -> d
     One run of ``<connection>_run_now``, the job the UI's Run now and the schedules launch: it
     calls the engine's ``connection_run.run_connection``, so the CLI imports in goal order with the
     same ledger and partition keys as the sensor. The run is recorded in the instance under
-    DAGSTER_HOME (``dagster dev`` shows it), followed by the store checks when it merged a
-    delivery, and by the connection's e-mail notification (the daemon's notification sensors
+    DAGSTER_HOME (``dagster dev`` shows it) with the store checks it evaluated after its merges,
+    and followed by the connection's e-mail notification (the daemon's notification sensors
     never see a run executed in this process)."""
     import dagster as dg
 
@@ -107,16 +107,9 @@ def run_now(connection_name: str, *, full_export: bool = False, echo=print) -> d
     _release_dead_claims(instance, echo)
     job = definitions.resolve_job_def(run_now_job_name(connection_name))
     run_config = {**QUIET, "ops": {run_now_op_name(connection_name): {"config": {"full_export": full_export}}}}
-    with _executing_runs(), ends_on_sigterm(instance, echo) as stopping:
+    with _executing_runs(), ends_on_sigterm(instance, echo):
         result = job.execute_in_process(instance=instance, run_config=run_config, tags=process_tags(), raise_on_error=False)
         summary = _summary_of_run(instance, result.run_id, connection_name, echo)
-        if any(item["success"] and item.get("status") == "merged" for item in summary["imports"]) and not stopping.is_set():
-            # Outside the daemon no run-status sensor follows a merge with the store checks: run them here.
-            from cdp_pipeline.defs.checks import store_checks_job_name
-
-            checks = definitions.resolve_job_def(store_checks_job_name(connection_name))
-            if not checks.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET, tags=process_tags()).success:
-                echo("  store checks could not run: see the run in the Dagster UI")
     _notify(instance, result.run_id, connection, echo)
     return summary
 
@@ -127,13 +120,13 @@ def _summary_of_run(instance, run_id: str, connection_name: str, echo) -> dict:
     cause), the export materialisations, and the engine's "waiting:" lines."""
     import dagster as dg
 
-    from cdp_pipeline.defs.run_now import ALREADY_MERGED_PREFIX, WAITING_PREFIX
+    from cdp_pipeline.defs.run_now import ALREADY_MERGED_PREFIX, CHECKS_NOT_RUN_PREFIX, WAITING_PREFIX
 
-    summary: dict = {"imports": [], "exports": [], "already_merged": []}
+    summary: dict = {"imports": [], "exports": [], "already_merged": [], "store_checks": {}}
     for entry in instance.all_logs(run_id):
         if entry.dagster_event is not None:
             continue
-        if entry.user_message.startswith(WAITING_PREFIX):
+        if entry.user_message.startswith((WAITING_PREFIX, CHECKS_NOT_RUN_PREFIX)):
             echo(f"  {entry.user_message}")
         elif entry.user_message.startswith(ALREADY_MERGED_PREFIX):
             summary["already_merged"].append(entry.user_message.removeprefix(ALREADY_MERGED_PREFIX))
@@ -169,6 +162,13 @@ def _summary_of_run(instance, run_id: str, connection_name: str, echo) -> dict:
             summary["exports"].append({"asset": materialization.asset_key.to_user_string(), **metadata})
             echo(f"  exported {materialization.asset_key.to_user_string()}: {metadata.get('dagster/uri') or metadata.get('paths')} "
                  f"rows={metadata.get('dagster/row_count', metadata.get('rows'))}")
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+        evaluation = entry.dagster_event.asset_check_evaluation_data if entry.dagster_event else None
+        if evaluation is None:
+            continue
+        summary["store_checks"][evaluation.check_name] = evaluation.passed
+        if not evaluation.passed:
+            echo(f"  store check {evaluation.check_name} FAILED: {evaluation.description}")
     run = instance.get_run_by_id(run_id)
     success = run is not None and run.status == dg.DagsterRunStatus.SUCCESS
     if not success and not any(not item["success"] for item in summary["imports"]) and "export_success" not in summary:

@@ -37,7 +37,7 @@ KILL_POINTS = {
     "merge_early": "merge_early#2",
     "merge_late": "merge_late#2",
     "after_commit": "after_commit#2",
-    "publish": "publish#2",
+    "publish": "publish",
     "export": "export",
     "upload": "upload",
 }
