@@ -345,16 +345,17 @@ def _run(args: argparse.Namespace) -> int:
     home = Path(args.home).expanduser().resolve()
     _prepare_environment(home)
     project, connection = _known_connection(home, args.connection)
-    if _nothing_to_run(project, connection):
+    if not args.always_run and _nothing_to_run(project, connection, full_export=args.full_export):
         return 0
     summary = run_now(args.connection, full_export=args.full_export)
     return 0 if summary["success"] else 1
 
 
-def _nothing_to_run(project, connection, echo=print) -> bool:
-    """True when a Run now would import nothing, export nothing and record nothing (no export
-    goal, nothing new in the source, no mail after every run): what it would have said is printed
-    and no run is started, so Dagster is not even imported. Starting Python, Dagster and its
+def _nothing_to_run(project, connection, echo=print, *, full_export: bool = False) -> bool:
+    """True when a Run now would import nothing and send nothing (nothing new in the source, every
+    export goal provably sending nothing, no mail after every run; see
+    ``connection_run.nothing_to_run``): what it would have said is printed, one line per export
+    goal saying why nothing was sent, and no run is started, so Dagster is not even imported. Starting Python, Dagster and its
     instance is seconds; listing a folder and reading the ledger is a fraction of one. Anything
     unexpected while looking (a source that cannot be listed) leaves the decision to the run,
     which records and reports the failure the usual way. So does an earlier command of this
@@ -368,7 +369,7 @@ def _nothing_to_run(project, connection, echo=print) -> bool:
     if dagster_home and any(owner_gone(mark) for mark in Path(dagster_home).glob(f"{EXECUTING_MARK_PREFIX}*")):
         return False
     try:
-        idle = nothing_to_run(project, connection, lambda: open_transport(project, connection.source))
+        idle = nothing_to_run(project, connection, lambda: open_transport(project, connection.source), full_export=full_export)
     except Exception:  # the run meets the same problem and records it; this look only saves time
         return False
     if idle is None:
@@ -377,7 +378,12 @@ def _nothing_to_run(project, connection, echo=print) -> bool:
         echo(f"  {WAITING_PREFIX}{reason}")
     for key in idle.already_merged:
         echo(f"  {ALREADY_MERGED_PREFIX}{key}")
-    echo(f"  nothing to import and no export goal: no run started ({connection.name} has nothing new in its source)")
+    for export in idle.idle_exports:
+        echo(f"  export {export.goal}: nothing sent, no run started ({export.reason})")
+    if idle.idle_exports:
+        echo(f"  nothing to import and nothing to send: no run started ({connection.name} has nothing new in its source)")
+    else:
+        echo(f"  nothing to import and no export goal: no run started ({connection.name} has nothing new in its source)")
     return True
 
 
@@ -591,6 +597,10 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="run a connection now: import complete deliveries, then export")
     run.add_argument("connection", help="connection name (name: in connections/*.yaml)")
     run.add_argument("--full-export", action="store_true", help="export all segment members, not only changed ones")
+    run.add_argument(
+        "--always-run", action="store_true",
+        help="start the run even when nothing is new to import and no export would send anything (records the exports' history rows)",
+    )
     run.set_defaults(handler=_run)
     reprocess = commands.add_parser("reprocess", help="import one delivery again although the ledger has it")
     reprocess.add_argument("connection", help="connection name (name: in connections/*.yaml)")

@@ -32,6 +32,7 @@ from cdp_pipeline.deliveries import DeliveryRequest, ListedNow, ReadinessPolicy,
 from cdp_pipeline.disk_space import DiskSpaceError
 from cdp_pipeline.errors import CdpError, InputError
 from cdp_pipeline.exporting import ExportOutcome
+from cdp_pipeline.idle_exports import IdleExport, idle_exports, sends_without_change
 from cdp_pipeline.store.checks import CheckOutcome, evaluate_store_checks
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.publish import publish_copy
@@ -357,16 +358,34 @@ def _end_of_run(project: ProjectConfig, connection: Connection, result: Connecti
             )
 
 
-def nothing_to_run(project: ProjectConfig, connection: Connection, open_source: OpenTransport) -> ConnectionRun | None:
+@dataclass
+class NothingToRun:
+    """What a Run now would have found when it would do nothing at all (see ``nothing_to_run``)."""
+
+    waiting: list[str] = field(default_factory=list)
+    already_merged: list[str] = field(default_factory=list)
+    #: each export goal and why it would send nothing.
+    idle_exports: list[IdleExport] = field(default_factory=list)
+
+
+def nothing_to_run(
+    project: ProjectConfig, connection: Connection, open_source: OpenTransport, *, full_export: bool = False
+) -> NothingToRun | None:
     """What a Run now of ``connection`` would find when it would do nothing at all, else None.
 
-    Nothing at all: the connection has no export goal (an export is always due on Run now: it
-    decides itself what changed), no delivery of its sources waits to be imported, and its
-    notifications do not ask for a mail after every run. Such a run would import nothing, export
-    nothing and write nothing to the store's run history; the caller may then skip starting one.
-    Listed as the run would list (every listed file complete, the same ledger check before fetch).
+    Nothing at all: no delivery of its sources waits to be imported, every export goal provably
+    sends nothing (``idle_exports``: changed_only, nothing changed since its last export, no
+    condition on the clock), and its notifications do not ask for a mail after every run. Such a
+    run would import nothing and send nothing; the caller may then skip starting one (what it
+    would have recorded is in docs/cli.md). Listed as the run would list (every listed file
+    complete, the same ledger check before fetch); the store is read only when the listing has
+    nothing to import.
     """
-    if connection.export_goals or (connection.notifications is not None and connection.notifications.when == "always"):
+    if connection.notifications is not None and connection.notifications.when == "always":
+        return None
+    if full_export and connection.export_goals:
+        return None
+    if any(sends_without_change(goal) for goal in connection.export_goals):
         return None
     import_names, _ = chosen_goals(project, connection, None)
     merged = importing.merged_under_current_configuration(project, connection)
@@ -374,4 +393,7 @@ def nothing_to_run(project: ProjectConfig, connection: Connection, open_source: 
         found = importing.discover_deliveries(project, connection, transport, ListedNow(), merged=merged)
     if any(request.goal in import_names for request in found.requests):
         return None
-    return ConnectionRun(waiting=found.reasons, already_merged=list(found.already_merged))
+    exports = idle_exports(project, connection, full_export=full_export)
+    if exports is None:
+        return None
+    return NothingToRun(waiting=found.reasons, already_merged=list(found.already_merged), idle_exports=exports)
