@@ -91,8 +91,8 @@ def run_now(connection_name: str, *, full_export: bool = False, echo=print) -> d
     One run of ``<connection>_run_now``, the job the UI's Run now and the schedules launch: it
     calls the engine's ``connection_run.run_connection``, so the CLI imports in goal order with the
     same ledger and partition keys as the sensor. The run is recorded in the instance under
-    DAGSTER_HOME (``dagster dev`` shows it), followed by the store checks when it merged a
-    delivery, and by the connection's e-mail notification (the daemon's notification sensors
+    DAGSTER_HOME (``dagster dev`` shows it) with the store checks it evaluated after its merges,
+    and followed by the connection's e-mail notification (the daemon's notification sensors
     never see a run executed in this process)."""
     import dagster as dg
 
@@ -107,16 +107,9 @@ def run_now(connection_name: str, *, full_export: bool = False, echo=print) -> d
     _release_dead_claims(instance, echo)
     job = definitions.resolve_job_def(run_now_job_name(connection_name))
     run_config = {**QUIET, "ops": {run_now_op_name(connection_name): {"config": {"full_export": full_export}}}}
-    with _executing_runs(), ends_on_sigterm(instance, echo) as stopping:
+    with _executing_runs(), ends_on_sigterm(instance, echo):
         result = job.execute_in_process(instance=instance, run_config=run_config, tags=process_tags(), raise_on_error=False)
         summary = _summary_of_run(instance, result.run_id, connection_name, echo)
-        if any(item["success"] and item.get("status") == "merged" for item in summary["imports"]) and not stopping.is_set():
-            # Outside the daemon no run-status sensor follows a merge with the store checks: run them here.
-            from cdp_pipeline.defs.checks import store_checks_job_name
-
-            checks = definitions.resolve_job_def(store_checks_job_name(connection_name))
-            if not checks.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET, tags=process_tags()).success:
-                echo("  store checks could not run: see the run in the Dagster UI")
     _notify(instance, result.run_id, connection, echo)
     return summary
 
@@ -127,13 +120,13 @@ def _summary_of_run(instance, run_id: str, connection_name: str, echo) -> dict:
     cause), the export materialisations, and the engine's "waiting:" lines."""
     import dagster as dg
 
-    from cdp_pipeline.defs.run_now import ALREADY_MERGED_PREFIX, WAITING_PREFIX
+    from cdp_pipeline.defs.run_now import ALREADY_MERGED_PREFIX, CHECKS_NOT_RUN_PREFIX, WAITING_PREFIX
 
-    summary: dict = {"imports": [], "exports": [], "already_merged": []}
+    summary: dict = {"imports": [], "exports": [], "already_merged": [], "store_checks": {}}
     for entry in instance.all_logs(run_id):
         if entry.dagster_event is not None:
             continue
-        if entry.user_message.startswith(WAITING_PREFIX):
+        if entry.user_message.startswith((WAITING_PREFIX, CHECKS_NOT_RUN_PREFIX)):
             echo(f"  {entry.user_message}")
         elif entry.user_message.startswith(ALREADY_MERGED_PREFIX):
             summary["already_merged"].append(entry.user_message.removeprefix(ALREADY_MERGED_PREFIX))
@@ -169,6 +162,13 @@ def _summary_of_run(instance, run_id: str, connection_name: str, echo) -> dict:
             summary["exports"].append({"asset": materialization.asset_key.to_user_string(), **metadata})
             echo(f"  exported {materialization.asset_key.to_user_string()}: {metadata.get('dagster/uri') or metadata.get('paths')} "
                  f"rows={metadata.get('dagster/row_count', metadata.get('rows'))}")
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+        evaluation = entry.dagster_event.asset_check_evaluation_data if entry.dagster_event else None
+        if evaluation is None:
+            continue
+        summary["store_checks"][evaluation.check_name] = evaluation.passed
+        if not evaluation.passed:
+            echo(f"  store check {evaluation.check_name} FAILED: {evaluation.description}")
     run = instance.get_run_by_id(run_id)
     success = run is not None and run.status == dg.DagsterRunStatus.SUCCESS
     if not success and not any(not item["success"] for item in summary["imports"]) and "export_success" not in summary:
@@ -345,16 +345,17 @@ def _run(args: argparse.Namespace) -> int:
     home = Path(args.home).expanduser().resolve()
     _prepare_environment(home)
     project, connection = _known_connection(home, args.connection)
-    if _nothing_to_run(project, connection):
+    if not args.always_run and _nothing_to_run(project, connection, full_export=args.full_export):
         return 0
     summary = run_now(args.connection, full_export=args.full_export)
     return 0 if summary["success"] else 1
 
 
-def _nothing_to_run(project, connection, echo=print) -> bool:
-    """True when a Run now would import nothing, export nothing and record nothing (no export
-    goal, nothing new in the source, no mail after every run): what it would have said is printed
-    and no run is started, so Dagster is not even imported. Starting Python, Dagster and its
+def _nothing_to_run(project, connection, echo=print, *, full_export: bool = False) -> bool:
+    """True when a Run now would import nothing and send nothing (nothing new in the source, every
+    export goal provably sending nothing, no mail after every run; see
+    ``connection_run.nothing_to_run``): what it would have said is printed, one line per export
+    goal saying why nothing was sent, and no run is started, so Dagster is not even imported. Starting Python, Dagster and its
     instance is seconds; listing a folder and reading the ledger is a fraction of one. Anything
     unexpected while looking (a source that cannot be listed) leaves the decision to the run,
     which records and reports the failure the usual way. So does an earlier command of this
@@ -368,7 +369,7 @@ def _nothing_to_run(project, connection, echo=print) -> bool:
     if dagster_home and any(owner_gone(mark) for mark in Path(dagster_home).glob(f"{EXECUTING_MARK_PREFIX}*")):
         return False
     try:
-        idle = nothing_to_run(project, connection, lambda: open_transport(project, connection.source))
+        idle = nothing_to_run(project, connection, lambda: open_transport(project, connection.source), full_export=full_export)
     except Exception:  # the run meets the same problem and records it; this look only saves time
         return False
     if idle is None:
@@ -377,7 +378,12 @@ def _nothing_to_run(project, connection, echo=print) -> bool:
         echo(f"  {WAITING_PREFIX}{reason}")
     for key in idle.already_merged:
         echo(f"  {ALREADY_MERGED_PREFIX}{key}")
-    echo(f"  nothing to import and no export goal: no run started ({connection.name} has nothing new in its source)")
+    for export in idle.idle_exports:
+        echo(f"  export {export.goal}: nothing sent, no run started ({export.reason})")
+    if idle.idle_exports:
+        echo(f"  nothing to import and nothing to send: no run started ({connection.name} has nothing new in its source)")
+    else:
+        echo(f"  nothing to import and no export goal: no run started ({connection.name} has nothing new in its source)")
     return True
 
 
@@ -597,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="run a connection now: import complete deliveries, then export")
     run.add_argument("connection", help="connection name (name: in connections/*.yaml)")
     run.add_argument("--full-export", action="store_true", help="export all segment members, not only changed ones")
+    run.add_argument(
+        "--always-run", action="store_true",
+        help="start the run even when nothing is new to import and no export would send anything (records the exports' history rows)",
+    )
     run.set_defaults(handler=_run)
     reprocess = commands.add_parser("reprocess", help="import one delivery again although the ledger has it")
     reprocess.add_argument("connection", help="connection name (name: in connections/*.yaml)")

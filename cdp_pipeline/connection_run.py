@@ -15,12 +15,14 @@ open the transports and keyrings.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import duckdb
 import polars as pl
 
 from cdp_pipeline import exporting, importing
@@ -30,6 +32,8 @@ from cdp_pipeline.deliveries import DeliveryRequest, ListedNow, ReadinessPolicy,
 from cdp_pipeline.disk_space import DiskSpaceError
 from cdp_pipeline.errors import CdpError, InputError
 from cdp_pipeline.exporting import ExportOutcome
+from cdp_pipeline.idle_exports import IdleExport, idle_exports, sends_without_change
+from cdp_pipeline.store.checks import CheckOutcome, evaluate_store_checks
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
@@ -106,10 +110,18 @@ class ConnectionRun:
     already_merged: list[str] = field(default_factory=list)
     imports: list[DeliveryRun] = field(default_factory=list)
     exports: list[ExportRun] = field(default_factory=list)
+    #: the store checks evaluated after the run's last step, when it merged a delivery (name → outcome).
+    store_checks: dict[str, CheckOutcome] = field(default_factory=dict)
+    #: why the store checks could not be evaluated (the run's result stands; the next merge checks again).
+    store_checks_error: str | None = None
+    #: why the analysts' copy could not be published at the end of the run.
+    publish_error: str | None = None
 
     @property
     def success(self) -> bool:
-        return all(item.status != "failed" for item in self.imports) and all(item.success for item in self.exports)
+        return (
+            all(item.status != "failed" for item in self.imports) and all(item.success for item in self.exports) and self.publish_error is None
+        )
 
 
 def chosen_goals(project: ProjectConfig, connection: Connection, goals: Collection[str] | None) -> tuple[set[str], list[ExportGoal]]:
@@ -129,7 +141,8 @@ def chosen_goals(project: ProjectConfig, connection: Connection, goals: Collecti
 
 
 def record_failure(
-    project: ProjectConfig, *, run_id: str, connection: str, kind: str, goal: str, partition_key: str | None, started_at: datetime, cause: str
+    project: ProjectConfig, *, run_id: str, connection: str, kind: str, goal: str, partition_key: str | None, started_at: datetime, cause: str,
+    publish: bool = True,
 ) -> None:
     """A failed import or export in the store's run history, with its cause, so history shows
     failures beside successes (a history of successes only looks like nothing went wrong).
@@ -140,14 +153,16 @@ def record_failure(
                 conn, run_id=run_id, connection=connection, kind=kind, goal=goal, partition_key=partition_key,
                 started_at=started_at, ended_at=_now(), status="FAILURE", counts={}, last_profiles=[], error=cause,
             )
-            if project.published_store_path is not None:
+            if publish and project.published_store_path is not None:
                 publish_copy(conn, project.published_store_path)
     except CdpError:
         pass
 
 
-def record_export(project: ProjectConfig, outcome: ExportOutcome, *, run_id: str, connection: str, goal: str, started_at: datetime) -> None:
-    """The export's row in the run history and the analysts' copy refreshed, in one writer session."""
+def record_export(
+    project: ProjectConfig, outcome: ExportOutcome, *, run_id: str, connection: str, goal: str, started_at: datetime, publish: bool = True
+) -> None:
+    """The export's row in the run history and (``publish``) the analysts' copy refreshed, in one writer session."""
     with open_writer(project.store_location, project.catalog) as conn:
         record_run(
             conn, run_id=run_id, connection=connection, kind="export", goal=goal, partition_key=None,
@@ -155,7 +170,7 @@ def record_export(project: ProjectConfig, outcome: ExportOutcome, *, run_id: str
             counts={"profiles_available": outcome.profiles_available, "profiles_exported": outcome.profiles_exported},
             last_profiles=[], error=None,
         )
-        if project.published_store_path is not None:
+        if publish and project.published_store_path is not None:
             publish_copy(conn, project.published_store_path)
 
 
@@ -167,10 +182,12 @@ def import_one(
     *,
     decrypt_keyring: KeyringFactory | None,
     run_id: str,
+    publish: bool = True,
 ) -> DeliveryRun:
     """fetch → decrypt → stage → merge → finish → record of one delivery, as the assets do it;
     a failure is recorded in the run history with its cause and returned, never raised, so the
-    connection's other deliveries still run."""
+    connection's other deliveries still run. ``publish=False`` leaves the analysts' copy to the
+    caller (a connection run publishes once, at its end)."""
     started = _now()
     goal = importing.goal_for(project, connection, request.goal)
     # Its own work directory (by run key): a sensor run of the same partition working at the same
@@ -207,13 +224,14 @@ def import_one(
             for path in finished.left_changed
         ]
         importing.record_import(
-            project, outcome, run_id=run_id, connection=connection.name, goal=goal.name, partition_key=request.partition_key, started_at=started
+            project, outcome, run_id=run_id, connection=connection.name, goal=goal.name, partition_key=request.partition_key, started_at=started,
+            publish=publish,
         )
     except CdpError as error:
         item.error = f"{step}: {error}"
         record_failure(
             project, run_id=run_id, connection=connection.name, kind="import", goal=request.goal,
-            partition_key=request.partition_key, started_at=started, cause=item.error,
+            partition_key=request.partition_key, started_at=started, cause=item.error, publish=publish,
         )
         return item
     item.status = outcome.status
@@ -231,6 +249,7 @@ def export_one(
     encrypt_keyring: KeyringFactory | None,
     run_id: str,
     full: bool = False,
+    publish: bool = True,
 ) -> ExportRun:
     started = _now()
     try:
@@ -238,10 +257,13 @@ def export_one(
             outcome = exporting.run_export(project, connection, goal, transport, run_id, started, full=full, keyring_factory=encrypt_keyring)
     except CdpError as error:
         cause = f"export {goal.name}: {error}"
-        record_failure(project, run_id=run_id, connection=connection.name, kind="export", goal=goal.name, partition_key=None, started_at=started, cause=cause)
+        record_failure(
+            project, run_id=run_id, connection=connection.name, kind="export", goal=goal.name, partition_key=None, started_at=started, cause=cause,
+            publish=publish,
+        )
         return ExportRun(goal.name, error=cause)
     try:
-        record_export(project, outcome, run_id=run_id, connection=connection.name, goal=goal.name, started_at=started)
+        record_export(project, outcome, run_id=run_id, connection=connection.name, goal=goal.name, started_at=started, publish=publish)
     except CdpError as error:
         delivered = ", ".join(f.remote_path for f in outcome.files)
         # Never retried: the files are delivered, a second export would find nothing changed.
@@ -269,41 +291,101 @@ def run_connection(
     ``policy`` judges completeness (default: whatever is listed, the operator's "complete now";
     a schedule's tick passes ``TwoListingsInTick``). Deliveries whose files the ledger has are not
     fetched again. ``on_discovered`` sees the requests before any import starts (the Dagster job
-    registers their partitions), ``on_import`` each delivery's result as it ends."""
+    registers their partitions), ``on_import`` each delivery's result as it ends.
+
+    The run ends with one store session: the store checks when a delivery was merged, then the
+    analysts' copy published once (not after every merge and export: each publish is a checkpoint
+    and a full copy of the store). The copy is published too when a step raised, so readers never
+    keep a copy older than what the run committed."""
     import_names, export_goals = chosen_goals(project, connection, goals)
     result = ConnectionRun()
     merged = importing.merged_under_current_configuration(project, connection)
-    with open_source() as transport:
-        found = importing.discover_deliveries(project, connection, transport, policy, merged=merged)
-        result.waiting = found.reasons
-        result.already_merged = list(found.already_merged)
-        # discover() returns requests in the connection's source order: groups, then profiles,
-        # then the dialect's; each source's oldest delivery first.
-        requests = [request for request in found.requests if request.goal in import_names]
-        if on_discovered is not None:
-            on_discovered(requests)
-        for request in requests:
-            item = import_one(project, connection, request, transport, decrypt_keyring=decrypt_keyring, run_id=run_id)
-            result.imports.append(item)
-            if on_import is not None:
-                on_import(item)
-    for goal in export_goals:
-        result.exports.append(
-            export_one(project, connection, goal, open_target(goal), encrypt_keyring=encrypt_keyring, run_id=run_id, full=full_export)
-        )
+    wrote = False
+    try:
+        with open_source() as transport:
+            found = importing.discover_deliveries(project, connection, transport, policy, merged=merged)
+            result.waiting = found.reasons
+            result.already_merged = list(found.already_merged)
+            # discover() returns requests in the connection's source order: groups, then profiles,
+            # then the dialect's; each source's oldest delivery first.
+            requests = [request for request in found.requests if request.goal in import_names]
+            if on_discovered is not None:
+                on_discovered(requests)
+            for request in requests:
+                wrote = True
+                item = import_one(project, connection, request, transport, decrypt_keyring=decrypt_keyring, run_id=run_id, publish=False)
+                result.imports.append(item)
+                if on_import is not None:
+                    on_import(item)
+        for goal in export_goals:
+            wrote = True
+            result.exports.append(
+                export_one(
+                    project, connection, goal, open_target(goal), encrypt_keyring=encrypt_keyring, run_id=run_id, full=full_export, publish=False
+                )
+            )
+    except BaseException:
+        if wrote:
+            with contextlib.suppress(CdpError, duckdb.Error):  # the step's own failure is the one to report
+                _end_of_run(project, connection, ConnectionRun())
+        raise
+    if wrote:
+        _end_of_run(project, connection, result)
     return result
 
 
-def nothing_to_run(project: ProjectConfig, connection: Connection, open_source: OpenTransport) -> ConnectionRun | None:
+def _end_of_run(project: ProjectConfig, connection: Connection, result: ConnectionRun) -> None:
+    """The run's last store session: the store checks after a merge, then the analysts' copy."""
+    check = any(item.status == "merged" for item in result.imports)
+    if not check and project.published_store_path is None:
+        return
+    try:
+        with open_writer(project.store_location, project.catalog) as conn:
+            if check:
+                try:
+                    result.store_checks = evaluate_store_checks(conn, project.catalog, connection.name)
+                except duckdb.Error as error:
+                    result.store_checks_error = str(error).splitlines()[0]
+            if project.published_store_path is not None:
+                publish_copy(conn, project.published_store_path)
+    except (CdpError, OSError, duckdb.Error) as error:
+        if check and not result.store_checks and result.store_checks_error is None:
+            result.store_checks_error = str(error).splitlines()[0]
+        if project.published_store_path is not None:
+            result.publish_error = (
+                f"the run's changes are in the store, but its analysts' copy {project.published_store_path} could not be published "
+                f"(the next run publishes it): {error}"
+            )
+
+
+@dataclass
+class NothingToRun:
+    """What a Run now would have found when it would do nothing at all (see ``nothing_to_run``)."""
+
+    waiting: list[str] = field(default_factory=list)
+    already_merged: list[str] = field(default_factory=list)
+    #: each export goal and why it would send nothing.
+    idle_exports: list[IdleExport] = field(default_factory=list)
+
+
+def nothing_to_run(
+    project: ProjectConfig, connection: Connection, open_source: OpenTransport, *, full_export: bool = False
+) -> NothingToRun | None:
     """What a Run now of ``connection`` would find when it would do nothing at all, else None.
 
-    Nothing at all: the connection has no export goal (an export is always due on Run now: it
-    decides itself what changed), no delivery of its sources waits to be imported, and its
-    notifications do not ask for a mail after every run. Such a run would import nothing, export
-    nothing and write nothing to the store's run history; the caller may then skip starting one.
-    Listed as the run would list (every listed file complete, the same ledger check before fetch).
+    Nothing at all: no delivery of its sources waits to be imported, every export goal provably
+    sends nothing (``idle_exports``: changed_only, nothing changed since its last export, no
+    condition on the clock), and its notifications do not ask for a mail after every run. Such a
+    run would import nothing and send nothing; the caller may then skip starting one (what it
+    would have recorded is in docs/cli.md). Listed as the run would list (every listed file
+    complete, the same ledger check before fetch); the store is read only when the listing has
+    nothing to import.
     """
-    if connection.export_goals or (connection.notifications is not None and connection.notifications.when == "always"):
+    if connection.notifications is not None and connection.notifications.when == "always":
+        return None
+    if full_export and connection.export_goals:
+        return None
+    if any(sends_without_change(goal) for goal in connection.export_goals):
         return None
     import_names, _ = chosen_goals(project, connection, None)
     merged = importing.merged_under_current_configuration(project, connection)
@@ -311,4 +393,7 @@ def nothing_to_run(project: ProjectConfig, connection: Connection, open_source: 
         found = importing.discover_deliveries(project, connection, transport, ListedNow(), merged=merged)
     if any(request.goal in import_names for request in found.requests):
         return None
-    return ConnectionRun(waiting=found.reasons, already_merged=list(found.already_merged))
+    exports = idle_exports(project, connection, full_export=full_export)
+    if exports is None:
+        return None
+    return NothingToRun(waiting=found.reasons, already_merged=list(found.already_merged), idle_exports=exports)

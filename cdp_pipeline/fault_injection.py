@@ -27,9 +27,11 @@ FAULT_POINTS = (
     "merge_early",  # inside the merge transaction, before any row is written
     "merge_late",  # inside the merge transaction, every row written, before COMMIT
     "after_commit",  # the merge committed; remote files not finished, plaintext not removed
-    "publish",  # the analysts' copy half made: its temporary file written, not yet renamed
     "export",  # export files written in plaintext in the work folder, not yet encrypted
     "upload",  # export files encrypted, nothing uploaded yet
+    # At the end of a connection run (Run now, a schedule), after every import and export; after
+    # the merge in a sensor's import run.
+    "publish",  # the analysts' copy half made: its temporary file written, not yet renamed
     # Passed by every import step with work_storage s3, so it has no place in the order above.
     "work_push",  # a step's folders uploaded to the work bucket, its manifests and markers not yet
 )

@@ -561,10 +561,12 @@ def finish_delivery(transport: Transport, goal: ImportGoal, work_dir: Path) -> F
 
 
 def record_import(
-    project: ProjectConfig, outcome: MergeOutcome, *, run_id: str, connection: str, goal: str, partition_key: str, started_at: datetime
+    project: ProjectConfig, outcome: MergeOutcome, *, run_id: str, connection: str, goal: str, partition_key: str, started_at: datetime,
+    publish: bool = True,
 ) -> None:
     """The import's row in the run ledger and, in the same writer session, the analysts' copy of
-    the store refreshed (so what they query includes this delivery)."""
+    the store refreshed (so what they query includes this delivery). ``publish=False``: the
+    caller publishes once when its run ends (a connection run of several deliveries)."""
     with open_writer(project.store_location, project.catalog) as conn:
         record_run(
             conn, run_id=run_id, connection=connection, kind="import", goal=goal, partition_key=partition_key,
@@ -572,7 +574,7 @@ def record_import(
             status="SUCCESS" if outcome.status == "merged" else "SKIPPED",
             counts=outcome.counts.as_metadata(), last_profiles=outcome.counts.last_profiles, error=None,
         )
-        if project.published_store_path is not None:
+        if publish and project.published_store_path is not None:
             publish_copy(conn, project.published_store_path)
 
 

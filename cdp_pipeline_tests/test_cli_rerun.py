@@ -1,9 +1,12 @@
-"""`cdp-pipeline run` again over a source with nothing new: for a connection without export goals
-no run is started (nothing would be imported, exported or recorded), and a new file still is."""
+"""`cdp-pipeline run` again over a source with nothing new: no run is started when nothing would be
+imported or sent (for an export goal: changed_only, no profile changed since its last export, no
+condition on the clock), and a new file, a changed profile, a clock condition or write_empty_files
+still start one."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import sqlite3
 import subprocess
@@ -107,18 +110,101 @@ def test_an_unchanged_rerun_of_an_import_only_connection_starts_no_run_and_a_new
     assert _cities(tmp_path) == [("C1", "Oslo"), ("C2", "Lima")]
 
 
-def test_a_connection_with_an_export_goal_or_a_mail_after_every_run_still_runs(tmp_path):
+def test_a_connection_with_a_mail_after_every_run_still_runs(tmp_path):
     drop = tmp_path / "drop"
     drop.mkdir()
     (drop / "people_1.csv").write_text("customer_id,city\nC1,Oslo\n")
-    for case, kwargs in (("export", {"export": True}), ("mail", {"notify": "always"})):
-        home = tmp_path / case
-        home.mkdir()
-        config = _config(home, drop, **kwargs)
-        first = _cli(home, config, "run", "shop")
-        assert "imported people:people_1.csv: merged" in first.stdout, first.stdout[-3000:] + first.stderr[-3000:]
-        runs = _runs(home / "dagster_home")
-        again = _cli(home, config, "run", "shop")
-        assert "already merged (not fetched again): people:people_1.csv" in again.stdout, case
-        assert "no run started" not in again.stdout, case
-        assert _runs(home / "dagster_home") == runs + 1, case
+    config = _config(tmp_path, drop, notify="always")
+    first = _cli(tmp_path, config, "run", "shop")
+    assert "imported people:people_1.csv: merged" in first.stdout, first.stdout[-3000:] + first.stderr[-3000:]
+    runs = _runs(tmp_path / "dagster_home")
+    again = _cli(tmp_path, config, "run", "shop")
+    assert "already merged (not fetched again): people:people_1.csv" in again.stdout
+    assert "no run started" not in again.stdout
+    assert _runs(tmp_path / "dagster_home") == runs + 1
+
+
+def _exported_rows(out: Path) -> dict[str, list[list[str]]]:
+    """Each export file's rows without its header, by file name (plain csv reading)."""
+    return {path.name: list(csv.reader(path.read_text().splitlines()))[1:] for path in sorted(out.glob("*.csv"))}
+
+
+def _set_in_yaml(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_an_export_goal_with_nothing_to_send_starts_no_run_until_a_profile_changes_or_a_rule_says_run(tmp_path):
+    drop, crm_drop = tmp_path / "drop", tmp_path / "crm_drop"
+    drop.mkdir()
+    crm_drop.mkdir()
+    (drop / "people_1.csv").write_text("customer_id,city\nC1,Oslo\nC2,Rome\n")
+    config = _config(tmp_path, drop, export=True)
+    # A second connection writing into the same store: a profile can change without a delivery of shop.
+    (config / "connections" / "crm.yaml").write_text(
+        f"name: crm\nsource: {{type: local, path: {crm_drop}}}\ngoals:\n"
+        "  - name: moves\n    type: import_profiles\n"
+        "    files: {root: {name: moves, pattern: 'moves_*.csv'}, readiness: {stable_seconds: 0}}\n"
+        "    identifiers: [{column: customer_id, property: customer_number}]\n    allow_new_profiles: false\n"
+        "    mappings: [{column: city, property: city, rule: set}]\n"
+    )
+    dagster_home, out = tmp_path / "dagster_home", drop / "out"
+    first = _cli(tmp_path, config, "run", "shop")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert sorted(row for rows in _exported_rows(out).values() for row in rows) == [["C1", "Oslo"], ["C2", "Rome"]]
+    runs, history, files = _runs(dagster_home), _cli(tmp_path, config, "history", "shop").stdout, _exported_rows(out)
+
+    # Nothing new in the source, no profile changed since the export: no run, one line per goal.
+    again = _cli(tmp_path, config, "run", "shop")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "already merged (not fetched again): people:people_1.csv" in again.stdout
+    assert "export out: nothing sent, no run started (no profile changed since its last export at " in again.stdout
+    assert "nothing to import and nothing to send: no run started" in again.stdout
+    assert _runs(dagster_home) == runs
+    assert _cli(tmp_path, config, "history", "shop").stdout == history
+    assert _exported_rows(out) == files
+
+    # Another connection changes one profile after the mark: the export runs and sends just that one.
+    (crm_drop / "moves_1.csv").write_text("customer_id,city\nC2,Lima\n")
+    moved = _cli(tmp_path, config, "run", "crm")
+    assert "imported moves:moves_1.csv: merged" in moved.stdout, moved.stdout[-3000:] + moved.stderr[-3000:]
+    runs = _runs(dagster_home)
+    changed = _cli(tmp_path, config, "run", "shop")
+    assert changed.returncode == 0, changed.stdout[-3000:] + changed.stderr[-3000:]
+    assert "no run started" not in changed.stdout
+    assert _runs(dagster_home) == runs + 1
+    new_files = {name: rows for name, rows in _exported_rows(out).items() if name not in files}
+    assert list(new_files.values()) == [[["C2", "Lima"]]]
+    files = _exported_rows(out)
+    assert "no run started" in _cli(tmp_path, config, "run", "shop").stdout
+
+    # A condition on the clock: memberships move without a change, so the run (and its refresh) happens.
+    store_yaml = config / "store.yaml"
+    plain_store_yaml = store_yaml.read_text()
+    _set_in_yaml(store_yaml, "  segments:\n", "  segments:\n    recent: {condition: \"created_at > now() - INTERVAL 1 DAY\"}\n")
+    runs = _runs(dagster_home)
+    clock = _cli(tmp_path, config, "run", "shop")
+    assert clock.returncode == 0, clock.stdout[-3000:] + clock.stderr[-3000:]
+    assert "already merged (not fetched again): people:people_1.csv" in clock.stdout  # not an import that started it
+    assert "no run started" not in clock.stdout
+    assert _runs(dagster_home) == runs + 1
+    store_yaml.write_text(plain_store_yaml)
+    assert "no run started" in _cli(tmp_path, config, "run", "shop").stdout
+
+    # write_empty_files sends a header-only file when nothing changed: the run happens and sends it.
+    _set_in_yaml(config / "connections" / "shop.yaml", "file_name: 'everyone_{date}.csv'}", "file_name: 'everyone_{date}.csv', write_empty_files: true}")
+    runs = _runs(dagster_home)
+    empty = _cli(tmp_path, config, "run", "shop")
+    assert empty.returncode == 0, empty.stdout[-3000:] + empty.stderr[-3000:]
+    assert "no run started" not in empty.stdout
+    assert _runs(dagster_home) == runs + 1
+    assert [rows for name, rows in _exported_rows(out).items() if name not in files] == [[]]
+
+    # --always-run starts the run although nothing would be sent.
+    _set_in_yaml(config / "connections" / "shop.yaml", ", write_empty_files: true}", "}")
+    runs = _runs(dagster_home)
+    forced = _cli(tmp_path, config, "run", "shop", "--always-run")
+    assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr[-3000:]
+    assert "no run started" not in forced.stdout
+    assert _runs(dagster_home) == runs + 1

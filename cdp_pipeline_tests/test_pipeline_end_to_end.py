@@ -79,9 +79,13 @@ def test_demo_connection_end_to_end(demo_home: Path):
     # The runs are in the persistent instance, so `dagster dev` on the same DAGSTER_HOME shows them.
     instance = dg.DagsterInstance.get()
     # One run of the Run now job (the three imports in goal order, then the export), as the UI's
-    # Run now and the schedules launch it; the store checks follow the merges in a run of their own.
+    # Run now and the schedules launch it; it evaluates the store checks itself after the merges.
     runs = instance.get_runs()
-    assert sorted(run.job_name for run in runs) == ["demo_local_run_now", "demo_local_store_checks"]
+    assert [run.job_name for run in runs] == ["demo_local_run_now"]
+    records = instance.get_records_for_run(run_id=runs[0].run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    evaluations = [record.event_log_entry.dagster_event.asset_check_evaluation_data for record in records]
+    checks = ("events_have_profiles", "ledger_matches_store", "rejects_within_bounds", "unique_profile_ids")
+    assert sorted((evaluation.check_name, evaluation.passed) for evaluation in evaluations) == [(name, True) for name in checks]
     # Each delivery's materialisation is under its partition, as the sensor's runs record it.
     partitions = instance.get_materialized_partitions(dg.AssetKey(["demo_local", "profile_store"]))
     assert {key.split(":")[0] for key in partitions} == {"households", "customers", "orders"}

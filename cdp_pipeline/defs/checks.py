@@ -10,36 +10,35 @@ from cdp_pipeline.defs.executors import job_executor
 from cdp_pipeline.store import checks
 from cdp_pipeline.store.database import open_writer
 
-# name → (description, severity, the store check taking (conn, project, connection))
+# name → (description, severity); what each evaluates is the engine's ``checks.STORE_CHECKS``.
 STORE_CHECKS = {
-    "unique_profile_ids": ("Every profile id appears once in profiles.", dg.AssetCheckSeverity.ERROR, lambda conn, project, _: checks.unique_profile_ids(conn)),
-    "events_have_profiles": (
-        "No timeline event without its profile, no nested item without its event.",
-        dg.AssetCheckSeverity.ERROR,
-        lambda conn, project, _: checks.events_have_profiles(conn, project.catalog),
-    ),
-    "ledger_matches_store": (
-        "Every profile's last delivery is a merged delivery in the ledger.",
-        dg.AssetCheckSeverity.ERROR,
-        lambda conn, project, _: checks.ledger_matches_store(conn),
-    ),
-    "rejects_within_bounds": (
-        "The latest delivery rejected at most 5% of its rows.",
-        dg.AssetCheckSeverity.WARN,
-        lambda conn, project, connection: checks.rejects_within_bounds(conn, connection.name),
-    ),
+    "unique_profile_ids": ("Every profile id appears once in profiles.", dg.AssetCheckSeverity.ERROR),
+    "events_have_profiles": ("No timeline event without its profile, no nested item without its event.", dg.AssetCheckSeverity.ERROR),
+    "ledger_matches_store": ("Every profile's last delivery is a merged delivery in the ledger.", dg.AssetCheckSeverity.ERROR),
+    "rejects_within_bounds": ("The latest delivery rejected at most 5% of its rows.", dg.AssetCheckSeverity.WARN),
 }
 
 
+def check_evaluation(connection: str, name: str, outcome: checks.CheckOutcome) -> dg.AssetCheckEvaluation:
+    """A check evaluated outside an asset check's own step (the Run now op evaluates all four in
+    its last store session): recorded like the asset check's result, so the UI shows it on the
+    same check of ``profile_store``."""
+    return dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey([connection, "profile_store"]), check_name=name, passed=outcome.passed,
+        description=outcome.description, metadata=outcome.metadata, severity=STORE_CHECKS[name][1],
+    )
+
+
 def _store_check(project: ProjectConfig, connection: Connection, name: str) -> dg.AssetChecksDefinition:
-    description, severity, run = STORE_CHECKS[name]
+    description, severity = STORE_CHECKS[name]
+    run = checks.STORE_CHECKS[name]
 
     # The checks open the store like a writer does (DuckDB's single-process lock), so they share
     # the writers' pool and never collide with a merge.
     @dg.asset_check(asset=dg.AssetKey([connection.name, "profile_store"]), name=name, pool="duckdb_write", description=description)
     def store_check() -> dg.AssetCheckResult:
         with open_writer(project.store_location, project.catalog) as conn:
-            outcome = run(conn, project, connection)
+            outcome = run(conn, project.catalog, connection.name)
         return dg.AssetCheckResult(passed=outcome.passed, description=outcome.description, metadata=outcome.metadata, severity=severity)
 
     return store_check
@@ -54,7 +53,8 @@ def store_checks_job_name(connection: str) -> str:
 
 
 def build_store_checks_runs(connection: Connection, monitored_jobs: list) -> tuple[dg.UnresolvedAssetJobDefinition, dg.SensorDefinition]:
-    """The store checks run in their own run, requested when an import run has merged a delivery.
+    """The store checks run in their own run, requested when an import run has merged a delivery
+    (a Run now evaluates them itself and records their evaluations: no second run then).
 
     Inside the import job they were planned with the merge: when the merge failed they never ran,
     yet the UI showed all four as failed ("0 / 4 passed"), which is not true. Running them after a
@@ -80,6 +80,9 @@ def build_store_checks_runs(connection: Connection, monitored_jobs: list) -> tup
         merged = context.instance.get_records_for_run(run_id=context.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
         if not any(record.asset_key == profile_store for record in merged):
             return dg.SkipReason(f"run {context.dagster_run.run_id} merged no delivery")
+        if context.instance.get_records_for_run(run_id=context.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, limit=1).records:
+            # A Run now evaluates the checks itself, after its last merge, in its own process.
+            return dg.SkipReason(f"run {context.dagster_run.run_id} evaluated the store checks itself")
         return dg.RunRequest(run_key=f"checks-after-{context.dagster_run.run_id}", tags={"cdp/connection": connection.name})
 
     return job, after_merge

@@ -3,7 +3,8 @@
 One op calls the engine's ``connection_run.run_connection`` (imports in goal order, then exports)
 and turns its result into Dagster events: each delivery's ``profile_store`` materialisation under
 its partition (the same partition keys as the sensor's runs, so its history stays in one place),
-each export's, and a failure of the run naming every cause.
+each export's, the store checks' evaluations after a merge (on ``profile_store``'s asset checks,
+as their own run would record them), and a failure of the run naming every cause.
 """
 
 from typing import Literal
@@ -14,6 +15,7 @@ from cdp_pipeline import connection_run
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.defs.assets import markdown_preview, per_goal, segment_export_metadata, timeline_export_metadata
+from cdp_pipeline.defs.checks import check_evaluation
 from cdp_pipeline.defs.executors import job_executor
 from cdp_pipeline.defs.resources import export_transport_key, pgp_key, transport_key
 from cdp_pipeline.deliveries import DeliveryRequest, partition_set_name
@@ -33,6 +35,8 @@ class RunNowConfig(dg.Config):
 #: already, begin (the CLI prints them from the run's log, or itself when no run was needed).
 WAITING_PREFIX = connection_run.WAITING_PREFIX
 ALREADY_MERGED_PREFIX = connection_run.ALREADY_MERGED_PREFIX
+#: how the op's line begins when the store checks could not be evaluated (the CLI prints it).
+CHECKS_NOT_RUN_PREFIX = "store checks could not run: "
 
 
 def run_now_job_name(connection: str) -> str:
@@ -94,6 +98,8 @@ def build_run_now_job(project: ProjectConfig, connection: Connection) -> dg.JobD
             context.log.info(f"{WAITING_PREFIX}{reason}")
         for key in result.already_merged:
             context.log.info(f"{ALREADY_MERGED_PREFIX}{key}")
+        if result.store_checks_error is not None:
+            context.log.error(f"{CHECKS_NOT_RUN_PREFIX}{result.store_checks_error}")
         yield from run_events(name, result)
 
     @dg.job(
@@ -147,6 +153,11 @@ def run_events(connection: str, result: connection_run.ConnectionRun):
         if export.error is not None:
             # Delivered, but not recorded in the store's history: a materialisation AND the failure.
             yield dg.AssetObservation(asset_key=segment_key, metadata={"status": "failed", "error": dg.MetadataValue.text(export.error)})
+    # The store checks of profile_store, evaluated after the run's merges (no run of their own).
+    for check_name, outcome in result.store_checks.items():
+        yield check_evaluation(connection, check_name, outcome)
     causes = [f"{item.partition_key}: {item.error}" for item in result.imports if item.error] + [e.error for e in result.exports if e.error]
+    if result.publish_error is not None:
+        causes.append(result.publish_error)
     if causes:
         raise dg.Failure(description="\n".join(causes), allow_retries=False)

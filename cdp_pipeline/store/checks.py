@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
@@ -74,3 +75,17 @@ def rejects_within_bounds(conn: duckdb.DuckDBPyConnection, connection: str, max_
         f"latest delivery rejected {rejected} of {rows_read} rows ({share:.1%}; bound {max_share:.0%})",
         {"rows_read": rows_read, "rows_rejected": rejected},
     )
+
+
+#: the store checks by name, in the order the UI lists them; each takes (conn, catalog, connection).
+STORE_CHECKS: dict[str, Callable[[duckdb.DuckDBPyConnection, Catalog, str], CheckOutcome]] = {
+    "unique_profile_ids": lambda conn, catalog, connection: unique_profile_ids(conn),
+    "events_have_profiles": lambda conn, catalog, connection: events_have_profiles(conn, catalog),
+    "ledger_matches_store": lambda conn, catalog, connection: ledger_matches_store(conn),
+    "rejects_within_bounds": lambda conn, catalog, connection: rejects_within_bounds(conn, connection),
+}
+
+
+def evaluate_store_checks(conn: duckdb.DuckDBPyConnection, catalog: Catalog, connection: str) -> dict[str, CheckOutcome]:
+    """Every store check in one session (one store open instead of four)."""
+    return {name: check(conn, catalog, connection) for name, check in STORE_CHECKS.items()}

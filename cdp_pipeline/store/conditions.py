@@ -322,3 +322,43 @@ def compile_conditions(catalog: Catalog, store: duckdb.DuckDBPyConnection | None
     if problems:
         raise ConditionError("\n".join(problems))
     return result
+
+
+#: functions whose value is the current time (``age`` only with one argument: its age until today).
+_CLOCK_FUNCTIONS = frozenset(
+    {"now", "today", "get_current_timestamp", "get_current_time", "transaction_timestamp", "current_date", "current_timestamp", "current_time",
+     "current_localtime", "current_localtimestamp", "localtime", "localtimestamp"}
+)
+
+
+def _reads_clock(node: Any) -> bool:
+    if isinstance(node, list):
+        return any(_reads_clock(item) for item in node)
+    if not isinstance(node, dict):
+        return False
+    if node.get("class") == "COLUMN_REF" and [n.lower() for n in node.get("column_names") or []] in ([name] for name in _CLOCK_NAMES):
+        return True
+    if node.get("class") == "FUNCTION":
+        name = str(node.get("function_name", "")).lower()
+        arguments = node.get("arguments") or node.get("children") or []
+        if name in _CLOCK_FUNCTIONS or (name == "age" and len(arguments) == 1):
+            return True
+    return any(_reads_clock(value) for value in node.values())
+
+
+def clock_conditions(catalog: Catalog) -> list[str]:
+    """The store.yaml key paths of the conditions whose result moves with the clock (``now()``,
+    ``current_date``, ``age(x)``, a date compared with today), subqueries over timelines included:
+    their memberships change although no profile did. A condition that does not parse counts as one
+    (the refresh reports it)."""
+    found = []
+    with _scratch_connection() as scratch:
+        for where, condition, _, _ in _conditions(catalog):
+            try:
+                tree = _expression_tree(scratch, condition)
+            except (ConditionError, duckdb.Error):
+                found.append(where)
+                continue
+            if _reads_clock(tree["statements"][0]["node"]["select_list"]):
+                found.append(where)
+    return found

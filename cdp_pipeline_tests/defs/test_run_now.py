@@ -108,3 +108,88 @@ def test_run_now_goal_filter_runs_only_the_named_goals(demo_home, tmp_path):
         assert not [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1].endswith("_export")]
         wrong = _launch(instance, goals=["no_such_goal"])
         assert not wrong.success
+
+
+CHECKS = ("unique_profile_ids", "events_have_profiles", "ledger_matches_store", "rejects_within_bounds")
+
+
+def _store_figures(path) -> tuple:
+    """What a reader of ``path`` sees: profiles, ledger rows, run history rows (plain SQL)."""
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return tuple(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("profiles", "deliveries", "runs"))
+
+
+def test_run_now_records_the_store_checks_itself_and_publishes_the_copy_once(demo_home, tmp_path, monkeypatch):
+    from cdp_pipeline import connection_run
+    from cdp_pipeline.definitions import defs
+
+    publishes = []
+    real_publish = connection_run.publish_copy
+
+    def counted(conn, target):
+        publishes.append(target)
+        return real_publish(conn, target)
+
+    monkeypatch.setattr(connection_run, "publish_copy", counted)
+    inbox = demo_home / "demo" / "inbox"
+    inbox.mkdir(parents=True)
+    for path in generate_delivery(tmp_path / "drop", profiles=25, seed=5, date="20260115").values():
+        shutil.copy(path, inbox / path.name)
+    profile_store = dg.AssetKey(["demo_local", "profile_store"])
+    with dg.instance_for_test() as instance:
+        first = _launch(instance)
+        assert first.success
+        assert len(_materialized(first, "profile_store")) == 3
+        # Three merges and an export, one copy: taken after the run's last row was written.
+        assert publishes == [demo_home / "store_published.duckdb"]
+        live = _store_figures(demo_home / "store.duckdb")
+        assert live[1:] == (3, 4)  # three deliveries, three import rows and the export's
+        assert _store_figures(demo_home / "store_published.duckdb") == live
+
+        # The four checks were evaluated in the Run now itself, and are where the UI reads a
+        # check's executions: on profile_store's checks, from this run.
+        assert {e.asset_check_key.name: e.passed for e in first.get_asset_check_evaluations()} == dict.fromkeys(CHECKS, True)
+        for name in CHECKS:
+            history = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(profile_store, name), limit=5)
+            assert [(record.run_id, record.status.value) for record in history] == [(first.run_id, "SUCCEEDED")]
+        with duckdb.connect(str(demo_home / "store.duckdb"), read_only=True) as conn:
+            duplicates = conn.execute("SELECT count(*) - count(DISTINCT profile_id) FROM profiles").fetchone()[0]
+        evaluation = next(e for e in first.get_asset_check_evaluations() if e.asset_check_key.name == "unique_profile_ids")
+        assert evaluation.metadata["duplicate_ids"].value == duplicates == 0
+        assert evaluation.metadata["profiles"].value == live[0]
+
+        # The daemon's sensor does not run them a second time after this run.
+        definitions = defs()
+        sensor = definitions.resolve_sensor_def("demo_local_store_checks_after_merge")
+        event = instance.get_records_for_run(run_id=first.run_id, of_type=dg.DagsterEventType.RUN_SUCCESS).records[0].event_log_entry.dagster_event
+        context = dg.build_run_status_sensor_context(
+            sensor_name=sensor.name, dagster_event=event, dagster_instance=instance, dagster_run=instance.get_run_by_id(first.run_id)
+        )
+        assert isinstance(sensor(context), dg.SkipReason)
+        assert [run.job_name for run in instance.get_runs()] == ["demo_local_run_now"]
+
+        # A run that merges nothing evaluates no check.
+        publishes.clear()
+        second = _launch(instance)
+        assert second.success
+        assert second.get_asset_check_evaluations() == []
+        assert publishes == [demo_home / "store_published.duckdb"]  # its export's history row is in the copy
+        assert _store_figures(demo_home / "store_published.duckdb") == _store_figures(demo_home / "store.duckdb")
+
+
+def test_a_run_that_fails_after_its_merges_still_publishes_what_it_committed(demo_home, tmp_path, monkeypatch):
+    inbox = demo_home / "demo" / "inbox"
+    inbox.mkdir(parents=True)
+    for path in generate_delivery(tmp_path / "drop", profiles=15, seed=6, date="20260115").values():
+        shutil.copy(path, inbox / path.name)
+    # The export's target folder cannot be made (a file is in its place): the export fails after the merges.
+    (demo_home / "demo" / "outbox").write_text("not a folder")
+    with dg.instance_for_test() as instance:
+        result = _launch(instance)
+        assert not result.success
+        assert len(_materialized(result, "profile_store")) == 3
+    live = _store_figures(demo_home / "store.duckdb")
+    assert live[1:] == (3, 4)  # the three merges and the export's FAILURE row
+    assert _store_figures(demo_home / "store_published.duckdb") == live
+    with duckdb.connect(str(demo_home / "store_published.duckdb"), read_only=True) as conn:
+        assert conn.execute("SELECT status FROM runs WHERE kind = 'export'").fetchall() == [("FAILURE",)]

@@ -37,9 +37,9 @@ KILL_POINTS = {
     "merge_early": "merge_early#2",
     "merge_late": "merge_late#2",
     "after_commit": "after_commit#2",
-    "publish": "publish#2",
     "export": "export",
     "upload": "upload",
+    "publish": "publish",  # once, at the end of the run: after the export's upload and record
 }
 #: columns that differ between two runs of the same input by design: times, run ids (and the
 #: delivery ids and file lists that contain them), mtimes.

@@ -167,3 +167,25 @@ def test_valid_conditions_select_what_plain_sql_selects(tmp_path):
     assert members == [("new", new), ("reachable", reachable), ("recent_push", ["p3"])]
     assert reachable == ["p1", "p2"]
     assert stages == [("high", ["p1", "p2", "p3"]), ("rest", ["p4", "p5"])]
+
+
+@pytest.mark.parametrize(
+    "condition,reads_clock",
+    [
+        ("lifetime_value >= 500", False),
+        ("list_contains(consents, 'now') AND city = 'today'", False),
+        ("date_diff('day', signup_date, DATE '2026-01-01') < 30", False),
+        ("age(signup_date, birth_date) > INTERVAL 18 YEAR", False),
+        ("signup_date > current_date - INTERVAL 30 DAY", True),
+        ("last_order_at > now() - INTERVAL 30 DAY", True),
+        ("date_diff('day', signup_date, today()) < 30", True),
+        ("age(birth_date) > INTERVAL 18 YEAR", True),
+        ("CAST(current_timestamp AS DATE) > signup_date", True),
+        ("profile_id IN (SELECT profile_id FROM timeline_order WHERE event_time > get_current_timestamp() - INTERVAL 7 DAY)", True),
+    ],
+)
+def test_conditions_that_read_the_clock_are_named(tmp_path, condition, reads_clock):
+    from cdp_pipeline.store.conditions import clock_conditions
+
+    catalog = load_project(_config_with(tmp_path, condition), tmp_path).catalog
+    assert clock_conditions(catalog) == (["segments.high_value.condition"] if reads_clock else [])
