@@ -28,9 +28,11 @@ if TYPE_CHECKING:
     from cdp_pipeline.config.loading import ProjectConfig
 
 #: ``memory_limit: auto``: at most this much, and at most a quarter of the host's (or the
-#: container's) memory. Measured: a 250k-profile orders merge takes ~0.8 GB unlimited and runs
-#: as fast within it; a 1M one stays within it by spilling (docs/benchmarks.md).
-AUTO_LIMIT_BYTES = 1_000_000_000
+#: container's) memory. The process needs a few hundred MB beyond DuckDB's limit (Python, the
+#: records frame, what DuckDB allocates outside its buffers), growing slowly with the delivery;
+#: with 512 MB an orders merge measured 0.50 / 0.74 / 0.93 GB for the whole process at 100k /
+#: 250k / 500k profiles, where 1 GB gave 0.53 / 0.92 / 1.29 GB (docs/benchmarks.md).
+AUTO_LIMIT_BYTES = 512_000_000
 AUTO = "auto"
 #: sizes as DuckDB writes them (``SET memory_limit``).
 SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*$", re.IGNORECASE)

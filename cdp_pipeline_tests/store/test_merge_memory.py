@@ -58,7 +58,7 @@ def _folder_suffix(spill_root: Path) -> str:
 
 def test_memory_limit_auto_is_a_quarter_of_the_host_at_most_one_gigabyte_and_a_wrong_size_is_refused() -> None:
     megabytes = int(str(resolved_limit("auto")).removesuffix("MB"))
-    assert megabytes == min(1000, host_memory_bytes() // 4 // 1_000_000)
+    assert megabytes == min(512, host_memory_bytes() // 4 // 1_000_000)
     assert resolved_limit("2GB") == "2GB" and resolved_limit(None) is None
     assert StoreSettings(memory_limit="1.5 GiB").memory_limit == "1.5 GiB"
     with pytest.raises(ValidationError, match="memory_limit"):
