@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 #: ``memory_limit: auto``: at most this much, and at most a quarter of the host's (or the
 #: container's) memory. The process needs a few hundred MB beyond DuckDB's limit (Python, the
 #: records frame, what DuckDB allocates outside its buffers), growing slowly with the delivery;
-#: with 512 MB an orders merge measured 0.50 / 0.74 / 0.93 GB for the whole process at 100k /
+#: with 512 MB an orders merge measured 0.49 / 0.77 / 1.00 GB for the whole process at 100k /
 #: 250k / 500k profiles, where 1 GB gave 0.53 / 0.92 / 1.29 GB (docs/benchmarks.md).
 AUTO_LIMIT_BYTES = 512_000_000
 AUTO = "auto"
