@@ -73,8 +73,18 @@ def _sweep_dead(spill_root: Path) -> None:
     only when it closes normally."""
     for folder in spill_root.iterdir():
         owner = folder.name.split("-", 1)[0]
-        if folder.is_dir() and owner.isdigit() and not Path(f"/proc/{owner}").exists():
+        if folder.is_dir() and owner.isdigit() and not _is_running(int(owner)):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def limit_memory(conn: duckdb.DuckDBPyConnection, memory: WriterMemory | None, store_file: Path | None) -> Path | None:
