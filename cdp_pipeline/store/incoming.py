@@ -7,6 +7,7 @@ replaced by a frame of its own (or a test built in memory) is registered as that
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import duckdb
@@ -42,8 +43,11 @@ def staged_view(
 
 
 def drop_staged_view(conn: duckdb.DuckDBPyConnection, view: str) -> None:
-    """Forget ``view`` and the frame behind it, if any: the connection outlives the delivery's files."""
-    conn.execute(f"DROP VIEW IF EXISTS {quote(view)}")
+    """Forget ``view`` and the frame behind it, if any: the connection outlives the delivery's
+    files. Best effort: it also runs after a failed merge, on a connection that may be unusable
+    by then, and must not replace that failure's error (a full disk is recognised by its text)."""
+    with contextlib.suppress(duckdb.Error):
+        conn.execute(f"DROP VIEW IF EXISTS {quote(view)}")
     try:
         conn.unregister(_frame_name(view))
     except Exception:  # noqa: BLE001, S110 - a Parquet file's view has no frame
