@@ -57,6 +57,7 @@ from cdp_pipeline.store.exports import (
     write_timeline_csvs,
     writes_utf8,
 )
+from cdp_pipeline.store.memory import writer_memory
 from cdp_pipeline.store.segments import refresh_memberships
 from cdp_pipeline.transports.base import Transport
 
@@ -273,7 +274,8 @@ def run_export(
         diff_counts: dict[str, int] = {}
 
         subject = f"{connection.name}.{goal.name}"
-        with progress.stage("export", subject, "rows") as meter, open_writer(project.store_location, project.catalog, threads=project.store.threads) as conn:
+        writer = open_writer(project.store_location, project.catalog, threads=project.store.threads, memory=writer_memory(project))
+        with progress.stage("export", subject, "rows") as meter, writer as conn:
             refresh_memberships(conn, project.catalog, now)
             selection = select_profiles(
                 conn, project.catalog, connection.name, goal, full=full, consent_property=consent_property, objectives=connection.objectives
@@ -361,7 +363,7 @@ def run_export(
                 _upload(transport, manifest, exported.remote_path + ".manifest.json", goal, done=len(sent), total=len(plan))
                 manifests.append(exported.remote_path + ".manifest.json")
 
-        with open_writer(project.store_location, project.catalog, threads=project.store.threads) as conn:
+        with open_writer(project.store_location, project.catalog, threads=project.store.threads, memory=writer_memory(project)) as conn:
             retry_on_conflict(
                 lambda: record_export(conn, connection.name, goal.name, run_id, now, exported=exported_ids, rows=snapshot_rows),
                 what=f"recording export {goal.name}",

@@ -47,6 +47,7 @@ from cdp_pipeline.store.conflicts import ATTEMPTS, FIRST_DELAY_SECONDS, retry_on
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.lake import LAKE_FIRST_DELAY_SECONDS
 from cdp_pipeline.store.ledger import merged_file_identities, stored_property_writers
+from cdp_pipeline.store.memory import writer_memory
 from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_merged, merge_delivery
 from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
@@ -439,7 +440,7 @@ def merge_staged(
     # ledger check included; a lake with several writers is given more attempts.
     lake = project.store.ducklake if project.store.backend == "ducklake" else None
     attempts, first_delay = (lake.write_attempts, LAKE_FIRST_DELAY_SECONDS) if lake else (ATTEMPTS, FIRST_DELAY_SECONDS)
-    with open_writer(project.store_location, project.catalog, threads=project.store.threads) as conn:
+    with open_writer(project.store_location, project.catalog, threads=project.store.threads, memory=writer_memory(project)) as conn:
 
         def merge_once() -> tuple[str | None, MergeCounts | None]:
             # Stamp changes with a time taken after the lock is ours: an export that ran while this

@@ -57,6 +57,10 @@ class StoreSettings(StrictModel):
     published_path: str | None = "store_published.duckdb"
     #: DuckDB threads for the writer (None = all cores).
     threads: int | None = None
+    #: DuckDB's memory in the connections that merge and export, as DuckDB writes sizes ("1GB",
+    #: "512MB"); beyond it DuckDB spills to a private folder in the work directory. ``auto``: the
+    #: smaller of 512 MB and a quarter of the host's memory; None: DuckDB's own (80 % of the host's).
+    memory_limit: str | None = Field(default="auto", pattern=r"(?i)^\s*(auto|\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB))\s*$")
     #: list profile property holding the objectives a profile consented to. A connection with
     #: ``objectives`` imports only profiles whose value (incoming, else stored) names at least one.
     consent_property: str = "consents"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full, says_disk_full
 from cdp_pipeline.errors import CdpError, TransientError
 from cdp_pipeline.private_files import private_directory, private_umask
 from cdp_pipeline.store.lake import connect_lake, retry_write_conflicts, rollback
+from cdp_pipeline.store.memory import WriterMemory, limit_memory
 from cdp_pipeline.store.schema import ensure_schema, literal
 
 
@@ -118,13 +120,15 @@ def unreadable_store(path: Path, exc: BaseException) -> StoreUnreadableError:
 
 @contextlib.contextmanager
 def open_writer(
-    path: Path | DuckLakeLocation, catalog: Catalog, *, threads: int | None = None, lock_wait_seconds: float = 120
+    path: Path | DuckLakeLocation, catalog: Catalog, *, threads: int | None = None, memory: WriterMemory | None = None,
+    lock_wait_seconds: float = 120,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """The writing connection, schema brought up to date; always closed, even when the body raises,
     so a failed step never keeps the single-writer lock from the next run. ``path`` is the DuckDB
-    file, or the lake (``store.backend: ducklake``), which many writers may open at once."""
+    file, or the lake (``store.backend: ducklake``), which many writers may open at once.
+    ``memory``: DuckDB's memory limit and spill folder (the merges and exports, see store/memory.py)."""
     if isinstance(path, DuckLakeLocation):
-        with _open_lake_writer(path, catalog, threads=threads) as conn:
+        with _open_lake_writer(path, catalog, threads=threads, memory=memory) as conn:
             yield conn
         return
     if not path.parent.exists():
@@ -134,6 +138,7 @@ def open_writer(
     # reads like a database fault; the transaction is rolled back either way (nothing half merged).
     with _disk_full_named(path):
         try:
+            limit_memory(conn, memory, path)
             conn.execute("BEGIN")
             ensure_schema(conn, catalog)
             conn.execute("COMMIT")
@@ -157,9 +162,13 @@ def _disk_full_named(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _open_lake_writer(location: DuckLakeLocation, catalog: Catalog, *, threads: int | None) -> Iterator[duckdb.DuckDBPyConnection]:
+def _open_lake_writer(
+    location: DuckLakeLocation, catalog: Catalog, *, threads: int | None, memory: WriterMemory | None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     conn = connect_lake(location, read_only=False, threads=threads)
+    spill_folder = None
     try:
+        spill_folder = limit_memory(conn, memory, None)
 
         def bring_up_to_date() -> None:
             conn.execute("BEGIN")
@@ -175,6 +184,8 @@ def _open_lake_writer(location: DuckLakeLocation, catalog: Catalog, *, threads: 
         yield conn
     finally:
         conn.close()
+        if spill_folder is not None:
+            shutil.rmtree(spill_folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

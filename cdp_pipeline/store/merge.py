@@ -52,6 +52,7 @@ import polars as pl
 from cdp_pipeline.config.catalog import DEFAULT_DOMAIN_GROUP, Catalog, PropertyDefinition, consent_property_problem
 from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.fault_injection import fault_point
+from cdp_pipeline.store.incoming import drop_staged_view, staged_view
 from cdp_pipeline.store.lake import claim_write_turn, mark_commit, record_snapshot_ids, rollback
 from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
 from cdp_pipeline.tables.staged import FILE_HASH_HI, FILE_HASH_LO, HASH_HI, HASH_LO, KEY_INDEX, NOT_IMPORTED, ROWS, SUM_KEYED, StagedImport
@@ -219,14 +220,11 @@ def _apply_sum_delta(
         },
     )
     new_tables, replaced, joins = [], [], []
-    for index, (prop, frame) in enumerate(sorted(staged.sum_rows.items())):
-        if KEY_INDEX not in frame.columns:
-            frame = frame.with_columns(pl.lit(0, dtype=pl.Int32).alias(KEY_INDEX))
-        if SUM_KEYED not in frame.columns:
-            frame = frame.with_columns(pl.lit(False).alias(SUM_KEYED))
-        if FILE_HASH_HI not in frame.columns:
-            frame = frame.with_columns(pl.col(HASH_HI).alias(FILE_HASH_HI), pl.col(HASH_LO).alias(FILE_HASH_LO))
-        conn.register("incoming_sum_rows", frame)
+    for index, prop in enumerate(sorted(staged.sum_rows)):
+        staged_view(
+            conn, "incoming_sum_rows", staged.sum_rows, prop,
+            {KEY_INDEX: "CAST(0 AS INTEGER)", SUM_KEYED: "false", FILE_HASH_HI: HASH_HI, FILE_HASH_LO: HASH_LO},
+        )
         # Values in DECIMAL(38,4): wide enough for every BIGINT and DECIMAL(18,4) value and their
         # differences; the overflow check on the stored type comes with the merge.
         conn.execute(
@@ -267,9 +265,9 @@ def _apply_sum_delta(
             FROM incoming_sum_rows WHERE value IS NOT NULL AND {SUM_KEYED}
             """
         )
-        conn.unregister("incoming_sum_rows")
+        (total,) = conn.execute("SELECT count(value) FROM incoming_sum_rows").fetchall()[0]
+        drop_staged_view(conn, "incoming_sum_rows")
         new_rows, corrected = conn.execute(f"SELECT count(*) FILTER (WHERE NOT legacy), count(*) FILTER (WHERE known) FROM sum_new_{index}").fetchall()[0]
-        total = frame.filter(pl.col("value").is_not_null()).height
         counts.sum_rows_already_counted += total - new_rows
         counts.sum_rows_corrected += corrected
         new_tables.append((prop, f"sum_new_{index}"))
@@ -738,16 +736,14 @@ def _merge_events(
     the event: new keys are added after the event's stored rows, known keys updated, stored rows
     the file does not carry are kept (a partner often sends only an order's new lines), unless
     the goal says ``nested: replace``."""
-    for event_type, frame in staged.events.items():
+    for event_type in staged.events:
         definition = catalog.event_types[event_type]
         table = event_table(event_type)
-        if KEY_INDEX not in frame.columns:
-            frame = frame.with_columns(pl.lit(0, dtype=pl.Int32).alias(KEY_INDEX))
-        conn.register("incoming_events", frame)
+        columns = staged_view(conn, "incoming_events", staged.events, event_type, {KEY_INDEX: "CAST(0 AS INTEGER)", NOT_IMPORTED: "[]::VARCHAR[]"})
         props = list(definition.properties)
-        present = [p for p in props if p in frame.columns]
+        present = [p for p in props if p in columns]
         casts = ", ".join(f"CAST(e.{quote(p)} AS {SQL_TYPES[definition.properties[p].type]}) AS {quote(p)}" for p in present)
-        not_imported = f"e.{NOT_IMPORTED}" if NOT_IMPORTED in frame.columns else "[]::VARCHAR[]"
+        not_imported = f"e.{NOT_IMPORTED}"
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE event_rows AS
@@ -809,19 +805,18 @@ def _merge_nested(
     key = f"{event_type}/{nested_type}"
     items_table = quote(item_table(event_type, nested_type))
     sources = [s for s in staged.product_store if s.event_type == event_type and s.nested_type == nested_type]
-    item_frame = staged.items.get(key)
-    if item_frame is None and not staged.replace_nested:
+    delivered = key in staged.items
+    if not delivered and not staged.replace_nested:
         return  # no rows of this type delivered: the stored ones stay
-    if item_frame is not None and "item_key" not in item_frame.columns:
-        item_frame = item_frame.with_columns(pl.col("item_index").cast(pl.String).alias("item_key"))
-    if item_frame is not None and NOT_IMPORTED not in item_frame.columns:
-        item_frame = item_frame.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias(NOT_IMPORTED))
-    item_props = [p for p in nested_props if item_frame is not None and p in item_frame.columns]
-    if item_frame is not None:
-        conn.register("incoming_items", item_frame)
+    item_props: list[str] = []
+    if delivered:
+        columns = staged_view(
+            conn, "incoming_items", staged.items, key, {"item_key": "CAST(item_index AS VARCHAR)", NOT_IMPORTED: "[]::VARCHAR[]"}
+        )
+        item_props = [p for p in nested_props if p in columns]
         casts = "".join(f", CAST(i.{quote(p)} AS {sql_types[p]}) AS {quote(p)}" for p in item_props)
-        # A view, not a copy: the delivered rows are read where they are (the staged frame), which
-        # kept a second copy of every nested row in memory at the run's peak (the orders merge).
+        # A view, not a copy: the delivered rows are read where they are (the staged Parquet file),
+        # which kept a second copy of every nested row in memory at the run's peak (the orders merge).
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP VIEW item_rows AS
@@ -1104,10 +1099,12 @@ def merge_delivery(
         rollback(conn)
         raise
     finally:
-        for view in ("incoming_records", "incoming_events", "incoming_items", "incoming_rejects", "incoming_sum_rows"):
+        for view in ("incoming_records", "incoming_rejects"):
             try:
                 conn.unregister(view)
             except Exception:  # noqa: BLE001, S110 - a view that was never registered
                 pass
+        for view in ("item_rows", "incoming_events", "incoming_items", "incoming_sum_rows"):
+            drop_staged_view(conn, view)
     record_snapshot_ids(conn)
     return counts

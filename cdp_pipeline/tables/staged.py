@@ -5,7 +5,7 @@ them over through the delivery's private work directory, not through pickled fra
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,9 +66,9 @@ class StagedImport:
     records: pl.DataFrame
     group_type: str | None = None
     #: event type → event_id, _key, event_time, properties
-    events: dict[str, pl.DataFrame] = field(default_factory=dict)
+    events: Mapping[str, pl.DataFrame] = field(default_factory=dict)
     #: "event_type/nested_type" → event_id, item_key (the row's key within its event), item_index, properties
-    items: dict[str, pl.DataFrame] = field(default_factory=dict)
+    items: Mapping[str, pl.DataFrame] = field(default_factory=dict)
     product_store: list[ProductStoreSource] = field(default_factory=list)
     rejects: list[InputProblem] = field(default_factory=list)
     rows_read: int = 0
@@ -78,7 +78,7 @@ class StagedImport:
     #: sum property → one row per source row that carries a value: ``_key``, ``_key_index``,
     #: ``_row_hash_hi``/``_row_hash_lo`` (the row's identity, see import_tables) and ``value``. The
     #: merge adds only rows whose identity was not counted before for the same root file (row delta).
-    sum_rows: dict[str, pl.DataFrame] = field(default_factory=dict)
+    sum_rows: Mapping[str, pl.DataFrame] = field(default_factory=dict)
     #: path of the reject report CSV written by ``stage_delivery`` (None until written).
     reject_report: str | None = None
     #: a key matching several stored profiles updates every one of them (SARE's duplicates_handling
@@ -139,6 +139,9 @@ class StagedImport:
 
     @classmethod
     def load(cls, directory: Path) -> StagedImport:
+        """The saved tables; events, nested rows and sum rows stay in their Parquet files
+        (``ParquetFrames``): the merge reads them there in DuckDB, so the largest tables of a
+        delivery (an orders file's lines) are never held in Python during the merge."""
         manifest = json.loads((directory / "manifest.json").read_text())
         return cls(
             target=manifest["target"],
@@ -148,9 +151,9 @@ class StagedImport:
             rules=manifest["rules"],
             records=pl.read_parquet(directory / "records.parquet"),
             group_type=manifest["group_type"],
-            events={name: pl.read_parquet(directory / f"events__{name}.parquet") for name in manifest["events"]},
-            items={name: pl.read_parquet(directory / f"items__{name.replace('/', '__')}.parquet") for name in manifest["items"]},
-            sum_rows={name: pl.read_parquet(directory / f"sum_rows__{name}.parquet") for name in manifest.get("sum_rows", [])},
+            events=ParquetFrames({name: directory / f"events__{name}.parquet" for name in manifest["events"]}),
+            items=ParquetFrames({name: directory / f"items__{name.replace('/', '__')}.parquet" for name in manifest["items"]}),
+            sum_rows=ParquetFrames({name: directory / f"sum_rows__{name}.parquet" for name in manifest.get("sum_rows", [])}),
             product_store=[ProductStoreSource(**source) for source in manifest["product_store"]],
             rejects=[InputProblem(**problem) for problem in manifest["rejects"]],
             rows_read=manifest["rows_read"],
@@ -201,3 +204,24 @@ def records_as_stored(staged: StagedImport, rows: int) -> pl.DataFrame:
         key = pl.concat_str([names, pl.lit("="), pl.col(KEY).cast(pl.String)]).alias("identifier")
     columns = [c for c in records.columns if c not in HANDOVER_COLUMNS and not c.startswith("_") and c != key.meta.output_name()]
     return records.select(key, *columns)
+
+
+class ParquetFrames(Mapping[str, pl.DataFrame]):
+    """Staged tables left in their Parquet files: a frame is read when asked for (and not kept),
+    and a reader that can scan the file itself (the merge, in DuckDB) takes ``path`` instead.
+    Read-only: code that changes a table builds a plain dict of frames in its place."""
+
+    def __init__(self, paths: Mapping[str, Path]):
+        self._paths = dict(paths)
+
+    def __getitem__(self, name: str) -> pl.DataFrame:
+        return pl.read_parquet(self._paths[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def path(self, name: str) -> Path:
+        return self._paths[name]
