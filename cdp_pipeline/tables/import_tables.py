@@ -149,15 +149,19 @@ class _DeliveryFiles:
         self.display = display
         self.max_file_bytes = max_file_bytes
         self.raw: dict[str, pl.DataFrame] = {}
-        #: as parsed, before processors (aligned row by row with ``raw``).
-        self.typed: dict[str, pl.DataFrame] = {}
+        #: rows of each file as read, before a reject left any out.
+        self.heights: dict[str, int] = {}
+        #: (file, column) → lines whose cell did not parse, found once when the file is read.
+        self.failed: dict[tuple[str, str], pl.Series] = {}
         #: as parsed and processed: what the goal links and maps.
         self.frames: dict[str, pl.DataFrame] = {}
         self.problems: list[InputProblem] = []
         #: rows the reader left out of each file as rejects (not in ``raw``).
         self.left_out: dict[str, int] = {}
 
-    def read(self, name: str, derived: dict[str, ColumnFormat]) -> None:
+    def read(self, name: str, derived: dict[str, ColumnFormat], raw_columns: set[str] | None) -> None:
+        """Read, type and keep the file; ``raw_columns``: the columns whose text as read is kept
+        (None: all of them)."""
         selection = self.goal.files.file(name)
         read = read_delimited_file(self.paths[name], selection.csv, self.display[name], max_bytes=self.max_file_bytes)
         frame = read.frame
@@ -169,17 +173,21 @@ class _DeliveryFiles:
         formats = {column: fmt for column, fmt in {**derived, **declared}.items() if column in frame.columns}
         typed, problems = parse_typed(frame, formats, self.display[name], selection.csv.decimal_comma)
         for column, fmt in formats.items():
-            self.tally.add(self.display[name], _failed_lines(frame, typed, column), column, f"value does not parse as {fmt.type}", value=True)
-        self.raw[name] = frame
-        self.typed[name] = typed
+            failed = _failed_lines(frame, typed, column)
+            self.failed[(name, column)] = failed
+            self.tally.add(self.display[name], failed, column, f"value does not parse as {fmt.type}", value=True)
+        # Only a typed column can lose a cell, so every failed cell is known now; the text as read
+        # is kept only for the columns row identities hash (a second copy of every typed column
+        # of a 4M-line file otherwise stays in memory until the end of staging).
+        self.heights[name] = frame.height
+        self.raw[name] = frame.select(c for c in frame.columns if c in raw_columns or c == LINE) if raw_columns is not None else frame
         self.frames[name] = typed
         self.problems.extend(problems)
 
     def failed_cells(self, name: str, column: str) -> pl.Series:
         """Lines of ``name`` whose ``column`` did not parse (all of them; the listed problems are capped)."""
-        if column not in self.raw[name].columns:
-            return pl.Series(LINE, [], dtype=pl.Int64)
-        return _failed_lines(self.raw[name], self.typed[name], column)
+        failed = self.failed.get((name, column))
+        return failed if failed is not None else pl.Series(LINE, [], dtype=pl.Int64)
 
     def require(self, name: str, columns: set[str]) -> None:
         selection = self.goal.files.file(name)
@@ -250,8 +258,9 @@ def _failed_lines(before: pl.DataFrame, after: pl.DataFrame, column: str) -> pl.
     """Lines whose non-blank text in ``before`` became null in ``after`` (a cell that did not parse)."""
     if before.schema[column] != pl.String or after.schema[column] == pl.String:
         return pl.Series(LINE, [], dtype=pl.Int64)
-    failed = before[column].str.strip_chars().ne("").fill_null(False) & after[column].is_null()
-    return before.filter(failed)[LINE]
+    # Blanks are stripped only on the few cells that became null, not on the whole column.
+    candidates = before.filter(after[column].is_null() & before[column].is_not_null())
+    return candidates.filter(candidates[column].str.strip_chars() != "")[LINE]
 
 
 def _reject_rows(
@@ -488,7 +497,7 @@ def build_import_tables(
             derived[mapping.file or root].pop(_n(column), None)
 
     for name in paths:
-        files.read(name, derived[name])
+        files.read(name, derived[name], _identity_columns(goal, name, identifier_columns, timeline))
 
     # Processors run before linking and mapping, each file with the processors that name it
     # (the root file by default), in declared order.
@@ -737,8 +746,8 @@ def build_import_tables(
                 )
                 # One row per key within its event: the last in file order, as for events.
                 .unique(subset=["event_id", "item_key"], keep="last", maintain_order=True)
-                .with_columns(pl.col(LINE).rank("ordinal").over("event_id").cast(pl.Int64).alias("item_index"))
             )
+            item_frame = _with_item_index(item_frame)
             item_frame = _typed_properties(
                 item_frame, {p: nested_type.properties[p] for p in nested.properties}, nested.properties, display_names[nested.file], goal, problems, tally,
                 files, nested.file,
@@ -762,6 +771,7 @@ def build_import_tables(
     # --- the sums' source rows with their identities
     sum_rows: dict[str, pl.DataFrame] = {}
     identity_cache: dict[tuple[str, tuple[str, ...]], pl.DataFrame] = {}
+    key_identity_cache: dict[tuple[str, tuple[str, ...]], pl.DataFrame] = {}
     declared_identity = {(m.file or root, _n(m.column), m.property): [_n(c) for c in m.identity] for m in goal.mappings if m.identity}
     for summed in mappings:
         if summed.rule != "sum":
@@ -792,7 +802,11 @@ def build_import_tables(
         if keyed_text is None:
             sum_rows[summed.property] = per_file.drop(LINE)
             continue
-        hashes = key_identities(keyed_text)
+        # Sums fed by the same file's event or nested keys share one hashing pass.
+        key_cache_key = (summed.file, tuple(columns or ()))
+        if key_cache_key not in key_identity_cache:
+            key_identity_cache[key_cache_key] = key_identities(keyed_text)
+        hashes = key_identity_cache[key_cache_key]
         keyed_rows = (
             rows.join(hashes, on=LINE, how="inner")
             # The row's per-file identity too: a store counted before keys existed finds the rows
@@ -808,7 +822,7 @@ def build_import_tables(
 
     # The guard first: its summary names the most common reason and the setting, also for on_error: fail.
     # A row the reader left out (a cut last row) counts among the file's rows, as it does among its rejects.
-    rows_by_file = {display_names[name]: files.raw[name].height + files.left_out.get(name, 0) for name in paths}
+    rows_by_file = {display_names[name]: files.heights[name] + files.left_out.get(name, 0) for name in paths}
     _check_reject_share(goal, tally, rows_by_file, timeline, display_names, problems)
     if problems and goal.on_error == "fail":
         raise InputError(problems)
@@ -834,6 +848,19 @@ def build_import_tables(
         detected_properties=detected,
         detected_event_properties=detected_events,
     )
+
+
+def _identity_columns(goal: ImportGoal, name: str, identifier_columns: list[str], timeline: list) -> set[str] | None:
+    """The columns of file ``name`` whose text as read a sum's per-file row identity may hash (see
+    the sums' source rows below), or None when any column may (a bulk mapping that sums)."""
+    root = goal.files.root.name
+    if name == root and goal.bulk_mapping is not None and goal.bulk_mapping.rule == "sum":
+        return None
+    summed = {_n(m.column) for m in goal.mappings if m.rule == "sum" and (m.file or root) == name}
+    if not summed:
+        return set()
+    base = identifier_columns if name == root else [_n(c) for c in next(f for f in goal.files.linked if f.name == name).link]
+    return {*base, *(_n(event.event_id) for event in timeline if event.file == name), *summed}
 
 
 def _unify_keys(frame: pl.DataFrame, identifier_count: int) -> pl.DataFrame:
@@ -951,6 +978,20 @@ def _item_keys(joined: pl.DataFrame, nested: NestedEventMapping, display: str, p
     repeated = pl.struct("event_id", _ITEM_KEY).is_duplicated()
     occurrence = pl.when(repeated).then(pl.int_range(1, pl.len() + 1).over(["event_id", _ITEM_KEY])).otherwise(1).cast(pl.String)
     return joined.with_columns(pl.concat_str([pl.lit("content"), pl.col(_ITEM_KEY), occurrence], separator="\x1e").alias(_ITEM_KEY))
+
+
+def _with_item_index(items: pl.DataFrame) -> pl.DataFrame:
+    """``item_index``: the row's position (1-based) among its event's rows, in file order (the
+    frame is in line order). Files list an event's nested rows together, so the position is the
+    distance from the start of the event's run; only a file whose events are interleaved pays for
+    the window over every row."""
+    event_ids = items["event_id"]
+    starts = event_ids.ne_missing(event_ids.shift(1))
+    if items.height and starts.sum() != event_ids.n_unique():
+        return items.with_columns(pl.col(LINE).rank("ordinal").over("event_id").cast(pl.Int64).alias("item_index"))
+    position = pl.int_range(pl.len(), dtype=pl.Int64)
+    run_start = pl.when(starts).then(position).forward_fill()
+    return items.with_columns((position - run_start + 1).alias("item_index"))
 
 
 def _typed_properties(
