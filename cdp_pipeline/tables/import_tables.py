@@ -643,6 +643,8 @@ def build_import_tables(
     #: file → (_line, the key text of the row): an event row's event id, a nested row's event id
     #: and key within its event. Sums fed by these rows remember their contribution per key.
     row_keys: dict[str, pl.DataFrame] = {}
+    #: only a file that feeds a sum needs its row keys (a text of every nested row otherwise).
+    summed_files = {m.file for m in mappings if m.rule == "sum"}
     detected_events: dict[str, dict[str, str]] = {}
 
     for event in timeline:
@@ -654,7 +656,8 @@ def build_import_tables(
             source, pl.col(_EVENT_ID).is_null(), display_names[event.file], event_id, "empty event id", "every event row needs an id", problems, tally
         )
         event_key = pl.concat_str([pl.lit(f"event:{event.event_type}"), pl.col(_EVENT_ID)], separator=_CELL_SEPARATOR)
-        row_keys.setdefault(event.file, source.select(LINE, event_key.alias(_ROW_KEY)))
+        if event.file in summed_files:
+            row_keys.setdefault(event.file, source.select(LINE, event_key.alias(_ROW_KEY)))
         # An event without a time cannot be placed on the timeline; a time that did not parse is
         # already listed as a cell problem, so only the empty ones get their own entry here.
         unparsed_times = files.failed_cells(event.file, event_time)
@@ -733,8 +736,8 @@ def build_import_tables(
             right_on = [_n(c) for c in linked.link.values()]
             keys = _link_keys(len(left_on))
             lookup = parent_ids.select(*_link_values(right_on, keys), pl.col(_EVENT_ID).alias("event_id")).unique(subset=keys, keep="last")
-            child = with_key(nested.file).with_columns(_link_values(left_on, keys))
-            joined = child.join(lookup, on=keys, how="inner", maintain_order="left").drop(keys).sort(LINE)
+            joined = with_key(nested.file).with_columns(_link_values(left_on, keys)).join(lookup, on=keys, how="inner", maintain_order="left")
+            joined = joined.drop(keys).sort(LINE)
             joined = _item_keys(joined, nested, display_names[nested.file], problems, tally)
             nested_type = event_type.nested[nested.type]
             item_frame = (
@@ -744,9 +747,11 @@ def build_import_tables(
                     *(pl.col(_n(column)).alias(prop) for prop, column in nested.properties.items()),
                     pl.col(LINE),
                 )
-                # One row per key within its event: the last in file order, as for events.
-                .unique(subset=["event_id", "item_key"], keep="last", maintain_order=True)
             )
+            if nested.key:
+                # One row per key within its event: the last in file order, as for events. Content
+                # keys are unique within their event already (numbered among identical rows).
+                item_frame = item_frame.unique(subset=["event_id", "item_key"], keep="last", maintain_order=True)
             item_frame = _with_item_index(item_frame)
             item_frame = _typed_properties(
                 item_frame, {p: nested_type.properties[p] for p in nested.properties}, nested.properties, display_names[nested.file], goal, problems, tally,
@@ -755,7 +760,9 @@ def build_import_tables(
             items[f"{event.event_type}/{nested.type}"] = item_frame.select("event_id", "item_index", "item_key", *nested.properties, NOT_IMPORTED)
             tag = pl.lit(f"item:{event.event_type}/{nested.type}")
             item_key = pl.concat_str([tag, pl.col("event_id"), pl.col(_ITEM_KEY)], separator=_CELL_SEPARATOR)
-            row_keys.setdefault(nested.file, joined.select(LINE, item_key.alias(_ROW_KEY)))
+            if nested.file in summed_files:
+                row_keys.setdefault(nested.file, joined.select(LINE, item_key.alias(_ROW_KEY)))
+            del joined
             if event.add_to_product_store:
                 nested_props = nested_type.properties
                 if event.product_id_property in nested_props:
