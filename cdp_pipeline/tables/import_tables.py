@@ -397,27 +397,43 @@ def row_identities(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     cells = [pl.col(c).cast(pl.String).fill_null(_EMPTY_CELL) for c in columns]
     text = pl.concat_str(cells, separator=_CELL_SEPARATOR) if cells else pl.lit("", dtype=pl.String)
     identities = frame.select(pl.col(LINE), text.alias("identity"))
+    hashed = _md5_halves(identities, "identity")
+    # Repeats are found on the hash in Polars; only the repeated rows go back to DuckDB to be
+    # numbered and hashed again (most files have none).
+    repeated = pl.struct(HASH_HI, HASH_LO).is_duplicated()
+    if not hashed.select(repeated.any()).item():
+        return hashed
+    again = hashed.filter(repeated).join(identities, on=LINE, how="inner")
     connection = duckdb.connect()
     try:
-        connection.register("row_text", identities)
-        return connection.sql(
-            """
-            WITH hashed AS (SELECT _line, identity, md5_number(identity) AS h FROM row_text),
-            repeated AS (SELECT h FROM hashed GROUP BY h HAVING count(*) > 1),
-            renumbered AS (
-                SELECT _line, row_number() OVER (PARTITION BY h ORDER BY _line) AS occurrence, identity
-                FROM hashed WHERE h IN (SELECT h FROM repeated)
-            ),
-            final AS (
-                SELECT hashed._line,
-                       CASE WHEN renumbered.occurrence > 1
-                            THEN md5_number(renumbered.identity || chr(30) || CAST(renumbered.occurrence AS VARCHAR))
-                            ELSE hashed.h END AS h
-                FROM hashed LEFT JOIN renumbered USING (_line)
+        connection.register("repeated_rows", again)
+        renumbered = connection.sql(
+            f"""
+            SELECT _line, CAST(h >> 64 AS UBIGINT) AS {HASH_HI}, CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS {HASH_LO}
+            FROM (
+                SELECT _line, md5_number(identity || chr(30) || CAST(occurrence AS VARCHAR)) AS h, occurrence
+                FROM (
+                    SELECT _line, identity, row_number() OVER (PARTITION BY {HASH_HI}, {HASH_LO} ORDER BY _line) AS occurrence
+                    FROM repeated_rows
+                )
             )
-            SELECT _line, CAST(h >> 64 AS UBIGINT) AS _row_hash_hi,
-                   CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS _row_hash_lo
-            FROM final
+            WHERE occurrence > 1
+            """
+        ).pl()
+    finally:
+        connection.close()
+    return hashed.update(renumbered, on=LINE, how="left")
+
+
+def _md5_halves(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """``_line`` → md5 of ``column`` as two UInt64 halves, in DuckDB (stable across versions)."""
+    connection = duckdb.connect()
+    try:
+        connection.register("row_text", frame)
+        return connection.sql(
+            f"""
+            SELECT _line, CAST(h >> 64 AS UBIGINT) AS {HASH_HI}, CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS {HASH_LO}
+            FROM (SELECT _line, md5_number({column}) AS h FROM row_text)
             """
         ).pl()
     finally:
@@ -577,6 +593,7 @@ def build_import_tables(
     frame = _unify_keys(frame, len(identifiers))
     frame = _drop_rows_clearing_on_failed_cells(frame, root, mappings, files)
     keyed: dict[str, pl.DataFrame] = {root: frame}
+    unique_parent_links: dict[str, bool] = {}
 
     def with_key(name: str) -> pl.DataFrame:
         """The file's rows carrying the root key, joined up the chain of links."""
@@ -588,7 +605,12 @@ def build_import_tables(
         left_on = [_n(c) for c in linked.link]
         right_on = [_n(c) for c in linked.link.values()]
         keys = _link_keys(len(left_on))
-        parent_keys = parent.select(*_link_values(right_on, keys), pl.col(KEY), pl.col(KEY_INDEX)).unique(subset=keys, keep="last", maintain_order=True)
+        parent_keys = parent.select(*_link_values(right_on, keys), pl.col(KEY), pl.col(KEY_INDEX), pl.col(LINE).alias(_PARENT_LINE)).unique(
+            subset=keys, keep="last", maintain_order=True
+        )
+        # Each parent row has its own link value: a nested file can then find its event by the
+        # parent's line number instead of joining the link texts a second time.
+        unique_parent_links[name] = parent_keys.height == parent.height
         joined = (
             child.with_columns([pl.col(c).cast(pl.String) for c in left_on])
             .with_columns(_link_values(left_on, keys))
@@ -735,9 +757,17 @@ def build_import_tables(
             left_on = [_n(c) for c in linked.link]
             right_on = [_n(c) for c in linked.link.values()]
             keys = _link_keys(len(left_on))
-            lookup = parent_ids.select(*_link_values(right_on, keys), pl.col(_EVENT_ID).alias("event_id")).unique(subset=keys, keep="last")
-            joined = with_key(nested.file).with_columns(_link_values(left_on, keys)).join(lookup, on=keys, how="inner", maintain_order="left")
-            joined = joined.drop(keys).sort(LINE)
+            child = with_key(nested.file)
+            if unique_parent_links[nested.file]:
+                # The event of a nested row is the event row it was linked to, if that row is still
+                # an event (it may have been left out for an empty id or time).
+                lookup = parent_ids.select(pl.col(LINE).alias(_PARENT_LINE), pl.col(_EVENT_ID).alias("event_id"))
+                joined = child.join(lookup, on=_PARENT_LINE, how="inner", maintain_order="left").drop(_PARENT_LINE)
+            else:
+                lookup = parent_ids.select(*_link_values(right_on, keys), pl.col(_EVENT_ID).alias("event_id")).unique(subset=keys, keep="last")
+                joined = child.with_columns(_link_values(left_on, keys)).join(lookup, on=keys, how="inner", maintain_order="left").drop(keys, _PARENT_LINE)
+            del child
+            joined = joined.sort(LINE)
             joined = _item_keys(joined, nested, display_names[nested.file], problems, tally)
             nested_type = event_type.nested[nested.type]
             item_frame = (
@@ -963,6 +993,8 @@ def _permission_levels(
 _EVENT_ID = "_event_id"
 _ITEM_KEY = "_item_key"
 _ROW_KEY = "_row_key"
+#: a linked row's parent row (its ``_line``).
+_PARENT_LINE = "_parent_line"
 
 
 def _item_keys(joined: pl.DataFrame, nested: NestedEventMapping, display: str, problems: list[InputProblem], tally: _RejectTally) -> pl.DataFrame:
@@ -1028,17 +1060,7 @@ def _typed_properties(
 def key_identities(keys: pl.DataFrame) -> pl.DataFrame:
     """``_line`` → the 128-bit md5 of the row's key text (``_row_hash_hi``, ``_row_hash_lo``),
     computed in DuckDB: the values are stored for years, Polars' own hash is not stable."""
-    connection = duckdb.connect()
-    try:
-        connection.register("row_keys", keys)
-        return connection.sql(
-            f"""
-            SELECT _line, CAST(h >> 64 AS UBIGINT) AS {HASH_HI}, CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS {HASH_LO}
-            FROM (SELECT _line, md5_number({_ROW_KEY}) AS h FROM row_keys)
-            """
-        ).pl()
-    finally:
-        connection.close()
+    return _md5_halves(keys, _ROW_KEY)
 
 
 def _check_reject_share(
