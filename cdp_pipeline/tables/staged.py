@@ -41,6 +41,11 @@ NOT_IMPORTED = "_not_imported"
 HANDOVER_COLUMNS = frozenset({KEY, LINE, KEY_INDEX, ROWS, HASH_HI, HASH_LO, SUM_KEYED, FILE_HASH_HI, FILE_HASH_LO, NOT_IMPORTED})
 
 
+#: the hand-over files live for one run in the delivery's work directory: written and read once,
+#: so the cheaper codec (~20 % less CPU to write a 1M-row frame than zstd, files ~1.7x larger).
+_HANDOVER_COMPRESSION = "lz4"
+
+
 @dataclass
 class ProductStoreSource:
     """Which nested items feed the product store, and their product id / quantity properties."""
@@ -106,13 +111,13 @@ class StagedImport:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.records.write_parquet(directory / "records.parquet")
+        self.records.write_parquet(directory / "records.parquet", compression=_HANDOVER_COMPRESSION)
         for name, frame in self.events.items():
-            frame.write_parquet(directory / f"events__{name}.parquet")
+            frame.write_parquet(directory / f"events__{name}.parquet", compression=_HANDOVER_COMPRESSION)
         for name, frame in self.items.items():
-            frame.write_parquet(directory / f"items__{name.replace('/', '__')}.parquet")
+            frame.write_parquet(directory / f"items__{name.replace('/', '__')}.parquet", compression=_HANDOVER_COMPRESSION)
         for name, frame in self.sum_rows.items():
-            frame.write_parquet(directory / f"sum_rows__{name}.parquet")
+            frame.write_parquet(directory / f"sum_rows__{name}.parquet", compression=_HANDOVER_COMPRESSION)
         manifest = {
             "target": self.target,
             "identifier_property": self.identifier_property,
