@@ -291,7 +291,7 @@ def _aggregate(frame: pl.DataFrame, rules: dict[str, str], identifier_count: int
             expressions.append(pl.when(pl.col(prop).is_not_null().any()).then(pl.col(prop).sum()).otherwise(None).alias(prop))
         else:
             expressions.append(pl.col(prop).last())
-    return frame.sort(LINE).group_by(KEY, KEY_INDEX, maintain_order=True).agg(expressions)
+    return _in_line_order(frame).group_by(KEY, KEY_INDEX, maintain_order=True).agg(expressions)
 
 
 def _mappings(
@@ -726,7 +726,7 @@ def build_import_tables(
                     f"bulk mapping created {event.event_type} event properties not declared in store.yaml (recorded in catalog_properties): "
                     + ", ".join(f"{name} ({kind})" for name, kind in created.items())
                 )
-        event_frame = (
+        event_frame = _in_line_order(
             source.select(
                 pl.col(_EVENT_ID).alias("event_id"),
                 pl.col(KEY),
@@ -735,9 +735,7 @@ def build_import_tables(
                 *(pl.col(_n(column)).alias(prop) for prop, column in event_columns.items()),
                 pl.col(LINE),
             )
-            .sort(LINE)
-            .unique(subset=["event_id"], keep="last", maintain_order=True)
-        )
+        ).unique(subset=["event_id"], keep="last", maintain_order=True)
         event_frame = _typed_properties(
             event_frame, {p: event_definitions[p] for p in event_columns}, event_columns, display_names[event.file], goal, problems, tally,
             files, event.file,
@@ -767,7 +765,7 @@ def build_import_tables(
                 lookup = parent_ids.select(*_link_values(right_on, keys), pl.col(_EVENT_ID).alias("event_id")).unique(subset=keys, keep="last")
                 joined = child.with_columns(_link_values(left_on, keys)).join(lookup, on=keys, how="inner", maintain_order="left").drop(keys, _PARENT_LINE)
             del child
-            joined = joined.sort(LINE)
+            joined = _in_line_order(joined)
             joined = _item_keys(joined, nested, display_names[nested.file], problems, tally)
             nested_type = event_type.nested[nested.type]
             item_frame = (
@@ -845,11 +843,12 @@ def build_import_tables(
             key_identity_cache[key_cache_key] = key_identities(keyed_text)
         hashes = key_identity_cache[key_cache_key]
         keyed_rows = (
-            rows.join(hashes, on=LINE, how="inner")
-            # The row's per-file identity too: a store counted before keys existed finds the rows
-            # it already added under that identity, so an upgrade never adds them again.
-            .join(identity_cache[cache_key].rename({HASH_HI: FILE_HASH_HI, HASH_LO: FILE_HASH_LO}), on=LINE, how="left")
-            .sort(LINE)
+            _in_line_order(
+                rows.join(hashes, on=LINE, how="inner")
+                # The row's per-file identity too: a store counted before keys existed finds the rows
+                # it already added under that identity, so an upgrade never adds them again.
+                .join(identity_cache[cache_key].rename({HASH_HI: FILE_HASH_HI, HASH_LO: FILE_HASH_LO}), on=LINE, how="left")
+            )
             # The same real-world row twice in one delivery counts once: the last one, as for events.
             .unique(subset=[HASH_HI, HASH_LO], keep="last", maintain_order=True)
             .with_columns(pl.lit(True).alias(SUM_KEYED))
@@ -1017,6 +1016,12 @@ def _item_keys(joined: pl.DataFrame, nested: NestedEventMapping, display: str, p
     repeated = pl.struct("event_id", _ITEM_KEY).is_duplicated()
     occurrence = pl.when(repeated).then(pl.int_range(1, pl.len() + 1).over(["event_id", _ITEM_KEY])).otherwise(1).cast(pl.String)
     return joined.with_columns(pl.concat_str([pl.lit("content"), pl.col(_ITEM_KEY), occurrence], separator="\x1e").alias(_ITEM_KEY))
+
+
+def _in_line_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` sorted by line; joins that keep the left order leave it sorted already, and a
+    sort would still copy every column (a few hundred MB for a 4M-line file)."""
+    return frame if frame[LINE].is_sorted() else frame.sort(LINE)
 
 
 def _with_item_index(items: pl.DataFrame) -> pl.DataFrame:
