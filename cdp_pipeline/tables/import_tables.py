@@ -735,7 +735,8 @@ def build_import_tables(
                 *(pl.col(_n(column)).alias(prop) for prop, column in event_columns.items()),
                 pl.col(LINE),
             )
-        ).unique(subset=["event_id"], keep="last", maintain_order=True)
+        )
+        event_frame = _last_per(event_frame, ["event_id"])
         event_frame = _typed_properties(
             event_frame, {p: event_definitions[p] for p in event_columns}, event_columns, display_names[event.file], goal, problems, tally,
             files, event.file,
@@ -779,7 +780,7 @@ def build_import_tables(
             if nested.key:
                 # One row per key within its event: the last in file order, as for events. Content
                 # keys are unique within their event already (numbered among identical rows).
-                item_frame = item_frame.unique(subset=["event_id", "item_key"], keep="last", maintain_order=True)
+                item_frame = _last_per(item_frame, ["event_id", "item_key"])
             item_frame = _with_item_index(item_frame)
             item_frame = _typed_properties(
                 item_frame, {p: nested_type.properties[p] for p in nested.properties}, nested.properties, display_names[nested.file], goal, problems, tally,
@@ -842,17 +843,14 @@ def build_import_tables(
         if key_cache_key not in key_identity_cache:
             key_identity_cache[key_cache_key] = key_identities(keyed_text)
         hashes = key_identity_cache[key_cache_key]
-        keyed_rows = (
-            _in_line_order(
-                rows.join(hashes, on=LINE, how="inner")
-                # The row's per-file identity too: a store counted before keys existed finds the rows
-                # it already added under that identity, so an upgrade never adds them again.
-                .join(identity_cache[cache_key].rename({HASH_HI: FILE_HASH_HI, HASH_LO: FILE_HASH_LO}), on=LINE, how="left")
-            )
-            # The same real-world row twice in one delivery counts once: the last one, as for events.
-            .unique(subset=[HASH_HI, HASH_LO], keep="last", maintain_order=True)
-            .with_columns(pl.lit(True).alias(SUM_KEYED))
+        keyed_rows = _in_line_order(
+            rows.join(hashes, on=LINE, how="inner")
+            # The row's per-file identity too: a store counted before keys existed finds the rows
+            # it already added under that identity, so an upgrade never adds them again.
+            .join(identity_cache[cache_key].rename({HASH_HI: FILE_HASH_HI, HASH_LO: FILE_HASH_LO}), on=LINE, how="left")
         )
+        # The same real-world row twice in one delivery counts once: the last one, as for events.
+        keyed_rows = _last_per(keyed_rows, [HASH_HI, HASH_LO]).with_columns(pl.lit(True).alias(SUM_KEYED))
         unkeyed = per_file.join(hashes.select(LINE), on=LINE, how="anti")
         sum_rows[summed.property] = pl.concat([keyed_rows.select(per_file.columns), unkeyed], how="vertical").drop(LINE)
 
@@ -1016,6 +1014,15 @@ def _item_keys(joined: pl.DataFrame, nested: NestedEventMapping, display: str, p
     repeated = pl.struct("event_id", _ITEM_KEY).is_duplicated()
     occurrence = pl.when(repeated).then(pl.int_range(1, pl.len() + 1).over(["event_id", _ITEM_KEY])).otherwise(1).cast(pl.String)
     return joined.with_columns(pl.concat_str([pl.lit("content"), pl.col(_ITEM_KEY), occurrence], separator="\x1e").alias(_ITEM_KEY))
+
+
+def _last_per(frame: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    """The last row of each ``key`` value, in the frame's order; a frame whose keys are all
+    distinct (the usual delivery) is returned as it is instead of being gathered again."""
+    distinct = frame.select(pl.struct(key).n_unique() if len(key) > 1 else pl.col(key[0]).n_unique()).item()
+    if distinct == frame.height:
+        return frame
+    return frame.unique(subset=key, keep="last", maintain_order=True)
 
 
 def _in_line_order(frame: pl.DataFrame) -> pl.DataFrame:
