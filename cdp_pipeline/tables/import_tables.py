@@ -611,12 +611,14 @@ def build_import_tables(
         # Each parent row has its own link value: a nested file can then find its event by the
         # parent's line number instead of joining the link texts a second time.
         unique_parent_links[name] = parent_keys.height == parent.height
-        joined = (
-            child.with_columns([pl.col(c).cast(pl.String) for c in left_on])
-            .with_columns(_link_values(left_on, keys))
-            .join(parent_keys, on=keys, how="left", maintain_order="left")
-            .drop(keys)
+        child = child.with_columns([pl.col(c).cast(pl.String) for c in left_on])
+        # Only the parent's key columns are looked up (each link value once in ``parent_keys``)
+        # and set beside the child's columns: joining the whole frame would copy every column.
+        found = child.select(_link_values(left_on, keys)).join(parent_keys, on=keys, how="left", maintain_order="left")
+        joined = child.with_columns(found[KEY], found[KEY_INDEX], found[_PARENT_LINE]) if not {KEY, KEY_INDEX, _PARENT_LINE} & set(child.columns) else (
+            child.with_columns(_link_values(left_on, keys)).join(parent_keys, on=keys, how="left", maintain_order="left").drop(keys)
         )
+        del found
         orphan = pl.col(KEY).is_null()
         orphans = joined.filter(orphan)
         if orphans.height:
@@ -761,10 +763,17 @@ def build_import_tables(
                 # The event of a nested row is the event row it was linked to, if that row is still
                 # an event (it may have been left out for an empty id or time).
                 lookup = parent_ids.select(pl.col(LINE).alias(_PARENT_LINE), pl.col(_EVENT_ID).alias("event_id"))
-                joined = child.join(lookup, on=_PARENT_LINE, how="inner", maintain_order="left").drop(_PARENT_LINE)
+                # Only the event id column is looked up: joining the whole frame would copy every column.
+                event_ids = child.select(_PARENT_LINE).join(lookup, on=_PARENT_LINE, how="left", maintain_order="left")["event_id"]
             else:
                 lookup = parent_ids.select(*_link_values(right_on, keys), pl.col(_EVENT_ID).alias("event_id")).unique(subset=keys, keep="last")
-                joined = child.with_columns(_link_values(left_on, keys)).join(lookup, on=keys, how="inner", maintain_order="left").drop(keys, _PARENT_LINE)
+                event_ids = child.select(_link_values(left_on, keys)).join(lookup, on=keys, how="left", maintain_order="left")["event_id"]
+            # A row whose event was left out (empty id or time) has no event, and no row either. A
+            # nested file's own "event_id" column keeps its name, as a join would leave it.
+            event_ids = event_ids.alias("event_id_right" if "event_id" in child.columns else "event_id")
+            joined = child.with_columns(event_ids).drop(_PARENT_LINE)
+            if event_ids.null_count():
+                joined = joined.filter(pl.col(event_ids.name).is_not_null())
             del child
             joined = _in_line_order(joined)
             joined = _item_keys(joined, nested, display_names[nested.file], problems, tally)
