@@ -764,16 +764,16 @@ def build_import_tables(
                 # an event (it may have been left out for an empty id or time).
                 lookup = parent_ids.select(pl.col(LINE).alias(_PARENT_LINE), pl.col(_EVENT_ID).alias("event_id"))
                 # Only the event id column is looked up: joining the whole frame would copy every column.
-                event_ids = child.select(_PARENT_LINE).join(lookup, on=_PARENT_LINE, how="left", maintain_order="left")["event_id"]
+                nested_events = child.select(_PARENT_LINE).join(lookup, on=_PARENT_LINE, how="left", maintain_order="left")["event_id"]
             else:
                 lookup = parent_ids.select(*_link_values(right_on, keys), pl.col(_EVENT_ID).alias("event_id")).unique(subset=keys, keep="last")
-                event_ids = child.select(_link_values(left_on, keys)).join(lookup, on=keys, how="left", maintain_order="left")["event_id"]
+                nested_events = child.select(_link_values(left_on, keys)).join(lookup, on=keys, how="left", maintain_order="left")["event_id"]
             # A row whose event was left out (empty id or time) has no event, and no row either. A
             # nested file's own "event_id" column keeps its name, as a join would leave it.
-            event_ids = event_ids.alias("event_id_right" if "event_id" in child.columns else "event_id")
-            joined = child.with_columns(event_ids).drop(_PARENT_LINE)
-            if event_ids.null_count():
-                joined = joined.filter(pl.col(event_ids.name).is_not_null())
+            nested_events = nested_events.alias("event_id_right" if "event_id" in child.columns else "event_id")
+            joined = child.with_columns(nested_events).drop(_PARENT_LINE)
+            if nested_events.null_count():
+                joined = joined.filter(pl.col(nested_events.name).is_not_null())
             del child
             joined = _in_line_order(joined)
             joined = _item_keys(joined, nested, display_names[nested.file], problems, tally)
