@@ -608,17 +608,19 @@ def build_import_tables(
         parent_keys = parent.select(*_link_values(right_on, keys), pl.col(KEY), pl.col(KEY_INDEX), pl.col(LINE).alias(_PARENT_LINE)).unique(
             subset=keys, keep="last", maintain_order=True
         )
+        child = child.with_columns([pl.col(c).cast(pl.String) for c in left_on])
+        own_columns = {KEY, KEY_INDEX, _PARENT_LINE} & set(child.columns)
         # Each parent row has its own link value: a nested file can then find its event by the
         # parent's line number instead of joining the link texts a second time.
-        unique_parent_links[name] = parent_keys.height == parent.height
-        child = child.with_columns([pl.col(c).cast(pl.String) for c in left_on])
-        # Only the parent's key columns are looked up (each link value once in ``parent_keys``)
-        # and set beside the child's columns: joining the whole frame would copy every column.
-        found = child.select(_link_values(left_on, keys)).join(parent_keys, on=keys, how="left", maintain_order="left")
-        joined = child.with_columns(found[KEY], found[KEY_INDEX], found[_PARENT_LINE]) if not {KEY, KEY_INDEX, _PARENT_LINE} & set(child.columns) else (
-            child.with_columns(_link_values(left_on, keys)).join(parent_keys, on=keys, how="left", maintain_order="left").drop(keys)
-        )
-        del found
+        unique_parent_links[name] = parent_keys.height == parent.height and not own_columns
+        if own_columns:  # a file with a column named like ours: the join names the columns as before
+            joined = child.with_columns(_link_values(left_on, keys)).join(parent_keys, on=keys, how="left", maintain_order="left").drop(keys)
+        else:
+            # Only the parent's key columns are looked up (each link value once in ``parent_keys``)
+            # and set beside the child's columns: joining the whole frame would copy every column.
+            found = child.select(_link_values(left_on, keys)).join(parent_keys, on=keys, how="left", maintain_order="left")
+            joined = child.with_columns(found[KEY], found[KEY_INDEX], found[_PARENT_LINE])
+            del found
         orphan = pl.col(KEY).is_null()
         orphans = joined.filter(orphan)
         if orphans.height:
