@@ -149,15 +149,19 @@ class _DeliveryFiles:
         self.display = display
         self.max_file_bytes = max_file_bytes
         self.raw: dict[str, pl.DataFrame] = {}
-        #: as parsed, before processors (aligned row by row with ``raw``).
-        self.typed: dict[str, pl.DataFrame] = {}
+        #: rows of each file as read, before a reject left any out.
+        self.heights: dict[str, int] = {}
+        #: (file, column) → lines whose cell did not parse, found once when the file is read.
+        self.failed: dict[tuple[str, str], pl.Series] = {}
         #: as parsed and processed: what the goal links and maps.
         self.frames: dict[str, pl.DataFrame] = {}
         self.problems: list[InputProblem] = []
         #: rows the reader left out of each file as rejects (not in ``raw``).
         self.left_out: dict[str, int] = {}
 
-    def read(self, name: str, derived: dict[str, ColumnFormat]) -> None:
+    def read(self, name: str, derived: dict[str, ColumnFormat], raw_columns: set[str] | None) -> None:
+        """Read, type and keep the file; ``raw_columns``: the columns whose text as read is kept
+        (None: all of them)."""
         selection = self.goal.files.file(name)
         read = read_delimited_file(self.paths[name], selection.csv, self.display[name], max_bytes=self.max_file_bytes)
         frame = read.frame
@@ -169,17 +173,21 @@ class _DeliveryFiles:
         formats = {column: fmt for column, fmt in {**derived, **declared}.items() if column in frame.columns}
         typed, problems = parse_typed(frame, formats, self.display[name], selection.csv.decimal_comma)
         for column, fmt in formats.items():
-            self.tally.add(self.display[name], _failed_lines(frame, typed, column), column, f"value does not parse as {fmt.type}", value=True)
-        self.raw[name] = frame
-        self.typed[name] = typed
+            failed = _failed_lines(frame, typed, column)
+            self.failed[(name, column)] = failed
+            self.tally.add(self.display[name], failed, column, f"value does not parse as {fmt.type}", value=True)
+        # Only a typed column can lose a cell, so every failed cell is known now; the text as read
+        # is kept only for the columns row identities hash (a second copy of every typed column
+        # of a 4M-line file otherwise stays in memory until the end of staging).
+        self.heights[name] = frame.height
+        self.raw[name] = frame.select(c for c in frame.columns if c in raw_columns or c == LINE) if raw_columns is not None else frame
         self.frames[name] = typed
         self.problems.extend(problems)
 
     def failed_cells(self, name: str, column: str) -> pl.Series:
         """Lines of ``name`` whose ``column`` did not parse (all of them; the listed problems are capped)."""
-        if column not in self.raw[name].columns:
-            return pl.Series(LINE, [], dtype=pl.Int64)
-        return _failed_lines(self.raw[name], self.typed[name], column)
+        failed = self.failed.get((name, column))
+        return failed if failed is not None else pl.Series(LINE, [], dtype=pl.Int64)
 
     def require(self, name: str, columns: set[str]) -> None:
         selection = self.goal.files.file(name)
@@ -250,8 +258,9 @@ def _failed_lines(before: pl.DataFrame, after: pl.DataFrame, column: str) -> pl.
     """Lines whose non-blank text in ``before`` became null in ``after`` (a cell that did not parse)."""
     if before.schema[column] != pl.String or after.schema[column] == pl.String:
         return pl.Series(LINE, [], dtype=pl.Int64)
-    failed = before[column].str.strip_chars().ne("").fill_null(False) & after[column].is_null()
-    return before.filter(failed)[LINE]
+    # Blanks are stripped only on the few cells that became null, not on the whole column.
+    candidates = before.filter(after[column].is_null() & before[column].is_not_null())
+    return candidates.filter(candidates[column].str.strip_chars() != "")[LINE]
 
 
 def _reject_rows(
@@ -282,7 +291,7 @@ def _aggregate(frame: pl.DataFrame, rules: dict[str, str], identifier_count: int
             expressions.append(pl.when(pl.col(prop).is_not_null().any()).then(pl.col(prop).sum()).otherwise(None).alias(prop))
         else:
             expressions.append(pl.col(prop).last())
-    return frame.sort(LINE).group_by(KEY, KEY_INDEX, maintain_order=True).agg(expressions)
+    return _in_line_order(frame).group_by(KEY, KEY_INDEX, maintain_order=True).agg(expressions)
 
 
 def _mappings(
@@ -388,27 +397,43 @@ def row_identities(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     cells = [pl.col(c).cast(pl.String).fill_null(_EMPTY_CELL) for c in columns]
     text = pl.concat_str(cells, separator=_CELL_SEPARATOR) if cells else pl.lit("", dtype=pl.String)
     identities = frame.select(pl.col(LINE), text.alias("identity"))
+    hashed = _md5_halves(identities, "identity")
+    # Repeats are found on the hash in Polars; only the repeated rows go back to DuckDB to be
+    # numbered and hashed again (most files have none).
+    repeated = pl.struct(HASH_HI, HASH_LO).is_duplicated()
+    if not hashed.select(repeated.any()).item():
+        return hashed
+    again = hashed.filter(repeated).join(identities, on=LINE, how="inner")
     connection = duckdb.connect()
     try:
-        connection.register("row_text", identities)
-        return connection.sql(
-            """
-            WITH hashed AS (SELECT _line, identity, md5_number(identity) AS h FROM row_text),
-            repeated AS (SELECT h FROM hashed GROUP BY h HAVING count(*) > 1),
-            renumbered AS (
-                SELECT _line, row_number() OVER (PARTITION BY h ORDER BY _line) AS occurrence, identity
-                FROM hashed WHERE h IN (SELECT h FROM repeated)
-            ),
-            final AS (
-                SELECT hashed._line,
-                       CASE WHEN renumbered.occurrence > 1
-                            THEN md5_number(renumbered.identity || chr(30) || CAST(renumbered.occurrence AS VARCHAR))
-                            ELSE hashed.h END AS h
-                FROM hashed LEFT JOIN renumbered USING (_line)
+        connection.register("repeated_rows", again)
+        renumbered = connection.sql(
+            f"""
+            SELECT _line, CAST(h >> 64 AS UBIGINT) AS {HASH_HI}, CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS {HASH_LO}
+            FROM (
+                SELECT _line, md5_number(identity || chr(30) || CAST(occurrence AS VARCHAR)) AS h, occurrence
+                FROM (
+                    SELECT _line, identity, row_number() OVER (PARTITION BY {HASH_HI}, {HASH_LO} ORDER BY _line) AS occurrence
+                    FROM repeated_rows
+                )
             )
-            SELECT _line, CAST(h >> 64 AS UBIGINT) AS _row_hash_hi,
-                   CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS _row_hash_lo
-            FROM final
+            WHERE occurrence > 1
+            """
+        ).pl()
+    finally:
+        connection.close()
+    return hashed.update(renumbered, on=LINE, how="left")
+
+
+def _md5_halves(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """``_line`` → md5 of ``column`` as two UInt64 halves, in DuckDB (stable across versions)."""
+    connection = duckdb.connect()
+    try:
+        connection.register("row_text", frame)
+        return connection.sql(
+            f"""
+            SELECT _line, CAST(h >> 64 AS UBIGINT) AS {HASH_HI}, CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS {HASH_LO}
+            FROM (SELECT _line, md5_number({column}) AS h FROM row_text)
             """
         ).pl()
     finally:
@@ -488,7 +513,7 @@ def build_import_tables(
             derived[mapping.file or root].pop(_n(column), None)
 
     for name in paths:
-        files.read(name, derived[name])
+        files.read(name, derived[name], _identity_columns(goal, name, identifier_columns, timeline))
 
     # Processors run before linking and mapping, each file with the processors that name it
     # (the root file by default), in declared order.
@@ -568,6 +593,7 @@ def build_import_tables(
     frame = _unify_keys(frame, len(identifiers))
     frame = _drop_rows_clearing_on_failed_cells(frame, root, mappings, files)
     keyed: dict[str, pl.DataFrame] = {root: frame}
+    unique_parent_links: dict[str, bool] = {}
 
     def with_key(name: str) -> pl.DataFrame:
         """The file's rows carrying the root key, joined up the chain of links."""
@@ -579,13 +605,22 @@ def build_import_tables(
         left_on = [_n(c) for c in linked.link]
         right_on = [_n(c) for c in linked.link.values()]
         keys = _link_keys(len(left_on))
-        parent_keys = parent.select(*_link_values(right_on, keys), pl.col(KEY), pl.col(KEY_INDEX)).unique(subset=keys, keep="last", maintain_order=True)
-        joined = (
-            child.with_columns([pl.col(c).cast(pl.String) for c in left_on])
-            .with_columns(_link_values(left_on, keys))
-            .join(parent_keys, on=keys, how="left", maintain_order="left")
-            .drop(keys)
+        parent_keys = parent.select(*_link_values(right_on, keys), pl.col(KEY), pl.col(KEY_INDEX), pl.col(LINE).alias(_PARENT_LINE)).unique(
+            subset=keys, keep="last", maintain_order=True
         )
+        child = child.with_columns([pl.col(c).cast(pl.String) for c in left_on])
+        own_columns = {KEY, KEY_INDEX, _PARENT_LINE} & set(child.columns)
+        # Each parent row has its own link value: a nested file can then find its event by the
+        # parent's line number instead of joining the link texts a second time.
+        unique_parent_links[name] = parent_keys.height == parent.height and not own_columns
+        if own_columns:  # a file with a column named like ours: the join names the columns as before
+            joined = child.with_columns(_link_values(left_on, keys)).join(parent_keys, on=keys, how="left", maintain_order="left").drop(keys)
+        else:
+            # Only the parent's key columns are looked up (each link value once in ``parent_keys``)
+            # and set beside the child's columns: joining the whole frame would copy every column.
+            found = child.select(_link_values(left_on, keys)).join(parent_keys, on=keys, how="left", maintain_order="left")
+            joined = child.with_columns(found[KEY], found[KEY_INDEX], found[_PARENT_LINE])
+            del found
         orphan = pl.col(KEY).is_null()
         orphans = joined.filter(orphan)
         if orphans.height:
@@ -634,6 +669,8 @@ def build_import_tables(
     #: file → (_line, the key text of the row): an event row's event id, a nested row's event id
     #: and key within its event. Sums fed by these rows remember their contribution per key.
     row_keys: dict[str, pl.DataFrame] = {}
+    #: only a file that feeds a sum needs its row keys (a text of every nested row otherwise).
+    summed_files = {m.file for m in mappings if m.rule == "sum"}
     detected_events: dict[str, dict[str, str]] = {}
 
     for event in timeline:
@@ -645,7 +682,8 @@ def build_import_tables(
             source, pl.col(_EVENT_ID).is_null(), display_names[event.file], event_id, "empty event id", "every event row needs an id", problems, tally
         )
         event_key = pl.concat_str([pl.lit(f"event:{event.event_type}"), pl.col(_EVENT_ID)], separator=_CELL_SEPARATOR)
-        row_keys.setdefault(event.file, source.select(LINE, event_key.alias(_ROW_KEY)))
+        if event.file in summed_files:
+            row_keys.setdefault(event.file, source.select(LINE, event_key.alias(_ROW_KEY)))
         # An event without a time cannot be placed on the timeline; a time that did not parse is
         # already listed as a cell problem, so only the empty ones get their own entry here.
         unparsed_times = files.failed_cells(event.file, event_time)
@@ -692,7 +730,7 @@ def build_import_tables(
                     f"bulk mapping created {event.event_type} event properties not declared in store.yaml (recorded in catalog_properties): "
                     + ", ".join(f"{name} ({kind})" for name, kind in created.items())
                 )
-        event_frame = (
+        event_frame = _in_line_order(
             source.select(
                 pl.col(_EVENT_ID).alias("event_id"),
                 pl.col(KEY),
@@ -701,9 +739,8 @@ def build_import_tables(
                 *(pl.col(_n(column)).alias(prop) for prop, column in event_columns.items()),
                 pl.col(LINE),
             )
-            .sort(LINE)
-            .unique(subset=["event_id"], keep="last", maintain_order=True)
         )
+        event_frame = _last_per(event_frame, ["event_id"])
         event_frame = _typed_properties(
             event_frame, {p: event_definitions[p] for p in event_columns}, event_columns, display_names[event.file], goal, problems, tally,
             files, event.file,
@@ -723,9 +760,24 @@ def build_import_tables(
             left_on = [_n(c) for c in linked.link]
             right_on = [_n(c) for c in linked.link.values()]
             keys = _link_keys(len(left_on))
-            lookup = parent_ids.select(*_link_values(right_on, keys), pl.col(_EVENT_ID).alias("event_id")).unique(subset=keys, keep="last")
-            child = with_key(nested.file).with_columns(_link_values(left_on, keys))
-            joined = child.join(lookup, on=keys, how="inner", maintain_order="left").drop(keys).sort(LINE)
+            child = with_key(nested.file)
+            if unique_parent_links[nested.file]:
+                # The event of a nested row is the event row it was linked to, if that row is still
+                # an event (it may have been left out for an empty id or time).
+                lookup = parent_ids.select(pl.col(LINE).alias(_PARENT_LINE), pl.col(_EVENT_ID).alias("event_id"))
+                # Only the event id column is looked up: joining the whole frame would copy every column.
+                nested_events = child.select(_PARENT_LINE).join(lookup, on=_PARENT_LINE, how="left", maintain_order="left")["event_id"]
+            else:
+                lookup = parent_ids.select(*_link_values(right_on, keys), pl.col(_EVENT_ID).alias("event_id")).unique(subset=keys, keep="last")
+                nested_events = child.select(_link_values(left_on, keys)).join(lookup, on=keys, how="left", maintain_order="left")["event_id"]
+            # A row whose event was left out (empty id or time) has no event, and no row either. A
+            # nested file's own "event_id" column keeps its name, as a join would leave it.
+            nested_events = nested_events.alias("event_id_right" if "event_id" in child.columns else "event_id")
+            joined = child.with_columns(nested_events).drop(_PARENT_LINE)
+            if nested_events.null_count():
+                joined = joined.filter(pl.col(nested_events.name).is_not_null())
+            del child
+            joined = _in_line_order(joined)
             joined = _item_keys(joined, nested, display_names[nested.file], problems, tally)
             nested_type = event_type.nested[nested.type]
             item_frame = (
@@ -735,10 +787,12 @@ def build_import_tables(
                     *(pl.col(_n(column)).alias(prop) for prop, column in nested.properties.items()),
                     pl.col(LINE),
                 )
-                # One row per key within its event: the last in file order, as for events.
-                .unique(subset=["event_id", "item_key"], keep="last", maintain_order=True)
-                .with_columns(pl.col(LINE).rank("ordinal").over("event_id").cast(pl.Int64).alias("item_index"))
             )
+            if nested.key:
+                # One row per key within its event: the last in file order, as for events. Content
+                # keys are unique within their event already (numbered among identical rows).
+                item_frame = _last_per(item_frame, ["event_id", "item_key"])
+            item_frame = _with_item_index(item_frame)
             item_frame = _typed_properties(
                 item_frame, {p: nested_type.properties[p] for p in nested.properties}, nested.properties, display_names[nested.file], goal, problems, tally,
                 files, nested.file,
@@ -746,7 +800,9 @@ def build_import_tables(
             items[f"{event.event_type}/{nested.type}"] = item_frame.select("event_id", "item_index", "item_key", *nested.properties, NOT_IMPORTED)
             tag = pl.lit(f"item:{event.event_type}/{nested.type}")
             item_key = pl.concat_str([tag, pl.col("event_id"), pl.col(_ITEM_KEY)], separator=_CELL_SEPARATOR)
-            row_keys.setdefault(nested.file, joined.select(LINE, item_key.alias(_ROW_KEY)))
+            if nested.file in summed_files:
+                row_keys.setdefault(nested.file, joined.select(LINE, item_key.alias(_ROW_KEY)))
+            del joined
             if event.add_to_product_store:
                 nested_props = nested_type.properties
                 if event.product_id_property in nested_props:
@@ -762,6 +818,7 @@ def build_import_tables(
     # --- the sums' source rows with their identities
     sum_rows: dict[str, pl.DataFrame] = {}
     identity_cache: dict[tuple[str, tuple[str, ...]], pl.DataFrame] = {}
+    key_identity_cache: dict[tuple[str, tuple[str, ...]], pl.DataFrame] = {}
     declared_identity = {(m.file or root, _n(m.column), m.property): [_n(c) for c in m.identity] for m in goal.mappings if m.identity}
     for summed in mappings:
         if summed.rule != "sum":
@@ -792,23 +849,25 @@ def build_import_tables(
         if keyed_text is None:
             sum_rows[summed.property] = per_file.drop(LINE)
             continue
-        hashes = key_identities(keyed_text)
-        keyed_rows = (
+        # Sums fed by the same file's event or nested keys share one hashing pass.
+        key_cache_key = (summed.file, tuple(columns or ()))
+        if key_cache_key not in key_identity_cache:
+            key_identity_cache[key_cache_key] = key_identities(keyed_text)
+        hashes = key_identity_cache[key_cache_key]
+        keyed_rows = _in_line_order(
             rows.join(hashes, on=LINE, how="inner")
             # The row's per-file identity too: a store counted before keys existed finds the rows
             # it already added under that identity, so an upgrade never adds them again.
             .join(identity_cache[cache_key].rename({HASH_HI: FILE_HASH_HI, HASH_LO: FILE_HASH_LO}), on=LINE, how="left")
-            .sort(LINE)
-            # The same real-world row twice in one delivery counts once: the last one, as for events.
-            .unique(subset=[HASH_HI, HASH_LO], keep="last", maintain_order=True)
-            .with_columns(pl.lit(True).alias(SUM_KEYED))
         )
+        # The same real-world row twice in one delivery counts once: the last one, as for events.
+        keyed_rows = _last_per(keyed_rows, [HASH_HI, HASH_LO]).with_columns(pl.lit(True).alias(SUM_KEYED))
         unkeyed = per_file.join(hashes.select(LINE), on=LINE, how="anti")
         sum_rows[summed.property] = pl.concat([keyed_rows.select(per_file.columns), unkeyed], how="vertical").drop(LINE)
 
     # The guard first: its summary names the most common reason and the setting, also for on_error: fail.
     # A row the reader left out (a cut last row) counts among the file's rows, as it does among its rejects.
-    rows_by_file = {display_names[name]: files.raw[name].height + files.left_out.get(name, 0) for name in paths}
+    rows_by_file = {display_names[name]: files.heights[name] + files.left_out.get(name, 0) for name in paths}
     _check_reject_share(goal, tally, rows_by_file, timeline, display_names, problems)
     if problems and goal.on_error == "fail":
         raise InputError(problems)
@@ -834,6 +893,19 @@ def build_import_tables(
         detected_properties=detected,
         detected_event_properties=detected_events,
     )
+
+
+def _identity_columns(goal: ImportGoal, name: str, identifier_columns: list[str], timeline: list) -> set[str] | None:
+    """The columns of file ``name`` whose text as read a sum's per-file row identity may hash (see
+    the sums' source rows below), or None when any column may (a bulk mapping that sums)."""
+    root = goal.files.root.name
+    if name == root and goal.bulk_mapping is not None and goal.bulk_mapping.rule == "sum":
+        return None
+    summed = {_n(m.column) for m in goal.mappings if m.rule == "sum" and (m.file or root) == name}
+    if not summed:
+        return set()
+    base = identifier_columns if name == root else [_n(c) for c in next(f for f in goal.files.linked if f.name == name).link]
+    return {*base, *(_n(event.event_id) for event in timeline if event.file == name), *summed}
 
 
 def _unify_keys(frame: pl.DataFrame, identifier_count: int) -> pl.DataFrame:
@@ -929,6 +1001,8 @@ def _permission_levels(
 _EVENT_ID = "_event_id"
 _ITEM_KEY = "_item_key"
 _ROW_KEY = "_row_key"
+#: a linked row's parent row (its ``_line``).
+_PARENT_LINE = "_parent_line"
 
 
 def _item_keys(joined: pl.DataFrame, nested: NestedEventMapping, display: str, problems: list[InputProblem], tally: _RejectTally) -> pl.DataFrame:
@@ -951,6 +1025,35 @@ def _item_keys(joined: pl.DataFrame, nested: NestedEventMapping, display: str, p
     repeated = pl.struct("event_id", _ITEM_KEY).is_duplicated()
     occurrence = pl.when(repeated).then(pl.int_range(1, pl.len() + 1).over(["event_id", _ITEM_KEY])).otherwise(1).cast(pl.String)
     return joined.with_columns(pl.concat_str([pl.lit("content"), pl.col(_ITEM_KEY), occurrence], separator="\x1e").alias(_ITEM_KEY))
+
+
+def _last_per(frame: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    """The last row of each ``key`` value, in the frame's order; a frame whose keys are all
+    distinct (the usual delivery) is returned as it is instead of being gathered again."""
+    distinct = frame.select(pl.struct(key).n_unique() if len(key) > 1 else pl.col(key[0]).n_unique()).item()
+    if distinct == frame.height:
+        return frame
+    return frame.unique(subset=key, keep="last", maintain_order=True)
+
+
+def _in_line_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` sorted by line; joins that keep the left order leave it sorted already, and a
+    sort would still copy every column (a few hundred MB for a 4M-line file)."""
+    return frame if frame[LINE].is_sorted() else frame.sort(LINE)
+
+
+def _with_item_index(items: pl.DataFrame) -> pl.DataFrame:
+    """``item_index``: the row's position (1-based) among its event's rows, in file order (the
+    frame is in line order). Files list an event's nested rows together, so the position is the
+    distance from the start of the event's run; only a file whose events are interleaved pays for
+    the window over every row."""
+    event_ids = items["event_id"]
+    starts = event_ids.ne_missing(event_ids.shift(1))
+    if items.height and starts.sum() != event_ids.n_unique():
+        return items.with_columns(pl.col(LINE).rank("ordinal").over("event_id").cast(pl.Int64).alias("item_index"))
+    position = pl.int_range(pl.len(), dtype=pl.Int64)
+    run_start = pl.when(starts).then(position).forward_fill()
+    return items.with_columns((position - run_start + 1).alias("item_index"))
 
 
 def _typed_properties(
@@ -980,17 +1083,7 @@ def _typed_properties(
 def key_identities(keys: pl.DataFrame) -> pl.DataFrame:
     """``_line`` → the 128-bit md5 of the row's key text (``_row_hash_hi``, ``_row_hash_lo``),
     computed in DuckDB: the values are stored for years, Polars' own hash is not stable."""
-    connection = duckdb.connect()
-    try:
-        connection.register("row_keys", keys)
-        return connection.sql(
-            f"""
-            SELECT _line, CAST(h >> 64 AS UBIGINT) AS {HASH_HI}, CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS {HASH_LO}
-            FROM (SELECT _line, md5_number({_ROW_KEY}) AS h FROM row_keys)
-            """
-        ).pl()
-    finally:
-        connection.close()
+    return _md5_halves(keys, _ROW_KEY)
 
 
 def _check_reject_share(

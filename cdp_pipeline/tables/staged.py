@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import polars as pl
 
@@ -39,6 +40,11 @@ FILE_HASH_LO = "_file_hash_lo"
 NOT_IMPORTED = "_not_imported"
 #: every hand-over column: the pipeline's own, never a column a person configured or sees.
 HANDOVER_COLUMNS = frozenset({KEY, LINE, KEY_INDEX, ROWS, HASH_HI, HASH_LO, SUM_KEYED, FILE_HASH_HI, FILE_HASH_LO, NOT_IMPORTED})
+
+
+#: the hand-over files live for one run in the delivery's work directory: written and read once,
+#: so the cheaper codec (~20 % less CPU to write a 1M-row frame than zstd, files ~1.7x larger).
+_HANDOVER_COMPRESSION: Final = "lz4"
 
 
 @dataclass
@@ -106,13 +112,13 @@ class StagedImport:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.records.write_parquet(directory / "records.parquet")
+        self.records.write_parquet(directory / "records.parquet", compression=_HANDOVER_COMPRESSION)
         for name, frame in self.events.items():
-            frame.write_parquet(directory / f"events__{name}.parquet")
+            frame.write_parquet(directory / f"events__{name}.parquet", compression=_HANDOVER_COMPRESSION)
         for name, frame in self.items.items():
-            frame.write_parquet(directory / f"items__{name.replace('/', '__')}.parquet")
+            frame.write_parquet(directory / f"items__{name.replace('/', '__')}.parquet", compression=_HANDOVER_COMPRESSION)
         for name, frame in self.sum_rows.items():
-            frame.write_parquet(directory / f"sum_rows__{name}.parquet")
+            frame.write_parquet(directory / f"sum_rows__{name}.parquet", compression=_HANDOVER_COMPRESSION)
         manifest = {
             "target": self.target,
             "identifier_property": self.identifier_property,

@@ -299,6 +299,38 @@ def test_nested_rows_without_a_key_are_keyed_by_content_and_numbered_where_it_re
     ]
 
 
+@pytest.mark.parametrize(
+    "orders",
+    [
+        # Each order row has its own id: the lines of the order left out (empty time) have no event.
+        "order_id,customer_id,order_date,total\n1,C1,2026-01-01T10:00:00,5\n2,C1,2026-01-02T10:00:00,7\n3,C2,,9\n",
+        # Order 1 twice, the later row without a time: its lines belong to the earlier row's event.
+        "order_id,customer_id,order_date,total\n1,C1,2026-01-01T10:00:00,5\n2,C1,2026-01-02T10:00:00,7\n3,C2,,9\n1,C1,,5\n",
+    ],
+)
+@pytest.mark.parametrize(
+    "lines",
+    [
+        "order_id,product_id,quantity\n1,A,1\n1,B,2\n2,C,1\n2,D,4\n2,E,1\n3,F,1\n",  # each order's lines together
+        "order_id,product_id,quantity\n1,A,1\n2,C,1\n1,B,2\n3,F,1\n2,D,4\n2,E,1\n",  # interleaved
+    ],
+)
+def test_nested_rows_join_their_event_and_are_numbered_in_file_order(tmp_path, orders, lines):
+    """Expected values from the file text alone: a line belongs to the last order row of its id
+    that has a time; item_index counts the event's lines in file order."""
+    paths = _orders(tmp_path, orders, lines)
+    goal = _profiles_goal(files=ORDERS_FILES, timeline=ORDERS_TIMELINE, mappings=[], on_error="skip_rows", max_reject_share=1)
+    items = _build(goal, paths).items["order/order_line"]
+    timed = {row.split(",")[0] for row in orders.splitlines()[1:] if row.split(",")[2]}
+    expected, seen = [], {}
+    for row in lines.splitlines()[1:]:
+        order_id, product_id, _ = row.split(",")
+        if order_id in timed:
+            seen[order_id] = seen.get(order_id, 0) + 1
+            expected.append((order_id, seen[order_id], product_id))
+    assert items.select("event_id", "item_index", "product_id").rows() == expected
+
+
 def test_processor_naming_an_unknown_file_is_refused_at_load():
     with pytest.raises(ValueError, match=r"processors.0.files: \['lines'\] are not files of this goal"):
         _profiles_goal(processors=[{"type": "trim", "columns": ["a"], "files": ["lines"]}])
