@@ -18,7 +18,6 @@ from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.config.s3_endpoint import S3Endpoint
 from cdp_pipeline.config.work_storage import WorkStorageS3
 from cdp_pipeline.errors import CdpError
-from cdp_pipeline.work_storage.bucket import WorkBucket
 
 #: below the work prefix, beside the connections' folders; no connection can be named so.
 PROBE_FOLDER = "_cdp_check/"
@@ -60,6 +59,9 @@ def store_checks(project: ProjectConfig, env: Mapping[str, str]) -> list[CheckRe
 
 def _work_bucket_probe(settings: WorkStorageS3, env: Mapping[str, str], name: str) -> CheckResult:
     """Write, inspect and delete one small object, as every import step does with its files."""
+    # boto3 only where a bucket is configured: ``cdp-pipeline run`` imports this module on its
+    # way to deciding that there is nothing to run, where a third of a second matters.
+    from cdp_pipeline.work_storage.bucket import WorkBucket
     relative = f"{PROBE_FOLDER}{secrets.token_hex(8)}.tmp"
     fix = (
         "give the pipeline's credentials s3:PutObject, s3:GetObject, s3:ListBucket and s3:DeleteObject on the prefix"
