@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from cdp_pipeline.private_files import private_directory
+from cdp_pipeline.scratch import scratch_root
 from cdp_pipeline.store.schema import literal
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ AUTO_LIMIT_BYTES = 512_000_000
 AUTO = "auto"
 #: sizes as DuckDB writes them (``SET memory_limit``).
 SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*$", re.IGNORECASE)
-SPILL_FOLDER = "duckdb_spill"
+#: not a possible connection name (no "-"), so no connection's work folder sweep takes it for its own.
+SPILL_FOLDER = "duckdb-spill"
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,11 @@ class WriterMemory:
 
 
 def writer_memory(project: ProjectConfig) -> WriterMemory:
-    """The project's ``store.memory_limit``, spilling under its work directory."""
-    return WriterMemory(limit=project.store.memory_limit, spill_root=project.work_dir / SPILL_FOLDER)
+    """The project's ``store.memory_limit``, spilling under its work directory, or under the
+    process's scratch folder when the work folders are on S3 (nothing of a delivery stays in
+    ``CDP_HOME/work`` then)."""
+    root = scratch_root(project) if project.work_storage.type == "s3" else project.work_dir
+    return WriterMemory(limit=project.store.memory_limit, spill_root=root / SPILL_FOLDER)
 
 
 def host_memory_bytes() -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -29,12 +28,12 @@ from cdp_pipeline.disk_space import HEADROOM, require_free_space
 from cdp_pipeline.errors import CdpError
 from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.private_files import private_directory
+from cdp_pipeline.scratch import scratch_root
 from cdp_pipeline.work_storage.bucket import WorkBucket
 
 logger = logging.getLogger(__name__)
 
 Step = Literal["fetch", "decrypt", "stage", "merge"]
-SCRATCH_ENV = "CDP_SCRATCH_DIR"
 #: the folders of a work folder holding customer data (the manifests and reject report name files,
 #: lines and reasons).
 CUSTOMER_DATA = ("fetched/", "decrypted/", "tables/")
@@ -99,11 +98,6 @@ class DeliveryWork:
         if self.bucket is not None:
             for folder in CUSTOMER_DATA:
                 self.bucket.delete_below(self.folder + folder)
-
-
-def scratch_root(project: ProjectConfig) -> Path:
-    configured = os.environ.get(SCRATCH_ENV, "").strip()
-    return Path(configured).expanduser() if configured else project.home / "scratch"
 
 
 @contextmanager

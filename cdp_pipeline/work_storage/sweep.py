@@ -11,8 +11,9 @@ from pathlib import Path
 
 from cdp_pipeline import importing
 from cdp_pipeline.config.loading import ProjectConfig
+from cdp_pipeline.scratch import scratch_root
+from cdp_pipeline.store.memory import SPILL_FOLDER
 from cdp_pipeline.work_storage.bucket import WorkBucket
-from cdp_pipeline.work_storage.steps import scratch_root
 
 
 def sweep_stale_work(project: ProjectConfig, connection: str, older_than_hours: float = 24, now: float | None = None) -> list[str]:
@@ -43,5 +44,9 @@ def _sweep_scratch(root: Path, limit: float) -> None:
     if not root.is_dir():
         return
     for folder in root.iterdir():
+        # DuckDB's spill folders belong to live processes for as long as those run; they have a
+        # sweep of their own, by whether the owning process is gone, not by age.
+        if folder.name == SPILL_FOLDER:
+            continue
         if folder.is_dir() and folder.stat().st_mtime < limit:
             shutil.rmtree(folder, ignore_errors=True)
