@@ -18,7 +18,7 @@ from cdp_pipeline.disk_space import DiskSpaceError, is_disk_full, says_disk_full
 from cdp_pipeline.errors import CdpError, TransientError
 from cdp_pipeline.private_files import private_directory, private_umask
 from cdp_pipeline.store.lake import connect_lake, retry_write_conflicts, rollback
-from cdp_pipeline.store.memory import WriterMemory, limit_memory
+from cdp_pipeline.store.memory import WriterMemory, limit_memory, resolved_limit
 from cdp_pipeline.store.schema import ensure_schema, literal
 
 
@@ -128,7 +128,7 @@ def open_writer(
     file, or the lake (``store.backend: ducklake``), which many writers may open at once.
     ``memory``: DuckDB's memory limit and spill folder (the merges and exports, see store/memory.py)."""
     if isinstance(path, DuckLakeLocation):
-        with _open_lake_writer(path, catalog, threads=threads, memory=memory) as conn:
+        with _out_of_memory_named(memory), _open_lake_writer(path, catalog, threads=threads, memory=memory) as conn:
             yield conn
         return
     if not path.parent.exists():
@@ -136,7 +136,7 @@ def open_writer(
     conn = _connect(path, read_only=False, threads=threads, lock_wait_seconds=lock_wait_seconds)
     # A full disk under the store fails DuckDB's commit or checkpoint with its own message, which
     # reads like a database fault; the transaction is rolled back either way (nothing half merged).
-    with _disk_full_named(path):
+    with _disk_full_named(path), _out_of_memory_named(memory):
         try:
             limit_memory(conn, memory, path)
             conn.execute("BEGIN")
@@ -145,6 +145,23 @@ def open_writer(
             yield conn
         finally:
             conn.close()
+
+
+@contextlib.contextmanager
+def _out_of_memory_named(memory: WriterMemory | None) -> Iterator[None]:
+    """DuckDB's own out-of-memory message suggests settings of DuckDB's; the user's is
+    ``store.memory_limit``. The transaction is rolled back either way (nothing half merged)."""
+    try:
+        yield
+    except duckdb.OutOfMemoryException as exc:
+        if memory is None:
+            raise
+        raise CdpError(
+            f"DuckDB needed more memory than store.memory_limit allows ({resolved_limit(memory.limit) or 'DuckDB default'}) "
+            f"and could not spill the rest: {str(exc).splitlines()[0]}. The merge or export was rolled back; raise "
+            "store.memory_limit in store.yaml (or set it to null for DuckDB's default, 80 % of the host's memory) and "
+            "re-execute the run"
+        ) from exc
 
 
 @contextlib.contextmanager

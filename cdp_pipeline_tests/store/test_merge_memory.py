@@ -107,3 +107,12 @@ def test_the_day_old_scratch_sweep_leaves_the_spill_folders_of_live_processes(tm
         os.utime(folder, (1_000_000_000, 1_000_000_000))
     _sweep_scratch(tmp_path, limit=2_000_000_000)
     assert not killed_step.exists() and live_spill.is_dir()
+
+
+def test_running_out_of_memory_names_the_setting_to_raise(tmp_path: Path) -> None:
+    from cdp_pipeline.errors import CdpError
+
+    # A list of 3M texts is one value: DuckDB cannot spill it, whatever the limit.
+    with pytest.raises(CdpError, match=r"more memory than store.memory_limit allows \(32MB\).*raise store.memory_limit in store.yaml"):
+        with open_writer(tmp_path / "store.duckdb", Catalog(), memory=WriterMemory(limit="32MB", spill_root=tmp_path / SPILL_FOLDER)) as conn:
+            conn.execute("SELECT list(md5(i::VARCHAR)) FROM range(3000000) r(i)").fetchall()
