@@ -25,7 +25,6 @@ published copy may be behind the store (a run that died after its merge's commit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -35,6 +34,8 @@ from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.errors import CdpError
 from cdp_pipeline.store.conditions import clock_conditions
 from cdp_pipeline.store.database import open_reader
+from cdp_pipeline.store.exports.selection import last_export_at
+from cdp_pipeline.store.publish import copy_is_current
 from cdp_pipeline.store.segments import memberships_behind
 
 
@@ -44,16 +45,6 @@ class IdleExport:
 
     goal: str
     reason: str
-
-
-#: what a reader of the store sees changing with every step that writes: runs, ledger, export
-#: marks, segment refreshes. Equal in the store and its copy: the copy holds the store's state.
-_FINGERPRINT = """
-SELECT (SELECT count(*) FROM runs), (SELECT max(ended_at) FROM runs),
-       (SELECT count(*) FROM deliveries), (SELECT max(merged_at) FROM deliveries),
-       (SELECT count(*) FROM export_state), (SELECT max(last_export_at) FROM export_state),
-       (SELECT max(measured_at) FROM segment_sizes)
-"""
 
 
 def sends_without_change(goal: ExportGoal) -> str | None:
@@ -83,11 +74,11 @@ def idle_exports(project: ProjectConfig, connection: Connection, *, full_export:
         return None
     try:
         with open_reader(location, lock_wait_seconds=0) as conn:
-            if memberships_behind(conn, project.catalog) or not _copy_is_current(conn, project.published_store_path):
+            if memberships_behind(conn, project.catalog) or not copy_is_current(conn, project.published_store_path):
                 return None
             idle = []
             for goal in goals:
-                mark = _last_export_at(conn, connection.name, goal.name)
+                mark = last_export_at(conn, connection.name, goal.name)
                 if mark is None:
                     return None  # a first export sends every member
                 (changed,) = conn.execute("SELECT count(*) FROM profiles WHERE updated_at > $mark", {"mark": mark}).fetchone() or (1,)
@@ -97,20 +88,3 @@ def idle_exports(project: ProjectConfig, connection: Connection, *, full_export:
             return idle
     except (CdpError, duckdb.Error):
         return None
-
-
-def _last_export_at(conn: duckdb.DuckDBPyConnection, connection: str, goal: str) -> datetime | None:
-    (mark,) = conn.execute(
-        "SELECT max(last_export_at) FROM export_state WHERE connection = $c AND goal = $g", {"c": connection, "g": goal}
-    ).fetchone() or (None,)
-    return mark
-
-
-def _copy_is_current(conn: duckdb.DuckDBPyConnection, published: Path | None) -> bool:
-    """Whether the analysts' copy holds what the store holds (always, without a copy to keep)."""
-    if published is None:
-        return True
-    if not published.exists():
-        return False
-    with duckdb.connect(str(published), read_only=True) as copy:
-        return conn.execute(_FINGERPRINT).fetchall() == copy.execute(_FINGERPRINT).fetchall()

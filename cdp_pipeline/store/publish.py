@@ -43,3 +43,23 @@ def publish_copy(conn: duckdb.DuckDBPyConnection, target: Path) -> int:
         temporary.unlink(missing_ok=True)
         raise
     return target.stat().st_size
+
+
+#: what a reader of the store sees changing with every step that writes: runs, ledger, export
+#: marks, segment refreshes. Equal in the store and its copy: the copy holds the store's state.
+_FINGERPRINT = """
+SELECT (SELECT count(*) FROM runs), (SELECT max(ended_at) FROM runs),
+       (SELECT count(*) FROM deliveries), (SELECT max(merged_at) FROM deliveries),
+       (SELECT count(*) FROM export_state), (SELECT max(last_export_at) FROM export_state),
+       (SELECT max(measured_at) FROM segment_sizes)
+"""
+
+
+def copy_is_current(conn: duckdb.DuckDBPyConnection, published: Path | None) -> bool:
+    """Whether the analysts' copy holds what the store holds (always, without a copy to keep)."""
+    if published is None:
+        return True
+    if not published.exists():
+        return False
+    with duckdb.connect(str(published), read_only=True) as copy:
+        return conn.execute(_FINGERPRINT).fetchall() == copy.execute(_FINGERPRINT).fetchall()

@@ -47,9 +47,7 @@ def select_profiles(
             f"(declared: {', '.join(sorted(catalog.segments)) or 'none'}); fix the goal's segment or declare it"
         )
     _check_columns(catalog, goal)
-    (last,) = conn.execute(
-        "SELECT max(last_export_at) FROM export_state WHERE connection = $c AND goal = $g", {"c": connection, "g": goal.name}
-    ).fetchone() or (None,)
+    last = last_export_at(conn, connection, goal.name)
     consent = "TRUE"
     if objectives and consent_property:
         # A list property: loading refuses a connection with objectives otherwise.
@@ -92,3 +90,12 @@ def _check_columns(catalog: Catalog, goal: ExportGoal) -> None:
             unknown = [s for s in column.segments if s not in catalog.segments]
             if unknown:
                 raise ConfigError(f"{where}: unknown segments {unknown}; declared: {', '.join(sorted(catalog.segments))}")
+
+
+def last_export_at(conn: duckdb.DuckDBPyConnection, connection: str, goal: str) -> datetime | None:
+    """The goal's last successful export: a ``changed_only`` export sends what changed after it
+    (the export's selection and ``cdp-pipeline run``'s "nothing to send" read the same mark)."""
+    (mark,) = conn.execute(
+        "SELECT max(last_export_at) FROM export_state WHERE connection = $c AND goal = $g", {"c": connection, "g": goal}
+    ).fetchone() or (None,)
+    return mark
