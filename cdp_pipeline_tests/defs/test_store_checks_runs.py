@@ -98,3 +98,32 @@ def test_a_run_that_merged_nothing_requests_no_checks(demo_home):
         empty = definitions.resolve_job_def("demo_local_run_now").execute_in_process(instance=instance, raise_on_error=False)
         assert empty.success
         assert isinstance(_after_merge(definitions, instance, empty.run_id), dg.SkipReason)
+
+
+def test_the_checks_share_one_step_and_one_chosen_from_the_ui_runs_alone(demo_home, tmp_path):
+    """One store session for all four (a writer open costs a connect, the schema check and a
+    checkpoint); a check launched alone evaluates alone, and a broken invariant fails its check."""
+    import duckdb
+
+    from cdp_pipeline.definitions import defs
+
+    for path in generate_delivery(tmp_path / "drop", profiles=20, seed=9, date="20260115").values():
+        if path.name.startswith(("households", "profiles")):
+            shutil.copy(path, demo_home / path.name)
+    definitions = defs()
+    profile_store = dg.AssetKey(["demo_local", "profile_store"])
+    with dg.instance_for_test() as instance:
+        _import(definitions, instance, "households:households_20260115.csv")
+        assert _import(definitions, instance, "customers:profiles_20260115.csv").success
+        job = definitions.resolve_job_def("demo_local_store_checks")
+        every = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert len(every.get_step_success_events()) == 1
+        assert {e.asset_check_key.name for e in every.get_asset_check_evaluations()} == CHECKS
+
+        # Break one invariant behind the project's back: a second row for an existing profile id.
+        with duckdb.connect(str(project_config().store_location)) as conn:
+            conn.execute("CREATE TEMP TABLE twin AS SELECT * FROM profiles LIMIT 1")
+            conn.execute("INSERT INTO profiles SELECT * FROM twin")
+        one = job.get_subset(asset_check_selection={dg.AssetCheckKey(profile_store, "unique_profile_ids")})
+        alone = one.execute_in_process(instance=instance, raise_on_error=False)
+        assert {e.asset_check_key.name: e.passed for e in alone.get_asset_check_evaluations()} == {"unique_profile_ids": False}
