@@ -38,6 +38,12 @@ def demo_home(tmp_path, monkeypatch):
     return inbox
 
 
+def _drop_households_and_profiles(inbox, tmp_path) -> None:
+    for path in generate_delivery(tmp_path / "drop", profiles=20, seed=9, date="20260115").values():
+        if path.name.startswith(("households", "profiles")):
+            shutil.copy(path, inbox / path.name)
+
+
 def _import(definitions, instance, key: str):
     instance.add_dynamic_partitions("demo_local__deliveries", [key])
     return definitions.resolve_job_def("demo_local_import").execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
@@ -66,9 +72,7 @@ def test_a_failed_import_records_no_check_evaluation_and_a_merge_is_followed_by_
 
     # Without its required email column the customers delivery fails before the merge.
     (demo_home / "profiles_20260116.csv").write_text("customer_id,first_name\nC0000001,Ann\n")
-    for path in generate_delivery(tmp_path / "drop", profiles=20, seed=9, date="20260115").values():
-        if path.name.startswith(("households", "profiles")):
-            shutil.copy(path, demo_home / path.name)
+    _drop_households_and_profiles(demo_home, tmp_path)
     definitions = defs()
     profile_store = dg.AssetKey(["demo_local", "profile_store"])
     with dg.instance_for_test() as instance:
@@ -107,9 +111,7 @@ def test_the_checks_share_one_step_and_one_chosen_from_the_ui_runs_alone(demo_ho
 
     from cdp_pipeline.definitions import defs
 
-    for path in generate_delivery(tmp_path / "drop", profiles=20, seed=9, date="20260115").values():
-        if path.name.startswith(("households", "profiles")):
-            shutil.copy(path, demo_home / path.name)
+    _drop_households_and_profiles(demo_home, tmp_path)
     definitions = defs()
     profile_store = dg.AssetKey(["demo_local", "profile_store"])
     with dg.instance_for_test() as instance:
