@@ -58,7 +58,7 @@ from cdp_pipeline.store.exports import (
     writes_utf8,
 )
 from cdp_pipeline.store.memory import writer_memory
-from cdp_pipeline.store.segments import refresh_memberships
+from cdp_pipeline.store.segments import refresh_memberships_if_changed
 from cdp_pipeline.transports.base import Transport
 
 #: placeholders of ``target.file_name`` and ``timeline.directory``.
@@ -276,7 +276,7 @@ def run_export(
         subject = f"{connection.name}.{goal.name}"
         writer = open_writer(project.store_location, project.catalog, threads=project.store.threads, memory=writer_memory(project))
         with progress.stage("export", subject, "rows") as meter, writer as conn:
-            refresh_memberships(conn, project.catalog, now)
+            refresh_memberships_if_changed(conn, project.catalog, now)
             selection = select_profiles(
                 conn, project.catalog, connection.name, goal, full=full, consent_property=consent_property, objectives=connection.objectives
             )
