@@ -23,6 +23,7 @@ p06    known                   prospect     -                   first name only,
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import json
@@ -40,7 +41,7 @@ import polars as pl
 import pytest
 
 from cdp_pipeline import exporting
-from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.config.catalog import Catalog, Segment
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig, StoreSettings
 from cdp_pipeline.config.processors import Pseudonymize
@@ -50,7 +51,7 @@ from cdp_pipeline.store import exports as store_exports
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.exports import rows as export_rows
 from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
-from cdp_pipeline.store.segments import refresh_memberships
+from cdp_pipeline.store.segments import refresh_memberships, refresh_memberships_if_changed
 from cdp_pipeline.tables.processors import apply_processors
 from cdp_pipeline.tables.staged import StagedImport
 from cdp_pipeline.transports.local import LocalTransport
@@ -324,6 +325,86 @@ def test_undeclared_segments_are_dropped_and_bad_conditions_named(project: Proje
     broken = CATALOG.model_copy(update={"segments": {"bad": CATALOG.segments["known"].model_copy(update={"condition": "no_such_column > 1"})}})
     with open_writer(project.store_path, broken) as conn, pytest.raises(ConfigError, match="segments.bad.condition"):
         refresh_memberships(conn, broken, T0)
+
+
+def _refreshes(project: ProjectConfig) -> int:
+    """Refreshes so far: each one measures every segment once."""
+    return store(project, "SELECT count(*) FROM segment_sizes WHERE segment = 'known'")[0][0]
+
+
+def _known(project: ProjectConfig) -> set[str]:
+    return {p for (p,) in store(project, "SELECT profile_id FROM segment_members WHERE segment = 'known'")}
+
+
+def _plain_known(project: ProjectConfig, condition: str = "email IS NOT NULL OR first_name IS NOT NULL") -> set[str]:
+    """The segment's condition in plain SQL over the profiles, not through the refresh."""
+    return {p for (p,) in store(project, f"SELECT profile_id FROM profiles WHERE {condition}")}
+
+
+def test_export_skips_the_membership_refresh_only_when_nothing_changed(run: Runner, project: ProjectConfig):
+    """The refresh at export start is skipped when the conditions, the data they read and the
+    memberships are what the last refresh left; any change to one of them refreshes again."""
+    goal = make_goal()
+    assert _refreshes(project) == 1  # the fixture's
+    run(goal, full=True)
+    run(goal, full=True)
+    assert _refreshes(project) == 1  # nothing changed: both exports used the fixture's members
+
+    # A changed value (stamped, as every writer of profiles stamps it): refreshed, the file follows.
+    touch(project, "p05", T0, first_name="Eve")
+    outcome = run(goal, full=True)
+    assert _refreshes(project) == 2 and _known(project) == _plain_known(project) and "p05" in _known(project)
+    assert outcome.profiles_exported == len(_plain_known(project)) == 6
+
+    # A merge that changes only a timeline (conditions may read timelines): refreshed.
+    _timeline_only_delivery(project, "p04", T0 + timedelta(hours=1))
+    run(goal, full=True)
+    assert _refreshes(project) == 3
+
+    # A profile removed without any stamp (an erasure): refreshed, and it leaves the segment.
+    store(project, "DELETE FROM profiles WHERE profile_id = 'p06'")
+    run(goal, full=True)
+    assert _refreshes(project) == 4 and _known(project) == _plain_known(project) and "p06" not in _known(project)
+
+    # Members changed by hand: refreshed, so the file never trusts them.
+    store(project, "DELETE FROM segment_members WHERE segment = 'known' AND profile_id = 'p02'")
+    outcome = run(goal, full=True)
+    assert _refreshes(project) == 5 and "p02" in _known(project) and outcome.profiles_exported == 5
+
+    # A changed condition in store.yaml, data unchanged: refreshed with the new condition.
+    narrower = CATALOG.model_copy(
+        update={"segments": {**CATALOG.segments, "known": CATALOG.segments["known"].model_copy(update={"condition": "email IS NOT NULL"})}}
+    )
+    runner = Runner(dataclasses.replace(project, catalog=narrower), run.root)
+    outcome = runner(goal, full=True)
+    assert _refreshes(project) == 6 and _known(project) == _plain_known(project, "email IS NOT NULL") == {"p01", "p02", "p04"}
+    assert outcome.profiles_exported == 3
+    runner(goal, full=True)
+    assert _refreshes(project) == 6
+    # And back: the old condition's fingerprint is not mistaken for the current members.
+    run(goal, full=True)
+    assert _refreshes(project) == 7 and _known(project) == _plain_known(project)
+
+
+def test_a_condition_on_the_clock_is_refreshed_at_every_export(project: ProjectConfig):
+    """now(), current_date or age(x) move members without any change in the store: never skipped,
+    and no mark is left that a later clock-free catalog could match."""
+    clocked = CATALOG.model_copy(
+        update={"segments": {**CATALOG.segments, "recent": Segment(condition="last_order_at >= now() - INTERVAL 30 DAY")}}
+    )
+    for at in (T0, T0 + timedelta(minutes=1)):
+        with open_writer(project.store_path, clocked) as conn:
+            assert refresh_memberships_if_changed(conn, clocked, at) is True
+    assert store(project, "SELECT count(*) FROM segment_sizes WHERE segment = 'recent'") == [(2,)]
+    assert store(project, "SELECT count(*) FROM setup_fingerprints WHERE step = 'memberships'") == [(0,)]
+    # Members as of the store's clock (plain SQL), not as of the refresh's "now" argument.
+    assert {p for (p,) in store(project, "SELECT profile_id FROM segment_members WHERE segment = 'recent'")} == {
+        p for (p,) in store(project, "SELECT profile_id FROM profiles WHERE last_order_at >= now() - INTERVAL 30 DAY")
+    }
+    with open_writer(project.store_path, CATALOG) as conn:
+        assert refresh_memberships_if_changed(conn, CATALOG, T0) is True  # "recent" must go: no mark matched
+        assert refresh_memberships_if_changed(conn, CATALOG, T0) is False
+    assert store(project, "SELECT count(*) FROM segment_members WHERE segment = 'recent'") == [(0,)]
 
 
 # ---------------------------------------------------------------- columns and selection
