@@ -30,6 +30,7 @@ import os
 import posixpath
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -336,11 +337,22 @@ def run_export(
         _avoid_existing_names(plan, goal, transport)
         fault_point("upload")
         sent: list[ExportedFile] = []
-        with progress.stage("upload", subject, "bytes", measure=lambda: sum(f.bytes for f in sent)) as uploaded:
-            for item in plan:
-                size, sha = item.local.stat().st_size, _sha256(item.local)
-                _upload(transport, item.local, item.remote, goal, done=len(sent), total=len(plan))
-                sent.append(ExportedFile(remote_path=item.remote, rows=item.rows, bytes=size, sha256=sha, kind=item.kind))
+        with (
+            progress.stage("upload", subject, "bytes", measure=lambda: sum(f.bytes for f in sent)) as uploaded,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-sha256") as hashing,
+        ):
+            # Each file is hashed while files are uploaded (hashlib and the transports' copies
+            # release the GIL), not read once for the hash and then again for the upload.
+            digests = [hashing.submit(_sha256, item.local) for item in plan]
+            try:
+                for item, digest in zip(plan, digests, strict=True):
+                    size = item.local.stat().st_size
+                    _upload(transport, item.local, item.remote, goal, done=len(sent), total=len(plan))
+                    sent.append(ExportedFile(remote_path=item.remote, rows=item.rows, bytes=size, sha256=digest.result(), kind=item.kind))
+            except BaseException:
+                for digest in digests:
+                    digest.cancel()  # a failed upload does not wait for the other files' hashes
+                raise
             uploaded.done = sum(f.bytes for f in sent)
         manifests = []
         if goal.target.manifest:
