@@ -606,6 +606,47 @@ def test_timeline_export_one_file_per_event_and_nested_type(run: Runner):
     assert sorted(p.name for p in (run.root / "out" / "crm_timeline_20260115").iterdir()) == sorted(before)
 
 
+def test_timeline_properties_named_like_the_exports_own_columns(tmp_path: Path):
+    """Event and item properties may be named like the columns the export works with internally
+    (``_event_id``, ``_rank``, ``_profile_id``): the files carry the stored values under those
+    headers, in event time order, and the items in their events' order."""
+    catalog = Catalog.model_validate(
+        {
+            "profile_properties": {"email": {"type": "text"}},
+            "event_types": {
+                "visit": {
+                    "properties": {"_event_id": {"type": "text"}, "_profile_id": {"type": "text"}},
+                    "nested": {"hit": {"properties": {"_rank": {"type": "integer"}, "_event_id": {"type": "text"}}}},
+                }
+            },
+            "segments": {"all": {"condition": "TRUE"}},
+        }
+    )
+    project = ProjectConfig(
+        config_dir=tmp_path, home=tmp_path / "home", store=StoreSettings(path="store.duckdb", published_path=None, threads=1), catalog=catalog
+    )
+    visits = [("V2", "p1", datetime(2026, 1, 2), "x2", "y2"), ("V1", "p1", datetime(2026, 1, 1), "x1", "y1"), ("V3", "p2", datetime(2026, 1, 3), "x3", "y3")]
+    hits = [("V1", 2, 20, "h12"), ("V1", 1, 10, "h11"), ("V2", 1, 30, "h21"), ("V3", 1, 40, "h31")]
+    with open_writer(project.store_path, catalog) as conn:
+        conn.executemany("INSERT INTO profiles (profile_id, email, created_at, updated_at) VALUES (?, ?, ?, ?)", [["p1", "a@x", T0, T0], ["p2", "b@x", T0, T0]])
+        conn.executemany('INSERT INTO timeline_visit (event_id, profile_id, event_time, "_event_id", "_profile_id") VALUES (?, ?, ?, ?, ?)', visits)
+        conn.executemany('INSERT INTO timeline_visit__hit (event_id, item_index, "_rank", "_event_id") VALUES (?, ?, ?, ?)', hits)
+        refresh_memberships(conn, catalog, T0)
+    goal = make_goal(segment="all", columns=[{"header": "id", "profile_id": True}], timeline={"directory": "tl"})
+    outcome = Runner(project, tmp_path / "remote")(goal)
+    assert [f.remote_path for f in outcome.timeline_files] == ["tl/visit.csv", "tl/hit.csv"]
+    by_time = sorted(visits, key=lambda v: (v[2], v[0]))
+    assert rows_of((tmp_path / "remote" / "tl" / "visit.csv").read_bytes()) == [
+        ["event_id", "profile_id", "event_time", "_event_id", "_profile_id"],
+        *[[v[0], v[1], v[2].strftime("%Y-%m-%d %H:%M:%S"), v[3], v[4]] for v in by_time],
+    ]
+    rank = {v[0]: index for index, v in enumerate(by_time)}
+    assert rows_of((tmp_path / "remote" / "tl" / "hit.csv").read_bytes()) == [
+        ["event_id", "item_index", "_rank", "_event_id"],
+        *[[h[0], str(h[1]), str(h[2]), h[3]] for h in sorted(hits, key=lambda h: (rank[h[0]], h[1]))],
+    ]
+
+
 def test_timeline_export_one_type_and_a_period(run: Runner):
     since = run(make_goal(name="since", segment="buyers", changed_only=False, timeline={"event_types": ["order"], "since": "2026-01-06"}))
     assert [f.remote_path.rsplit("/", 1)[1] for f in since.timeline_files] == ["order.csv", "order_line.csv"]

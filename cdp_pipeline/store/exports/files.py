@@ -21,6 +21,10 @@ from cdp_pipeline.store.schema import event_table, item_table, literal, quote
 #: catalog types whose stored value is always written as a number (see ``cell_text``).
 _NUMBER_TYPES = ("integer", "decimal")
 
+#: the stored event id in ``export_events``: a name no property can have (property names are
+#: lower-case letters, digits and underscores), beside the guarded ``event_id`` cell.
+_EVENT_KEY = quote("#event_id")
+
 #: header of the first column of a diff file.
 DIFF_CHANGE_COLUMN = "change"
 
@@ -204,7 +208,7 @@ def write_timeline_csvs(
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE export_events AS
-            SELECT e.event_id AS _event_id, {select} FROM {quote(event_table(event_type))} e
+            SELECT e.event_id AS {_EVENT_KEY}, {select} FROM {quote(event_table(event_type))} e
             WHERE e.profile_id IN (SELECT _profile_id FROM export_rows WHERE _changed) AND {period_sql}
             ORDER BY e.event_time, e.event_id
             """,
@@ -220,7 +224,7 @@ def write_timeline_csvs(
             select = ", ".join([guarded("i.event_id", "event_id"), "i.item_index", *cells("i", nested.properties)])
             query = f"""
                 SELECT {select} FROM {quote(item_table(event_type, nested_type))} i
-                JOIN (SELECT _event_id, rowid AS _rank FROM export_events) e ON e._event_id = i.event_id ORDER BY e._rank, i.item_index
+                JOIN (SELECT {_EVENT_KEY}, rowid AS _rank FROM export_events) e ON e.{_EVENT_KEY} = i.event_id ORDER BY e._rank, i.item_index
             """
             _check_query_unquoted(conn, goal, query, ["event_id", *nested.properties], f"export goal {goal.name!r}, {nested_type}.csv")
             nested_path = directory / f"{nested_type}{suffix}"
