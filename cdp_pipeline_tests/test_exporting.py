@@ -647,6 +647,46 @@ def test_timeline_properties_named_like_the_exports_own_columns(tmp_path: Path):
     ]
 
 
+def test_timeline_files_keep_their_order_over_many_vectors_and_threads(tmp_path: Path):
+    """The event file is a scan of the events sorted once, and the item file sorts on the events'
+    rank: over many of DuckDB's vectors (2,048 rows) and two threads the files are still in
+    (event_time, event_id[, item_index]) order, as plain Python sorts the same rows."""
+    catalog = Catalog.model_validate(
+        {
+            "profile_properties": {"email": {"type": "text"}},
+            "event_types": {"order": {"properties": {"channel": {"type": "text"}}, "nested": {"line": {"properties": {"sku": {"type": "text"}}}}}},
+            "segments": {"all": {"condition": "TRUE"}},
+        }
+    )
+    project = ProjectConfig(
+        config_dir=tmp_path, home=tmp_path / "home", store=StoreSettings(path="store.duckdb", published_path=None, threads=2), catalog=catalog
+    )
+    generator = random.Random(7)
+    events = [
+        (f"E{n:06d}", f"p{n % 500}", T0 - timedelta(minutes=generator.randrange(20_000)), generator.choice(["=web", "app", "-store"]))
+        for n in range(30_000)
+    ]
+    lines = [(event[0], index, f"S{generator.randrange(1000)}") for event in events for index in range(1, generator.randrange(1, 4) + 1)]
+    with open_writer(project.store_path, catalog) as conn:
+        conn.execute("INSERT INTO profiles (profile_id, created_at, updated_at) SELECT 'p' || i, $t, $t FROM range(500) r(i)", {"t": T0})
+        event_frame = pl.DataFrame(events, schema=["event_id", "profile_id", "event_time", "channel"], orient="row")  # noqa: F841
+        line_frame = pl.DataFrame(lines, schema=["event_id", "item_index", "sku"], orient="row")  # noqa: F841
+        conn.execute("INSERT INTO timeline_order (event_id, profile_id, event_time, channel) SELECT * FROM event_frame")
+        conn.execute("INSERT INTO timeline_order__line (event_id, item_index, sku) SELECT * FROM line_frame")
+        refresh_memberships(conn, catalog, T0)
+    goal = make_goal(segment="all", columns=[{"header": "id", "profile_id": True}], timeline={"directory": "tl"})
+    Runner(project, tmp_path / "remote")(goal)
+    guard = lambda text: "'" + text if text[0] in "=+-@" else text  # noqa: E731
+    by_time = sorted(events, key=lambda e: (e[2], e[0]))
+    assert rows_of((tmp_path / "remote" / "tl" / "order.csv").read_bytes())[1:] == [
+        [e[0], e[1], e[2].strftime("%Y-%m-%d %H:%M:%S"), guard(e[3])] for e in by_time
+    ]
+    rank = {e[0]: index for index, e in enumerate(by_time)}
+    assert rows_of((tmp_path / "remote" / "tl" / "line.csv").read_bytes())[1:] == [
+        [line[0], str(line[1]), line[2]] for line in sorted(lines, key=lambda line: (rank[line[0]], line[1]))
+    ]
+
+
 def test_timeline_export_one_type_and_a_period(run: Runner):
     since = run(make_goal(name="since", segment="buyers", changed_only=False, timeline={"event_types": ["order"], "since": "2026-01-06"}))
     assert [f.remote_path.rsplit("/", 1)[1] for f in since.timeline_files] == ["order.csv", "order_line.csv"]
