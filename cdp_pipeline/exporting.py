@@ -30,6 +30,7 @@ import os
 import posixpath
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -58,7 +59,7 @@ from cdp_pipeline.store.exports import (
     writes_utf8,
 )
 from cdp_pipeline.store.memory import writer_memory
-from cdp_pipeline.store.segments import refresh_memberships
+from cdp_pipeline.store.segments import refresh_memberships_if_changed
 from cdp_pipeline.transports.base import Transport
 
 #: placeholders of ``target.file_name`` and ``timeline.directory``.
@@ -276,7 +277,7 @@ def run_export(
         subject = f"{connection.name}.{goal.name}"
         writer = open_writer(project.store_location, project.catalog, threads=project.store.threads, memory=writer_memory(project))
         with progress.stage("export", subject, "rows") as meter, writer as conn:
-            refresh_memberships(conn, project.catalog, now)
+            refresh_memberships_if_changed(conn, project.catalog, now)
             selection = select_profiles(
                 conn, project.catalog, connection.name, goal, full=full, consent_property=consent_property, objectives=connection.objectives
             )
@@ -336,11 +337,22 @@ def run_export(
         _avoid_existing_names(plan, goal, transport)
         fault_point("upload")
         sent: list[ExportedFile] = []
-        with progress.stage("upload", subject, "bytes", measure=lambda: sum(f.bytes for f in sent)) as uploaded:
-            for item in plan:
-                size, sha = item.local.stat().st_size, _sha256(item.local)
-                _upload(transport, item.local, item.remote, goal, done=len(sent), total=len(plan))
-                sent.append(ExportedFile(remote_path=item.remote, rows=item.rows, bytes=size, sha256=sha, kind=item.kind))
+        with (
+            progress.stage("upload", subject, "bytes", measure=lambda: sum(f.bytes for f in sent)) as uploaded,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-sha256") as hashing,
+        ):
+            # Each file is hashed while files are uploaded (hashlib and the transports' copies
+            # release the GIL), not read once for the hash and then again for the upload.
+            digests = [hashing.submit(_sha256, item.local) for item in plan]
+            try:
+                for item, digest in zip(plan, digests, strict=True):
+                    size = item.local.stat().st_size
+                    _upload(transport, item.local, item.remote, goal, done=len(sent), total=len(plan))
+                    sent.append(ExportedFile(remote_path=item.remote, rows=item.rows, bytes=size, sha256=digest.result(), kind=item.kind))
+            except BaseException:
+                for digest in digests:
+                    digest.cancel()  # a failed upload does not wait for the other files' hashes
+                raise
             uploaded.done = sum(f.bytes for f in sent)
         manifests = []
         if goal.target.manifest:

@@ -23,6 +23,7 @@ p06    known                   prospect     -                   first name only,
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import json
@@ -40,7 +41,7 @@ import polars as pl
 import pytest
 
 from cdp_pipeline import exporting
-from cdp_pipeline.config.catalog import Catalog
+from cdp_pipeline.config.catalog import Catalog, Segment
 from cdp_pipeline.config.connection import Connection, ExportGoal
 from cdp_pipeline.config.loading import ProjectConfig, StoreSettings
 from cdp_pipeline.config.processors import Pseudonymize
@@ -50,7 +51,7 @@ from cdp_pipeline.store import exports as store_exports
 from cdp_pipeline.store.database import open_writer
 from cdp_pipeline.store.exports import rows as export_rows
 from cdp_pipeline.store.merge import DeliveryRecord, merge_delivery
-from cdp_pipeline.store.segments import refresh_memberships
+from cdp_pipeline.store.segments import refresh_memberships, refresh_memberships_if_changed
 from cdp_pipeline.tables.processors import apply_processors
 from cdp_pipeline.tables.staged import StagedImport
 from cdp_pipeline.transports.local import LocalTransport
@@ -326,6 +327,86 @@ def test_undeclared_segments_are_dropped_and_bad_conditions_named(project: Proje
         refresh_memberships(conn, broken, T0)
 
 
+def _refreshes(project: ProjectConfig) -> int:
+    """Refreshes so far: each one measures every segment once."""
+    return store(project, "SELECT count(*) FROM segment_sizes WHERE segment = 'known'")[0][0]
+
+
+def _known(project: ProjectConfig) -> set[str]:
+    return {p for (p,) in store(project, "SELECT profile_id FROM segment_members WHERE segment = 'known'")}
+
+
+def _plain_known(project: ProjectConfig, condition: str = "email IS NOT NULL OR first_name IS NOT NULL") -> set[str]:
+    """The segment's condition in plain SQL over the profiles, not through the refresh."""
+    return {p for (p,) in store(project, f"SELECT profile_id FROM profiles WHERE {condition}")}
+
+
+def test_export_skips_the_membership_refresh_only_when_nothing_changed(run: Runner, project: ProjectConfig):
+    """The refresh at export start is skipped when the conditions, the data they read and the
+    memberships are what the last refresh left; any change to one of them refreshes again."""
+    goal = make_goal()
+    assert _refreshes(project) == 1  # the fixture's
+    run(goal, full=True)
+    run(goal, full=True)
+    assert _refreshes(project) == 1  # nothing changed: both exports used the fixture's members
+
+    # A changed value (stamped, as every writer of profiles stamps it): refreshed, the file follows.
+    touch(project, "p05", T0, first_name="Eve")
+    outcome = run(goal, full=True)
+    assert _refreshes(project) == 2 and _known(project) == _plain_known(project) and "p05" in _known(project)
+    assert outcome.profiles_exported == len(_plain_known(project)) == 6
+
+    # A merge that changes only a timeline (conditions may read timelines): refreshed.
+    _timeline_only_delivery(project, "p04", T0 + timedelta(hours=1))
+    run(goal, full=True)
+    assert _refreshes(project) == 3
+
+    # A profile removed without any stamp (an erasure): refreshed, and it leaves the segment.
+    store(project, "DELETE FROM profiles WHERE profile_id = 'p06'")
+    run(goal, full=True)
+    assert _refreshes(project) == 4 and _known(project) == _plain_known(project) and "p06" not in _known(project)
+
+    # Members changed by hand: refreshed, so the file never trusts them.
+    store(project, "DELETE FROM segment_members WHERE segment = 'known' AND profile_id = 'p02'")
+    outcome = run(goal, full=True)
+    assert _refreshes(project) == 5 and "p02" in _known(project) and outcome.profiles_exported == 5
+
+    # A changed condition in store.yaml, data unchanged: refreshed with the new condition.
+    narrower = CATALOG.model_copy(
+        update={"segments": {**CATALOG.segments, "known": CATALOG.segments["known"].model_copy(update={"condition": "email IS NOT NULL"})}}
+    )
+    runner = Runner(dataclasses.replace(project, catalog=narrower), run.root)
+    outcome = runner(goal, full=True)
+    assert _refreshes(project) == 6 and _known(project) == _plain_known(project, "email IS NOT NULL") == {"p01", "p02", "p04"}
+    assert outcome.profiles_exported == 3
+    runner(goal, full=True)
+    assert _refreshes(project) == 6
+    # And back: the old condition's fingerprint is not mistaken for the current members.
+    run(goal, full=True)
+    assert _refreshes(project) == 7 and _known(project) == _plain_known(project)
+
+
+def test_a_condition_on_the_clock_is_refreshed_at_every_export(project: ProjectConfig):
+    """now(), current_date or age(x) move members without any change in the store: never skipped,
+    and no mark is left that a later clock-free catalog could match."""
+    clocked = CATALOG.model_copy(
+        update={"segments": {**CATALOG.segments, "recent": Segment(condition="last_order_at >= now() - INTERVAL 30 DAY")}}
+    )
+    for at in (T0, T0 + timedelta(minutes=1)):
+        with open_writer(project.store_path, clocked) as conn:
+            assert refresh_memberships_if_changed(conn, clocked, at) is True
+    assert store(project, "SELECT count(*) FROM segment_sizes WHERE segment = 'recent'") == [(2,)]
+    assert store(project, "SELECT count(*) FROM setup_fingerprints WHERE step = 'memberships'") == [(0,)]
+    # Members as of the store's clock (plain SQL), not as of the refresh's "now" argument.
+    assert {p for (p,) in store(project, "SELECT profile_id FROM segment_members WHERE segment = 'recent'")} == {
+        p for (p,) in store(project, "SELECT profile_id FROM profiles WHERE last_order_at >= now() - INTERVAL 30 DAY")
+    }
+    with open_writer(project.store_path, CATALOG) as conn:
+        assert refresh_memberships_if_changed(conn, CATALOG, T0) is True  # "recent" must go: no mark matched
+        assert refresh_memberships_if_changed(conn, CATALOG, T0) is False
+    assert store(project, "SELECT count(*) FROM segment_members WHERE segment = 'recent'") == [(0,)]
+
+
 # ---------------------------------------------------------------- columns and selection
 
 
@@ -523,6 +604,87 @@ def test_timeline_export_one_file_per_event_and_nested_type(run: Runner):
     assert again.profiles_exported == 0 and again.profile_file is None and again.timeline_files == []
     assert {name: run.read(f"out/crm_timeline_20260115/{name}") for name in before} == before
     assert sorted(p.name for p in (run.root / "out" / "crm_timeline_20260115").iterdir()) == sorted(before)
+
+
+def test_timeline_properties_named_like_the_exports_own_columns(tmp_path: Path):
+    """Event and item properties may be named like the columns the export works with internally
+    (``_event_id``, ``_rank``, ``_profile_id``): the files carry the stored values under those
+    headers, in event time order, and the items in their events' order."""
+    catalog = Catalog.model_validate(
+        {
+            "profile_properties": {"email": {"type": "text"}},
+            "event_types": {
+                "visit": {
+                    "properties": {"_event_id": {"type": "text"}, "_profile_id": {"type": "text"}},
+                    "nested": {"hit": {"properties": {"_rank": {"type": "integer"}, "_event_id": {"type": "text"}}}},
+                }
+            },
+            "segments": {"all": {"condition": "TRUE"}},
+        }
+    )
+    project = ProjectConfig(
+        config_dir=tmp_path, home=tmp_path / "home", store=StoreSettings(path="store.duckdb", published_path=None, threads=1), catalog=catalog
+    )
+    visits = [("V2", "p1", datetime(2026, 1, 2), "x2", "y2"), ("V1", "p1", datetime(2026, 1, 1), "x1", "y1"), ("V3", "p2", datetime(2026, 1, 3), "x3", "y3")]
+    hits = [("V1", 2, 20, "h12"), ("V1", 1, 10, "h11"), ("V2", 1, 30, "h21"), ("V3", 1, 40, "h31")]
+    with open_writer(project.store_path, catalog) as conn:
+        conn.executemany("INSERT INTO profiles (profile_id, email, created_at, updated_at) VALUES (?, ?, ?, ?)", [["p1", "a@x", T0, T0], ["p2", "b@x", T0, T0]])
+        conn.executemany('INSERT INTO timeline_visit (event_id, profile_id, event_time, "_event_id", "_profile_id") VALUES (?, ?, ?, ?, ?)', visits)
+        conn.executemany('INSERT INTO timeline_visit__hit (event_id, item_index, "_rank", "_event_id") VALUES (?, ?, ?, ?)', hits)
+        refresh_memberships(conn, catalog, T0)
+    goal = make_goal(segment="all", columns=[{"header": "id", "profile_id": True}], timeline={"directory": "tl"})
+    outcome = Runner(project, tmp_path / "remote")(goal)
+    assert [f.remote_path for f in outcome.timeline_files] == ["tl/visit.csv", "tl/hit.csv"]
+    by_time = sorted(visits, key=lambda v: (v[2], v[0]))
+    assert rows_of((tmp_path / "remote" / "tl" / "visit.csv").read_bytes()) == [
+        ["event_id", "profile_id", "event_time", "_event_id", "_profile_id"],
+        *[[v[0], v[1], v[2].strftime("%Y-%m-%d %H:%M:%S"), v[3], v[4]] for v in by_time],
+    ]
+    rank = {v[0]: index for index, v in enumerate(by_time)}
+    assert rows_of((tmp_path / "remote" / "tl" / "hit.csv").read_bytes()) == [
+        ["event_id", "item_index", "_rank", "_event_id"],
+        *[[h[0], str(h[1]), str(h[2]), h[3]] for h in sorted(hits, key=lambda h: (rank[h[0]], h[1]))],
+    ]
+
+
+def test_timeline_files_keep_their_order_over_many_vectors_and_threads(tmp_path: Path):
+    """The event file is a scan of the events sorted once, and the item file sorts on the events'
+    rank: over many of DuckDB's vectors (2,048 rows) and two threads the files are still in
+    (event_time, event_id[, item_index]) order, as plain Python sorts the same rows."""
+    catalog = Catalog.model_validate(
+        {
+            "profile_properties": {"email": {"type": "text"}},
+            "event_types": {"order": {"properties": {"channel": {"type": "text"}}, "nested": {"line": {"properties": {"sku": {"type": "text"}}}}}},
+            "segments": {"all": {"condition": "TRUE"}},
+        }
+    )
+    project = ProjectConfig(
+        config_dir=tmp_path, home=tmp_path / "home", store=StoreSettings(path="store.duckdb", published_path=None, threads=2), catalog=catalog
+    )
+    generator = random.Random(7)
+    events = [
+        (f"E{n:06d}", f"p{n % 500}", T0 - timedelta(minutes=generator.randrange(20_000)), generator.choice(["=web", "app", "-store"]))
+        for n in range(30_000)
+    ]
+    lines = [(event[0], index, f"S{generator.randrange(1000)}") for event in events for index in range(1, generator.randrange(1, 4) + 1)]
+    with open_writer(project.store_path, catalog) as conn:
+        conn.execute("INSERT INTO profiles (profile_id, created_at, updated_at) SELECT 'p' || i, $t, $t FROM range(500) r(i)", {"t": T0})
+        event_frame = pl.DataFrame(events, schema=["event_id", "profile_id", "event_time", "channel"], orient="row")  # noqa: F841
+        line_frame = pl.DataFrame(lines, schema=["event_id", "item_index", "sku"], orient="row")  # noqa: F841
+        conn.execute("INSERT INTO timeline_order (event_id, profile_id, event_time, channel) SELECT * FROM event_frame")
+        conn.execute("INSERT INTO timeline_order__line (event_id, item_index, sku) SELECT * FROM line_frame")
+        refresh_memberships(conn, catalog, T0)
+    goal = make_goal(segment="all", columns=[{"header": "id", "profile_id": True}], timeline={"directory": "tl"})
+    Runner(project, tmp_path / "remote")(goal)
+    guard = lambda text: "'" + text if text[0] in "=+-@" else text  # noqa: E731
+    by_time = sorted(events, key=lambda e: (e[2], e[0]))
+    assert rows_of((tmp_path / "remote" / "tl" / "order.csv").read_bytes())[1:] == [
+        [e[0], e[1], e[2].strftime("%Y-%m-%d %H:%M:%S"), guard(e[3])] for e in by_time
+    ]
+    rank = {e[0]: index for index, e in enumerate(by_time)}
+    assert rows_of((tmp_path / "remote" / "tl" / "line.csv").read_bytes())[1:] == [
+        [line[0], str(line[1]), line[2]] for line in sorted(lines, key=lambda line: (rank[line[0]], line[1]))
+    ]
 
 
 def test_timeline_export_one_type_and_a_period(run: Runner):

@@ -140,7 +140,14 @@ def open_writer(
         try:
             limit_memory(conn, memory, path)
             conn.execute("BEGIN")
-            ensure_schema(conn, catalog)
+            try:
+                ensure_schema(conn, catalog)
+            except (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException) as exc:
+                # The first reads of table data happen here (connect reads only the catalog):
+                # a truncated file fails now, and it is the same damage as one that fails to open.
+                if says_disk_full(str(exc)):
+                    raise
+                raise unreadable_store(path, exc) from exc
             conn.execute("COMMIT")
             yield conn
         finally:

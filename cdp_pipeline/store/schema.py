@@ -7,6 +7,8 @@ per key, pre-aggregated in Polars) and watched by asset checks.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -260,6 +262,15 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("turn", "BIGINT", "Number of merge transactions committed since the table was created."),
         ],
     ),
+    "setup_fingerprints": (
+        "What the last view set-up and the last segment refresh were computed from, so a writer open or an "
+        "export can skip them when nothing they depend on changed. Bookkeeping of the pipeline; delete a row to force the step.",
+        [
+            ("step", "VARCHAR", "views (the views a writer open creates) or memberships (the segment and lifecycle refresh)."),
+            ("fingerprint", "VARCHAR", "sha256 of the step's inputs: the view statements; or the conditions and the store's data version."),
+            ("recorded_at", "TIMESTAMP", "When the step last ran (UTC)."),
+        ],
+    ),
     "product_store": (
         "Per product: how often and how recently it was bought (\"add to product store\").",
         [
@@ -382,6 +393,7 @@ _LATER_DELIVERY_ROW_COLUMNS = ("value", "entity_id", "keyed")
 _LATER_TABLES = ("spamtraps", "catalog_properties")
 _LAKE_TABLES = ("write_turn",)
 _WRITER_TABLES = ("property_writers",)
+_FINGERPRINT_TABLES = ("setup_fingerprints",)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -394,7 +406,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             *(
                 _create_fixed(table)
                 for table in FIXED_TABLES
-                if table not in ("schema_version", "deliveries", "delivery_rows", *_LATER_TABLES, *_LAKE_TABLES, *_WRITER_TABLES)
+                if table not in ("schema_version", "deliveries", "delivery_rows", *_LATER_TABLES, *_LAKE_TABLES, *_WRITER_TABLES, *_FINGERPRINT_TABLES)
             ),
         ],
     ),
@@ -427,6 +439,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "property_writers (which goals have written each property), filled from the value history and the stored values",
         lambda: [_create_fixed("property_writers")],
         backfill=lambda conn: _backfill_property_writers(conn),
+    ),
+    Migration(
+        7,
+        "setup_fingerprints: what the last view set-up and segment refresh were computed from, so unchanged ones are skipped",
+        lambda: [_create_fixed(table) for table in _FINGERPRINT_TABLES],
     ),
 )
 #: the schema version this code writes; a store with a higher one was written by newer code.
@@ -537,9 +554,7 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
     ).fetchone() or ("",)
     changes = _migrate(conn, str(store_name))
     tables = {**FIXED_TABLES, **catalog_tables(catalog)}
-    columns_now = conn.execute(
-        "SELECT table_name, column_name, data_type, comment FROM duckdb_columns() WHERE schema_name = 'main' AND database_name = current_database()"
-    ).fetchall()
+    columns_now = conn.execute(_COLUMNS_SQL).fetchall()
     existing = {(table, name): data_type for table, name, data_type, _ in columns_now}
     # Comments are written only where they differ: ~150 COMMENT statements at every writer open
     # were most of the time a run spent opening the store (about twenty opens a job).
@@ -577,12 +592,74 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> list[str
         for name, _, column_comment in columns:
             if comments.get((table, name)) != column_comment:
                 conn.execute(f"COMMENT ON COLUMN {quote(table)}.{quote(name)} IS {literal(column_comment)}")
-    views = {row[0] for row in conn.execute("SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND NOT internal").fetchall()}
-    # A lake's views are replaced only when the tables they read changed (or one is missing), for
-    # the same reason; a DuckDB file replaces them on every open, as it always did.
-    if not is_lake(conn) or changes or not views >= _expected_views(catalog):
-        _create_views(conn, catalog)
+    if changes:
+        columns_now = conn.execute(_COLUMNS_SQL).fetchall()
+    _bring_views_up_to_date(conn, catalog, columns_now, tables_changed=bool(changes))
     return changes
+
+
+_COLUMNS_SQL = (
+    "SELECT table_name, column_name, data_type, comment FROM duckdb_columns() "
+    "WHERE schema_name = 'main' AND database_name = current_database() ORDER BY table_name, column_index"
+)
+
+
+def _bring_views_up_to_date(
+    conn: duckdb.DuckDBPyConnection, catalog: Catalog, columns_now: list[tuple[str, str, str, str | None]], *, tables_changed: bool
+) -> None:
+    """Create the views when they would differ from what is there.
+
+    Replacing every view at every writer open (about twenty a job) wrote the catalog each time,
+    which the close then checkpointed. The views are replaced only when the statements that make
+    them changed (store.yaml, a column a bulk mapping added, this code) or when the views in the
+    store are not the ones those statements made (one dropped or replaced by hand): the stored
+    fingerprint covers both the statements and DuckDB's own text of each view."""
+    expected = _expected_views(catalog)
+    statements = _view_statements(catalog, columns_now)
+    if is_lake(conn):
+        # A lake's writers open concurrently; a fingerprint row written at every open would make
+        # them conflict. Its views are replaced only when the tables changed (or one is missing).
+        names = {row[0] for row in conn.execute("SELECT view_name FROM duckdb_views() WHERE database_name = current_database() AND NOT internal").fetchall()}
+        if tables_changed or not names >= expected:
+            for statement in statements:
+                conn.execute(statement)
+        return
+    wanted = _views_fingerprint(conn, statements, expected)
+    stored = conn.execute("SELECT fingerprint FROM setup_fingerprints WHERE step = 'views'").fetchall()
+    if not tables_changed and stored == [(wanted,)]:
+        return
+    for statement in statements:
+        conn.execute(statement)
+    record_fingerprint(conn, "views", _views_fingerprint(conn, statements, expected))
+
+
+def _views_fingerprint(conn: duckdb.DuckDBPyConnection, statements: list[str], expected: set[str]) -> str:
+    """The statements, and each expected view as the store holds it (None when missing)."""
+    held = {
+        name: [sql, comment]
+        for name, sql, comment in conn.execute(
+            "SELECT view_name, sql, comment FROM duckdb_views() WHERE database_name = current_database() AND NOT internal"
+        ).fetchall()
+    }
+    return fingerprint_of([statements, [[name, held.get(name)] for name in sorted(expected)]])
+
+
+def fingerprint_of(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def record_fingerprint(conn: duckdb.DuckDBPyConnection, step: str, fingerprint: str) -> None:
+    """Remember what ``step`` was computed from, in the caller's transaction."""
+    conn.execute("DELETE FROM setup_fingerprints WHERE step = $step", {"step": step})
+    conn.execute(
+        "INSERT INTO setup_fingerprints (step, fingerprint, recorded_at) VALUES ($step, $fingerprint, now()::TIMESTAMP)",
+        {"step": step, "fingerprint": fingerprint},
+    )
+
+
+def stored_fingerprint(conn: duckdb.DuckDBPyConnection, step: str) -> str | None:
+    rows = conn.execute("SELECT fingerprint FROM setup_fingerprints WHERE step = $step", {"step": step}).fetchall()
+    return rows[0][0] if len(rows) == 1 else None
 
 
 def _expected_views(catalog: Catalog) -> set[str]:
@@ -601,31 +678,33 @@ def is_lake(conn: duckdb.DuckDBPyConnection) -> bool:
     return bool(rows) and rows[0][0] == "ducklake"
 
 
-def _create_views(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
+def _view_statements(catalog: Catalog, columns_now: list[tuple[str, str, str, str | None]]) -> list[str]:
+    """The statements that create the views and their comments, in order."""
+    statements: list[str] = []
     # One view over every event type so "all events of a profile" needs no knowledge of the types.
     if catalog.event_types:
         union = " UNION ALL ".join(
             f"SELECT {literal(name)} AS event_type, event_id, profile_id, event_time, delivery_id FROM {quote(event_table(name))}"
             for name in catalog.event_types
         )
-        conn.execute(f"CREATE OR REPLACE VIEW timeline_events AS {union}")
-        conn.execute("COMMENT ON VIEW timeline_events IS 'Every timeline event of every type: type, id, profile and time.'")
+        statements.append(f"CREATE OR REPLACE VIEW timeline_events AS {union}")
+        statements.append("COMMENT ON VIEW timeline_events IS 'Every timeline event of every type: type, id, profile and time.'")
     if catalog.group_types:
         union = " UNION ALL ".join(
             f"SELECT {literal(name)} AS group_type, group_id, created_at, updated_at FROM {quote(group_table(name))}"
             for name in catalog.group_types
         )
-        conn.execute(f"CREATE OR REPLACE VIEW groups AS {union}")
-        conn.execute("COMMENT ON VIEW groups IS 'Every group of every type (households, companies ...); properties are in groups_<type>.'")
+        statements.append(f"CREATE OR REPLACE VIEW groups AS {union}")
+        statements.append("COMMENT ON VIEW groups IS 'Every group of every type (households, companies ...); properties are in groups_<type>.'")
     consents = catalog.profile_properties.get("consents")
     if consents is not None and consents.type == "list":
         # One row per profile and objective it consented to: the shape privacy questions are asked in.
-        conn.execute(
+        statements.append(
             "CREATE OR REPLACE VIEW consents AS SELECT profile_id, unnest(consents) AS objective, updated_at FROM profiles"
         )
-        conn.execute("COMMENT ON VIEW consents IS 'One row per profile and objective it consented to (from the consents list property).'")
-    _create_history_view(conn, catalog)
-    conn.execute(
+        statements.append("COMMENT ON VIEW consents IS 'One row per profile and objective it consented to (from the consents list property).'")
+    statements += _history_view_statements(catalog, columns_now)
+    statements.append(
         """
         CREATE OR REPLACE VIEW property_provenance AS
         SELECT entity, entity_id, property,
@@ -635,11 +714,11 @@ def _create_views(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
         FROM property_history GROUP BY entity, entity_id, property
         """
     )
-    conn.execute(
+    statements.append(
         "COMMENT ON VIEW property_provenance IS 'For each property value: which connection, delivery and run last set it "
         "(from property_history, so also the values a profile still has from its creation).'"
     )
-    conn.execute(
+    statements.append(
         """
         CREATE OR REPLACE VIEW data_exchange AS
         SELECT connection,
@@ -648,14 +727,15 @@ def _create_views(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
         FROM exchanged_profiles GROUP BY connection
         """
     )
-    conn.execute("COMMENT ON VIEW data_exchange IS 'Unique profiles imported and exported per connection, each profile counted once.'")
+    statements.append("COMMENT ON VIEW data_exchange IS 'Unique profiles imported and exported per connection, each profile counted once.'")
+    return statements
 
 
 #: columns of profiles and groups_<type> that are not properties.
 _ENTITY_COLUMNS = {"profile_id", "group_id", "created_at", "updated_at", "last_delivery_id", "last_run_id", "domain_group", "created_delivery_id"}
 
 
-def _create_history_view(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> None:
+def _history_view_statements(catalog: Catalog, columns_now: list[tuple[str, str, str, str | None]]) -> list[str]:
     """property_history: property_changes plus, for every value not changed since its profile (or
     group) was created, the row the creation would have written (at created_at, by the creating
     delivery). The merge writes no history rows for new profiles (one per value of every new
@@ -666,10 +746,7 @@ def _create_history_view(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> N
     entities = [("profiles", "profile_id", "'profile'")]
     entities += [(group_table(name), "group_id", literal(f"group:{name}")) for name in catalog.group_types]
     columns: dict[str, list[tuple[str, str]]] = {}
-    for table, name, data_type in conn.execute(
-        "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE schema_name = 'main' AND database_name = current_database() "
-        "ORDER BY table_name, column_index"
-    ).fetchall():
+    for table, name, data_type, _ in columns_now:
         columns.setdefault(table, []).append((name, data_type))
     parts = ["SELECT entity, entity_id, property, value, changed_at, connection, goal, delivery_id, run_id FROM property_changes"]
     for table, id_column, entity in entities:
@@ -691,9 +768,9 @@ def _create_history_view(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> N
             WHERE NOT EXISTS (SELECT 1 FROM property_changes c WHERE c.entity = {entity} AND c.entity_id = u.{id_column} AND c.property = u.property)
             """
         )
-    conn.execute(f"CREATE OR REPLACE VIEW property_history AS {' UNION ALL '.join(parts)}")
-    conn.execute(
+    return [
+        f"CREATE OR REPLACE VIEW property_history AS {' UNION ALL '.join(parts)}",
         "COMMENT ON VIEW property_history IS 'Every value a property had, with when and by which delivery it was set: "
         "property_changes plus the values profiles and groups still have from their creation. The value as of a date "
-        "is the latest row at or before it.'"
-    )
+        "is the latest row at or before it.'",
+    ]

@@ -17,11 +17,14 @@ import duckdb
 
 from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.errors import ConfigError
-from cdp_pipeline.store.conditions import ConditionError, ConditionSql, compile_conditions
+from cdp_pipeline.store.conditions import ConditionError, ConditionSql, clock_conditions, compile_conditions, condition_tables
 from cdp_pipeline.store.conflicts import ATTEMPTS, FIRST_DELAY_SECONDS, retry_on_conflict
 from cdp_pipeline.store.database import fetch_row
 from cdp_pipeline.store.lake import rollback
-from cdp_pipeline.store.schema import literal
+from cdp_pipeline.store.schema import event_table, fingerprint_of, literal, quote, record_fingerprint, stored_fingerprint
+
+#: the ``setup_fingerprints`` step of the membership refresh.
+MEMBERSHIPS_STEP = "memberships"
 
 
 def check_conditions(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> ConditionSql:
@@ -51,6 +54,42 @@ def refresh_memberships(
     return retry_on_conflict(
         lambda: _refresh_once(conn, catalog, conditions, now), what="refreshing segment and lifecycle members", attempts=attempts, first_delay=first_delay
     )
+
+
+def refresh_memberships_if_changed(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime) -> bool:
+    """Refresh unless nothing a membership depends on changed since the last refresh; returns
+    whether it ran. Skipped only when the conditions (with the segments' bases and the stages'
+    order), the data they read (profiles, timelines, the ledger) and the memberships themselves are
+    what the last refresh left, and no condition reads the clock (``now()``, ``current_date``,
+    ``age(x)``): such a condition changes its members without any change in the store."""
+    if (expected := _memberships_fingerprint(conn, catalog)) is not None and stored_fingerprint(conn, MEMBERSHIPS_STEP) == expected:
+        return False
+    refresh_memberships(conn, catalog, now)
+    return True
+
+
+def _memberships_fingerprint(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> str | None:
+    """What a refresh computes from, or None when the result moves with the clock alone.
+
+    The data version counts rows and takes the newest change stamps: every merge adds a ledger row
+    and stamps what it changes (``updated_at``, ``merged_at``); an erasure or a removed event
+    changes a count. The members' counts catch memberships changed by anything but a refresh."""
+    if clock_conditions(catalog):
+        return None
+    counts = " ".join(f", (SELECT count(*) FROM {quote(event_table(name))})" for name in catalog.event_types)
+    version = conn.execute(
+        f"""
+        SELECT (SELECT count(*) FROM deliveries), (SELECT max(merged_at) FROM deliveries),
+               (SELECT count(*) FROM profiles), (SELECT max(updated_at) FROM profiles),
+               (SELECT count(*) FROM segment_members), (SELECT count(*) FROM lifecycle_members){counts}
+        """
+    ).fetchall()
+    conditions = {
+        "segments": [[name, catalog.segments[name].condition, catalog.segments[name].based_on] for name in catalog.segment_order()],
+        "lifecycles": [[name, [[stage.name, stage.condition] for stage in lifecycle.stages]] for name, lifecycle in catalog.lifecycles.items()],
+        "tables": condition_tables(catalog),
+    }
+    return fingerprint_of([conditions, version])
 
 
 def memberships_behind(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> bool:
@@ -150,6 +189,12 @@ def _refresh_once(conn: duckdb.DuckDBPyConnection, catalog: Catalog, conditions:
                     f"SELECT $lifecycle, new_stage, profile_id, $now FROM {stages} WHERE new_stage IS NOT NULL",
                     {"lifecycle": name, "now": now},
                 )
+        # In the refresh's transaction: the mark can never claim a refresh that did not commit.
+        # A clock condition leaves no mark (and removes an older one, which these members no longer match).
+        if (fingerprint := _memberships_fingerprint(conn, catalog)) is not None:
+            record_fingerprint(conn, MEMBERSHIPS_STEP, fingerprint)
+        else:
+            conn.execute("DELETE FROM setup_fingerprints WHERE step = $step", {"step": MEMBERSHIPS_STEP})
         conn.execute("COMMIT")
     except BaseException:
         rollback(conn)

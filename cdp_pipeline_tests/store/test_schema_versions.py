@@ -257,3 +257,64 @@ def test_the_documented_rewrite_gives_a_store_in_the_shared_format_with_everythi
     with open_writer(copy, _catalog()) as conn:
         assert conn.execute("SELECT profile_id, customer_number, score FROM profiles ORDER BY 1").fetchall() == [("p1", "C001", 7), ("p2", "C002", 9)]
         assert conn.execute("SELECT count(*) FROM deliveries").fetchall() == [(0,)]
+
+
+def _views(path: Path) -> dict[str, str]:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return dict(conn.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall())
+
+
+def _views_recorded_at(path: Path) -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return conn.execute("SELECT recorded_at FROM setup_fingerprints WHERE step = 'views'").fetchall()
+
+
+def test_views_are_replaced_only_when_they_would_change(tmp_path: Path) -> None:
+    """An open with the same store.yaml leaves the views alone; a new property, a new event type,
+    a view dropped or replaced by hand are all put right at the next open."""
+    store = tmp_path / "store.duckdb"
+    with open_writer(store, _catalog()):
+        pass
+    first, recorded = _views(store), _views_recorded_at(store)
+    assert {"property_history", "property_provenance", "data_exchange"} <= set(first) and len(recorded) == 1
+    with open_writer(store, _catalog()):
+        pass
+    assert _views(store) == first and _views_recorded_at(store) == recorded  # not written again
+
+    # A new profile property: property_history covers it from this open on.
+    wider = Catalog.model_validate(
+        {"profile_properties": {"customer_number": {"type": "text", "unique": True}, "score": {"type": "integer"}, "tier": {"type": "text"}}}
+    )
+    with open_writer(store, wider) as conn:
+        conn.execute("INSERT INTO deliveries (delivery_id, connection, goal, run_id) VALUES ('d1', 'shop', 'customers', 'r1')")
+        conn.execute("INSERT INTO profiles (profile_id, created_at, created_delivery_id, tier) VALUES ('p1', TIMESTAMP '2026-01-15', 'd1', 'gold')")
+        assert conn.execute("SELECT property, value FROM property_history WHERE entity_id = 'p1'").fetchall() == [("tier", "gold")]
+    assert "tier" in _views(store)["property_history"] and "tier" not in first["property_history"]
+
+    # A new event type: timeline_events (a view that did not exist yet) reads it.
+    with_events = Catalog.model_validate(
+        {**wider.model_dump(mode="json", exclude_defaults=True), "event_types": {"visit": {"properties": {"page": {"type": "text"}}}}}
+    )
+    with open_writer(store, with_events) as conn:
+        conn.execute("INSERT INTO timeline_visit (event_id, profile_id, event_time) VALUES ('v1', 'p1', TIMESTAMP '2026-01-15')")
+        assert conn.execute("SELECT event_type, event_id FROM timeline_events").fetchall() == [("visit", "v1")]
+    expected = _views(store)
+
+    # Changed by hand: dropped, or replaced with other SQL (comment included). Both are restored.
+    with duckdb.connect(str(store)) as conn:
+        conn.execute("DROP VIEW property_provenance")
+        conn.execute("CREATE OR REPLACE VIEW data_exchange AS SELECT 1 AS connection")
+    with open_writer(store, with_events):
+        pass
+    assert _views(store) == expected
+    with duckdb.connect(str(store)) as conn:
+        conn.execute("COMMENT ON VIEW timeline_events IS 'changed'")
+    with open_writer(store, with_events) as conn:
+        assert conn.execute("SELECT comment FROM duckdb_views() WHERE view_name = 'timeline_events'").fetchone()[0].startswith("Every timeline event")
+
+    # A removed fingerprint (or a store from before it) only makes the next open replace the views.
+    with duckdb.connect(str(store)) as conn:
+        conn.execute("DELETE FROM setup_fingerprints")
+    with open_writer(store, with_events):
+        pass
+    assert _views(store) == expected and len(_views_recorded_at(store)) == 1
