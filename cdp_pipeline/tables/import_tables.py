@@ -1020,20 +1020,44 @@ def _item_keys(joined: pl.DataFrame, nested: NestedEventMapping, display: str, p
     cells = [pl.col(_n(c)).cast(pl.String).fill_null(_EMPTY_CELL) for c in nested.properties.values()]
     content = pl.concat_str(cells, separator=_CELL_SEPARATOR) if cells else pl.lit("")
     joined = joined.with_columns(content.alias(_ITEM_KEY))
-    # Numbered only where the same content repeats within an event: a window over every row's
-    # content text was a sixth of a 400k-line orders file's staging, and most rows occur once.
-    repeated = pl.struct("event_id", _ITEM_KEY).is_duplicated()
-    occurrence = pl.when(repeated).then(pl.int_range(1, pl.len() + 1).over(["event_id", _ITEM_KEY])).otherwise(1).cast(pl.String)
-    return joined.with_columns(pl.concat_str([pl.lit("content"), pl.col(_ITEM_KEY), occurrence], separator="\x1e").alias(_ITEM_KEY))
+    return joined.with_columns(
+        pl.concat_str([pl.lit("content"), pl.col(_ITEM_KEY), _content_occurrence(joined)], separator="\x1e").alias(_ITEM_KEY)
+    )
+
+
+def _content_occurrence(joined: pl.DataFrame) -> pl.Series | pl.Expr:
+    """The occurrence of each nested row's content within its event, as text ("1" for content that
+    does not repeat, the usual case).
+
+    Repeats are looked for on a 64-bit hash of (event, content) and numbered only among the rows
+    whose hash repeats: finding them on the texts themselves, and a window over every row, held
+    several copies of a 4M-line file's content texts at once (the stage's memory peak). A hash
+    collision only sends a row that does not repeat to the numbering, where it is number 1 as well,
+    since the numbering compares the texts."""
+    maybe_repeated = joined.select(pl.struct("event_id", _ITEM_KEY).hash().is_duplicated()).to_series()
+    if not maybe_repeated.any():
+        return pl.lit("1")
+    rows = maybe_repeated.arg_true()
+    numbered = joined.select("event_id", _ITEM_KEY)[rows].select(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(["event_id", _ITEM_KEY])).to_series()
+    return pl.repeat(1, joined.height, dtype=pl.Int64, eager=True).scatter(rows, numbered).cast(pl.String)
 
 
 def _last_per(frame: pl.DataFrame, key: list[str]) -> pl.DataFrame:
     """The last row of each ``key`` value, in the frame's order; a frame whose keys are all
     distinct (the usual delivery) is returned as it is instead of being gathered again."""
-    distinct = frame.select(pl.struct(key).n_unique() if len(key) > 1 else pl.col(key[0]).n_unique()).item()
-    if distinct == frame.height:
+    if _all_distinct(frame, key):
         return frame
     return frame.unique(subset=key, keep="last", maintain_order=True)
+
+
+def _all_distinct(frame: pl.DataFrame, key: list[str]) -> bool:
+    """Whether no ``key`` value repeats. Tried first on a 64-bit hash per row (as many distinct
+    hashes as rows proves it, without a table of the key texts); only a frame with a repeated
+    hash is checked on the values themselves."""
+    values = pl.struct(key) if len(key) > 1 else pl.col(key[0])
+    if frame.select(values.hash().n_unique()).item() == frame.height:
+        return True
+    return bool(frame.select(values.n_unique()).item() == frame.height)
 
 
 def _in_line_order(frame: pl.DataFrame) -> pl.DataFrame:
@@ -1049,7 +1073,10 @@ def _with_item_index(items: pl.DataFrame) -> pl.DataFrame:
     the window over every row."""
     event_ids = items["event_id"]
     starts = event_ids.ne_missing(event_ids.shift(1))
-    if items.height and starts.sum() != event_ids.n_unique():
+    runs = starts.sum()
+    # Distinct hashes are at most the distinct ids, which are at most the runs: equal hashes and
+    # runs prove every event has one run, without a table of the ids' texts.
+    if items.height and runs != event_ids.hash().n_unique() and runs != event_ids.n_unique():
         return items.with_columns(pl.col(LINE).rank("ordinal").over("event_id").cast(pl.Int64).alias("item_index"))
     position = pl.int_range(pl.len(), dtype=pl.Int64)
     run_start = pl.when(starts).then(position).forward_fill()
