@@ -815,6 +815,13 @@ def build_import_tables(
                         )
                     )
 
+    # A linked file no sum reads is done with: its rows (the largest frames of an orders delivery,
+    # the order lines) are let go before the sums build their identities, instead of at the end.
+    for linked_file in goal.files.linked:
+        if linked_file.name not in summed_files:
+            for held in (keyed, files.frames, files.raw, value_rows):
+                held.pop(linked_file.name, None)
+
     # --- the sums' source rows with their identities
     sum_rows: dict[str, pl.DataFrame] = {}
     identity_cache: dict[tuple[str, tuple[str, ...]], pl.DataFrame] = {}
