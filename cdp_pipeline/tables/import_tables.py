@@ -1026,26 +1026,36 @@ def _item_keys(joined: pl.DataFrame, nested: NestedEventMapping, display: str, p
         return joined.with_columns(pl.concat_str([_key_text(pl.col(c)).fill_null("") for c in columns], separator=_CELL_SEPARATOR).alias(_ITEM_KEY))
     cells = [pl.col(_n(c)).cast(pl.String).fill_null(_EMPTY_CELL) for c in nested.properties.values()]
     content = pl.concat_str(cells, separator=_CELL_SEPARATOR) if cells else pl.lit("")
-    joined = joined.with_columns(content.alias(_ITEM_KEY))
-    return joined.with_columns(
-        pl.concat_str([pl.lit("content"), pl.col(_ITEM_KEY), _content_occurrence(joined)], separator="\x1e").alias(_ITEM_KEY)
+    # The content text is built once, inside the key: a column of it beside the keys was the
+    # stage's largest column at its memory peak (a 4M-line file's every cell, once more).
+    return joined.with_columns(pl.concat_str([pl.lit("content"), content, _content_occurrence(joined, content)], separator="\x1e").alias(_ITEM_KEY))
+
+
+#: rows whose content text is built at a time to hash it (about 15 MB of text for order lines).
+_HASH_SLICE_ROWS = 1 << 18
+
+
+def _content_occurrence(joined: pl.DataFrame, content: pl.Expr) -> pl.Series | pl.Expr:
+    """The occurrence of each nested row's ``content`` within its event, as text ("1" for content
+    that does not repeat, the usual case).
+
+    Repeats are looked for on a 64-bit hash of (event, content), built a slice of rows at a time,
+    and numbered only among the rows whose hash repeats: finding them on the texts themselves,
+    and a window over every row, held several copies of a 4M-line file's content texts at once
+    (the stage's memory peak). A hash collision only sends a row that does not repeat to the
+    numbering, where it is number 1 as well, since the numbering compares the texts."""
+    if not joined.height:
+        return pl.lit("1")
+    hashed = pl.struct(pl.col("event_id"), content.alias("content")).hash()
+    hashes = pl.concat(
+        [joined.slice(start, _HASH_SLICE_ROWS).select(hashed).to_series() for start in range(0, joined.height, _HASH_SLICE_ROWS)]
     )
-
-
-def _content_occurrence(joined: pl.DataFrame) -> pl.Series | pl.Expr:
-    """The occurrence of each nested row's content within its event, as text ("1" for content that
-    does not repeat, the usual case).
-
-    Repeats are looked for on a 64-bit hash of (event, content) and numbered only among the rows
-    whose hash repeats: finding them on the texts themselves, and a window over every row, held
-    several copies of a 4M-line file's content texts at once (the stage's memory peak). A hash
-    collision only sends a row that does not repeat to the numbering, where it is number 1 as well,
-    since the numbering compares the texts."""
-    maybe_repeated = joined.select(pl.struct("event_id", _ITEM_KEY).hash().is_duplicated()).to_series()
+    maybe_repeated = hashes.is_duplicated()
+    del hashes
     if not maybe_repeated.any():
         return pl.lit("1")
     rows = maybe_repeated.arg_true()
-    numbered = joined.select("event_id", _ITEM_KEY)[rows].select(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(["event_id", _ITEM_KEY])).to_series()
+    numbered = joined[rows].select(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(pl.col("event_id"), content)).to_series()
     return pl.repeat(1, joined.height, dtype=pl.Int64, eager=True).scatter(rows, numbered).cast(pl.String)
 
 
