@@ -672,6 +672,14 @@ def build_import_tables(
     #: only a file that feeds a sum needs its row keys (a text of every nested row otherwise).
     summed_files = {m.file for m in mappings if m.rule == "sum"}
     detected_events: dict[str, dict[str, str]] = {}
+    nested_files = [nested.file for event in timeline for nested in event.nested]
+    #: nested files read by nothing after their items are built: no sum, no file linked to them, not
+    #: an event file, nested once.
+    done_after_nesting = {
+        name for name in nested_files
+        if nested_files.count(name) == 1 and name not in summed_files
+        and name not in {f.parent for f in goal.files.linked} and name not in {event.file for event in timeline}
+    }
 
     for event in timeline:
         source = with_key(event.file)
@@ -761,6 +769,11 @@ def build_import_tables(
             right_on = [_n(c) for c in linked.link.values()]
             keys = _link_keys(len(left_on))
             child = with_key(nested.file)
+            if nested.file in done_after_nesting:
+                # Nothing after this reads the file's rows: the columns its items do not use (the
+                # link text, the customer key) go with ``child`` below instead of at the end.
+                for held in (keyed, files.frames, files.raw, value_rows):
+                    held.pop(nested.file, None)
             if unique_parent_links[nested.file]:
                 # The event of a nested row is the event row it was linked to, if that row is still
                 # an event (it may have been left out for an empty id or time).
@@ -773,7 +786,8 @@ def build_import_tables(
             # A row whose event was left out (empty id or time) has no event, and no row either. A
             # nested file's own "event_id" column keeps its name, as a join would leave it.
             nested_events = nested_events.alias("event_id_right" if "event_id" in child.columns else "event_id")
-            joined = child.with_columns(nested_events).drop(_PARENT_LINE)
+            item_columns = {LINE, "event_id", *(_n(c) for c in nested.properties.values()), *(_n(c) for c in nested.key)}
+            joined = child.select(c for c in child.columns if c in item_columns).with_columns(nested_events)
             if nested_events.null_count():
                 joined = joined.filter(pl.col(nested_events.name).is_not_null())
             del child
