@@ -400,6 +400,10 @@ def row_identities(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     hashed = _md5_halves(identities, "identity")
     # Repeats are found on the hash in Polars; only the repeated rows go back to DuckDB to be
     # numbered and hashed again (most files have none).
+    # The high half first: no repeat in it is no repeat at all, found without the pairs' table
+    # (which, as a struct, cost about as much memory as the texts they were hashed from).
+    if not hashed[HASH_HI].is_duplicated().any():
+        return hashed
     repeated = pl.struct(HASH_HI, HASH_LO).is_duplicated()
     if not hashed.select(repeated.any()).item():
         return hashed
@@ -426,18 +430,31 @@ def row_identities(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
 
 
 def _md5_halves(frame: pl.DataFrame, column: str) -> pl.DataFrame:
-    """``_line`` → md5 of ``column`` as two UInt64 halves, in DuckDB (stable across versions)."""
+    """``_line`` → md5 of ``column`` as two UInt64 halves, in DuckDB (stable across versions).
+
+    A slice of rows at a time: DuckDB's copy of a whole file's texts and its result, on top of the
+    frames staging holds, were the orders stage's memory peak (twice, once per sum)."""
     connection = duckdb.connect()
     try:
-        connection.register("row_text", frame)
-        return connection.sql(
-            f"""
-            SELECT _line, CAST(h >> 64 AS UBIGINT) AS {HASH_HI}, CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS {HASH_LO}
-            FROM (SELECT _line, md5_number({column}) AS h FROM row_text)
-            """
-        ).pl()
+        halves = []
+        for start in range(0, max(frame.height, 1), _MD5_SLICE_ROWS):
+            connection.register("row_text", frame.slice(start, _MD5_SLICE_ROWS))
+            halves.append(
+                connection.sql(
+                    f"""
+                    SELECT _line, CAST(h >> 64 AS UBIGINT) AS {HASH_HI}, CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS {HASH_LO}
+                    FROM (SELECT _line, md5_number({column}) AS h FROM row_text)
+                    """
+                ).pl()
+            )
+            connection.unregister("row_text")
+        return pl.concat(halves, how="vertical")
     finally:
         connection.close()
+
+
+#: rows hashed by DuckDB at a time (``_md5_halves``).
+_MD5_SLICE_ROWS = 1 << 18
 
 
 def build_import_tables(
