@@ -400,6 +400,10 @@ def row_identities(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     hashed = _md5_halves(identities, "identity")
     # Repeats are found on the hash in Polars; only the repeated rows go back to DuckDB to be
     # numbered and hashed again (most files have none).
+    # The high half first: no repeat in it is no repeat at all, found without the pairs' table
+    # (which, as a struct, cost about as much memory as the texts they were hashed from).
+    if not hashed[HASH_HI].is_duplicated().any():
+        return hashed
     repeated = pl.struct(HASH_HI, HASH_LO).is_duplicated()
     if not hashed.select(repeated.any()).item():
         return hashed
@@ -426,18 +430,31 @@ def row_identities(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
 
 
 def _md5_halves(frame: pl.DataFrame, column: str) -> pl.DataFrame:
-    """``_line`` → md5 of ``column`` as two UInt64 halves, in DuckDB (stable across versions)."""
+    """``_line`` → md5 of ``column`` as two UInt64 halves, in DuckDB (stable across versions).
+
+    A slice of rows at a time: DuckDB's copy of a whole file's texts and its result, on top of the
+    frames staging holds, were the orders stage's memory peak (twice, once per sum)."""
     connection = duckdb.connect()
     try:
-        connection.register("row_text", frame)
-        return connection.sql(
-            f"""
-            SELECT _line, CAST(h >> 64 AS UBIGINT) AS {HASH_HI}, CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS {HASH_LO}
-            FROM (SELECT _line, md5_number({column}) AS h FROM row_text)
-            """
-        ).pl()
+        halves = []
+        for start in range(0, max(frame.height, 1), _MD5_SLICE_ROWS):
+            connection.register("row_text", frame.slice(start, _MD5_SLICE_ROWS))
+            halves.append(
+                connection.sql(
+                    f"""
+                    SELECT _line, CAST(h >> 64 AS UBIGINT) AS {HASH_HI}, CAST(h & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT) AS {HASH_LO}
+                    FROM (SELECT _line, md5_number({column}) AS h FROM row_text)
+                    """
+                ).pl()
+            )
+            connection.unregister("row_text")
+        return pl.concat(halves, how="vertical")
     finally:
         connection.close()
+
+
+#: rows hashed by DuckDB at a time (``_md5_halves``).
+_MD5_SLICE_ROWS = 1 << 18
 
 
 def build_import_tables(
@@ -672,6 +689,14 @@ def build_import_tables(
     #: only a file that feeds a sum needs its row keys (a text of every nested row otherwise).
     summed_files = {m.file for m in mappings if m.rule == "sum"}
     detected_events: dict[str, dict[str, str]] = {}
+    nested_files = [nested.file for event in timeline for nested in event.nested]
+    #: nested files read by nothing after their items are built: no sum, no file linked to them, not
+    #: an event file, nested once.
+    done_after_nesting = {
+        name for name in nested_files
+        if nested_files.count(name) == 1 and name not in summed_files
+        and name not in {f.parent for f in goal.files.linked} and name not in {event.file for event in timeline}
+    }
 
     for event in timeline:
         source = with_key(event.file)
@@ -761,6 +786,11 @@ def build_import_tables(
             right_on = [_n(c) for c in linked.link.values()]
             keys = _link_keys(len(left_on))
             child = with_key(nested.file)
+            if nested.file in done_after_nesting:
+                # Nothing after this reads the file's rows: the columns its items do not use (the
+                # link text, the customer key) go with ``child`` below instead of at the end.
+                for held in (keyed, files.frames, files.raw, value_rows):
+                    held.pop(nested.file, None)
             if unique_parent_links[nested.file]:
                 # The event of a nested row is the event row it was linked to, if that row is still
                 # an event (it may have been left out for an empty id or time).
@@ -773,7 +803,8 @@ def build_import_tables(
             # A row whose event was left out (empty id or time) has no event, and no row either. A
             # nested file's own "event_id" column keeps its name, as a join would leave it.
             nested_events = nested_events.alias("event_id_right" if "event_id" in child.columns else "event_id")
-            joined = child.with_columns(nested_events).drop(_PARENT_LINE)
+            item_columns = {LINE, "event_id", *(_n(c) for c in nested.properties.values()), *(_n(c) for c in nested.key)}
+            joined = child.select(c for c in child.columns if c in item_columns).with_columns(nested_events)
             if nested_events.null_count():
                 joined = joined.filter(pl.col(nested_events.name).is_not_null())
             del child
@@ -814,6 +845,13 @@ def build_import_tables(
                             quantity_property="quantity" if "quantity" in nested_props else None,
                         )
                     )
+
+    # A linked file no sum reads is done with: its rows (the largest frames of an orders delivery,
+    # the order lines) are let go before the sums build their identities, instead of at the end.
+    for linked_file in goal.files.linked:
+        if linked_file.name not in summed_files:
+            for held in (keyed, files.frames, files.raw, value_rows):
+                held.pop(linked_file.name, None)
 
     # --- the sums' source rows with their identities
     sum_rows: dict[str, pl.DataFrame] = {}
@@ -1019,21 +1057,55 @@ def _item_keys(joined: pl.DataFrame, nested: NestedEventMapping, display: str, p
         return joined.with_columns(pl.concat_str([_key_text(pl.col(c)).fill_null("") for c in columns], separator=_CELL_SEPARATOR).alias(_ITEM_KEY))
     cells = [pl.col(_n(c)).cast(pl.String).fill_null(_EMPTY_CELL) for c in nested.properties.values()]
     content = pl.concat_str(cells, separator=_CELL_SEPARATOR) if cells else pl.lit("")
-    joined = joined.with_columns(content.alias(_ITEM_KEY))
-    # Numbered only where the same content repeats within an event: a window over every row's
-    # content text was a sixth of a 400k-line orders file's staging, and most rows occur once.
-    repeated = pl.struct("event_id", _ITEM_KEY).is_duplicated()
-    occurrence = pl.when(repeated).then(pl.int_range(1, pl.len() + 1).over(["event_id", _ITEM_KEY])).otherwise(1).cast(pl.String)
-    return joined.with_columns(pl.concat_str([pl.lit("content"), pl.col(_ITEM_KEY), occurrence], separator="\x1e").alias(_ITEM_KEY))
+    # The content text is built once, inside the key: a column of it beside the keys was the
+    # stage's largest column at its memory peak (a 4M-line file's every cell, once more).
+    return joined.with_columns(pl.concat_str([pl.lit("content"), content, _content_occurrence(joined, content)], separator="\x1e").alias(_ITEM_KEY))
+
+
+#: rows whose content text is built at a time to hash it (about 15 MB of text for order lines).
+_HASH_SLICE_ROWS = 1 << 18
+
+
+def _content_occurrence(joined: pl.DataFrame, content: pl.Expr) -> pl.Series | pl.Expr:
+    """The occurrence of each nested row's ``content`` within its event, as text ("1" for content
+    that does not repeat, the usual case).
+
+    Repeats are looked for on a 64-bit hash of (event, content), built a slice of rows at a time,
+    and numbered only among the rows whose hash repeats: finding them on the texts themselves,
+    and a window over every row, held several copies of a 4M-line file's content texts at once
+    (the stage's memory peak). A hash collision only sends a row that does not repeat to the
+    numbering, where it is number 1 as well, since the numbering compares the texts."""
+    if not joined.height:
+        return pl.lit("1")
+    hashed = pl.struct(pl.col("event_id"), content.alias("content")).hash()
+    hashes = pl.concat(
+        [joined.slice(start, _HASH_SLICE_ROWS).select(hashed).to_series() for start in range(0, joined.height, _HASH_SLICE_ROWS)]
+    )
+    maybe_repeated = hashes.is_duplicated()
+    del hashes
+    if not maybe_repeated.any():
+        return pl.lit("1")
+    rows = maybe_repeated.arg_true()
+    numbered = joined[rows].select(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(pl.col("event_id"), content)).to_series()
+    return pl.repeat(1, joined.height, dtype=pl.Int64, eager=True).scatter(rows, numbered).cast(pl.String)
 
 
 def _last_per(frame: pl.DataFrame, key: list[str]) -> pl.DataFrame:
     """The last row of each ``key`` value, in the frame's order; a frame whose keys are all
     distinct (the usual delivery) is returned as it is instead of being gathered again."""
-    distinct = frame.select(pl.struct(key).n_unique() if len(key) > 1 else pl.col(key[0]).n_unique()).item()
-    if distinct == frame.height:
+    if _all_distinct(frame, key):
         return frame
     return frame.unique(subset=key, keep="last", maintain_order=True)
+
+
+def _all_distinct(frame: pl.DataFrame, key: list[str]) -> bool:
+    """Whether no ``key`` value repeats. Tried first on a 64-bit hash per row (as many distinct
+    hashes as rows proves it, without a table of the key texts); only a frame with a repeated
+    hash is checked on the values themselves."""
+    values = pl.struct(key) if len(key) > 1 else pl.col(key[0])
+    if frame.select(values.hash().n_unique()).item() == frame.height:
+        return True
+    return bool(frame.select(values.n_unique()).item() == frame.height)
 
 
 def _in_line_order(frame: pl.DataFrame) -> pl.DataFrame:
@@ -1049,7 +1121,10 @@ def _with_item_index(items: pl.DataFrame) -> pl.DataFrame:
     the window over every row."""
     event_ids = items["event_id"]
     starts = event_ids.ne_missing(event_ids.shift(1))
-    if items.height and starts.sum() != event_ids.n_unique():
+    runs = starts.sum()
+    # Distinct hashes are at most the distinct ids, which are at most the runs: equal hashes and
+    # runs prove every event has one run, without a table of the ids' texts.
+    if items.height and runs != event_ids.hash().n_unique() and runs != event_ids.n_unique():
         return items.with_columns(pl.col(LINE).rank("ordinal").over("event_id").cast(pl.Int64).alias("item_index"))
     position = pl.int_range(pl.len(), dtype=pl.Int64)
     run_start = pl.when(starts).then(position).forward_fill()

@@ -223,6 +223,11 @@ class ParquetFrames(Mapping[str, pl.DataFrame]):
     def __getitem__(self, name: str) -> pl.DataFrame:
         return pl.read_parquet(self._paths[name])
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's own ``in`` reads the frame (``self[name]``): the merge asked whether the order
+        # lines were delivered and held the whole file as a frame for the answer.
+        return name in self._paths
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._paths)
 

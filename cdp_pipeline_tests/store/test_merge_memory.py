@@ -116,3 +116,16 @@ def test_running_out_of_memory_names_the_setting_to_raise(tmp_path: Path) -> Non
     with pytest.raises(CdpError, match=r"more memory than store.memory_limit allows \(32MB\).*raise store.memory_limit in store.yaml"):
         with open_writer(tmp_path / "store.duckdb", Catalog(), memory=WriterMemory(limit="32MB", spill_root=tmp_path / SPILL_FOLDER)) as conn:
             conn.execute("SELECT list(md5(i::VARCHAR)) FROM range(3000000) r(i)").fetchall()
+
+
+def test_asking_whether_a_staged_table_was_delivered_does_not_read_it(tmp_path: Path) -> None:
+    """The merge asks ``key in staged.items`` for every nested type; a Mapping answers that by
+    reading the value, which for an orders delivery was the whole order-lines file as a frame. The
+    file here is not Parquet at all, so a read would fail."""
+    not_parquet = tmp_path / "items__order__order_line.parquet"
+    not_parquet.write_bytes(b"these bytes would fail any read")
+    frames = ParquetFrames({"order/order_line": not_parquet})
+    assert "order/order_line" in frames
+    assert "order/other" not in frames
+    with pytest.raises(pl.exceptions.PolarsError):
+        frames["order/order_line"]

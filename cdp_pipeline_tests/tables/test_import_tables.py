@@ -299,6 +299,35 @@ def test_nested_rows_without_a_key_are_keyed_by_content_and_numbered_where_it_re
     ]
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_content_keys_and_positions_of_many_lines_match_a_count_in_plain_python(tmp_path, interleaved):
+    """Thousands of lines over hundreds of orders, many repeating their order's content: repeats
+    are found on hashes first and numbered among those rows only, so the numbering and the
+    positions are checked here against a count over the file's text (and with the orders' lines
+    interleaved, the positions' fallback)."""
+    import random
+
+    chooser = random.Random(15)
+    orders = "order_id,customer_id,order_date,total\n" + "".join(f"{o},C{o % 7},2026-01-01T10:00:00,5\n" for o in range(300))
+    rows = [(o, chooser.choice("ABC"), chooser.choice("12")) for o in range(300) for _ in range(chooser.randint(1, 12))]
+    if interleaved:
+        chooser.shuffle(rows)
+    paths = _orders(tmp_path, orders, "order_id,product_id,quantity\n" + "".join(f"{o},{p},{q}\n" for o, p, q in rows))
+    goal = _profiles_goal(files=ORDERS_FILES, timeline=ORDERS_TIMELINE, mappings=[])
+    items = _build(goal, paths).items["order/order_line"]
+    cell, part = "\x1f", "\x1e"
+    positions: dict[str, int] = {}
+    occurrences: dict[tuple[str, str], int] = {}
+    expected = []
+    for order, product, quantity in rows:
+        event, content = str(order), f"{product}{cell}{quantity}"
+        positions[event] = positions.get(event, 0) + 1
+        occurrences[(event, content)] = occurrences.get((event, content), 0) + 1
+        expected.append((event, positions[event], f"content{part}{content}{part}{occurrences[(event, content)]}"))
+    assert sorted(items.select("event_id", "item_index", "item_key").rows()) == sorted(expected)
+    assert any(key.endswith(f"{part}3") for _, _, key in expected)  # repeats were there to number
+
+
 @pytest.mark.parametrize(
     "orders",
     [
