@@ -403,13 +403,11 @@ def _merge_records(
         consent = f"list_has_any(coalesce({value}, []::VARCHAR[]), {wanted})"
     new_values = [f"{new_value(p)} AS {quote(p)}" for p in rules]
     changed = " OR ".join(f"({new_value(p)}) IS DISTINCT FROM t.{quote(p)}" for p in rules) or "FALSE"
-    # Which changed rows change a list property too: only those have their lists written (``_update_changed``).
-    lists_changed = " OR ".join(f"({new_value(p)}) IS DISTINCT FROM t.{quote(p)}" for p in rules if properties[p].type == "list") or "FALSE"
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE merged AS
         SELECT r._id, r._is_new, r._line, r._key, r._rows, {', '.join(new_values) + ',' if new_values else ''}
-               ({changed}) AS _changed, ({lists_changed}) AS _lists_changed, ({consent}) AS _consented
+               ({changed}) AS _changed, ({consent}) AS _consented
         FROM {source} r LEFT JOIN {quote(table)} t ON t.{id_column} = r._id AND NOT r._is_new
         WHERE r._id IS NOT NULL
         """
@@ -479,14 +477,14 @@ def _update_changed(
     profiles: 1.8 s for 2,500 rows set to the lists they already held, against nothing for the
     same rows' scalar columns), so a re-delivery that changes a city paid for every list property
     of its changed rows. The scalar columns and the stamps are written on every changed row, as
-    before, the list columns on the rows where at least one list changes (``_lists_changed``);
-    the values that end up stored are the same."""
+    before, the list columns on the rows where at least one list changes; the values that end up
+    stored are the same."""
     lists = [p for p in rules if properties[p].type == "list"]
     scalars = [f"{quote(p)} = m.{quote(p)}" for p in rules if p not in lists]
-    changed_row = f"{quote(table)}.{id_column} = m._id AND m._changed AND NOT m._is_new AND m._consented"
+    changed_row = f"t.{id_column} = m._id AND m._changed AND NOT m._is_new AND m._consented"
     conn.execute(
         f"""
-        UPDATE {quote(table)} SET {''.join(a + ', ' for a in scalars)}updated_at = $now, last_delivery_id = $delivery
+        UPDATE {quote(table)} t SET {''.join(a + ', ' for a in scalars)}updated_at = $now, last_delivery_id = $delivery
         {", last_run_id = $run" if profile_extra else ""}
         FROM merged m WHERE {changed_row}
         """,
@@ -494,10 +492,17 @@ def _update_changed(
     )
     if not lists:
         return
-    (rows,) = conn.execute("SELECT count(*) FROM merged WHERE _lists_changed AND _changed AND NOT _is_new AND _consented").fetchall()[0]
+    # The stored lists are still the old ones here: the UPDATE above writes no list column.
+    list_changed = " OR ".join(f"m.{quote(p)} IS DISTINCT FROM t.{quote(p)}" for p in lists)
+    (rows,) = conn.execute(
+        f"""
+        SELECT count(*) FROM (SELECT * FROM merged WHERE _changed AND NOT _is_new AND _consented) m
+        JOIN {quote(table)} t ON t.{id_column} = m._id WHERE {list_changed}
+        """
+    ).fetchall()[0]
     if rows:
         assignments = ", ".join(f"{quote(p)} = m.{quote(p)}" for p in lists)
-        conn.execute(f"UPDATE {quote(table)} SET {assignments} FROM merged m WHERE {changed_row} AND m._lists_changed")
+        conn.execute(f"UPDATE {quote(table)} t SET {assignments} FROM merged m WHERE {changed_row} AND ({list_changed})")
 
 
 def _record_imported_profiles(conn: duckdb.DuckDBPyConnection, connection: str, now: datetime) -> None:
