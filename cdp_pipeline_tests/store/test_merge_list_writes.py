@@ -75,6 +75,13 @@ def test_lists_written_only_where_they_change_and_every_value_as_the_rules_give(
     with duckdb.connect(str(store), read_only=True) as conn:
         assert _stored(conn) == expected
         stamped = dict(conn.execute("SELECT profile_id, last_delivery_id FROM profiles").fetchall())
+    # A delivery whose changed rows almost all change a list (the lists written with the rest in
+    # one UPDATE), a few only a scalar.
+    third = [(f"p{i}", f"City {i}" if i % 50 else "Third", ["more"] if i % 50 else None, [f"f{i}"]) for i in range(1, 301)]
+    with open_writer(store, CATALOG) as conn:
+        merge_delivery(conn, CATALOG, _staged(third), DeliveryRecord("d3", "c", "g", "g:3", "c.csv", [], "s3", "cfg"), "r3", datetime(2026, 1, 3))
+    with duckdb.connect(str(store), read_only=True) as conn:
+        assert _stored(conn) == _expected(expected, third)
     assert (counts.profiles_created, counts.profiles_updated, counts.profiles_unchanged) == (1, len(changed), 300 - len(changed))
     assert {key for key, delivery in stamped.items() if delivery == "d2"} == changed | {"p999"}
     assert expected["p3"]["flags"] is None and expected["p3"]["tags"] == ["t3", "common"]
