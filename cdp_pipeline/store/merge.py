@@ -403,11 +403,15 @@ def _merge_records(
         consent = f"list_has_any(coalesce({value}, []::VARCHAR[]), {wanted})"
     new_values = [f"{new_value(p)} AS {quote(p)}" for p in rules]
     changed = " OR ".join(f"({new_value(p)}) IS DISTINCT FROM t.{quote(p)}" for p in rules) or "FALSE"
+    # Whether a list property changes too (``_update_changed``): the same comparisons, which
+    # DuckDB evaluates once (measured: +0.02 CPU s for 250k rows, where a join of the changed rows
+    # with the stored lists cost 0.23).
+    lists_changed = " OR ".join(f"({new_value(p)}) IS DISTINCT FROM t.{quote(p)}" for p in rules if properties[p].type == "list") or "FALSE"
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE merged AS
         SELECT r._id, r._is_new, r._line, r._key, r._rows, {', '.join(new_values) + ',' if new_values else ''}
-               ({changed}) AS _changed, ({consent}) AS _consented
+               ({changed}) AS _changed, ({lists_changed}) AS _lists_changed, ({consent}) AS _consented
         FROM {source} r LEFT JOIN {quote(table)} t ON t.{id_column} = r._id AND NOT r._is_new
         WHERE r._id IS NOT NULL
         """
@@ -483,23 +487,18 @@ def _update_changed(
     lists = [p for p in rules if properties[p].type == "list"]
     changed_row = f"t.{id_column} = m._id AND m._changed AND NOT m._is_new AND m._consented"
     stamps = f"updated_at = $now, last_delivery_id = $delivery{', last_run_id = $run' if profile_extra else ''}"
-    list_changed = " OR ".join(f"m.{quote(p)} IS DISTINCT FROM t.{quote(p)}" for p in lists)
     changed_rows = list_rows = 0
     if lists:
         changed_rows, list_rows = conn.execute(
-            f"""
-            SELECT count(*), count(*) FILTER (WHERE {list_changed})
-            FROM (SELECT * FROM merged WHERE _changed AND NOT _is_new AND _consented) m JOIN {quote(table)} t ON t.{id_column} = m._id
-            """
+            "SELECT count(*), count(*) FILTER (WHERE _lists_changed) FROM merged WHERE _changed AND NOT _is_new AND _consented"
         ).fetchall()[0]
     split = list_rows * 10 <= changed_rows
     written = [p for p in rules if not (split and p in lists)]
     assignments = "".join(f"{quote(p)} = m.{quote(p)}, " for p in written)
     conn.execute(f"UPDATE {quote(table)} t SET {assignments}{stamps} FROM merged m WHERE {changed_row}", params)
     if split and list_rows:
-        # The stored lists are still the old ones here: the UPDATE above wrote no list column.
         assignments = ", ".join(f"{quote(p)} = m.{quote(p)}" for p in lists)
-        conn.execute(f"UPDATE {quote(table)} t SET {assignments} FROM merged m WHERE {changed_row} AND ({list_changed})")
+        conn.execute(f"UPDATE {quote(table)} t SET {assignments} FROM merged m WHERE {changed_row} AND m._lists_changed")
 
 
 def _record_imported_profiles(conn: duckdb.DuckDBPyConnection, connection: str, now: datetime) -> None:
