@@ -458,7 +458,17 @@ def _merge_records(
                 "SELECT _id FROM merged WHERE (_is_new OR _changed) AND _consented ORDER BY _line DESC, _id LIMIT 5"
             ).fetchall()
         ]
-        _record_imported_profiles(conn, delivery.connection, now)
+        conn.execute(
+            """
+            MERGE INTO exchanged_profiles t
+            -- GROUP BY, not DISTINCT: DuckLake 1.5.5 fails a MERGE whose source is a DISTINCT ("Out of buffer").
+            USING (SELECT _id AS profile_id FROM merged WHERE _consented GROUP BY _id) s
+            ON t.connection = $connection AND t.direction = 'imported' AND t.profile_id = s.profile_id
+            WHEN MATCHED THEN UPDATE SET last_at = $now
+            WHEN NOT MATCHED THEN INSERT VALUES ($connection, 'imported', s.profile_id, $now, $now)
+            """,
+            {"connection": delivery.connection, "now": now},
+        )
     else:
         counts.groups_created, counts.groups_updated = created, updated
     return sum_tables, not (ignored or skipped)
@@ -499,36 +509,6 @@ def _update_changed(
     if split and list_rows:
         assignments = ", ".join(f"{quote(p)} = m.{quote(p)}" for p in lists)
         conn.execute(f"UPDATE {quote(table)} t SET {assignments} FROM merged m WHERE {changed_row} AND m._lists_changed")
-
-
-def _record_imported_profiles(conn: duckdb.DuckDBPyConnection, connection: str, now: datetime) -> None:
-    """``exchanged_profiles`` for the profiles of this delivery: a row for each profile the
-    connection delivers for the first time (``first_at``), and ``last_at`` moved to now on the
-    profiles this delivery created or changed. A profile delivered again with the values it holds
-    keeps its ``last_at``: stamping every delivered profile rewrote the whole column (and its
-    checkpoint) for a re-delivery that changes 1 % of them. What reads the table (the
-    ``data_exchange`` counts) counts profiles, which stay the same."""
-    params = {"connection": connection, "now": now}
-    conn.execute(
-        """
-        INSERT INTO exchanged_profiles (connection, direction, profile_id, first_at, last_at)
-        -- GROUP BY, not DISTINCT: DuckLake 1.5.5 fails a MERGE whose source is a DISTINCT ("Out of buffer").
-        SELECT $connection, 'imported', m._id, $now, $now FROM (SELECT _id FROM merged WHERE _consented GROUP BY _id) m
-        WHERE NOT EXISTS (
-            SELECT 1 FROM exchanged_profiles t WHERE t.connection = $connection AND t.direction = 'imported' AND t.profile_id = m._id
-        )
-        """,
-        params,
-    )
-    conn.execute(
-        """
-        UPDATE exchanged_profiles SET last_at = $now
-        FROM (SELECT _id FROM merged WHERE _consented AND (_changed OR _is_new) GROUP BY _id) m
-        WHERE exchanged_profiles.connection = $connection AND exchanged_profiles.direction = 'imported'
-          AND exchanged_profiles.profile_id = m._id AND exchanged_profiles.last_at < $now
-        """,
-        params,
-    )
 
 
 def _known_writers(conn: duckdb.DuckDBPyConnection, entity: str, delivery: DeliveryRecord) -> set[str]:

@@ -223,11 +223,7 @@ FIXED_TABLES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
             ("direction", "VARCHAR", "imported or exported."),
             ("profile_id", "VARCHAR", "Profile."),
             ("first_at", "TIMESTAMP", "First exchange (UTC)."),
-            (
-                "last_at", "TIMESTAMP",
-                "Latest exchange (UTC): the latest export that sent the profile; the latest import that created it or changed one "
-                "of its values (a delivery of the values it holds keeps the time).",
-            ),
+            ("last_at", "TIMESTAMP", "Latest exchange (UTC)."),
         ],
     ),
     # SARE's checkSpamtrap compares a file's addresses with this list; it lives in the store so every
