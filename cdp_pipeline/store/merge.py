@@ -495,7 +495,8 @@ def _update_changed(
     every column is cheaper than two, and the rewrite happens either way. The values that end up
     stored are the same in both cases."""
     lists = [p for p in rules if properties[p].type == "list"]
-    changed_row = f"t.{id_column} = m._id AND m._changed AND NOT m._is_new AND m._consented"
+    # The table's own name, not an alias, as the merge always wrote it (DuckLake included).
+    changed_row = f"{quote(table)}.{id_column} = m._id AND m._changed AND NOT m._is_new AND m._consented"
     stamps = f"updated_at = $now, last_delivery_id = $delivery{', last_run_id = $run' if profile_extra else ''}"
     changed_rows = list_rows = 0
     if lists:
@@ -505,10 +506,10 @@ def _update_changed(
     split = list_rows * 10 <= changed_rows
     written = [p for p in rules if not (split and p in lists)]
     assignments = "".join(f"{quote(p)} = m.{quote(p)}, " for p in written)
-    conn.execute(f"UPDATE {quote(table)} t SET {assignments}{stamps} FROM merged m WHERE {changed_row}", params)
+    conn.execute(f"UPDATE {quote(table)} SET {assignments}{stamps} FROM merged m WHERE {changed_row}", params)
     if split and list_rows:
         assignments = ", ".join(f"{quote(p)} = m.{quote(p)}" for p in lists)
-        conn.execute(f"UPDATE {quote(table)} t SET {assignments} FROM merged m WHERE {changed_row} AND m._lists_changed")
+        conn.execute(f"UPDATE {quote(table)} SET {assignments} FROM merged m WHERE {changed_row} AND m._lists_changed")
 
 
 def _known_writers(conn: duckdb.DuckDBPyConnection, entity: str, delivery: DeliveryRecord) -> set[str]:
