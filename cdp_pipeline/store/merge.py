@@ -54,7 +54,7 @@ from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.store.incoming import drop_staged_view, staged_view
 from cdp_pipeline.store.lake import claim_write_turn, mark_commit, record_snapshot_ids, rollback
-from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
+from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, is_lake, item_table, literal, quote
 from cdp_pipeline.tables.staged import FILE_HASH_HI, FILE_HASH_LO, HASH_HI, HASH_LO, KEY_INDEX, NOT_IMPORTED, ROWS, SUM_KEYED, StagedImport
 
 
@@ -498,12 +498,14 @@ def _update_changed(
     # The table's own name, not an alias, as the merge always wrote it (DuckLake included).
     changed_row = f"{quote(table)}.{id_column} = m._id AND m._changed AND NOT m._is_new AND m._consented"
     stamps = f"updated_at = $now, last_delivery_id = $delivery{', last_run_id = $run' if profile_extra else ''}"
-    changed_rows = list_rows = 0
-    if lists:
+    split, list_rows = False, 0
+    # A lake writes updated rows into new files (no checkpoint rewrites a column), so it keeps the
+    # one UPDATE (and never updates a row twice in a transaction).
+    if lists and not is_lake(conn):
         changed_rows, list_rows = conn.execute(
             "SELECT count(*), count(*) FILTER (WHERE _lists_changed) FROM merged WHERE _changed AND NOT _is_new AND _consented"
         ).fetchall()[0]
-    split = list_rows * 10 <= changed_rows
+        split = list_rows * 10 <= changed_rows
     written = [p for p in rules if not (split and p in lists)]
     assignments = "".join(f"{quote(p)} = m.{quote(p)}, " for p in written)
     conn.execute(f"UPDATE {quote(table)} SET {assignments}{stamps} FROM merged m WHERE {changed_row}", params)
