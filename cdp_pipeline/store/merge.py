@@ -54,7 +54,7 @@ from cdp_pipeline.errors import ConfigError, InputError, InputProblem
 from cdp_pipeline.fault_injection import fault_point
 from cdp_pipeline.store.incoming import drop_staged_view, staged_view
 from cdp_pipeline.store.lake import claim_write_turn, mark_commit, record_snapshot_ids, rollback
-from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, item_table, literal, quote
+from cdp_pipeline.store.schema import SQL_TYPES, event_table, group_table, is_lake, item_table, literal, quote
 from cdp_pipeline.tables.staged import FILE_HASH_HI, FILE_HASH_LO, HASH_HI, HASH_LO, KEY_INDEX, NOT_IMPORTED, ROWS, SUM_KEYED, StagedImport
 
 
@@ -403,11 +403,15 @@ def _merge_records(
         consent = f"list_has_any(coalesce({value}, []::VARCHAR[]), {wanted})"
     new_values = [f"{new_value(p)} AS {quote(p)}" for p in rules]
     changed = " OR ".join(f"({new_value(p)}) IS DISTINCT FROM t.{quote(p)}" for p in rules) or "FALSE"
+    # Whether a list property changes too (``_update_changed``): the same comparisons, which
+    # DuckDB evaluates once (measured: +0.02 CPU s for 250k rows, where a join of the changed rows
+    # with the stored lists cost 0.23).
+    lists_changed = " OR ".join(f"({new_value(p)}) IS DISTINCT FROM t.{quote(p)}" for p in rules if properties[p].type == "list") or "FALSE"
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE merged AS
         SELECT r._id, r._is_new, r._line, r._key, r._rows, {', '.join(new_values) + ',' if new_values else ''}
-               ({changed}) AS _changed, ({consent}) AS _consented
+               ({changed}) AS _changed, ({lists_changed}) AS _lists_changed, ({consent}) AS _consented
         FROM {source} r LEFT JOIN {quote(table)} t ON t.{id_column} = r._id AND NOT r._is_new
         WHERE r._id IS NOT NULL
         """
@@ -421,15 +425,7 @@ def _merge_records(
     if rules and record_history:
         _record_property_changes(conn, staged, table, id_column, list(rules), properties, delivery, run_id, now)
     if rules:
-        assignments = ", ".join(f"{quote(p)} = m.{quote(p)}" for p in rules)
-        conn.execute(
-            f"""
-            UPDATE {quote(table)} SET {assignments}, updated_at = $now, last_delivery_id = $delivery
-            {", last_run_id = $run" if profile_extra else ""}
-            FROM merged m WHERE {quote(table)}.{id_column} = m._id AND m._changed AND NOT m._is_new AND m._consented
-            """,
-            params,
-        )
+        _update_changed(conn, table, id_column, rules, properties, params, profile_extra=profile_extra)
     columns = ", ".join(quote(p) for p in rules)
     values = ", ".join(f"m.{quote(p)}" for p in rules)
     extra_cols = ", last_run_id, domain_group" if profile_extra else ""
@@ -476,6 +472,46 @@ def _merge_records(
     else:
         counts.groups_created, counts.groups_updated = created, updated
     return sum_tables, not (ignored or skipped)
+
+
+def _update_changed(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    id_column: str,
+    rules: dict[str, str],
+    properties: dict[str, PropertyDefinition],
+    params: dict,
+    *,
+    profile_extra: bool,
+) -> None:
+    """Write the new values of the changed existing rows (``merged``).
+
+    DuckDB rewrites a list column that an UPDATE touched in more than a few rows at the next
+    checkpoint (measured at 250k profiles: 1.8 s for 2,500 rows set to the lists they already
+    held, against nothing for the same rows' scalar columns), so a re-delivery that changes a
+    city paid for every list property of its changed rows. When the lists change on few of the
+    changed rows (none, for such a re-delivery), they are written on those rows only, in a second
+    UPDATE; when they change on many (the orders of a first load adding a channel), one UPDATE of
+    every column is cheaper than two, and the rewrite happens either way. The values that end up
+    stored are the same in both cases."""
+    lists = [p for p in rules if properties[p].type == "list"]
+    # The table's own name, not an alias, as the merge always wrote it (DuckLake included).
+    changed_row = f"{quote(table)}.{id_column} = m._id AND m._changed AND NOT m._is_new AND m._consented"
+    stamps = f"updated_at = $now, last_delivery_id = $delivery{', last_run_id = $run' if profile_extra else ''}"
+    split, list_rows = False, 0
+    # A lake writes updated rows into new files (no checkpoint rewrites a column), so it keeps the
+    # one UPDATE (and never updates a row twice in a transaction).
+    if lists and not is_lake(conn):
+        changed_rows, list_rows = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE _lists_changed) FROM merged WHERE _changed AND NOT _is_new AND _consented"
+        ).fetchall()[0]
+        split = list_rows * 10 <= changed_rows
+    written = [p for p in rules if not (split and p in lists)]
+    assignments = "".join(f"{quote(p)} = m.{quote(p)}, " for p in written)
+    conn.execute(f"UPDATE {quote(table)} SET {assignments}{stamps} FROM merged m WHERE {changed_row}", params)
+    if split and list_rows:
+        assignments = ", ".join(f"{quote(p)} = m.{quote(p)}" for p in lists)
+        conn.execute(f"UPDATE {quote(table)} SET {assignments} FROM merged m WHERE {changed_row} AND m._lists_changed")
 
 
 def _known_writers(conn: duckdb.DuckDBPyConnection, entity: str, delivery: DeliveryRecord) -> set[str]:
