@@ -24,6 +24,8 @@ _NUMBER_TYPES = ("integer", "decimal")
 #: the stored event id in ``export_events``: a name no property can have (property names are
 #: lower-case letters, digits and underscores), beside the guarded ``event_id`` cell.
 _EVENT_KEY = quote("#event_id")
+#: each event's position in the file's order, named the same way.
+_EVENT_RANK = quote("#rank")
 
 #: header of the first column of a diff file.
 DIFF_CHANGE_COLUMN = "change"
@@ -199,24 +201,21 @@ def write_timeline_csvs(
                 *cells("e", definition.properties),
             ]
         )
-        # The event file's cells, sorted once into the documented order (event_time, event_id).
-        # Scanned without ORDER BY, the table gives its rows in that order (insertion order, as
-        # export_rows), and its rowid is each event's rank: the nested files sort on (rank,
-        # item_index), two integers, instead of on the time and the event id's text again.
-        # The guard is applied here, before the sort: a COPY that evaluates it (an IN list DuckDB
-        # plans as a join) over a pre-sorted table does not keep the table's order.
+        # The event file's cells with each event's rank in the documented order (event_time,
+        # event_id), computed once over the two keys: the event file and the nested files then
+        # sort on integers (rank; rank and item_index) instead of on the time and the event id's
+        # text each. Every order is an explicit ORDER BY, nothing relies on a scan's order.
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE export_events AS
-            SELECT e.event_id AS {_EVENT_KEY}, {select} FROM {quote(event_table(event_type))} e
+            SELECT e.event_id AS {_EVENT_KEY}, row_number() OVER (ORDER BY e.event_time, e.event_id) AS {_EVENT_RANK}, {select}
+            FROM {quote(event_table(event_type))} e
             WHERE e.profile_id IN (SELECT _profile_id FROM export_rows WHERE _changed) AND {period_sql}
-            ORDER BY e.event_time, e.event_id
             """,
             params,
         )
         headers = ["event_id", "profile_id", "event_time", *definition.properties]
-        conn.execute("SET preserve_insertion_order = true")
-        query = f"SELECT {', '.join(quote(h) for h in headers)} FROM export_events"
+        query = f"SELECT {', '.join(quote(h) for h in headers)} FROM export_events ORDER BY {_EVENT_RANK}"
         _check_query_unquoted(conn, goal, query, ["event_id", *definition.properties], f"export goal {goal.name!r}, {event_type}.csv")
         path = directory / f"{event_type}{suffix}"
         written[event_type] = (path, _copy(conn, query, path, goal))
@@ -224,7 +223,7 @@ def write_timeline_csvs(
             select = ", ".join([guarded("i.event_id", "event_id"), "i.item_index", *cells("i", nested.properties)])
             query = f"""
                 SELECT {select} FROM {quote(item_table(event_type, nested_type))} i
-                JOIN (SELECT {_EVENT_KEY}, rowid AS _rank FROM export_events) e ON e.{_EVENT_KEY} = i.event_id ORDER BY e._rank, i.item_index
+                JOIN (SELECT {_EVENT_KEY}, {_EVENT_RANK} FROM export_events) e ON e.{_EVENT_KEY} = i.event_id ORDER BY e.{_EVENT_RANK}, i.item_index
             """
             _check_query_unquoted(conn, goal, query, ["event_id", *nested.properties], f"export goal {goal.name!r}, {nested_type}.csv")
             nested_path = directory / f"{nested_type}{suffix}"
