@@ -894,17 +894,29 @@ def _merge_nested(
             """
         )
     else:
+        # Only events that already have stored rows need the window: an event new to the store
+        # has no known keys, so its rows keep the staged position (1..n in file order per event,
+        # as staging numbers them and as ``replace`` stores them). The window over every
+        # delivered row was the merge's largest spill under store.memory_limit.
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE stored_tops AS
+            SELECT event_id, max(item_index) AS top FROM {items_table} SEMI JOIN event_rows USING (event_id) GROUP BY 1
+            """
+        )
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE written_items AS
+            SELECT r.* FROM item_rows r ANTI JOIN stored_tops m USING (event_id)
+            UNION ALL
             SELECT r.* REPLACE (coalesce(o.item_index, coalesce(m.top, 0) + row_number() OVER (
                        PARTITION BY r.event_id, o.item_index IS NULL ORDER BY r.item_index)) AS item_index{kept})
             FROM item_rows r
+            JOIN stored_tops m ON m.event_id = r.event_id
             LEFT JOIN outgoing_items o ON o.event_id = r.event_id AND o.item_key = r.item_key
-            LEFT JOIN (SELECT event_id, max(item_index) AS top FROM {items_table} SEMI JOIN event_rows USING (event_id) GROUP BY 1) m
-                   ON m.event_id = r.event_id
             """
         )
+        _drop(conn, "stored_tops")
     conn.execute(
         f"DELETE FROM {items_table} WHERE (event_id, item_index) IN (SELECT (event_id, item_index) FROM outgoing_items)"
     )
