@@ -720,39 +720,32 @@ def _record_counted_rows(
     row's remembered value is replaced by the value it contributes now."""
     accepted = "JOIN (SELECT _key, _key_index, min(_id) AS _id FROM accepted_keys GROUP BY ALL) a ON a._key = s._key AND a._key_index = s._key_index"
     for prop, table in sum_tables:
-        # The rows to remember, joined with their keys' profiles once (the counts, the DELETE and
-        # the INSERT each repeated that join over every sum row).
-        conn.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE counted_now AS
-            SELECT s.row_hash, s.full_value, s.keyed, s.known, CASE WHEN s.keyed THEN a._id END AS entity_id FROM {table} s {accepted}
-            """
-        )
-        _drop(conn, table)
         # Never an empty INSERT ... SELECT before a large one into the same table within a
-        # transaction: DuckDB 2.0 then loses the large one (see store/segments.py).
-        pending, known = conn.execute("SELECT count(*), count(*) FILTER (WHERE known) FROM counted_now").fetchall()[0]
+        # transaction: DuckDB 2.0 then loses the large one (see store/segments.py). Both counts in
+        # one join (not a temp table of the joined rows: that held every sum row once more).
+        pending, known = conn.execute(f"SELECT count(*), count(*) FILTER (WHERE s.known) FROM {table} s {accepted}").fetchall()[0]
         if not pending:
-            _drop(conn, "counted_now")
+            _drop(conn, table)
             continue
         params = {"connection": delivery.connection, "goal": delivery.goal, "root_file": delivery.root_file, "prop": prop, "delivery": delivery.delivery_id}
         if known:
             conn.execute(
-                """
+                f"""
                 DELETE FROM delivery_rows
                 WHERE connection = $connection AND goal = $goal AND property = $prop AND keyed
-                  AND CAST(row_hash AS UHUGEINT) IN (SELECT row_hash FROM counted_now WHERE known)
+                  AND CAST(row_hash AS UHUGEINT) IN (SELECT s.row_hash FROM {table} s {accepted} WHERE s.known)
                 """,
                 {k: v for k, v in params.items() if k in ("connection", "goal", "prop")},
             )
         (inserted,) = conn.execute(
-            """
+            f"""
             INSERT INTO delivery_rows (connection, goal, root_file, property, row_hash, delivery_id, value, keyed, entity_id)
-            SELECT $connection, $goal, $root_file, $prop, row_hash, $delivery, full_value, keyed, entity_id FROM counted_now
+            SELECT $connection, $goal, $root_file, $prop, s.row_hash, $delivery, s.full_value, s.keyed, CASE WHEN s.keyed THEN a._id END
+            FROM {table} s {accepted}
             """,
             params,
         ).fetchall()[0]
-        _drop(conn, "counted_now")
+        _drop(conn, table)
         counts.sum_rows_counted += inserted
 
 
