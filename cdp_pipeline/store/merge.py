@@ -433,18 +433,10 @@ def _merge_records(
     if rules and record_history:
         _record_property_changes(conn, staged, table, id_column, list(rules), properties, delivery, run_id, now)
     if rules:
-        # Only the columns some row changes: DuckDB rewrites every updated column of the touched
-        # row groups when it commits, so setting unchanged columns to their own values (a 10 %
-        # update changing two of a dozen properties) cost most of an update's commit.
-        row = conn.execute(
-            "SELECT " + ", ".join(f"coalesce(bool_or(m.{quote(p)} IS DISTINCT FROM t.{quote(p)}), false)" for p in rules)
-            + f" FROM merged m JOIN {quote(table)} t ON t.{id_column} = m._id WHERE m._changed AND NOT m._is_new AND m._consented"
-        ).fetchone()
-        changed_columns = [p for p, differs in zip(rules, row or (), strict=False) if differs]
-        assignments = "".join(f"{quote(p)} = m.{quote(p)}, " for p in changed_columns)
+        assignments = ", ".join(f"{quote(p)} = m.{quote(p)}" for p in rules)
         conn.execute(
             f"""
-            UPDATE {quote(table)} SET {assignments}updated_at = $now, last_delivery_id = $delivery
+            UPDATE {quote(table)} SET {assignments}, updated_at = $now, last_delivery_id = $delivery
             {", last_run_id = $run" if profile_extra else ""}
             FROM merged m WHERE {quote(table)}.{id_column} = m._id AND m._changed AND NOT m._is_new AND m._consented
             """,
