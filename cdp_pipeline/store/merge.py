@@ -168,6 +168,13 @@ def _properties_for(staged: StagedImport, catalog: Catalog) -> dict[str, Propert
     return catalog.profile_properties
 
 
+def _drop(conn: duckdb.DuckDBPyConnection, *tables: str) -> None:
+    """Drop temp tables no later step reads: under ``store.memory_limit`` DuckDB then holds only
+    what the merge still needs and spills less (a dropped table's blocks are free at once)."""
+    for table in tables:
+        conn.execute(f"DROP TABLE IF EXISTS {quote(table)}")
+
+
 def _ident(index: int) -> str:
     return f"_ident_{index}"
 
@@ -276,6 +283,7 @@ def _apply_sum_delta(
             f"LEFT JOIN (SELECT _key, _key_index, sum(value) AS v FROM sum_new_{index} GROUP BY ALL) d{index} "
             f"ON d{index}._key = r._key AND d{index}._key_index = r._key_index"
         )
+    _drop(conn, "counted_rows")
     # Always through SQL: the delta is summed in DECIMAL(38,4), never in Polars' wrapping integers.
     present = [p for p in replaced if p in staged.records.columns]
     exclude = f" EXCLUDE ({', '.join(quote(p) for p in present)})" if present else ""
@@ -383,6 +391,9 @@ def _merge_records(
         FROM {incoming_source} i {' '.join(joins)}
         """
     )
+    # ``resolved`` holds every incoming column: the records and their sum delta are not read again.
+    _drop(conn, "incoming_delta")
+    conn.unregister("incoming_records")
     (doubled,) = conn.execute("SELECT count(_id) - count(DISTINCT _id) FROM resolved").fetchall()[0]
     source = "resolved"
     if doubled:
@@ -416,6 +427,7 @@ def _merge_records(
         WHERE r._id IS NOT NULL
         """
     )
+    _drop(conn, "resolved_by_id")
     _check_sum_range(conn, rules, properties, delivery)
     profile_extra = staged.target == "profiles"
     params = {"now": now, "delivery": delivery.delivery_id, **({"run": run_id} if profile_extra else {})}
@@ -449,6 +461,7 @@ def _merge_records(
         "count(*) FILTER (WHERE NOT _changed AND NOT _is_new AND _consented), coalesce(sum(_rows) FILTER (WHERE NOT _consented), 0) FROM merged"
     ).fetchall()[0]
     (ignored,) = conn.execute("SELECT coalesce(sum(_rows), 0) FROM resolved WHERE _id IS NULL").fetchall()[0]
+    _drop(conn, "resolved")
     if staged.target == "profiles":
         counts.profiles_created, counts.profiles_updated = created, updated
         counts.profiles_unchanged, counts.profiles_ignored, counts.consent_skipped = unchanged, int(ignored), int(skipped)
@@ -471,6 +484,7 @@ def _merge_records(
         )
     else:
         counts.groups_created, counts.groups_updated = created, updated
+    _drop(conn, "merged")
     return sum_tables, not (ignored or skipped)
 
 
@@ -601,8 +615,10 @@ def _record_property_changes(
     conn.execute(f"CREATE OR REPLACE TEMP TABLE value_changes AS {' UNION ALL '.join(selects)}")
     # Never an empty INSERT ... SELECT before a large one into the same table within a transaction
     # (DuckDB 2.0 then loses the large one, see store/segments.py): empty steps are skipped.
+    _drop(conn, "changed_values")
     (pending,) = conn.execute("SELECT count(*) FROM value_changes").fetchall()[0]
     if not pending:
+        _drop(conn, "value_changes")
         return
     _record_creation_values(conn, table, id_column, entity, "value_changes")
     conn.execute(
@@ -612,6 +628,7 @@ def _record_property_changes(
         """,
         {"entity": entity, "now": now, "connection": delivery.connection, "goal": delivery.goal, "delivery": delivery.delivery_id, "run": run_id},
     )
+    _drop(conn, "value_changes")
 
 
 def _record_creation_values(conn: duckdb.DuckDBPyConnection, table: str, id_column: str, entity: str, changes: str) -> None:
@@ -642,6 +659,7 @@ def _record_creation_values(conn: duckdb.DuckDBPyConnection, table: str, id_colu
             """,
             {"entity": entity},
         )
+    _drop(conn, "creation_values")
 
 
 def _move_keyed_sums(
@@ -727,6 +745,7 @@ def _move_keyed_sums(
                 """,
                 params,
             )
+        _drop(conn, "moved_sums", "moved_totals", "moved_values", new_table.replace("sum_new_", "sum_keyed_"))
 
 
 def _record_counted_rows(
@@ -738,12 +757,13 @@ def _record_counted_rows(
     accepted = "JOIN (SELECT _key, _key_index, min(_id) AS _id FROM accepted_keys GROUP BY ALL) a ON a._key = s._key AND a._key_index = s._key_index"
     for prop, table in sum_tables:
         # Never an empty INSERT ... SELECT before a large one into the same table within a
-        # transaction: DuckDB 2.0 then loses the large one (see store/segments.py).
-        (pending,) = conn.execute(f"SELECT count(*) FROM {table} s {accepted}").fetchall()[0]
+        # transaction: DuckDB 2.0 then loses the large one (see store/segments.py). Both counts in
+        # one join (not a temp table of the joined rows: that held every sum row once more).
+        pending, known = conn.execute(f"SELECT count(*), count(*) FILTER (WHERE s.known) FROM {table} s {accepted}").fetchall()[0]
         if not pending:
+            _drop(conn, table)
             continue
         params = {"connection": delivery.connection, "goal": delivery.goal, "root_file": delivery.root_file, "prop": prop, "delivery": delivery.delivery_id}
-        (known,) = conn.execute(f"SELECT count(*) FROM {table} s {accepted} WHERE s.known").fetchall()[0]
         if known:
             conn.execute(
                 f"""
@@ -761,6 +781,7 @@ def _record_counted_rows(
             """,
             params,
         ).fetchall()[0]
+        _drop(conn, table)
         counts.sum_rows_counted += inserted
 
 
@@ -824,6 +845,7 @@ def _merge_events(
                 "SEMI JOIN (SELECT event_id FROM event_state WHERE is_new) n USING (event_id)",
                 {"delivery": delivery.delivery_id, "now": now},
             )
+        _drop(conn, "event_state")
         counts.events_created += created
         counts.events_updated += updated
         counts.events_unchanged += unchanged
@@ -831,6 +853,7 @@ def _merge_events(
 
         for nested_type, nested in definition.nested.items():
             _merge_nested(conn, staged, event_type, nested_type, list(nested.properties), {p: SQL_TYPES[d.type] for p, d in nested.properties.items()})
+        _drop(conn, "event_rows")
 
 
 def _merge_nested(
@@ -900,20 +923,33 @@ def _merge_nested(
             """
         )
     else:
+        # Only events that already have stored rows need the window: an event new to the store
+        # has no known keys, so its rows keep the staged position (1..n in file order per event,
+        # as staging numbers them and as ``replace`` stores them). The window over every
+        # delivered row was the merge's largest spill under store.memory_limit.
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE stored_tops AS
+            SELECT event_id, max(item_index) AS top FROM {items_table} SEMI JOIN event_rows USING (event_id) GROUP BY 1
+            """
+        )
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE written_items AS
+            SELECT r.* FROM item_rows r ANTI JOIN stored_tops m USING (event_id)
+            UNION ALL
             SELECT r.* REPLACE (coalesce(o.item_index, coalesce(m.top, 0) + row_number() OVER (
                        PARTITION BY r.event_id, o.item_index IS NULL ORDER BY r.item_index)) AS item_index{kept})
             FROM item_rows r
+            JOIN stored_tops m ON m.event_id = r.event_id
             LEFT JOIN outgoing_items o ON o.event_id = r.event_id AND o.item_key = r.item_key
-            LEFT JOIN (SELECT event_id, max(item_index) AS top FROM {items_table} SEMI JOIN event_rows USING (event_id) GROUP BY 1) m
-                   ON m.event_id = r.event_id
             """
         )
+        _drop(conn, "stored_tops")
     conn.execute(
         f"DELETE FROM {items_table} WHERE (event_id, item_index) IN (SELECT (event_id, item_index) FROM outgoing_items)"
     )
+    _drop(conn, "outgoing_items")
     (pending,) = conn.execute("SELECT count(*) FROM written_items").fetchall()[0]
     if pending:
         cols = "".join(", " + quote(p) for p in item_props)
@@ -942,6 +978,8 @@ def _merge_nested(
             WHEN NOT MATCHED AND s.dn > 0 THEN INSERT VALUES (s.product_id, s.dn, s.dq, s.first_at, s.last_at)
             """
         )
+        _drop(conn, f"replaced_products_{index}")
+    _drop(conn, "written_items")
 
 
 def delivery_is_merged(conn: duckdb.DuckDBPyConnection, content_sha256: str, config_hash: str, connection: str, goal: str) -> str | None:
@@ -1072,6 +1110,7 @@ def merge_delivery(
         _record_counted_rows(conn, sum_tables, every_key_accepted, delivery, counts)
         if staged.target == "profiles":
             _merge_events(conn, catalog, staged, delivery, now, counts)
+        _drop(conn, "accepted_keys")
         if staged.rejects:
             rejects = pl.DataFrame(
                 {

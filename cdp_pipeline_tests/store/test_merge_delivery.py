@@ -229,6 +229,27 @@ def test_reprocess_applies_set_and_add_again_and_never_counts_a_sum_twice(tmp_pa
 # ---------------------------------------------------------------- timeline events and product store
 
 
+def test_nested_positions_of_new_and_redelivered_events_in_one_delivery(tmp_path):
+    # Positions by default merge: a re-delivered event's known rows keep their place and its new
+    # rows follow its stored ones; a new event's rows are numbered in file order, also when the
+    # lines file interleaves the events. Expected positions written out by hand.
+    h = _shop(tmp_path)
+    h.run("shop", "orders", _orders("o1,C1,2026-01-01T10:00:00,10,web,Oslo\n", "o1,A,1\no1,B,3\n"))
+    h.run(
+        "shop", "orders",
+        _orders(
+            "o1,C1,2026-01-01T10:00:00,10,web,Oslo\no2,C2,2026-01-02T10:00:00,5,web,Bergen\n",
+            "o2,X,1\no1,D,4\no2,Y,2\no1,A,1\no2,Z,3\n",
+            path="in/orders_2.csv",
+        ),
+    )
+    assert h.query("SELECT event_id, item_index, product_id, quantity FROM timeline_order__order_line ORDER BY event_id, item_index") == [
+        ("o1", 1, "A", 1), ("o1", 2, "B", 3), ("o1", 3, "D", 4),
+        ("o2", 1, "X", 1), ("o2", 2, "Y", 2), ("o2", 3, "Z", 3),
+    ]
+    assert h.query("SELECT product_id, times_bought FROM product_store ORDER BY 1") == [("A", 1), ("B", 1), ("D", 1), ("X", 1), ("Y", 1), ("Z", 1)]
+
+
 def test_event_reimport_updates_the_event_its_items_and_the_product_store(tmp_path):
     # A corrected order that drops a line needs ``nested: replace`` since issue H: by default the
     # nested rows merge by key, and a later file carrying only some lines removes none.
