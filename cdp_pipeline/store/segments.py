@@ -11,7 +11,7 @@ renamed or deleted segment.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 
 import duckdb
 
@@ -111,6 +111,12 @@ def memberships_behind(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> boo
 
 def _refresh_once(conn: duckdb.DuckDBPyConnection, catalog: Catalog, conditions: ConditionSql, now: datetime) -> dict[str, int]:
     sizes: dict[str, int] = {}
+    # ``now`` is the run's time (members' ``member_since``); the sizes are stamped with the clock
+    # when they are measured. The merge before this refresh stamped its ledger row with a time
+    # taken after it held the store, later than the run's start: sizes stamped with the run's
+    # start would read as older than that merge, so ``memberships_behind`` would say "behind"
+    # right after every refresh, and an idle Run now would start a run to refresh again.
+    measured_at = max(now, datetime.now(UTC).replace(tzinfo=None))
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute(f"DELETE FROM segment_members WHERE NOT ({_declared('segment', catalog.segments)})")
@@ -153,7 +159,10 @@ def _refresh_once(conn: duckdb.DuckDBPyConnection, catalog: Catalog, conditions:
                 )
             [(size,)] = conn.execute("SELECT count(*) FROM segment_members WHERE segment = $segment", {"segment": name}).fetchall()
             sizes[name] = size
-            conn.execute("INSERT INTO segment_sizes (segment, measured_at, size) VALUES ($segment, $now, $size)", {"segment": name, "now": now, "size": size})
+            conn.execute(
+                "INSERT INTO segment_sizes (segment, measured_at, size) VALUES ($segment, $measured_at, $size)",
+                {"segment": name, "measured_at": measured_at, "size": size},
+            )
         for index, (name, lifecycle) in enumerate(catalog.lifecycles.items()):
             stages = f"stage_changes_{index}"
             scratch.append(stages)
