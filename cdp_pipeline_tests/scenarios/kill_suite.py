@@ -42,8 +42,9 @@ KILL_POINTS = {
     "publish": "publish",  # once, at the end of the run: after the export's upload and record
 }
 #: columns that differ between two runs of the same input by design: times, run ids (and the
-#: delivery ids and file lists that contain them), mtimes.
-VOLATILE_PARTS = ("_at", "_since", "run_id", "delivery_id", "measured", "started", "ended", "timestamp", "seconds", "files")
+#: delivery ids and file lists that contain them), mtimes, and the set-up fingerprints (a segment
+#: refresh's fingerprint covers the store's newest merge and update times).
+VOLATILE_PARTS = ("_at", "_since", "run_id", "delivery_id", "measured", "started", "ended", "timestamp", "seconds", "files", "fingerprint")
 #: logs of what happened, not compared row by row: a killed run is part of the run history on
 #: purpose, and a killed export had measured the segment sizes before it died (the rerun measures
 #: again). Of segment_sizes the latest size of each segment is compared instead.
