@@ -36,7 +36,7 @@ from cdp_pipeline.store.conditions import clock_conditions
 from cdp_pipeline.store.database import open_reader
 from cdp_pipeline.store.exports.selection import last_export_at
 from cdp_pipeline.store.publish import copy_is_current
-from cdp_pipeline.store.segments import memberships_behind
+from cdp_pipeline.store.segments import memberships_current
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def idle_exports(project: ProjectConfig, connection: Connection, *, full_export:
         return None
     try:
         with open_reader(location, lock_wait_seconds=0) as conn:
-            if memberships_behind(conn, project.catalog) or not copy_is_current(conn, project.published_store_path):
+            if not memberships_current(conn, project.catalog) or not copy_is_current(conn, project.published_store_path):
                 return None
             idle = []
             for goal in goals:

@@ -52,7 +52,7 @@ from cdp_pipeline.store.merge import DeliveryRecord, MergeCounts, delivery_is_me
 from cdp_pipeline.store.publish import publish_copy
 from cdp_pipeline.store.runs import record_run
 from cdp_pipeline.store.schema import event_table
-from cdp_pipeline.store.segments import memberships_behind, refresh_memberships
+from cdp_pipeline.store.segments import refresh_memberships, refresh_memberships_if_changed
 from cdp_pipeline.tables.staged import StagedImport, write_reject_report
 from cdp_pipeline.transports.base import EtagPinnedFinishing, ParallelDownloads, RemoteFile, Transport
 
@@ -471,8 +471,7 @@ def merge_staged(
             if counts is None and already is not None:
                 # Same bytes, same configuration: nothing would change (sums skip counted rows anyway),
                 # unless the run that merged it died before refreshing the segments (a retry after a kill).
-                behind = memberships_behind(conn, project.catalog)
-                sizes = refresh_memberships(conn, project.catalog, now, attempts=attempts, first_delay=first_delay) if behind else {}
+                sizes = refresh_memberships_if_changed(conn, project.catalog, now, attempts=attempts, first_delay=first_delay) or {}
                 return MergeOutcome(
                     status="skipped", delivery_id=already, counts=MergeCounts(rows_read=staged.rows_read), segment_sizes=sizes, duplicate_of=already
                 )

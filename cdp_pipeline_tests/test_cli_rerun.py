@@ -190,6 +190,11 @@ def test_an_export_goal_with_nothing_to_send_starts_no_run_until_a_profile_chang
     assert "no run started" not in clock.stdout
     assert _runs(dagster_home) == runs + 1
     store_yaml.write_text(plain_store_yaml)
+    # "recent" is gone from store.yaml but its members are still stored: the members are not what
+    # a refresh would compute, so one run refreshes them (sending nothing); then nothing runs.
+    runs = _runs(dagster_home)
+    assert "no run started" not in _cli(tmp_path, config, "run", "shop").stdout
+    assert _runs(dagster_home) == runs + 1 and _exported_rows(out) == files
     assert "no run started" in _cli(tmp_path, config, "run", "shop").stdout
 
     # write_empty_files sends a header-only file when nothing changed: the run happens and sends it.

@@ -16,6 +16,7 @@ import duckdb
 from cdp_pipeline.config.loading import load_project
 from cdp_pipeline.idle_exports import IdleExport, idle_exports
 from cdp_pipeline.store.database import open_writer
+from cdp_pipeline.store.segments import refresh_memberships
 
 MARK = datetime(2026, 3, 1, 12, 0, 0)
 
@@ -36,14 +37,17 @@ def _project(tmp_path: Path):
     return load_project(config, tmp_path / "home")
 
 
-def _store(project, *, updated_at: datetime, marked: bool = True) -> None:
-    """One profile updated at ``updated_at``, the goal's mark at MARK, the copy taken (plain SQL)."""
+def _store(project, *, updated_at: datetime, marked: bool = True, refreshed: bool = True) -> None:
+    """One profile updated at ``updated_at``, the goal's mark at MARK (plain SQL), the members
+    refreshed as a run leaves them (unless ``refreshed`` is false), the copy taken."""
     with open_writer(project.store_location, project.catalog) as conn:
         conn.execute("DELETE FROM profiles")
         conn.execute("DELETE FROM export_state")
         conn.execute("INSERT INTO profiles (profile_id, customer_number, created_at, updated_at) VALUES ('p1', 'C1', $t, $t)", {"t": updated_at})
         if marked:
             conn.execute("INSERT INTO export_state (connection, goal, last_export_at, last_run_id) VALUES ('shop', 'out', $m, 'r1')", {"m": MARK})
+        if refreshed:
+            refresh_memberships(conn, project.catalog, MARK)
         conn.execute("CHECKPOINT")
     shutil.copyfile(project.store_location, project.published_store_path)
 
@@ -61,6 +65,22 @@ def test_nothing_changed_after_the_mark_is_idle_and_every_doubt_runs(tmp_path):
     assert idle_exports(project, shop) is None
 
     _store(project, updated_at=datetime(2026, 3, 1, 11, 0, 0), marked=False)  # never exported: a first export sends all
+    assert idle_exports(project, shop) is None
+
+    # Profiles changed since the last refresh (a run killed between its merge and its refresh),
+    # even before the mark: the members may be stale, so the run refreshes them.
+    _store(project, updated_at=datetime(2026, 3, 1, 10, 0, 0), refreshed=False)
+    assert idle_exports(project, shop) is None
+    _store(project, updated_at=datetime(2026, 3, 1, 10, 0, 0))
+    assert idle_exports(project, shop) is not None
+    # A merge's ledger row committed after the last refresh: the same doubt.
+    with duckdb.connect(str(project.store_location)) as conn:
+        conn.execute(
+            "INSERT INTO deliveries (delivery_id, connection, goal, partition_key, root_file, content_sha256, config_hash, status, merged_at) "
+            "VALUES ('d1', 'shop', 'in', 'k1', 'in.csv', 'sha', 'cfg', 'merged', $m)",
+            {"m": MARK},
+        )
+    shutil.copyfile(project.store_location, project.published_store_path)
     assert idle_exports(project, shop) is None
 
     # The copy behind the store (a run killed before it published): the run publishes it.

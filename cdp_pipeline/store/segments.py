@@ -19,7 +19,6 @@ from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.errors import ConfigError
 from cdp_pipeline.store.conditions import ConditionError, ConditionSql, clock_conditions, compile_conditions, condition_tables
 from cdp_pipeline.store.conflicts import ATTEMPTS, FIRST_DELAY_SECONDS, retry_on_conflict
-from cdp_pipeline.store.database import fetch_row
 from cdp_pipeline.store.lake import rollback
 from cdp_pipeline.store.schema import event_table, fingerprint_of, literal, quote, record_fingerprint, stored_fingerprint
 
@@ -56,16 +55,28 @@ def refresh_memberships(
     )
 
 
-def refresh_memberships_if_changed(conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime) -> bool:
-    """Refresh unless nothing a membership depends on changed since the last refresh; returns
-    whether it ran. Skipped only when the conditions (with the segments' bases and the stages'
-    order), the data they read (profiles, timelines, the ledger) and the memberships themselves are
-    what the last refresh left, and no condition reads the clock (``now()``, ``current_date``,
-    ``age(x)``): such a condition changes its members without any change in the store."""
-    if (expected := _memberships_fingerprint(conn, catalog)) is not None and stored_fingerprint(conn, MEMBERSHIPS_STEP) == expected:
-        return False
-    refresh_memberships(conn, catalog, now)
-    return True
+def refresh_memberships_if_changed(
+    conn: duckdb.DuckDBPyConnection, catalog: Catalog, now: datetime, *, attempts: int = ATTEMPTS, first_delay: float = FIRST_DELAY_SECONDS
+) -> dict[str, int] | None:
+    """Refresh unless ``memberships_current``; returns the segment sizes, or None when skipped."""
+    if memberships_current(conn, catalog):
+        return None
+    return refresh_memberships(conn, catalog, now, attempts=attempts, first_delay=first_delay)
+
+
+def memberships_current(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> bool:
+    """Whether the stored members are what a refresh would compute now: the conditions (with the
+    segments' bases and the stages' order), the data they read (profiles, timelines, the ledger)
+    and the memberships themselves are what the last refresh left, and no condition reads the clock
+    (``now()``, ``current_date``, ``age(x)``: such a condition changes its members without any
+    change in the store).
+
+    The one test of "the memberships are current", for the export, the idle Run now and a retried
+    merge alike: a run killed between its merge and its refresh (separate transactions) leaves a
+    ledger row the mark does not cover. Two tests (a timestamp comparison beside this fingerprint)
+    once disagreed, and an idle Run now started full runs."""
+    expected = _memberships_fingerprint(conn, catalog)
+    return expected is not None and stored_fingerprint(conn, MEMBERSHIPS_STEP) == expected
 
 
 def _memberships_fingerprint(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> str | None:
@@ -92,30 +103,11 @@ def _memberships_fingerprint(conn: duckdb.DuckDBPyConnection, catalog: Catalog) 
     return fingerprint_of([conditions, version])
 
 
-def memberships_behind(conn: duckdb.DuckDBPyConnection, catalog: Catalog) -> bool:
-    """Whether a merge committed after the last membership refresh: its run died between the two
-    (they are separate transactions), so segments and lifecycles still show the store before it."""
-    if not catalog.segments:
-        return bool(catalog.lifecycles)  # nothing measures lifecycle refreshes: refresh to be sure
-    (behind,) = fetch_row(
-        conn,
-        """
-        SELECT coalesce((SELECT max(merged_at) FROM deliveries WHERE status IN ('merged', 'reprocessed'))
-                        > (SELECT max(measured_at) FROM segment_sizes), FALSE)
-               OR ((SELECT count(*) FROM deliveries WHERE status IN ('merged', 'reprocessed')) > 0
-                   AND (SELECT count(*) FROM segment_sizes) = 0)
-        """,
-    )
-    return bool(behind)
-
-
 def _refresh_once(conn: duckdb.DuckDBPyConnection, catalog: Catalog, conditions: ConditionSql, now: datetime) -> dict[str, int]:
     sizes: dict[str, int] = {}
     # ``now`` is the run's time (members' ``member_since``); the sizes are stamped with the clock
-    # when they are measured. The merge before this refresh stamped its ledger row with a time
-    # taken after it held the store, later than the run's start: sizes stamped with the run's
-    # start would read as older than that merge, so ``memberships_behind`` would say "behind"
-    # right after every refresh, and an idle Run now would start a run to refresh again.
+    # when they are measured, so an analyst never reads a size as older than the merge before it
+    # (that merge stamped its ledger row with a time taken after it held the store).
     measured_at = max(now, datetime.now(UTC).replace(tzinfo=None))
     conn.execute("BEGIN TRANSACTION")
     try:
