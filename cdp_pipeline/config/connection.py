@@ -544,6 +544,10 @@ class TimelineExport(StrictModel):
     #: or a rolling window: the last N days.
     last_days: int | None = Field(default=None, ge=1)
     directory: str | None = None
+    #: the rows' order in the files: "event_time" (events by event time and id, items by their
+    #: event's place and item_index) or "none" (the store's order: no sort, for a consumer that
+    #: loads the files into a database and never reads their order; same rows and cells).
+    order: Literal["event_time", "none"] = "event_time"
 
 
 class ExportGoal(_GoalBase):

@@ -162,13 +162,9 @@ def write_timeline_csvs(
     directory.mkdir(parents=True, exist_ok=True)
     written: dict[str, tuple[Path, int]] = {}
     suffix = ".csv.gz" if goal.target.gzip else ".csv"
-    period, params = [], {}
-    if since is not None:
-        period.append("e.event_time >= $since")
-        params["since"] = since
-    if until is not None:
-        period.append("e.event_time < $until")
-        params["until"] = until
+    # The bounds as literals, not parameters: the files' queries also go into the unquoted
+    # check's view, which cannot take parameters.
+    period = [f"e.event_time {op} TIMESTAMP {literal(moment.isoformat(sep=' '))}" for op, moment in ((">=", since), ("<", until)) if moment is not None]
     period_sql = " AND ".join(period) or "TRUE"
     event_types = goal.timeline.event_types or list(catalog.event_types)
     unknown = [t for t in event_types if t not in catalog.event_types]
@@ -201,30 +197,35 @@ def write_timeline_csvs(
                 *cells("e", definition.properties),
             ]
         )
-        # The event file's cells with each event's rank in the documented order (event_time,
-        # event_id), computed once over the two keys: the event file and the nested files then
-        # sort on integers (rank; rank and item_index) instead of on the time and the event id's
-        # text each. Every order is an explicit ORDER BY, nothing relies on a scan's order.
-        conn.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE export_events AS
-            SELECT e.event_id AS {_EVENT_KEY}, row_number() OVER (ORDER BY e.event_time, e.event_id) AS {_EVENT_RANK}, {select}
-            FROM {quote(event_table(event_type))} e
-            WHERE e.profile_id IN (SELECT _profile_id FROM export_rows WHERE _changed) AND {period_sql}
-            """,
-            params,
-        )
-        headers = ["event_id", "profile_id", "event_time", *definition.properties]
-        query = f"SELECT {', '.join(quote(h) for h in headers)} FROM export_events ORDER BY {_EVENT_RANK}"
-        _check_query_unquoted(conn, goal, query, ["event_id", *definition.properties], f"export goal {goal.name!r}, {event_type}.csv")
+        events = f"{quote(event_table(event_type))} e WHERE e.profile_id IN (SELECT _profile_id FROM export_rows WHERE _changed) AND {period_sql}"
+        if goal.timeline.order == "none":
+            # No order asked for: each file is one statement, a filter and a semi join like a
+            # plain COPY's, with neither the ranks nor a sort.
+            event_query = f"SELECT {select} FROM {events}"
+            item_source = f"SEMI JOIN (SELECT e.event_id FROM {events}) e ON e.event_id = i.event_id"
+            item_order = ""
+        else:
+            # The event file's cells with each event's rank in the documented order (event_time,
+            # event_id), computed once over the two keys: the event file and the nested files then
+            # sort on integers (rank; rank and item_index) instead of on the time and the event id's
+            # text each. Every order is an explicit ORDER BY, nothing relies on a scan's order.
+            conn.execute(
+                f"""
+                CREATE OR REPLACE TEMP TABLE export_events AS
+                SELECT e.event_id AS {_EVENT_KEY}, row_number() OVER (ORDER BY e.event_time, e.event_id) AS {_EVENT_RANK}, {select}
+                FROM {events}
+                """
+            )
+            headers = ["event_id", "profile_id", "event_time", *definition.properties]
+            event_query = f"SELECT {', '.join(quote(h) for h in headers)} FROM export_events ORDER BY {_EVENT_RANK}"
+            item_source = f"JOIN (SELECT {_EVENT_KEY}, {_EVENT_RANK} FROM export_events) e ON e.{_EVENT_KEY} = i.event_id"
+            item_order = f" ORDER BY e.{_EVENT_RANK}, i.item_index"
+        _check_query_unquoted(conn, goal, event_query, ["event_id", *definition.properties], f"export goal {goal.name!r}, {event_type}.csv")
         path = directory / f"{event_type}{suffix}"
-        written[event_type] = (path, _copy(conn, query, path, goal))
+        written[event_type] = (path, _copy(conn, event_query, path, goal))
         for nested_type, nested in definition.nested.items():
             select = ", ".join([guarded("i.event_id", "event_id"), "i.item_index", *cells("i", nested.properties)])
-            query = f"""
-                SELECT {select} FROM {quote(item_table(event_type, nested_type))} i
-                JOIN (SELECT {_EVENT_KEY}, {_EVENT_RANK} FROM export_events) e ON e.{_EVENT_KEY} = i.event_id ORDER BY e.{_EVENT_RANK}, i.item_index
-            """
+            query = f"SELECT {select} FROM {quote(item_table(event_type, nested_type))} i {item_source}{item_order}"
             _check_query_unquoted(conn, goal, query, ["event_id", *nested.properties], f"export goal {goal.name!r}, {nested_type}.csv")
             nested_path = directory / f"{nested_type}{suffix}"
             written[f"{event_type}/{nested_type}"] = (nested_path, _copy(conn, query, nested_path, goal))
