@@ -153,6 +153,10 @@ def ends_on_sigterm(instance: dg.DagsterInstance, echo: Callable[[str], None] = 
         done.set()
         signal.set_wakeup_fd(previous_fd)
         signal.signal(signal.SIGTERM, previous_term if previous_term is not None else signal.SIG_DFL)
+        # A byte that is no signal wakes the watcher from its receive now, not at its next
+        # timeout: joining it cost every `cdp-pipeline run` up to half a second of wall.
+        with contextlib.suppress(OSError):
+            writer.send(b"\0")
         watcher.join(timeout=2)
         reader.close()
         writer.close()

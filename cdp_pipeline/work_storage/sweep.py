@@ -13,7 +13,6 @@ from cdp_pipeline import importing
 from cdp_pipeline.config.loading import ProjectConfig
 from cdp_pipeline.scratch import scratch_root
 from cdp_pipeline.store.memory import SPILL_FOLDER
-from cdp_pipeline.work_storage.bucket import WorkBucket
 
 
 def sweep_stale_work(project: ProjectConfig, connection: str, older_than_hours: float = 24, now: float | None = None) -> list[str]:
@@ -29,6 +28,8 @@ def sweep_stale_work(project: ProjectConfig, connection: str, older_than_hours: 
         return cleaned
     limit = (time.time() if now is None else now) - older_than_hours * 3600
     _sweep_scratch(scratch_root(project), limit)
+    from cdp_pipeline.work_storage.bucket import WorkBucket  # boto3: only with work_storage s3
+
     bucket = WorkBucket(settings)
     newest: dict[str, datetime] = {}
     for item in bucket.objects(f"{connection}/"):
