@@ -117,13 +117,15 @@ def _without(text: str, secret: str) -> str:
 
 def _attach(conn: duckdb.DuckDBPyConnection, sql: str, attempts: int = 5) -> None:
     """Attach; two writers that attach a new lake at once both create its catalog tables, and the
-    slower one fails on PostgreSQL's unique index. The catalog exists by then: attach again."""
+    slower one fails on PostgreSQL's unique index ("duplicate key") or, when its CREATE comes
+    after the other's commit, on the table itself ("already exists"). The catalog exists by
+    then: attach again."""
     for attempt in range(1, attempts + 1):
         try:
             conn.execute(sql)
             return
         except duckdb.Error as exc:
-            if attempt == attempts or "duplicate key" not in str(exc):
+            if attempt == attempts or not any(race in str(exc) for race in ("duplicate key", "already exists")):
                 raise
             time.sleep(0.2 * attempt)
 
