@@ -6,10 +6,11 @@ order unless the goal opts out."""
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pydantic
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from cdp_pipeline.config.catalog import Catalog
 from cdp_pipeline.config.loading import ProjectConfig, StoreSettings
 from cdp_pipeline.store.database import open_writer
+from cdp_pipeline.store.exports.files import _timestamp_literal
 from cdp_pipeline.store.segments import refresh_memberships
 from cdp_pipeline_tests.test_exporting import T0, Runner, make_goal, rows_of
 
@@ -135,3 +137,12 @@ def test_timeline_order_accepts_only_its_two_values():
     assert make_goal(timeline={"order": "none"}).timeline.order == "none"  # type: ignore[union-attr]
     with pytest.raises(pydantic.ValidationError, match="order"):
         make_goal(timeline={"order": "event_id"})
+
+
+def test_a_period_bound_with_an_offset_is_the_same_instant_in_the_store_s_utc():
+    """DuckDB drops the offset of a TIMESTAMP literal; the bound must be converted, never shifted."""
+    aware = datetime(2026, 1, 1, 10, 0, tzinfo=timezone(timedelta(hours=2)))
+    (bound,) = duckdb.sql(f"SELECT {_timestamp_literal(aware)}").fetchone()
+    assert bound == datetime(2026, 1, 1, 8, 0)
+    (naive,) = duckdb.sql(f"SELECT {_timestamp_literal(datetime(2026, 1, 1, 10, 0, 0, 5))}").fetchone()
+    assert naive == datetime(2026, 1, 1, 10, 0, 0, 5)

@@ -74,7 +74,6 @@ def _deliver(project, connection, transport, plans_by_goal: dict[str, list[tuple
             outcome = importing.merge_staged(project, connection, goal, work_dir, run_id, now)
             assert outcome.status == "merged", (goal.name, outcome.status)
             plans_by_goal.setdefault(f"{run_id}/{goal.name}", []).extend(current)
-    monkeypatch.setattr(importing, "open_writer", real_open_writer)
 
 
 def _age(folder: Path) -> None:

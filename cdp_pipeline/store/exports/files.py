@@ -6,7 +6,7 @@ without a quote character."""
 from __future__ import annotations
 
 import codecs
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,15 @@ def write_diff_csv(conn: duckdb.DuckDBPyConnection, connection: str, goal: Expor
     return {kind: int(counts.get(kind, 0)) for kind in ("added", "changed", "removed")}
 
 
+def _timestamp_literal(moment: datetime) -> str:
+    """A bound as a literal of the store's naive UTC time. DuckDB reads an offset in a TIMESTAMP
+    literal and drops it (10:00+02:00 becomes 10:00), so an aware time is converted first: the
+    period must never shift silently by the offset."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return f"TIMESTAMP {literal(moment.isoformat(sep=' '))}"
+
+
 def write_timeline_csvs(
     conn: duckdb.DuckDBPyConnection,
     catalog: Catalog,
@@ -164,7 +173,7 @@ def write_timeline_csvs(
     suffix = ".csv.gz" if goal.target.gzip else ".csv"
     # The bounds as literals, not parameters: the files' queries also go into the unquoted
     # check's view, which cannot take parameters.
-    period = [f"e.event_time {op} TIMESTAMP {literal(moment.isoformat(sep=' '))}" for op, moment in ((">=", since), ("<", until)) if moment is not None]
+    period = [f"e.event_time {op} {_timestamp_literal(moment)}" for op, moment in ((">=", since), ("<", until)) if moment is not None]
     period_sql = " AND ".join(period) or "TRUE"
     event_types = goal.timeline.event_types or list(catalog.event_types)
     unknown = [t for t in event_types if t not in catalog.event_types]
